@@ -1,0 +1,18 @@
+//! sdgen: Stable Diffusion text-to-image on libtorch, proven equal to Hugging Face diffusers.
+//!
+//! The library holds everything; the `sdgen` binary is a thin command line on top of it.
+
+pub mod device;
+pub mod error;
+pub mod info;
+pub mod loading;
+pub mod models;
+pub mod noise;
+pub mod request;
+pub mod schedulers;
+
+pub use error::{Error, Result};
+pub use request::{Image, Record, Request};
+
+/// The crate version, as recorded in image metadata.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,7 @@
+//! Getting model files off disk: configs and memory-mapped weights.
+
+pub mod config;
+pub mod weights;
+
+pub use config::read_json;
+pub use weights::{Source, Weights};

@@ -1,0 +1,310 @@
+//! Memory-mapped safetensors weights, handed out by name with shape checks.
+//!
+//! Files are mapped, never read whole. Each tensor is copied out of the map into libtorch
+//! memory on the target device and dtype, then its pages are dropped from the mapping, so
+//! peak resident memory stays near one copy of the weights.
+//!
+//! Models ask for tensors by their diffusers name and expected shape through [`Weights`].
+//! A missing tensor, a shape mismatch, and (at [`Weights::finish`]) a tensor nobody asked
+//! for are errors that name the tensor and the file.
+
+use crate::{Error, Result};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use tch::{Device, Kind, Tensor};
+
+/// Where a tensor's bytes live inside a mapped file.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    pub file: usize,
+    pub dtype: Dtype,
+    pub shape: Vec<i64>,
+    /// Byte range inside the file's mapping (absolute, header included).
+    pub start: usize,
+    pub end: usize,
+}
+
+/// One mapped `.safetensors` file with its validated header.
+pub struct MappedFile {
+    pub path: PathBuf,
+    mmap: Mmap,
+}
+
+impl MappedFile {
+    /// Maps a file and checks that its header is well-formed and every tensor lies inside it.
+    pub fn open(path: &Path) -> Result<(MappedFile, Vec<(String, TensorEntry)>)> {
+        for ext in ["ckpt", "pt", "pth", "bin", "pkl"] {
+            if path.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext)) {
+                return Err(Error::weights(
+                    path,
+                    format!(
+                        ".{ext} files are Python pickles, and loading a pickle runs arbitrary code, so sdgen refuses them. \
+                         Convert it to .safetensors first, e.g. in Python: \
+                         `safetensors.torch.save_file(torch.load(p, weights_only=True)[\"state_dict\"], \"model.safetensors\")`"
+                    ),
+                ));
+            }
+        }
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only; sdgen never writes to weight files, and a file
+        // changed by another process while mapped is outside what any loader can defend.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (header_len, _) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+            Error::weights(path, format!("not a valid safetensors file ({e}); it may be truncated or corrupt"))
+        })?;
+        let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+            Error::weights(path, format!("not a valid safetensors file ({e}); it may be truncated or corrupt"))
+        })?;
+        let data_start = 8 + header_len;
+        let base = mmap.as_ptr() as usize;
+        let mut entries = Vec::new();
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let start = data.as_ptr() as usize - base;
+            debug_assert!(start >= data_start);
+            entries.push((
+                name,
+                TensorEntry {
+                    file: 0,
+                    dtype: view.dtype(),
+                    shape: view.shape().iter().map(|&d| d as i64).collect(),
+                    start,
+                    end: start + data.len(),
+                },
+            ));
+        }
+        Ok((MappedFile { path: path.to_path_buf(), mmap }, entries))
+    }
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::I8 => Kind::Int8,
+        Dtype::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
+
+/// How a requested name maps onto stored bytes: usually one-to-one, but converted
+/// checkpoints may need a slice of a fused tensor or a reshape (1x1 conv ↔ linear).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub key: String,
+    /// Take rows `start..start+len` along dim 0 (fused q/k/v projections).
+    pub slice0: Option<(i64, i64)>,
+    /// Accept any stored shape with the same element count and reshape to the request.
+    pub reshape: bool,
+}
+
+impl Source {
+    pub fn direct(key: impl Into<String>) -> Source {
+        Source { key: key.into(), slice0: None, reshape: false }
+    }
+}
+
+struct Store {
+    files: Vec<MappedFile>,
+    entries: BTreeMap<String, TensorEntry>,
+    /// Requested name → stored key, for names that differ from the file's.
+    sources: BTreeMap<String, Source>,
+    used: RefCell<HashSet<String>>,
+    device: Device,
+    kind: Kind,
+}
+
+/// A view of a set of weight files under a name prefix, like a folder path.
+#[derive(Clone)]
+pub struct Weights {
+    store: Rc<Store>,
+    prefix: String,
+}
+
+impl Weights {
+    /// Maps `paths` and prepares to hand out tensors on `device` in floating dtype `kind`.
+    pub fn open(paths: &[PathBuf], device: Device, kind: Kind) -> Result<Weights> {
+        let mut files = Vec::new();
+        let mut entries = BTreeMap::new();
+        for path in paths {
+            let (file, list) = MappedFile::open(path)?;
+            let idx = files.len();
+            for (name, mut e) in list {
+                e.file = idx;
+                entries.insert(name, e);
+            }
+            files.push(file);
+        }
+        Ok(Weights {
+            store: Rc::new(Store {
+                files,
+                entries,
+                sources: BTreeMap::new(),
+                used: RefCell::new(HashSet::new()),
+                device,
+                kind,
+            }),
+            prefix: String::new(),
+        })
+    }
+
+    /// Like [`Weights::open`], with stored keys renamed: `rename` maps a requested
+    /// (diffusers) name to where its bytes are stored. Used for checkpoints in other layouts.
+    pub fn open_mapped(
+        paths: &[PathBuf],
+        device: Device,
+        kind: Kind,
+        sources: BTreeMap<String, Source>,
+    ) -> Result<Weights> {
+        let w = Weights::open(paths, device, kind)?;
+        let mut store = Rc::try_unwrap(w.store).unwrap_or_else(|_| unreachable!("fresh store"));
+        store.sources = sources;
+        Ok(Weights { store: Rc::new(store), prefix: String::new() })
+    }
+
+    /// The same store, one level deeper: `w.pp("down_blocks").pp(0)` names `down_blocks.0.*`.
+    pub fn pp(&self, part: impl std::fmt::Display) -> Weights {
+        let prefix = if self.prefix.is_empty() { part.to_string() } else { format!("{}.{}", self.prefix, part) };
+        Weights { store: self.store.clone(), prefix }
+    }
+
+    /// The current name prefix (`down_blocks.0`), for messages.
+    pub fn prefix_str(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn device(&self) -> Device {
+        self.store.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.store.kind
+    }
+
+    fn full(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) }
+    }
+
+    fn resolve(&self, full: &str) -> Option<(Source, &TensorEntry)> {
+        let src = self.store.sources.get(full).cloned().unwrap_or_else(|| Source::direct(full));
+        let entry = self.store.entries.get(&src.key)?;
+        Some((src, entry))
+    }
+
+    /// Whether a tensor of this name exists (under the current prefix).
+    pub fn contains(&self, name: &str) -> bool {
+        self.resolve(&self.full(name)).is_some()
+    }
+
+    /// The stored shape of a tensor, if it exists (before any slice or reshape).
+    pub fn shape_of(&self, name: &str) -> Option<Vec<i64>> {
+        let full = self.full(name);
+        let (src, e) = self.resolve(&full)?;
+        let mut shape = e.shape.clone();
+        if let Some((_, len)) = src.slice0 {
+            shape[0] = len;
+        }
+        Some(shape)
+    }
+
+    fn file_label(&self) -> PathBuf {
+        match self.store.files.as_slice() {
+            [one] => one.path.clone(),
+            many => PathBuf::from(many.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>().join(", ")),
+        }
+    }
+
+    /// The tensor `name` with the given shape, on the store's device, in its float dtype.
+    pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let full = self.full(name);
+        let Some((src, entry)) = self.resolve(&full) else {
+            return Err(Error::weights(
+                self.file_label(),
+                format!("missing tensor '{full}' (expected shape {shape:?})"),
+            ));
+        };
+        let path = &self.store.files[entry.file].path;
+        let mut found = entry.shape.clone();
+        if let Some((_, len)) = src.slice0 {
+            if found.is_empty() {
+                return Err(Error::weights(path, format!("tensor '{}' is a scalar, cannot slice it", src.key)));
+            }
+            found[0] = len;
+        }
+        let numel = |s: &[i64]| s.iter().product::<i64>();
+        let shape_ok = found == shape || (src.reshape && numel(&found) == numel(shape));
+        if !shape_ok {
+            return Err(Error::weights(
+                path,
+                format!("tensor '{full}' has shape {found:?}, expected {shape:?}"),
+            ));
+        }
+        let t = self.load(&src, entry)?;
+        self.store.used.borrow_mut().insert(src.key.clone());
+        Ok(if found == shape { t } else { t.reshape(shape) })
+    }
+
+    fn load(&self, src: &Source, entry: &TensorEntry) -> Result<Tensor> {
+        let file = &self.store.files[entry.file];
+        let kind = kind_of(entry.dtype).ok_or_else(|| {
+            Error::weights(&file.path, format!("tensor '{}' has unsupported dtype {:?}", src.key, entry.dtype))
+        })?;
+        let bytes = &file.mmap[entry.start..entry.end];
+        let mut t = Tensor::f_from_data_size(bytes, &entry.shape, kind)?;
+        if let Some((start, len)) = src.slice0 {
+            t = t.f_narrow(0, start, len)?.f_contiguous()?;
+        }
+        let target = if t.is_floating_point() { self.store.kind } else { kind };
+        let t = t.f_to_device(self.store.device)?.f_to_kind(target)?;
+        // The bytes now live in libtorch memory; drop the mapped pages from our RSS.
+        // SAFETY: the mapping is a read-only file mapping; DONTNEED only drops clean pages,
+        // which are read again from the file if touched later.
+        unsafe {
+            let _ = file.mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                entry.start & !4095,
+                entry.end - (entry.start & !4095),
+            );
+        }
+        Ok(t)
+    }
+
+    /// Errors if some stored tensor was never asked for: the files hold a different model.
+    pub fn finish(&self) -> Result<()> {
+        let used = self.store.used.borrow();
+        let extra: Vec<&String> = self.store.entries.keys().filter(|k| !used.contains(*k)).collect();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<String> = extra
+            .iter()
+            .take(5)
+            .map(|k| format!("'{}' {:?}", k, self.store.entries[*k].shape))
+            .collect();
+        Err(Error::weights(
+            self.file_label(),
+            format!(
+                "{} unexpected tensor(s) that the model's config does not declare: {}{}; \
+                 the weights do not match config.json",
+                extra.len(),
+                shown.join(", "),
+                if extra.len() > 5 { ", ..." } else { "" }
+            ),
+        ))
+    }
+
+    /// Every stored tensor name (for diagnostics and tests).
+    pub fn names(&self) -> Vec<String> {
+        self.store.entries.keys().cloned().collect()
+    }
+}

@@ -1,0 +1,3 @@
+//! The Stable Diffusion networks, built from each component's `config.json`.
+
+pub mod nn;

@@ -1,0 +1,118 @@
+//! The small layers every model is built from, loaded from [`Weights`] with shape checks.
+//!
+//! They hold plain tensors and call libtorch's functional ops, so a forward pass is exactly
+//! the op sequence PyTorch runs for the same `nn.Module`.
+
+use crate::loading::Weights;
+use crate::Result;
+use tch::Tensor;
+
+/// `nn.Linear`.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(w: &Weights, in_dim: i64, out_dim: i64, bias: bool) -> Result<Linear> {
+        Ok(Linear {
+            weight: w.get("weight", &[out_dim, in_dim])?,
+            bias: if bias { Some(w.get("bias", &[out_dim])?) } else { None },
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// `nn.Conv2d` with square kernels, equal stride and padding on both axes.
+#[derive(Debug)]
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: i64,
+    pub padding: i64,
+}
+
+impl Conv2d {
+    pub fn load(w: &Weights, in_ch: i64, out_ch: i64, kernel: i64, stride: i64, padding: i64) -> Result<Conv2d> {
+        Ok(Conv2d {
+            weight: w.get("weight", &[out_ch, in_ch, kernel, kernel])?,
+            bias: Some(w.get("bias", &[out_ch])?),
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(&self.weight, self.bias.as_ref(), [self.stride], [self.padding], [1], 1)
+    }
+}
+
+/// `nn.GroupNorm` with affine parameters.
+#[derive(Debug)]
+pub struct GroupNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub groups: i64,
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    pub fn load(w: &Weights, groups: i64, channels: i64, eps: f64) -> Result<GroupNorm> {
+        if groups <= 0 || channels % groups != 0 {
+            return Err(crate::Error::Model(format!(
+                "group norm at '{}': {channels} channels cannot be split into {groups} groups",
+                w.pp("weight").prefix_str()
+            )));
+        }
+        Ok(GroupNorm { weight: w.get("weight", &[channels])?, bias: w.get("bias", &[channels])?, groups, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.group_norm(self.groups, Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+/// `nn.LayerNorm` over the last dimension.
+#[derive(Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub dim: i64,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(w: &Weights, dim: i64, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm { weight: w.get("weight", &[dim])?, bias: w.get("bias", &[dim])?, dim, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+/// Multi-head attention core: `q`, `k`, `v` are `[batch, seq, heads*dim]`; returns the same
+/// layout. Uses libtorch's fused `scaled_dot_product_attention`, as diffusers' `AttnProcessor2_0`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, mask: Option<&Tensor>, causal: bool) -> Tensor {
+    let (b, n, c) = q.size3().expect("attention expects [batch, seq, channels]");
+    let d = c / heads;
+    let split = |t: &Tensor| {
+        let len = t.size()[1];
+        t.view([b, len, heads, d]).transpose(1, 2)
+    };
+    let out = Tensor::scaled_dot_product_attention(
+        &split(q),
+        &split(k),
+        &split(v),
+        mask,
+        0.0,
+        causal,
+        None::<f64>,
+        false,
+    );
+    out.transpose(1, 2).reshape([b, n, c])
+}
