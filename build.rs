@@ -26,9 +26,7 @@ fn main() {
     // Linking it then would make the binary fail to start, so link it only if it loads.
     // SAFETY: loading a shared library runs its initialisers; libtorch_cuda's only
     // register CUDA kernels and are run by every program that links it.
-    let loadable = unsafe {
-        libloading::os::unix::Library::open(Some(&cuda), libloading::os::unix::RTLD_LAZY)
-    };
+    let loadable = unsafe { libloading::os::unix::Library::open(Some(&cuda), libloading::os::unix::RTLD_LAZY) };
     match loadable {
         Ok(_) => {
             println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");

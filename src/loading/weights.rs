@@ -192,7 +192,11 @@ impl Weights {
     }
 
     fn full(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
     }
 
     fn resolve(&self, full: &str) -> Option<(Source, &TensorEntry)> {
@@ -244,10 +248,7 @@ impl Weights {
         let numel = |s: &[i64]| s.iter().product::<i64>();
         let shape_ok = found == shape || (src.reshape && numel(&found) == numel(shape));
         if !shape_ok {
-            return Err(Error::weights(
-                path,
-                format!("tensor '{full}' has shape {found:?}, expected {shape:?}"),
-            ));
+            return Err(Error::weights(path, format!("tensor '{full}' has shape {found:?}, expected {shape:?}")));
         }
         let t = self.load(&src, entry)?;
         self.store.used.borrow_mut().insert(src.key.clone());
@@ -286,11 +287,8 @@ impl Weights {
         if extra.is_empty() {
             return Ok(());
         }
-        let shown: Vec<String> = extra
-            .iter()
-            .take(5)
-            .map(|k| format!("'{}' {:?}", k, self.store.entries[*k].shape))
-            .collect();
+        let shown: Vec<String> =
+            extra.iter().take(5).map(|k| format!("'{}' {:?}", k, self.store.entries[*k].shape)).collect();
         Err(Error::weights(
             self.file_label(),
             format!(

@@ -104,15 +104,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, mask: Option<&T
         let len = t.size()[1];
         t.view([b, len, heads, d]).transpose(1, 2)
     };
-    let out = Tensor::scaled_dot_product_attention(
-        &split(q),
-        &split(k),
-        &split(v),
-        mask,
-        0.0,
-        causal,
-        None::<f64>,
-        false,
-    );
+    let out =
+        Tensor::scaled_dot_product_attention(&split(q), &split(k), &split(v), mask, 0.0, causal, None::<f64>, false);
     out.transpose(1, 2).reshape([b, n, c])
 }

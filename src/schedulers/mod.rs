@@ -29,5 +29,6 @@ pub trait Scheduler {
 
     /// Advances one model evaluation: the UNet output `model_output` at evaluation `i`
     /// for latents `sample`. Stochastic samplers draw from `noise`.
-    fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor, noise: &mut dyn NoiseSource) -> Result<Tensor>;
+    fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor, noise: &mut dyn NoiseSource)
+        -> Result<Tensor>;
 }
