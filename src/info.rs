@@ -109,3 +109,39 @@ fn cuda_driver_props(index: usize) -> Option<(String, u64)> {
         Some((name, bytes as u64))
     }
 }
+
+/// Device memory in use on CUDA device `index` (total − free, as nvidia-smi shows it), read
+/// through the CUDA driver API on the calling thread.
+pub fn cuda_used_memory(index: usize) -> Option<u64> {
+    type CuInit = unsafe extern "C" fn(u32) -> i32;
+    type CuDeviceGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
+    type CuRetain = unsafe extern "C" fn(*mut *mut std::ffi::c_void, i32) -> i32;
+    type CuSetCurrent = unsafe extern "C" fn(*mut std::ffi::c_void) -> i32;
+    type CuMemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    // SAFETY: driver API symbols with their documented signatures; the primary context is
+    // retained (never released while the process runs) so it stays valid for this thread.
+    unsafe {
+        let lib = libloading::Library::new("libcuda.so.1").ok()?;
+        let init: libloading::Symbol<CuInit> = lib.get(b"cuInit").ok()?;
+        let get: libloading::Symbol<CuDeviceGet> = lib.get(b"cuDeviceGet").ok()?;
+        let retain: libloading::Symbol<CuRetain> = lib.get(b"cuDevicePrimaryCtxRetain").ok()?;
+        let set_current: libloading::Symbol<CuSetCurrent> = lib.get(b"cuCtxSetCurrent").ok()?;
+        let mem_info: libloading::Symbol<CuMemGetInfo> = lib.get(b"cuMemGetInfo_v2").ok()?;
+        if init(0) != 0 {
+            return None;
+        }
+        let mut dev = 0i32;
+        if get(&mut dev, index as i32) != 0 {
+            return None;
+        }
+        let mut ctx = std::ptr::null_mut();
+        if retain(&mut ctx, dev) != 0 || set_current(ctx) != 0 {
+            return None;
+        }
+        let (mut free, mut total) = (0usize, 0usize);
+        if mem_info(&mut free, &mut total) != 0 {
+            return None;
+        }
+        Some((total - free) as u64)
+    }
+}

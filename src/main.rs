@@ -1,35 +1,29 @@
 //! The `sdgen` command line: parse, run, map errors to exit codes.
 
-use clap::{Parser, Subcommand};
+mod cli;
 
-#[derive(Parser)]
-#[command(name = "sdgen", version, about = "Stable Diffusion text-to-image on libtorch")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
+use clap::Parser;
+use cli::{Cli, Command};
+use std::process::ExitCode;
 
-#[derive(Subcommand)]
-enum Command {
-    /// Print the sdgen and libtorch versions, CUDA devices and CPU threads.
-    Info {
-        /// Print as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Info { json } => {
-            let info = sdgen::info::Info::gather();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&info).unwrap_or_default());
-            } else {
-                print!("{}", info.render());
+    let result = match cli.command {
+        Command::Generate(args) => cli::generate::run(args),
+        Command::Info(args) => cli::info::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed stdout (`sdgen ... | head`) is not an error worth reporting.
+            if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+                return ExitCode::SUCCESS;
             }
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
         }
     }
-    std::process::ExitCode::SUCCESS
 }

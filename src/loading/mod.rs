@@ -1,7 +1,9 @@
-//! Getting model files off disk: configs and memory-mapped weights.
+//! Getting model files off disk: configs, memory-mapped weights and their hashes.
 
 pub mod config;
+pub mod hash;
 pub mod weights;
 
 pub use config::read_json;
+pub use hash::{sha256_file, sha256_file_cached};
 pub use weights::{Source, Weights};

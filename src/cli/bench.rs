@@ -1,0 +1,60 @@
+//! `sdgen bench`: time one generation (load, first step, steps/s, decode, memory).
+
+use super::ModelArgs;
+use anyhow::bail;
+use clap::Args;
+use sdgen::pipeline::LoadOptions;
+use sdgen::Request;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 512)]
+    pub width: u32,
+    #[arg(long, default_value_t = 512)]
+    pub height: u32,
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f64,
+    /// The scheduler (DDIM by default, as tools/bench_diffusers.py).
+    #[arg(long, default_value = "DDIMScheduler")]
+    pub scheduler: String,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let Some(model) = args.model.model.clone() else {
+        bail!("no model given: pass --model DIR or set SDGEN_MODEL");
+    };
+    let opts = LoadOptions { model, device: args.model.device.parse()?, dtype: args.model.dtype.parse()? };
+    let req = Request {
+        prompt: "a photo of an astronaut riding a horse".into(),
+        seed: 0,
+        steps: args.steps,
+        guidance: args.guidance,
+        width: args.width,
+        height: args.height,
+        scheduler: args.scheduler.clone(),
+        ..Request::default()
+    };
+    sdgen::pipeline::check_request(&req)?;
+    let r = sdgen::bench::run(&opts, &req)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        println!("model weights   {:.1} MiB on {} ({}), {}x{}, {} steps", mib(r.weights_bytes), r.device, r.dtype, r.width, r.height, r.steps);
+        println!("load            {:.3} s, peak RSS {:.1} MiB (before load {:.1} MiB)", r.load_s, mib(r.load_peak_rss_bytes), mib(r.rss_before_load_bytes));
+        println!("first step      {:.3} s", r.first_step_s);
+        println!("speed           {:.3} steps/s", r.steps_per_s);
+        println!("VAE decode      {:.3} s", r.vae_decode_s);
+        if let Some(v) = r.peak_vram_bytes {
+            println!("peak VRAM       {:.1} MiB", mib(v));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `sdgen generate`: one prompt to PNG files.
+
+use super::{GenerationArgs, ModelArgs, OutputArgs};
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sdgen::pipeline::{LoadOptions, Pipeline};
+use sdgen::Request;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The text prompt (optional with --from).
+    pub prompt: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub gen: GenerationArgs,
+    /// How many images; image i uses seed + i.
+    #[arg(long, value_name = "N")]
+    pub num_images: Option<usize>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// The request the flags describe, on top of `base` (defaults, or a record from --from).
+pub fn build_request(prompt: Option<String>, gen: &GenerationArgs, num_images: Option<usize>, base: Request) -> Request {
+    Request {
+        prompt: prompt.unwrap_or(base.prompt),
+        negative_prompt: gen.negative.clone().or(base.negative_prompt).filter(|s| !s.is_empty()),
+        seed: gen.seed.unwrap_or(base.seed),
+        steps: gen.steps.unwrap_or(base.steps),
+        guidance: gen.guidance.unwrap_or(base.guidance),
+        width: gen.width.unwrap_or(base.width),
+        height: gen.height.unwrap_or(base.height),
+        scheduler: gen.scheduler.clone().unwrap_or(base.scheduler),
+        num_images: num_images.unwrap_or(base.num_images),
+        clip_skip: gen.clip_skip.or(base.clip_skip),
+    }
+}
+
+pub fn load_pipeline(model: &ModelArgs, model_dir: PathBuf) -> anyhow::Result<Pipeline> {
+    let opts = LoadOptions { model: model_dir, device: model.device.parse()?, dtype: model.dtype.parse()? };
+    Ok(Pipeline::load(&opts)?)
+}
+
+pub fn progress_bar(quiet: bool) -> ProgressBar {
+    let target = if quiet || !std::io::stderr().is_terminal() {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let bar = ProgressBar::with_draw_target(None, target);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps  {per_sec}  ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let base = Request { seed: rand::random::<u32>() as u64, ..Request::default() };
+    let Some(model_dir) = args.model.model.clone() else {
+        bail!("no model given: pass --model DIR (a diffusers folder such as weights/tiny-sd) or set SDGEN_MODEL");
+    };
+    if args.prompt.is_none() {
+        bail!("no prompt given: sdgen generate \"a prompt\"");
+    }
+    let seed_given = args.gen.seed.is_some();
+    let mut req = build_request(args.prompt.clone(), &args.gen, args.num_images, base);
+    sdgen::pipeline::check_request(&req)?;
+    let pipe = load_pipeline(&args.model, model_dir)?;
+    if args.gen.scheduler.is_none() {
+        req.scheduler = pipe.default_scheduler();
+    }
+    pipe.check(&req)?;
+    if !seed_given {
+        eprintln!("seed: {}", req.seed);
+    }
+    let bar = progress_bar(args.output.quiet);
+    bar.set_length(req.steps as u64);
+    let mut written = Vec::new();
+    for i in 0..req.num_images {
+        let single = Request { seed: req.image_seed(i), num_images: 1, ..req.clone() };
+        bar.set_prefix(format!("image {}/{}", i + 1, req.num_images));
+        bar.reset();
+        let out = pipe.generate(&single, &mut |p| {
+            bar.set_length(p.steps as u64);
+            bar.set_position(p.step as u64);
+        })?;
+        for g in out {
+            let path = sdgen::save::save(&g.image, &g.record, &args.output.out, args.output.name.as_deref(), args.output.overwrite)
+                .with_context(|| format!("writing image {} of {}", i + 1, req.num_images))?;
+            written.push(path);
+        }
+    }
+    bar.finish_and_clear();
+    for p in written {
+        println!("{}", p.display());
+    }
+    Ok(())
+}

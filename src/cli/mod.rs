@@ -1,0 +1,83 @@
+//! Command-line definitions (clap derive). Parsing only; the work is in the library.
+
+pub mod generate;
+pub mod info;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "sdgen", version, about = "Stable Diffusion text-to-image on libtorch, equal to Hugging Face diffusers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate images from a text prompt.
+    Generate(generate::GenerateArgs),
+    /// Print the sdgen and libtorch versions, CUDA devices and CPU threads.
+    Info(info::InfoArgs),
+}
+
+/// Which model, on which device, in which precision.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A diffusers model folder. Defaults to $SDGEN_MODEL.
+    #[arg(long, env = "SDGEN_MODEL", value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: String,
+    /// auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.
+    #[arg(long, default_value = "auto", value_name = "DTYPE")]
+    pub dtype: String,
+}
+
+/// What to generate; every field is optional so `--from` and batch files can fill the rest.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GenerationArgs {
+    /// What the image should not show.
+    #[arg(long, short = 'n', value_name = "TEXT")]
+    pub negative: Option<String>,
+    /// Denoising steps [default: 20].
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale; 1 or less skips the unconditional pass [default: 7.5].
+    #[arg(long, value_name = "SCALE", allow_negative_numbers = true)]
+    pub guidance: Option<f64>,
+    /// Random seed; random when absent (and printed).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Image width in pixels, a multiple of 8 [default: 512].
+    #[arg(long, value_name = "PX")]
+    pub width: Option<u32>,
+    /// Image height in pixels, a multiple of 8 [default: 512].
+    #[arg(long, value_name = "PX")]
+    pub height: Option<u32>,
+    /// Scheduler: a diffusers class or A1111 name (`sdgen schedulers` lists them)
+    /// [default: the model's own scheduler].
+    #[arg(long, value_name = "NAME")]
+    pub scheduler: Option<String>,
+    /// Use the output of an earlier CLIP layer (2 = skip the last layer, as A1111).
+    #[arg(long, value_name = "N")]
+    pub clip_skip: Option<usize>,
+}
+
+/// Where and how images are written.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Output folder (created if missing).
+    #[arg(long, short = 'o', default_value = "out", value_name = "DIR")]
+    pub out: PathBuf,
+    /// File name template: {index}, {seed}, {prompt}, {timestamp} [default: never collides].
+    #[arg(long, value_name = "TEMPLATE")]
+    pub name: Option<String>,
+    /// Replace existing files instead of refusing.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}

@@ -1,0 +1,339 @@
+//! The text-to-image pipeline: load a model folder once, then turn requests into images.
+//!
+//! [`Pipeline::generate_many`] is a numbered sequence of plain steps, as in diffusers'
+//! `StableDiffusionPipeline.__call__`:
+//! 1. check the inputs; 2. encode the prompt and the negative prompt; 3. prepare the
+//! timesteps; 4. prepare the latents; 5. run the loop with classifier-free guidance;
+//! 6. decode.
+
+use crate::device::{device_name, kind_name, DType, DeviceChoice};
+use crate::loading::{read_json, sha256_file_cached};
+use crate::models::clip::ClipTextModel;
+use crate::models::unet::UNet;
+use crate::models::vae::Vae;
+use crate::noise::{NoiseSource, SeededNoise};
+use crate::request::{Image, ModelRecord, Record, Request};
+use crate::schedulers::{self, SchedulerConfig};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// A diffusers model folder (`model_index.json`, `unet/`, `vae/`, ...).
+    pub model: PathBuf,
+    pub device: DeviceChoice,
+    pub dtype: DType,
+}
+
+/// Where the loop is, for progress displays.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Model evaluations done so far, and in all.
+    pub step: usize,
+    pub steps: usize,
+}
+
+/// The latents after the loop, before decoding.
+pub struct Denoised {
+    pub latents: Tensor,
+    /// The scheduler's effective config, for records.
+    pub scheduler_config: serde_json::Value,
+}
+
+/// One finished image and the record that reproduces it.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub image: Image,
+    pub record: Record,
+}
+
+/// A loaded model, ready to generate.
+pub struct Pipeline {
+    tokenizer: Tokenizer,
+    text_encoder: ClipTextModel,
+    unet: UNet,
+    vae: Vae,
+    scheduler_config: SchedulerConfig,
+    device: Device,
+    kind: Kind,
+    model: ModelRecord,
+    model_dir: PathBuf,
+}
+
+const COMPONENTS: [&str; 5] = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
+
+impl Pipeline {
+    /// Loads every component of a diffusers model folder onto the chosen device.
+    pub fn load(opts: &LoadOptions) -> Result<Pipeline> {
+        let dir = &opts.model;
+        if !dir.is_dir() {
+            return Err(Error::invalid(format!(
+                "model folder {} does not exist; pass --model with a diffusers folder (with model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
+                dir.display()
+            )));
+        }
+        for c in COMPONENTS {
+            if !dir.join(c).is_dir() {
+                return Err(Error::invalid(format!(
+                    "model folder {} has no {c}/ folder; a diffusers Stable Diffusion folder needs {}",
+                    dir.display(),
+                    COMPONENTS.map(|c| format!("{c}/")).join(", ")
+                )));
+            }
+        }
+        let device = opts.device.resolve()?;
+        let kind = opts.dtype.resolve(device);
+        let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
+        if !scheduler_path.is_file() {
+            return Err(Error::invalid(format!("missing file {}", scheduler_path.display())));
+        }
+        let scheduler_config: SchedulerConfig = read_json(&scheduler_path)?;
+        let tokenizer = Tokenizer::from_dir(&dir.join("tokenizer"))?;
+        let text_encoder = ClipTextModel::load(&dir.join("text_encoder"), device, kind)?;
+        let unet = UNet::load(&dir.join("unet"), device, kind)?;
+        let vae = Vae::load(&dir.join("vae"), device, kind)?;
+        let architecture = if unet.config().cross_attention_dim == 1024 || unet.config().use_linear_projection {
+            "sd2"
+        } else {
+            "sd1"
+        };
+        let hash = match unet.weights_path() {
+            Some(p) => Some(sha256_file_cached(p)?),
+            None => None,
+        };
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| dir.display().to_string());
+        let license = crate::output::license::detect(Some(dir), architecture);
+        let model = ModelRecord {
+            source: dir.display().to_string(),
+            name,
+            hash,
+            architecture: architecture.to_string(),
+            license,
+        };
+        Ok(Pipeline {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler_config,
+            device,
+            kind,
+            model,
+            model_dir: dir.clone(),
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn model(&self) -> &ModelRecord {
+        &self.model
+    }
+
+    pub fn model_dir(&self) -> &Path {
+        &self.model_dir
+    }
+
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+
+    /// The scheduler the model folder names (`_class_name`), if sdgen has it, else Euler.
+    pub fn default_scheduler(&self) -> String {
+        self.scheduler_config
+            .class_name
+            .as_deref()
+            .filter(|c| schedulers::resolve(c).is_ok())
+            .unwrap_or("EulerDiscreteScheduler")
+            .to_string()
+    }
+
+    /// Checks a request against this model without running anything.
+    pub fn check(&self, req: &Request) -> Result<()> {
+        check_request(req)?;
+        schedulers::resolve(&req.scheduler)?;
+        if let Some(skip) = req.clip_skip {
+            let layers = self.text_encoder.num_layers();
+            if skip == 0 || skip > layers {
+                return Err(Error::invalid(format!(
+                    "clip skip {skip} is out of range: this text encoder has {layers} layers, so use 1..={layers}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `req.num_images` images, image `i` from seed `req.seed + i`.
+    pub fn generate(&self, req: &Request, on_step: &mut dyn FnMut(Progress)) -> Result<Vec<Generated>> {
+        self.check(req)?;
+        let singles: Vec<Request> = (0..req.num_images)
+            .map(|i| Request { seed: req.image_seed(i), num_images: 1, ..req.clone() })
+            .collect();
+        self.generate_many(&singles, on_step)
+    }
+
+    /// Makes one image per request, all in one UNet batch. The requests must share size,
+    /// steps, scheduler, guidance and clip skip; each keeps its own prompt and seed, and the
+    /// result equals running them one at a time.
+    pub fn generate_many(&self, reqs: &[Request], on_step: &mut dyn FnMut(Progress)) -> Result<Vec<Generated>> {
+        let Some(denoised) = self.denoise(reqs, on_step)? else { return Ok(Vec::new()) };
+        // 6. Decode.
+        let images = self.decode(&denoised.latents)?;
+        Ok(reqs
+            .iter()
+            .zip(images)
+            .map(|(r, image)| Generated {
+                image,
+                record: Record {
+                    sdgen_version: crate::VERSION.to_string(),
+                    request: r.clone(),
+                    model: self.model.clone(),
+                    scheduler_config: denoised.scheduler_config.clone(),
+                    device: device_name(self.device),
+                    dtype: kind_name(self.kind).to_string(),
+                },
+            })
+            .collect())
+    }
+
+    /// Steps 1 to 5: the final latents for a batch of requests (see [`Pipeline::generate_many`]),
+    /// or `None` for an empty batch.
+    pub fn denoise(&self, reqs: &[Request], on_step: &mut dyn FnMut(Progress)) -> Result<Option<Denoised>> {
+        // 1. Check the inputs.
+        let Some(first) = reqs.first() else { return Ok(None) };
+        for r in reqs {
+            self.check(r)?;
+            let same = r.width == first.width
+                && r.height == first.height
+                && r.steps == first.steps
+                && r.scheduler == first.scheduler
+                && r.guidance == first.guidance
+                && r.clip_skip == first.clip_skip;
+            if !same {
+                return Err(Error::invalid(
+                    "requests batched together must share width, height, steps, scheduler, guidance and clip skip",
+                ));
+            }
+        }
+        let _guard = tch::no_grad_guard();
+        let n = reqs.len() as i64;
+        let guided = first.guidance > 1.0;
+
+        // 2. Encode the prompt and the negative prompt (unconditional first, as diffusers).
+        let cond: Vec<Tensor> =
+            reqs.iter().map(|r| self.encode_text(&r.prompt, r.clip_skip)).collect::<Result<_>>()?;
+        let mut embeds = Tensor::cat(&cond, 0);
+        if guided {
+            let uncond: Vec<Tensor> = reqs
+                .iter()
+                .map(|r| self.encode_text(r.negative_prompt.as_deref().unwrap_or(""), r.clip_skip))
+                .collect::<Result<_>>()?;
+            embeds = Tensor::cat(&[Tensor::cat(&uncond, 0), embeds], 0);
+        }
+
+        // 3. Prepare the timesteps.
+        let (_, schedule) = schedulers::resolve(&first.scheduler)?;
+        let mut scheduler = schedulers::build(&first.scheduler, schedule, &self.scheduler_config, first.steps)?;
+        let timesteps = scheduler.timesteps().to_vec();
+
+        // 4. Prepare the latents: CPU fp32 noise per seed, scaled, then the model's dtype.
+        let (h, w) = (first.height as i64 / 8, first.width as i64 / 8);
+        let mut noise = BatchNoise { streams: reqs.iter().map(|r| SeededNoise::new(r.seed)).collect() };
+        let latents = noise.randn(&[n, 4, h, w], self.device, Kind::Float) * scheduler.init_noise_sigma();
+        let mut latents = latents.to_kind(self.kind);
+
+        // 5. The denoising loop, with classifier-free guidance when guidance > 1.
+        for (i, &t) in timesteps.iter().enumerate() {
+            let x = if guided { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
+            let x = scheduler.scale_model_input(&x, i);
+            let out = self.unet.forward(&x, t, &embeds);
+            let eps = if guided {
+                let parts = out.chunk(2, 0);
+                &parts[0] + (&parts[1] - &parts[0]) * first.guidance
+            } else {
+                out
+            };
+            latents = scheduler.step(&eps, i, &latents, &mut noise)?;
+            on_step(Progress { step: i + 1, steps: timesteps.len() });
+        }
+        Ok(Some(Denoised { latents, scheduler_config: scheduler.config_json() }))
+    }
+
+    /// Token ids → text embeddings `[1, 77, hidden]`, warning when the prompt was cut.
+    pub fn encode_text(&self, text: &str, clip_skip: Option<usize>) -> Result<Tensor> {
+        let enc = self.tokenizer.encode(text);
+        if enc.truncated {
+            eprintln!(
+                "warning: the prompt is longer than CLIP's {} tokens; the end was cut off",
+                self.tokenizer.max_length()
+            );
+        }
+        let ids = Tensor::from_slice(&enc.ids).view([1, -1]).to_device(self.device);
+        Ok(self.text_encoder.forward(&ids, clip_skip))
+    }
+
+    /// Latents → 8-bit RGB images, as diffusers' `output_type="pil"` computes them.
+    pub fn decode(&self, latents: &Tensor) -> Result<Vec<Image>> {
+        let _guard = tch::no_grad_guard();
+        let z = latents / self.vae.scaling_factor();
+        let x = self.vae.decode(&z);
+        let x = (x / 2.0 + 0.5).clamp(0.0, 1.0).to_kind(Kind::Float).to_device(Device::Cpu);
+        let u8s = (x.permute([0, 2, 3, 1]) * 255.0).round().to_kind(Kind::Uint8).contiguous();
+        let (b, h, w, _) = u8s.size4()?;
+        let flat = Vec::<u8>::try_from(u8s.view([-1]))?;
+        let per = (h * w * 3) as usize;
+        Ok((0..b as usize)
+            .map(|i| Image { width: w as u32, height: h as u32, rgb: flat[i * per..(i + 1) * per].to_vec() })
+            .collect())
+    }
+}
+
+/// The checks that need no model.
+pub fn check_request(req: &Request) -> Result<()> {
+    for (what, v) in [("width", req.width), ("height", req.height)] {
+        if v == 0 || v % 8 != 0 {
+            return Err(Error::invalid(format!("{what} {v} is not a positive multiple of 8")));
+        }
+    }
+    if req.steps == 0 {
+        return Err(Error::invalid("steps must be at least 1"));
+    }
+    if !req.guidance.is_finite() || req.guidance < 0.0 {
+        return Err(Error::invalid(format!("guidance {} must be a number ≥ 0", req.guidance)));
+    }
+    if req.num_images == 0 {
+        return Err(Error::invalid("num_images must be at least 1"));
+    }
+    Ok(())
+}
+
+/// One independent generator per image in a batch, as diffusers does with a list of
+/// generators: each draw takes batch row `i` from stream `i`.
+struct BatchNoise {
+    streams: Vec<SeededNoise>,
+}
+
+impl NoiseSource for BatchNoise {
+    fn randn(&mut self, shape: &[i64], device: Device, kind: Kind) -> Tensor {
+        let mut row = shape.to_vec();
+        if row.is_empty() || row[0] != self.streams.len() as i64 {
+            // A shape without our batch dimension: draw it whole from the first stream.
+            return self.streams[0].randn(shape, device, kind);
+        }
+        row[0] = 1;
+        let parts: Vec<Tensor> = self.streams.iter_mut().map(|s| s.randn(&row, Device::Cpu, Kind::Float)).collect();
+        Tensor::cat(&parts, 0).to_device(device).to_kind(kind)
+    }
+}

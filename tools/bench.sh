@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: sdgen and diffusers on the same weights, size, steps, dtype, device
+# and threads; prints each figure with the ratio sdgen/diffusers.
+#
+#   tools/bench.sh MODEL_DIR [--width 512 --height 512 --steps 20 --dtype fp32 --device cpu]
+#
+# SDGEN: the sdgen binary (default target/release/sdgen). PYTHON: a Python with torch 2.11
+# and diffusers (default .venv-ref/bin/python, made by tools/make_ref_env.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=$1; shift
+width=512 height=512 steps=20 dtype=fp32 device=cpu threads=${THREADS:-$(nproc)}
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --width) width=$2; shift 2;; --height) height=$2; shift 2;; --steps) steps=$2; shift 2;;
+        --dtype) dtype=$2; shift 2;; --device) device=$2; shift 2;; --threads) threads=$2; shift 2;;
+        *) echo "bench.sh: unknown option $1" >&2; exit 2;;
+    esac
+done
+sdgen=${SDGEN:-target/release/sdgen}
+python=${PYTHON:-.venv-ref/bin/python}
+args=(--width "$width" --height "$height" --steps "$steps" --dtype "$dtype" --device "$device")
+echo "bench: $model ${width}x${height} ${steps} steps $dtype on $device, $threads threads" >&2
+ours=$(OMP_NUM_THREADS=$threads "$sdgen" bench --model "$model" "${args[@]}" --json)
+theirs=$(OMP_NUM_THREADS=$threads "$python" tools/bench_diffusers.py "$model" "${args[@]}" --threads "$threads")
+"$python" - "$ours" "$theirs" <<'PY'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+rows = [("load time (s)", "load_s", 1), ("RSS before load (MiB)", "rss_before_load_bytes", 2**-20),
+        ("peak RSS after load (MiB)", "load_peak_rss_bytes", 2**-20), ("weights on disk (MiB)", "weights_bytes", 2**-20),
+        ("time to first step (s)", "first_step_s", 1), ("steps/s", "steps_per_s", 1),
+        ("VAE decode (s)", "vae_decode_s", 1), ("peak VRAM (MiB)", "peak_vram_bytes", 2**-20)]
+print(f"{'figure':28} {'sdgen':>12} {'diffusers':>12} {'sdgen/diffusers':>16}")
+for label, key, scale in rows:
+    x, y = a.get(key), b.get(key)
+    if x is None or y is None:
+        print(f"{label:28} {'-':>12} {'-':>12} {'-':>16}")
+        continue
+    ratio = f"{x / y:.3f}" if y else "-"
+    print(f"{label:28} {x * scale:12.3f} {y * scale:12.3f} {ratio:>16}")
+PY
