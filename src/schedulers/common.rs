@@ -512,10 +512,12 @@ impl Prediction {
 pub fn threshold_sample(sample: &Tensor, ratio: f64, max_value: f64) -> Result<Tensor> {
     let kind = sample.kind();
     let shape = sample.size();
-    let x = if matches!(kind, Kind::Float | Kind::Double) { sample.shallow_clone() } else { sample.to_kind(Kind::Float) };
+    let x =
+        if matches!(kind, Kind::Float | Kind::Double) { sample.shallow_clone() } else { sample.to_kind(Kind::Float) };
     let x = x.reshape([shape[0], -1]);
     let s = x.abs().f_quantile_scalar(ratio, Some(1), false, "linear")?.clamp(1.0, max_value).unsqueeze(1);
-    let x = x.clamp_tensor(Some(-&s), Some(&s)) / &s;
+    let lo = -&s;
+    let x = x.clamp_tensor(Some(lo), Some(s.shallow_clone())) / &s;
     Ok(x.reshape(shape.as_slice()).to_kind(kind))
 }
 

@@ -100,7 +100,13 @@ impl Scheduler for Ddim {
         sample.shallow_clone()
     }
 
-    fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor, _noise: &mut dyn NoiseSource) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        _noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
         let t = *self.int_timesteps.get(i).ok_or_else(|| Error::invalid(format!("DDIM has no step {i}")))?;
         let prev_t = t - self.stride;
         let alpha_t = self.train.alpha_cumprod_at(t)?;

@@ -1,7 +1,9 @@
 //! Euler sampler on the sigma ladder (k-diffusion's `sample_euler` with s_churn = 0), as
 //! diffusers' `EulerDiscreteScheduler`.
 
-use super::common::{apply_schedule, base_defaults, interpolated_sigmas, ClassConfig, Prediction, Spacing, TrainSchedule};
+use super::common::{
+    apply_schedule, base_defaults, interpolated_sigmas, ClassConfig, Prediction, Spacing, TrainSchedule,
+};
 use super::{Scheduler, SchedulerConfig, SigmaSchedule};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -142,7 +144,13 @@ impl Scheduler for Euler {
         self.ladder.scale(sample, i)
     }
 
-    fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor, _noise: &mut dyn NoiseSource) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        _noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
         let sigma = self.ladder.sigma(i)?;
         let sigma_next = self.ladder.sigma(i + 1)?;
         let sample = sample.to_kind(Kind::Float);
