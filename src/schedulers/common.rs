@@ -22,8 +22,8 @@ pub struct ClassConfig {
 }
 
 impl ClassConfig {
-    /// Merges `config` over `defaults` (the class's `__init__` parameters). Only fields the
-    /// class knows are kept, as diffusers' `config` does; `null` in the file means "default".
+    /// Merges `config` over `defaults` (the class's `__init__` parameters); `null` in the
+    /// file means "default".
     pub fn new(class: &'static str, config: &SchedulerConfig, defaults: &[(&str, Value)]) -> Result<ClassConfig> {
         let given = match serde_json::to_value(config) {
             Ok(Value::Object(m)) => m,
@@ -36,6 +36,13 @@ impl ClassConfig {
                 _ => default.clone(),
             };
             map.insert((*name).to_string(), value);
+        }
+        // diffusers also keeps fields it does not use (SD 1.5's DDIM config carries
+        // `skip_prk_steps`), so records show the file as given.
+        for (name, value) in given {
+            if !value.is_null() && !name.starts_with('_') && !map.contains_key(&name) {
+                map.insert(name, value);
+            }
         }
         Ok(ClassConfig { class, map })
     }
