@@ -171,9 +171,16 @@ fn schedulers_match_diffusers_step_by_step() {
     assert!(checked > 0);
 }
 
+fn err_text<T>(r: sdgen::Result<T>, what: &str) -> String {
+    match r {
+        Ok(_) => panic!("{what}: expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[test]
 fn unknown_name_lists_the_known_ones() {
-    let e = schedulers::resolve("warp-drive").err().expect("unknown name must fail").to_string();
+    let e = err_text(schedulers::resolve("warp-drive"), "unknown name must fail");
     for info in schedulers::all() {
         assert!(e.contains(info.a1111_name), "{e}");
     }
@@ -209,10 +216,10 @@ fn a1111_and_diffusers_names_meet() {
 #[test]
 fn unsupported_combinations_and_zero_steps_fail() {
     let cfg = SchedulerConfig::default();
-    let e = schedulers::build("DDIM", Some(SigmaSchedule::Karras), &cfg, 10).err().expect("DDIM + Karras").to_string();
+    let e = err_text(schedulers::build("DDIM", Some(SigmaSchedule::Karras), &cfg, 10), "DDIM + Karras");
     assert!(e.contains("DDIM") && e.contains("karras"), "{e}");
     assert!(schedulers::build("DDIM Karras", None, &cfg, 10).is_err());
-    let e = schedulers::build("Euler", None, &cfg, 0).err().expect("zero steps").to_string();
+    let e = err_text(schedulers::build("Euler", None, &cfg, 0), "zero steps");
     assert!(e.contains("at least 1"), "{e}");
     assert!(schedulers::build("Euler", None, &cfg, 10).is_ok());
 }
@@ -220,12 +227,12 @@ fn unsupported_combinations_and_zero_steps_fail() {
 #[test]
 fn unsupported_config_values_name_the_field() {
     let cfg: SchedulerConfig = serde_json::from_str(r#"{"timestep_spacing": "sideways"}"#).expect("cfg");
-    let e = schedulers::build("DDIM", None, &cfg, 10).err().expect("bad spacing").to_string();
+    let e = err_text(schedulers::build("DDIM", None, &cfg, 10), "bad spacing");
     assert!(e.contains("timestep_spacing") && e.contains("trailing"), "{e}");
     let cfg: SchedulerConfig = serde_json::from_str(r#"{"beta_schedule": "sigmoid"}"#).expect("cfg");
-    let e = schedulers::build("Euler", None, &cfg, 10).err().expect("bad betas").to_string();
+    let e = err_text(schedulers::build("Euler", None, &cfg, 10), "bad betas");
     assert!(e.contains("beta_schedule"), "{e}");
     let cfg: SchedulerConfig = serde_json::from_str(r#"{"prediction_type": "flow"}"#).expect("cfg");
-    let e = schedulers::build("Euler", None, &cfg, 10).err().expect("bad prediction").to_string();
+    let e = err_text(schedulers::build("Euler", None, &cfg, 10), "bad prediction");
     assert!(e.contains("prediction_type"), "{e}");
 }
