@@ -10,6 +10,7 @@ pub mod models;
 pub mod noise;
 pub mod request;
 pub mod schedulers;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use request::{Image, Record, Request};

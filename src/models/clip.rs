@@ -1,0 +1,232 @@
+//! CLIP's text encoder (transformers `CLIPTextModel`): prompt token ids to the hidden states
+//! the UNet attends to.
+//!
+//! Token and position embeddings, a stack of pre-norm transformer layers with causal
+//! self-attention, and a final layer norm. SD 1.x uses OpenAI's CLIP ViT-L/14 (`quick_gelu`);
+//! SD 2.x uses OpenCLIP ViT-H/14 converted to this layout (`gelu`).
+
+use crate::loading::{read_json, Weights};
+use crate::models::nn::{attention, LayerNorm, Linear};
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// The MLP activations CLIP text encoders use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)`, OpenAI CLIP.
+    #[serde(rename = "quick_gelu")]
+    QuickGelu,
+    /// Exact (erf) GELU, OpenCLIP.
+    #[serde(rename = "gelu")]
+    Gelu,
+}
+
+/// The fields of `text_encoder/config.json` the model needs; the rest are ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ClipTextConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: i64,
+    pub max_position_embeddings: i64,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+}
+
+impl ClipTextConfig {
+    /// Reads and checks `config.json`; errors name the file and the field.
+    pub fn load(path: &Path) -> Result<ClipTextConfig> {
+        let cfg: ClipTextConfig = read_json(path)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers as i64),
+            ("num_attention_heads", self.num_attention_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (field, value) in positive {
+            if value <= 0 {
+                return Err(Error::config(path, format!("field '{field}': must be positive, found {value}")));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(Error::config(
+                path,
+                format!(
+                    "field 'num_attention_heads': hidden_size {} is not divisible by {} heads",
+                    self.hidden_size, self.num_attention_heads
+                ),
+            ));
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return Err(Error::config(
+                path,
+                format!("field 'layer_norm_eps': must be a small positive number, found {}", self.layer_norm_eps),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl EncoderLayer {
+    fn load(w: &Weights, cfg: &ClipTextConfig) -> Result<EncoderLayer> {
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let attn = w.pp("self_attn");
+        let mlp = w.pp("mlp");
+        Ok(EncoderLayer {
+            layer_norm1: LayerNorm::load(&w.pp("layer_norm1"), h, eps)?,
+            q_proj: Linear::load(&attn.pp("q_proj"), h, h, true)?,
+            k_proj: Linear::load(&attn.pp("k_proj"), h, h, true)?,
+            v_proj: Linear::load(&attn.pp("v_proj"), h, h, true)?,
+            out_proj: Linear::load(&attn.pp("out_proj"), h, h, true)?,
+            layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), h, eps)?,
+            fc1: Linear::load(&mlp.pp("fc1"), h, cfg.intermediate_size, true)?,
+            fc2: Linear::load(&mlp.pp("fc2"), cfg.intermediate_size, h, true)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, heads: i64, act: Activation) -> Tensor {
+        let h = self.layer_norm1.forward(x);
+        let (q, k, v) = (self.q_proj.forward(&h), self.k_proj.forward(&h), self.v_proj.forward(&h));
+        // SDPA's default scale is head_dim^-0.5, CLIP's; causal so a token never sees later ones.
+        let a = self.out_proj.forward(&attention(&q, &k, &v, heads, None, true));
+        let x = x + a;
+        let h = self.fc1.forward(&self.layer_norm2.forward(&x));
+        let h = match act {
+            Activation::QuickGelu => &h * (&h * 1.702).sigmoid(),
+            Activation::Gelu => h.gelu("none"),
+        };
+        x + self.fc2.forward(&h)
+    }
+}
+
+/// transformers' `CLIPTextModel` (the text transformer, without pooling or projection).
+#[derive(Debug)]
+pub struct ClipTextModel {
+    config: ClipTextConfig,
+    token_embedding: Tensor,
+    position_embedding: Tensor,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+}
+
+impl ClipTextModel {
+    /// Loads a diffusers `text_encoder/` folder: `config.json` and `model.safetensors`
+    /// (or `model.fp16.safetensors` when loading in fp16 and the plain file is absent).
+    /// Tensors in the file that the config does not account for are an error.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<ClipTextModel> {
+        let cfg = ClipTextConfig::load(&dir.join("config.json"))?;
+        let path = weights_file(dir, kind)?;
+        let w = Weights::open(&[path], device, kind)?;
+        let model = ClipTextModel::new(&w, &cfg)?;
+        w.finish()?;
+        Ok(model)
+    }
+
+    /// Builds the model from tensors named as in transformers (`text_model.…`). Does not call
+    /// [`Weights::finish`]: the caller may share the store with other components.
+    pub fn new(w: &Weights, cfg: &ClipTextConfig) -> Result<ClipTextModel> {
+        let tm = w.pp("text_model");
+        let emb = tm.pp("embeddings");
+        let h = cfg.hidden_size;
+        // A buffer saved by older transformers versions; it is always arange(max_positions),
+        // so it is consumed (to satisfy `finish`) and not used.
+        if let Some(shape) = emb.shape_of("position_ids") {
+            let _unused_position_ids = emb.get("position_ids", &shape)?;
+        }
+        let layers_w = tm.pp("encoder").pp("layers");
+        let layers =
+            (0..cfg.num_hidden_layers).map(|i| EncoderLayer::load(&layers_w.pp(i), cfg)).collect::<Result<Vec<_>>>()?;
+        Ok(ClipTextModel {
+            config: cfg.clone(),
+            token_embedding: emb.pp("token_embedding").get("weight", &[cfg.vocab_size, h])?,
+            position_embedding: emb.pp("position_embedding").get("weight", &[cfg.max_position_embeddings, h])?,
+            layers,
+            final_layer_norm: LayerNorm::load(&tm.pp("final_layer_norm"), h, cfg.layer_norm_eps)?,
+        })
+    }
+
+    pub fn config(&self) -> &ClipTextConfig {
+        &self.config
+    }
+
+    /// Encodes token ids `[batch, seq]` (int64) into hidden states `[batch, seq, hidden]`.
+    ///
+    /// `clip_skip` follows diffusers' `StableDiffusionPipeline.encode_prompt`: `None` returns
+    /// `last_hidden_state` (all layers, then the final layer norm). `Some(n)` takes
+    /// `hidden_states[-(n + 1)]` — the output of layer `num_layers - n`, where
+    /// `hidden_states[0]` is the embeddings — and applies the final layer norm to it. So
+    /// `Some(0)` equals `None`, `Some(1)` is the penultimate layer (A1111's "clip skip 2"),
+    /// and `n` may be at most `num_hidden_layers`.
+    pub fn forward(&self, ids: &Tensor, clip_skip: Option<usize>) -> Result<Tensor> {
+        let n_layers = self.layers.len();
+        let run = match clip_skip {
+            None => n_layers,
+            Some(n) if n <= n_layers => n_layers - n,
+            Some(n) => {
+                return Err(Error::invalid(format!(
+                    "clip skip {n} is larger than the text encoder's {n_layers} layers"
+                )))
+            }
+        };
+        let size = ids.size();
+        let &[_, seq] = size.as_slice() else {
+            return Err(Error::Model(format!("text encoder expects token ids [batch, seq], got {size:?}")));
+        };
+        if seq > self.config.max_position_embeddings {
+            return Err(Error::invalid(format!(
+                "{seq} tokens exceed the text encoder's {} positions",
+                self.config.max_position_embeddings
+            )));
+        }
+        let ids = ids.f_to_device(self.token_embedding.device())?.f_to_kind(Kind::Int64)?;
+        let tokens = Tensor::f_embedding(&self.token_embedding, &ids, -1, false, false)?;
+        let mut x = tokens + self.position_embedding.narrow(0, 0, seq).unsqueeze(0);
+        for layer in &self.layers[..run] {
+            x = layer.forward(&x, self.config.num_attention_heads, self.config.hidden_act);
+        }
+        Ok(self.final_layer_norm.forward(&x))
+    }
+}
+
+/// `model.safetensors`, or `model.fp16.safetensors` for fp16 loads when only that exists.
+fn weights_file(dir: &Path, kind: Kind) -> Result<PathBuf> {
+    let plain = dir.join("model.safetensors");
+    if plain.is_file() {
+        return Ok(plain);
+    }
+    let fp16 = dir.join("model.fp16.safetensors");
+    if kind == Kind::Half && fp16.is_file() {
+        return Ok(fp16);
+    }
+    let mut msg = format!("no model.safetensors in {}", dir.display());
+    if fp16.is_file() {
+        msg.push_str("; only model.fp16.safetensors is there, which is used only when running in fp16");
+    } else if dir.join("pytorch_model.bin").is_file() {
+        msg.push_str(
+            "; pytorch_model.bin is a Python pickle, which sdgen refuses: convert it to model.safetensors",
+        );
+    }
+    Err(Error::weights(dir, msg))
+}

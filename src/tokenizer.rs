@@ -1,0 +1,572 @@
+//! CLIP's byte-level BPE tokenizer, equal to transformers' slow `CLIPTokenizer`.
+//!
+//! diffusers tokenizes prompts with the Python `CLIPTokenizer` and the reference environment
+//! has no `ftfy`, so transformers cleans text with its BERT `BasicTokenizer` instead; this
+//! file reproduces that path step by step:
+//!
+//! 1. split the raw text on added tokens (`<|startoftext|>`, `<|endoftext|>`, and the pad
+//!    token: SD 2.x's `!` becomes an added token, so every `!` in a prompt is its own token);
+//! 2. on each piece: drop NUL, U+FFFD and control/format/unassigned characters, turn
+//!    whitespace into spaces, put spaces around CJK ideographs, NFC-normalise, split on
+//!    whitespace and lower-case each word (accents are kept, punctuation is not split);
+//! 3. cut words with CLIP's pattern (`'s|'t|…|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+`), map each
+//!    UTF-8 byte to a printable symbol (`bytes_to_unicode`) and apply the BPE merges, the last
+//!    symbol of a word carrying `</w>`;
+//! 4. look the symbols up in `vocab.json`, unknown ones becoming the unk token.
+//!
+//! [`Tokenizer::encode`] then does what diffusers' `encode_prompt` asks of the tokenizer:
+//! truncate to `model_max_length`, wrap in BOS/EOS and pad.
+
+use crate::loading::config::parse_json;
+use crate::{Error, Result};
+use regex::Regex;
+use serde::Deserialize;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use unicode_normalization::UnicodeNormalization;
+
+const DEFAULT_BOS: &str = "<|startoftext|>";
+const DEFAULT_EOS: &str = "<|endoftext|>";
+/// CLIP's context length; used when `tokenizer_config.json` does not say.
+const DEFAULT_MAX_LENGTH: usize = 77;
+/// transformers reads at most this many merges (CLIP's vocabulary minus bytes and specials).
+const MAX_MERGES: usize = 49152 - 256 - 2;
+/// CLIP's pre-tokenizer pattern. Python compiles it with IGNORECASE, which matters only for
+/// the literals (text is lower-cased already, but `'ſ` still matches `'s` by case folding),
+/// so only they are case-insensitive here. Python's `regex` module also never matches U+0345
+/// (a combining mark that case-folds to a letter) with either class, so it is dropped.
+const PATTERN: &str = r"(?i:<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}\x{345}]+";
+
+/// The result of [`Tokenizer::encode`]: exactly `max_length` ids, BOS first, EOS after the
+/// last kept token, then padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoding {
+    pub ids: Vec<i64>,
+    /// How many ids are not padding (BOS and EOS included).
+    pub len: usize,
+    /// Whether the prompt had more tokens than fit and some were dropped.
+    pub truncated: bool,
+    /// The dropped tokens decoded back to text, as diffusers prints in its warning
+    /// ("The following part of your input was truncated ..."); empty when nothing was cut.
+    pub removed_text: String,
+}
+
+/// A token that is matched in the raw text before any cleaning (transformers' `AddedToken`).
+#[derive(Debug, Clone)]
+struct AddedToken {
+    content: String,
+    id: i64,
+    lstrip: bool,
+    rstrip: bool,
+    single_word: bool,
+}
+
+/// CLIP's BPE tokenizer loaded from a diffusers `tokenizer/` folder.
+#[derive(Debug)]
+pub struct Tokenizer {
+    vocab: HashMap<String, i64>,
+    decoder: HashMap<i64, String>,
+    merge_ranks: HashMap<(String, String), usize>,
+    added: Vec<AddedToken>,
+    byte_symbol: [char; 256],
+    symbol_byte: HashMap<char, u8>,
+    pattern: Regex,
+    bos_id: i64,
+    eos_id: i64,
+    pad_id: i64,
+    unk_id: i64,
+    max_length: usize,
+    clean_up_spaces: bool,
+    cache: RefCell<HashMap<String, Vec<String>>>,
+}
+
+/// A special token as written in the config files: a plain string or an `AddedToken` object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum TokenSpec {
+    Text(String),
+    Full {
+        content: String,
+        #[serde(default)]
+        lstrip: bool,
+        #[serde(default)]
+        rstrip: bool,
+        #[serde(default)]
+        single_word: bool,
+    },
+}
+
+impl TokenSpec {
+    fn content(&self) -> &str {
+        match self {
+            TokenSpec::Text(s) => s,
+            TokenSpec::Full { content, .. } => content,
+        }
+    }
+
+    fn flags(&self) -> (bool, bool, bool) {
+        match self {
+            TokenSpec::Text(_) => (false, false, false),
+            TokenSpec::Full { lstrip, rstrip, single_word, .. } => (*lstrip, *rstrip, *single_word),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SpecialTokens {
+    bos_token: Option<TokenSpec>,
+    eos_token: Option<TokenSpec>,
+    unk_token: Option<TokenSpec>,
+    pad_token: Option<TokenSpec>,
+    #[serde(default)]
+    additional_special_tokens: Vec<TokenSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TokenizerConfig {
+    #[serde(flatten)]
+    special: SpecialTokens,
+    model_max_length: Option<f64>,
+    clean_up_tokenization_spaces: Option<bool>,
+    added_tokens_decoder: Option<HashMap<String, TokenSpec>>,
+}
+
+/// transformers' `bytes_to_unicode`: printable Latin-1 bytes map to themselves, the rest to
+/// code points from 256 up, so no byte becomes whitespace or a control character.
+fn byte_symbols() -> [char; 256] {
+    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..256u32 {
+        let code = if printable(b) {
+            b
+        } else {
+            next += 1;
+            next - 1
+        };
+        table[b as usize] = char::from_u32(code).unwrap_or('\0');
+    }
+    table
+}
+
+/// The ideograph blocks BERT's tokenizer isolates with spaces.
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x4E00..=0x9FFF
+        | 0x3400..=0x4DBF
+        | 0x20000..=0x2A6DF
+        | 0x2A700..=0x2B73F
+        | 0x2B740..=0x2B81F
+        | 0x2B820..=0x2CEAF
+        | 0xF900..=0xFAFF
+        | 0x2F800..=0x2FA1F)
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+fn read_optional_json<T: Default + serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_json(path, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+impl Tokenizer {
+    /// Loads `vocab.json`, `merges.txt` and the optional `tokenizer_config.json` and
+    /// `special_tokens_map.json` from a tokenizer folder.
+    ///
+    /// Special tokens resolve as in transformers: `tokenizer_config.json` first; values in
+    /// `special_tokens_map.json` override it unless the config carries `added_tokens_decoder`;
+    /// missing ones default to CLIP's (`<|startoftext|>`, and `<|endoftext|>` for eos, unk and
+    /// pad). A missing `model_max_length` means CLIP's 77.
+    pub fn from_dir(dir: &Path) -> Result<Tokenizer> {
+        let vocab_path = dir.join("vocab.json");
+        let vocab: HashMap<String, i64> = parse_json(&vocab_path, &read_text(&vocab_path)?)?;
+        let merges_path = dir.join("merges.txt");
+        let merge_ranks = parse_merges(&merges_path, &read_text(&merges_path)?)?;
+
+        let config_path = dir.join("tokenizer_config.json");
+        let config: TokenizerConfig = read_optional_json(&config_path)?;
+        let map_path = dir.join("special_tokens_map.json");
+        let mut special = config.special;
+        if config.added_tokens_decoder.is_none() {
+            let map: SpecialTokens = read_optional_json(&map_path)?;
+            special.bos_token = map.bos_token.or(special.bos_token);
+            special.eos_token = map.eos_token.or(special.eos_token);
+            special.unk_token = map.unk_token.or(special.unk_token);
+            special.pad_token = map.pad_token.or(special.pad_token);
+            for t in map.additional_special_tokens {
+                if !special.additional_special_tokens.iter().any(|s| s.content() == t.content()) {
+                    special.additional_special_tokens.push(t);
+                }
+            }
+        }
+
+        let max_length = match config.model_max_length {
+            None => DEFAULT_MAX_LENGTH,
+            Some(n) if n.fract() == 0.0 && (3.0..=1e6).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(Error::config(
+                    &config_path,
+                    format!("field 'model_max_length': {n} is not a usable sequence length (CLIP uses 77)"),
+                ))
+            }
+        };
+
+        // Explicit added tokens first, so their ids and flags win over the plain specials.
+        let mut added: Vec<AddedToken> = Vec::new();
+        if let Some(decoder) = &config.added_tokens_decoder {
+            let mut entries: Vec<(i64, &TokenSpec)> = Vec::new();
+            for (id, spec) in decoder {
+                let id: i64 = id.parse().map_err(|_| {
+                    Error::config(&config_path, format!("field 'added_tokens_decoder': key '{id}' is not a token id"))
+                })?;
+                entries.push((id, spec));
+            }
+            entries.sort_by_key(|(id, _)| *id);
+            for (id, spec) in entries {
+                let (lstrip, rstrip, single_word) = spec.flags();
+                added.push(AddedToken { content: spec.content().to_string(), id, lstrip, rstrip, single_word });
+            }
+        }
+        let mut resolve = |field: &str, spec: Option<&TokenSpec>, default: &str| -> Result<i64> {
+            let content = spec.map_or(default, |s| s.content());
+            if let Some(t) = added.iter().find(|t| t.content == content) {
+                return Ok(t.id);
+            }
+            let id = *vocab.get(content).ok_or_else(|| {
+                Error::config(
+                    &config_path,
+                    format!(
+                        "{field} '{content}' is not in {}; the tokenizer files do not belong together",
+                        vocab_path.display()
+                    ),
+                )
+            })?;
+            let (lstrip, rstrip, single_word) = spec.map_or((false, false, false), |s| s.flags());
+            added.push(AddedToken { content: content.to_string(), id, lstrip, rstrip, single_word });
+            Ok(id)
+        };
+        let bos_id = resolve("bos_token", special.bos_token.as_ref(), DEFAULT_BOS)?;
+        let eos_id = resolve("eos_token", special.eos_token.as_ref(), DEFAULT_EOS)?;
+        let unk_id = resolve("unk_token", special.unk_token.as_ref(), DEFAULT_EOS)?;
+        let pad_id = resolve("pad_token", special.pad_token.as_ref(), DEFAULT_EOS)?;
+        for spec in &special.additional_special_tokens {
+            resolve("additional_special_tokens", Some(spec), "")?;
+        }
+
+        let byte_symbol = byte_symbols();
+        let symbol_byte = byte_symbol.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let mut decoder: HashMap<i64, String> = vocab.iter().map(|(k, &v)| (v, k.clone())).collect();
+        for t in &added {
+            decoder.entry(t.id).or_insert_with(|| t.content.clone());
+        }
+        let pattern = Regex::new(PATTERN).map_err(|e| Error::Model(format!("tokenizer pattern: {e}")))?;
+        Ok(Tokenizer {
+            vocab,
+            decoder,
+            merge_ranks,
+            added,
+            byte_symbol,
+            symbol_byte,
+            pattern,
+            bos_id,
+            eos_id,
+            pad_id,
+            unk_id,
+            max_length,
+            clean_up_spaces: config.clean_up_tokenization_spaces.unwrap_or(true),
+            cache: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// The padded length of every encoding (`model_max_length`, 77 for CLIP).
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    pub fn bos_id(&self) -> i64 {
+        self.bos_id
+    }
+
+    pub fn eos_id(&self) -> i64 {
+        self.eos_id
+    }
+
+    pub fn pad_id(&self) -> i64 {
+        self.pad_id
+    }
+
+    /// Tokenizes, truncates to `max_length - 2` tokens, adds BOS and EOS and pads to
+    /// `max_length`: `tokenizer(text, padding="max_length", truncation=True)` in transformers.
+    pub fn encode(&self, text: &str) -> Encoding {
+        let tokens = self.tokenize(text);
+        let room = self.max_length.saturating_sub(2);
+        let keep = tokens.len().min(room);
+        let mut ids = Vec::with_capacity(self.max_length);
+        ids.push(self.bos_id);
+        ids.extend_from_slice(&tokens[..keep]);
+        ids.push(self.eos_id);
+        let len = ids.len();
+        ids.resize(self.max_length, self.pad_id);
+        let truncated = tokens.len() > room;
+        let removed_text = if truncated { self.decode(&tokens[room..]) } else { String::new() };
+        Encoding { ids, len, truncated, removed_text }
+    }
+
+    /// The token ids of `text` without BOS, EOS, truncation or padding.
+    pub fn tokenize(&self, text: &str) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for piece in self.split_added(text) {
+            match piece {
+                Piece::Added(id) => ids.push(id),
+                Piece::Text(t) => self.tokenize_plain(&t, &mut ids),
+            }
+        }
+        ids
+    }
+
+    /// Turns ids back into text as transformers' `decode` does (specials kept, `</w>` read
+    /// as a space, tokenization spaces cleaned up when the config asks).
+    pub fn decode(&self, ids: &[i64]) -> String {
+        let mut bytes = Vec::new();
+        for id in ids {
+            let Some(token) = self.decoder.get(id) else { continue };
+            // Symbols outside the byte table cannot come from the vocabulary; skip them.
+            bytes.extend(token.chars().filter_map(|c| self.symbol_byte.get(&c).copied()));
+        }
+        let text = String::from_utf8_lossy(&bytes).replace("</w>", " ");
+        let text = text.trim_matches(char::is_whitespace).to_string();
+        if !self.clean_up_spaces {
+            return text;
+        }
+        text.replace(" .", ".")
+            .replace(" ?", "?")
+            .replace(" !", "!")
+            .replace(" ,", ",")
+            .replace(" ' ", "'")
+            .replace(" n't", "n't")
+            .replace(" 'm", "'m")
+            .replace(" 's", "'s")
+            .replace(" 've", "'ve")
+            .replace(" 're", "'re")
+    }
+
+    /// transformers' added-token pass: leftmost, longest added token wins; `lstrip`/`rstrip`
+    /// eat whitespace beside it and `single_word` only counts it when it stands alone.
+    fn split_added(&self, text: &str) -> Vec<Piece> {
+        let mut parts: Vec<(String, Option<usize>)> = Vec::new();
+        let mut start = 0;
+        let mut i = 0;
+        while i < text.len() {
+            let rest = &text[i..];
+            let hit = self
+                .added
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| !t.content.is_empty() && rest.starts_with(t.content.as_str()))
+                .max_by_key(|(_, t)| t.content.len());
+            match hit {
+                Some((k, t)) => {
+                    if start < i {
+                        parts.push((text[start..i].to_string(), None));
+                    }
+                    parts.push((t.content.clone(), Some(k)));
+                    i += t.content.len();
+                    start = i;
+                }
+                None => i += rest.chars().next().map_or(1, char::len_utf8),
+            }
+        }
+        if start < text.len() {
+            parts.push((text[start..].to_string(), None));
+        }
+
+        let is_space = |c: char| c.is_whitespace();
+        for i in 0..parts.len() {
+            let Some(k) = parts[i].1 else { continue };
+            let t = &self.added[k];
+            if t.rstrip && i + 1 < parts.len() && !parts[i + 1].0.is_empty() {
+                parts[i + 1].0 = parts[i + 1].0.trim_start_matches(is_space).to_string();
+            }
+            if t.lstrip && i > 0 && !parts[i - 1].0.is_empty() {
+                parts[i - 1].0 = parts[i - 1].0.trim_end_matches(is_space).to_string();
+            }
+            if t.single_word && i > 0 && !parts[i - 1].0.is_empty() && !parts[i - 1].0.ends_with(' ') {
+                let content = std::mem::take(&mut parts[i].0);
+                parts[i - 1].0.push_str(&content);
+                parts[i - 1].1 = None;
+                parts[i].1 = None;
+            } else if t.single_word && i + 1 < parts.len() && !parts[i + 1].0.is_empty() && !parts[i + 1].0.starts_with(' ')
+            {
+                let content = std::mem::take(&mut parts[i].0);
+                parts[i + 1].0.insert_str(0, &content);
+                parts[i].1 = None;
+            }
+        }
+        parts
+            .into_iter()
+            .filter(|(s, _)| !s.is_empty())
+            .map(|(s, k)| match k {
+                Some(k) => Piece::Added(self.added[k].id),
+                // A merged single_word piece may now equal an added token again.
+                None => match self.added.iter().find(|t| t.content == s) {
+                    Some(t) => Piece::Added(t.id),
+                    None => Piece::Text(s),
+                },
+            })
+            .collect()
+    }
+
+    /// `CLIPTokenizer._tokenize` on text free of added tokens.
+    fn tokenize_plain(&self, text: &str, ids: &mut Vec<i64>) {
+        let cleaned = basic_clean(text);
+        for m in self.pattern.find_iter(&cleaned) {
+            let word = m.as_str();
+            if word == DEFAULT_BOS || word == DEFAULT_EOS {
+                ids.push(self.vocab.get(word).copied().unwrap_or(self.unk_id));
+                continue;
+            }
+            let symbols: String = word.bytes().map(|b| self.byte_symbol[b as usize]).collect();
+            let mut cache = self.cache.borrow_mut();
+            let pieces = cache.entry(symbols).or_insert_with_key(|s| self.bpe(s));
+            ids.extend(pieces.iter().map(|p| self.vocab.get(p).copied().unwrap_or(self.unk_id)));
+        }
+    }
+
+    /// Greedy BPE: repeatedly merge the adjacent pair with the lowest rank, every occurrence
+    /// left to right, until no ranked pair remains.
+    fn bpe(&self, word: &str) -> Vec<String> {
+        let mut parts: Vec<String> = word.chars().map(String::from).collect();
+        if let Some(last) = parts.last_mut() {
+            last.push_str("</w>");
+        }
+        let mut key = (String::new(), String::new());
+        while parts.len() > 1 {
+            let mut best: Option<(usize, &str, &str)> = None;
+            for pair in parts.windows(2) {
+                key.0.clone_from(&pair[0]);
+                key.1.clone_from(&pair[1]);
+                if let Some(&rank) = self.merge_ranks.get(&key) {
+                    if best.is_none_or(|(r, _, _)| rank < r) {
+                        best = Some((rank, &pair[0], &pair[1]));
+                    }
+                }
+            }
+            let Some((_, first, second)) = best else { break };
+            let (first, second) = (first.to_string(), second.to_string());
+            let mut merged = Vec::with_capacity(parts.len());
+            let mut i = 0;
+            while i < parts.len() {
+                if i + 1 < parts.len() && parts[i] == first && parts[i + 1] == second {
+                    merged.push(format!("{first}{second}"));
+                    i += 2;
+                } else {
+                    merged.push(std::mem::take(&mut parts[i]));
+                    i += 1;
+                }
+            }
+            parts = merged;
+        }
+        parts
+    }
+}
+
+enum Piece {
+    Added(i64),
+    Text(String),
+}
+
+/// Reads BPE merges the way transformers does: strip the file, skip the `#version` line,
+/// keep at most [`MAX_MERGES`]; a repeated pair keeps its last rank.
+fn parse_merges(path: &Path, text: &str) -> Result<HashMap<(String, String), usize>> {
+    let mut ranks = HashMap::new();
+    for (rank, (lineno, line)) in text.trim().split('\n').enumerate().skip(1).take(MAX_MERGES).enumerate() {
+        let mut it = line.split_whitespace();
+        match (it.next(), it.next(), it.next()) {
+            (Some(a), Some(b), None) => {
+                ranks.insert((a.to_string(), b.to_string()), rank);
+            }
+            _ => {
+                return Err(Error::config(
+                    PathBuf::from(path),
+                    format!("line {}: expected two space-separated symbols, found {line:?}", lineno + 1),
+                ))
+            }
+        }
+    }
+    if ranks.is_empty() {
+        return Err(Error::config(path, "no BPE merges found; is this CLIP's merges.txt?"));
+    }
+    Ok(ranks)
+}
+
+/// BERT's `BasicTokenizer` as `CLIPTokenizer` configures it without ftfy, joined by spaces.
+fn basic_clean(text: &str) -> String {
+    let mut spaced = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c == '\0' || c == '\u{FFFD}' {
+            continue;
+        }
+        if c == ' ' || c == '\t' || c == '\n' || c == '\r' || is_space_separator(c) {
+            spaced.push(' ');
+        } else if is_other(c) {
+            continue;
+        } else if is_cjk(c) {
+            spaced.push(' ');
+            spaced.push(c);
+            spaced.push(' ');
+        } else {
+            spaced.push(c);
+        }
+    }
+    let normalized: String = spaced.nfc().collect();
+    let words: Vec<String> = normalized.split(char::is_whitespace).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
+    words.join(" ")
+}
+
+fn is_space_separator(c: char) -> bool {
+    thread_local! {
+        static ZS: Regex = Regex::new(r"^\p{Zs}$").unwrap_or_else(|_| unreachable!("static pattern"));
+    }
+    !c.is_ascii() && ZS.with(|re| re.is_match(c.encode_utf8(&mut [0; 4])))
+}
+
+/// Unicode category C* (control, format, private use, unassigned), which BERT drops.
+fn is_other(c: char) -> bool {
+    thread_local! {
+        static OTHER: Regex = Regex::new(r"^\p{C}$").unwrap_or_else(|_| unreachable!("static pattern"));
+    }
+    if c.is_ascii() {
+        return c.is_ascii_control();
+    }
+    OTHER.with(|re| re.is_match(c.encode_utf8(&mut [0; 4])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_table_matches_gpt2_layout() {
+        let t = byte_symbols();
+        assert_eq!(t[b'a' as usize], 'a');
+        // Byte 0 is the first non-printable byte, so it gets the first code point past 255.
+        assert_eq!(t[0], '\u{100}');
+        assert_eq!(t[b' ' as usize], '\u{120}');
+        assert_eq!(t[0xad], '\u{143}');
+        let distinct: std::collections::HashSet<char> = t.iter().copied().collect();
+        assert_eq!(distinct.len(), 256);
+    }
+
+    #[test]
+    fn basic_clean_drops_controls_and_splits_cjk() {
+        assert_eq!(basic_clean("A\u{200b}B\tC\u{3000}D"), "ab c d");
+        assert_eq!(basic_clean("猫cat"), "猫 cat");
+        assert_eq!(basic_clean("e\u{301}"), "\u{e9}");
+    }
+}
