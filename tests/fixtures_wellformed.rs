@@ -266,7 +266,9 @@ fn tiny_model_stays_small() -> TestResult {
 }
 
 /// dtype and shape of every key of a safetensors file.
-fn header(path: &Path) -> Result<BTreeMap<String, (Dtype, Vec<i64>)>, Box<dyn Error>> {
+type Header = BTreeMap<String, (Dtype, Vec<i64>)>;
+
+fn header(path: &Path) -> Result<Header, Box<dyn Error>> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes)?;
     Ok(st
