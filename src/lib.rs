@@ -8,6 +8,7 @@ pub mod info;
 pub mod loading;
 pub mod models;
 pub mod noise;
+pub mod output;
 pub mod request;
 pub mod schedulers;
 pub mod tokenizer;

@@ -1,0 +1,65 @@
+//! The output side: generated images written as PNG files that carry how they were made
+//! (A1111 `parameters` text and sdgen's full record) and the model's licence notice.
+//!
+//! Nothing here knows about tch: it takes an [`Image`] (RGB bytes) and a [`Record`].
+//!
+//! ```no_run
+//! # fn demo(image: &sdgen::Image, record: &sdgen::Record) -> sdgen::Result<()> {
+//! use sdgen::output::{naming, save_png, NameFields, OnExisting, SaveOptions, Template};
+//! let template = Template::parse(naming::DEFAULT_TEMPLATE)?;
+//! let ts = naming::timestamp_now();
+//! let fields = NameFields { index: 0, seed: record.request.seed, prompt: &record.request.prompt, timestamp: &ts };
+//! let path = template.resolve("outputs".as_ref(), &fields)?;
+//! let options = SaveOptions { sampler_a1111: "Euler a", schedule_type: None, on_existing: OnExisting::AddSuffix };
+//! let written = save_png(&path, image, record, &options)?;
+//! # Ok(()) }
+//! ```
+
+pub mod license;
+pub mod metadata;
+pub mod naming;
+pub mod png;
+
+use std::path::{Path, PathBuf};
+
+pub use license::{ensure_notice_file, full_text, NOTICE_FILE_NAME};
+pub use metadata::{
+    parameters_text, parse_parameters, read_record, ParsedParameters, LICENSE_KEY, PARAMETERS_KEY, RECORD_KEY,
+};
+pub use naming::{NameFields, Template, DEFAULT_TEMPLATE};
+pub use png::{read_text_chunks, write_png, OnExisting};
+
+use crate::{Error, Image, Record, Result};
+
+/// How [`save_png`] writes one image.
+#[derive(Debug, Clone, Copy)]
+pub struct SaveOptions<'a> {
+    /// A1111 display name of the scheduler (`Euler a`, `DPM++ 2M`, ...), from the scheduler table.
+    pub sampler_a1111: &'a str,
+    /// A1111 schedule type (`Karras`, ...), if the scheduler has one.
+    pub schedule_type: Option<&'a str>,
+    /// Use [`OnExisting::AddSuffix`] with the default template, [`OnExisting::Fail`] with a
+    /// name the user chose, [`OnExisting::Overwrite`] only when asked to.
+    pub on_existing: OnExisting,
+}
+
+/// Saves one image at `path` with its `parameters`, `sdgen` (record) and `license` text
+/// chunks. Creates the parent folder if needed and, the first time, the licence notice file
+/// in it. Returns the path written (see [`OnExisting::AddSuffix`]).
+pub fn save_png(path: &Path, image: &Image, record: &Record, options: &SaveOptions<'_>) -> Result<PathBuf> {
+    let parameters = parameters_text(record, options.sampler_a1111, options.schedule_type);
+    let record_json = metadata::record_json(record)?;
+    let notice = license::notice(&record.model.license);
+
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::invalid(format!("cannot create the output folder {}: {e}", dir.display())))?;
+    ensure_notice_file(dir, &record.model.license)?;
+
+    let text =
+        [(PARAMETERS_KEY, parameters.as_str()), (RECORD_KEY, record_json.as_str()), (LICENSE_KEY, notice.as_str())];
+    write_png(path, image, &text, options.on_existing)
+}
