@@ -21,9 +21,9 @@ use crate::loading::config::parse_json;
 use crate::{Error, Result};
 use regex::Regex;
 use serde::Deserialize;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use unicode_normalization::UnicodeNormalization;
 
 const DEFAULT_BOS: &str = "<|startoftext|>";
@@ -36,7 +36,8 @@ const MAX_MERGES: usize = 49152 - 256 - 2;
 /// the literals (text is lower-cased already, but `'ſ` still matches `'s` by case folding),
 /// so only they are case-insensitive here. Python's `regex` module also never matches U+0345
 /// (a combining mark that case-folds to a letter) with either class, so it is dropped.
-const PATTERN: &str = r"(?i:<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}\x{345}]+";
+const PATTERN: &str =
+    r"(?i:<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}\x{345}]+";
 
 /// The result of [`Tokenizer::encode`]: exactly `max_length` ids, BOS first, EOS after the
 /// last kept token, then padding.
@@ -78,7 +79,8 @@ pub struct Tokenizer {
     unk_id: i64,
     max_length: usize,
     clean_up_spaces: bool,
-    cache: RefCell<HashMap<String, Vec<String>>>,
+    /// BPE results per word; prompts repeat words, and BPE is quadratic in word length.
+    cache: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// A special token as written in the config files: a plain string or an `AddedToken` object.
@@ -280,7 +282,7 @@ impl Tokenizer {
             unk_id,
             max_length,
             clean_up_spaces: config.clean_up_tokenization_spaces.unwrap_or(true),
-            cache: RefCell::new(HashMap::new()),
+            cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -401,7 +403,10 @@ impl Tokenizer {
                 parts[i - 1].0.push_str(&content);
                 parts[i - 1].1 = None;
                 parts[i].1 = None;
-            } else if t.single_word && i + 1 < parts.len() && !parts[i + 1].0.is_empty() && !parts[i + 1].0.starts_with(' ')
+            } else if t.single_word
+                && i + 1 < parts.len()
+                && !parts[i + 1].0.is_empty()
+                && !parts[i + 1].0.starts_with(' ')
             {
                 let content = std::mem::take(&mut parts[i].0);
                 parts[i + 1].0.insert_str(0, &content);
@@ -432,7 +437,8 @@ impl Tokenizer {
                 continue;
             }
             let symbols: String = word.bytes().map(|b| self.byte_symbol[b as usize]).collect();
-            let mut cache = self.cache.borrow_mut();
+            // A panic elsewhere cannot leave a half-written entry, so a poisoned cache is still valid.
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             let pieces = cache.entry(symbols).or_insert_with_key(|s| self.bpe(s));
             ids.extend(pieces.iter().map(|p| self.vocab.get(p).copied().unwrap_or(self.unk_id)));
         }
@@ -525,7 +531,8 @@ fn basic_clean(text: &str) -> String {
         }
     }
     let normalized: String = spaced.nfc().collect();
-    let words: Vec<String> = normalized.split(char::is_whitespace).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
+    let words: Vec<String> =
+        normalized.split(char::is_whitespace).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
     words.join(" ")
 }
 

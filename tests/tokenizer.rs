@@ -40,7 +40,8 @@ fn bang_copy(src: &Path, dst: &Path) {
         std::fs::copy(src.join(name), dst.join(name)).unwrap();
     }
     for name in ["tokenizer_config.json", "special_tokens_map.json"] {
-        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join(name)).unwrap()).unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join(name)).unwrap()).unwrap();
         cfg["pad_token"] = serde_json::Value::String("!".into());
         std::fs::write(dst.join(name), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
     }
@@ -61,7 +62,13 @@ fn check(tok: &Tokenizer, variant: &Variant, name: &str) {
         let pads = case.ids.iter().rev().take_while(|&&i| i == variant.pad_id).count();
         assert!(enc.len >= 77 - pads && enc.len <= 77, "{name} {:?}: len {}", case.prompt, enc.len);
     }
-    assert!(failures.is_empty(), "{} of {} prompts differ:\n{}", failures.len(), variant.cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} prompts differ:\n{}",
+        failures.len(),
+        variant.cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -224,9 +224,7 @@ fn weights_file(dir: &Path, kind: Kind) -> Result<PathBuf> {
     if fp16.is_file() {
         msg.push_str("; only model.fp16.safetensors is there, which is used only when running in fp16");
     } else if dir.join("pytorch_model.bin").is_file() {
-        msg.push_str(
-            "; pytorch_model.bin is a Python pickle, which sdgen refuses: convert it to model.safetensors",
-        );
+        msg.push_str("; pytorch_model.bin is a Python pickle, which sdgen refuses: convert it to model.safetensors");
     }
     Err(Error::weights(dir, msg))
 }
