@@ -31,8 +31,9 @@ fn main() -> anyhow::Result<()> {
 
     let images = pipe.generate(&request, &mut |p| eprint!("\rstep {}/{}", p.step, p.steps))?;
     eprintln!();
-    for generated in &images {
-        let path = sdgen::save::save(&generated.image, &generated.record, std::path::Path::new(&out), None, false)?;
+    let timestamp = sdgen::save::run_timestamp();
+    for (i, generated) in images.iter().enumerate() {
+        let path = sdgen::save::save(generated, out.as_ref(), None, i, &timestamp, false)?;
         println!("{}", path.display());
     }
     Ok(())

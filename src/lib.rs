@@ -2,6 +2,7 @@
 //!
 //! The library holds everything; the `sdgen` binary is a thin command line on top of it.
 
+pub mod bench;
 pub mod device;
 pub mod error;
 pub mod info;
@@ -9,7 +10,9 @@ pub mod loading;
 pub mod models;
 pub mod noise;
 pub mod output;
+pub mod pipeline;
 pub mod request;
+pub mod save;
 pub mod schedulers;
 pub mod tokenizer;
 

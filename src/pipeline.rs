@@ -9,7 +9,7 @@
 use crate::device::{device_name, kind_name, DType, DeviceChoice};
 use crate::loading::{read_json, sha256_file_cached};
 use crate::models::clip::ClipTextModel;
-use crate::models::unet::UNet;
+use crate::models::unet::{UNet, UNetConfig};
 use crate::models::vae::Vae;
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::request::{Image, ModelRecord, Record, Request};
@@ -28,12 +28,14 @@ pub struct LoadOptions {
     pub dtype: DType,
 }
 
-/// Where the loop is, for progress displays.
+/// Where the loop is, for progress displays and for inspecting the latents.
 #[derive(Debug, Clone, Copy)]
-pub struct Progress {
+pub struct Progress<'a> {
     /// Model evaluations done so far, and in all.
     pub step: usize,
     pub steps: usize,
+    /// The latents after this step, `[batch, 4, h/8, w/8]`, on the device.
+    pub latents: &'a Tensor,
 }
 
 /// The latents after the loop, before decoding.
@@ -95,13 +97,10 @@ impl Pipeline {
         let text_encoder = ClipTextModel::load(&dir.join("text_encoder"), device, kind)?;
         let unet = UNet::load(&dir.join("unet"), device, kind)?;
         let vae = Vae::load(&dir.join("vae"), device, kind)?;
-        let architecture = if unet.config().cross_attention_dim == 1024 || unet.config().use_linear_projection {
-            "sd2"
-        } else {
-            "sd1"
-        };
-        let hash = match unet.weights_path() {
-            Some(p) => Some(sha256_file_cached(p)?),
+        let unet_config = UNetConfig::from_file(&dir.join("unet").join("config.json"))?;
+        let architecture = architecture_of(&unet_config);
+        let hash = match find_weights(&dir.join("unet"), "diffusion_pytorch_model", kind) {
+            Some(p) => Some(sha256_file_cached(&p)?),
             None => None,
         };
         let name = dir
@@ -165,7 +164,7 @@ impl Pipeline {
         check_request(req)?;
         schedulers::resolve(&req.scheduler)?;
         if let Some(skip) = req.clip_skip {
-            let layers = self.text_encoder.num_layers();
+            let layers = self.text_encoder.config().num_hidden_layers as usize;
             if skip == 0 || skip > layers {
                 return Err(Error::invalid(format!(
                     "clip skip {skip} is out of range: this text encoder has {layers} layers, so use 1..={layers}"
@@ -266,22 +265,25 @@ impl Pipeline {
                 out
             };
             latents = scheduler.step(&eps, i, &latents, &mut noise)?;
-            on_step(Progress { step: i + 1, steps: timesteps.len() });
+            on_step(Progress { step: i + 1, steps: timesteps.len(), latents: &latents });
         }
         Ok(Some(Denoised { latents, scheduler_config: scheduler.config_json() }))
     }
 
-    /// Token ids → text embeddings `[1, 77, hidden]`, warning when the prompt was cut.
+    /// Text → embeddings `[1, 77, hidden]`, warning when the prompt was cut. `clip_skip`
+    /// counts as A1111 does: 1 (or `None`) is the last layer, 2 the one before.
     pub fn encode_text(&self, text: &str, clip_skip: Option<usize>) -> Result<Tensor> {
         let enc = self.tokenizer.encode(text);
         if enc.truncated {
             eprintln!(
-                "warning: the prompt is longer than CLIP's {} tokens; the end was cut off",
-                self.tokenizer.max_length()
+                "warning: the prompt is longer than CLIP's {} tokens; this part was cut off: {}",
+                self.tokenizer.max_length(),
+                enc.removed_text
             );
         }
         let ids = Tensor::from_slice(&enc.ids).view([1, -1]).to_device(self.device);
-        Ok(self.text_encoder.forward(&ids, clip_skip))
+        // Requests count clip skip as A1111 does (1 = last layer); diffusers counts skipped layers.
+        self.text_encoder.forward(&ids, clip_skip.map(|n| n.saturating_sub(1)))
     }
 
     /// Latents → 8-bit RGB images, as diffusers' `output_type="pil"` computes them.
@@ -298,6 +300,27 @@ impl Pipeline {
             .map(|i| Image { width: w as u32, height: h as u32, rgb: flat[i * per..(i + 1) * per].to_vec() })
             .collect())
     }
+}
+
+/// `sd2` for SD 2.x-style UNets (1024-wide cross-attention or linear projections), else `sd1`.
+pub fn architecture_of(unet: &UNetConfig) -> &'static str {
+    let wide = match &unet.cross_attention_dim {
+        crate::models::unet::PerLevel::One(d) => *d == 1024,
+        crate::models::unet::PerLevel::List(ds) => ds.contains(&1024),
+    };
+    if wide || unet.use_linear_projection {
+        "sd2"
+    } else {
+        "sd1"
+    }
+}
+
+/// `<stem>.safetensors` in `dir`, or its fp16 variant (preferred when running in fp16).
+pub fn find_weights(dir: &Path, stem: &str, kind: Kind) -> Option<PathBuf> {
+    let plain = dir.join(format!("{stem}.safetensors"));
+    let half = dir.join(format!("{stem}.fp16.safetensors"));
+    let order = if kind == Kind::Half { [half, plain] } else { [plain, half] };
+    order.into_iter().find(|p| p.is_file())
 }
 
 /// The checks that need no model.

@@ -81,6 +81,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
     let bar = progress_bar(args.output.quiet);
     bar.set_length(req.steps as u64);
+    let timestamp = sdgen::save::run_timestamp();
     let mut written = Vec::new();
     for i in 0..req.num_images {
         let single = Request { seed: req.image_seed(i), num_images: 1, ..req.clone() };
@@ -91,7 +92,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             bar.set_position(p.step as u64);
         })?;
         for g in out {
-            let path = sdgen::save::save(&g.image, &g.record, &args.output.out, args.output.name.as_deref(), args.output.overwrite)
+            let path = sdgen::save::save(&g, &args.output.out, args.output.name.as_deref(), i, &timestamp, args.output.overwrite)
                 .with_context(|| format!("writing image {} of {}", i + 1, req.num_images))?;
             written.push(path);
         }

@@ -1,5 +1,6 @@
 //! Command-line definitions (clap derive). Parsing only; the work is in the library.
 
+pub mod bench;
 pub mod generate;
 pub mod info;
 
@@ -19,6 +20,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Print the sdgen and libtorch versions, CUDA devices and CPU threads.
     Info(info::InfoArgs),
+    /// Time one generation: load, first step, steps/s, VAE decode, peak memory.
+    Bench(bench::BenchArgs),
 }
 
 /// Which model, on which device, in which precision.

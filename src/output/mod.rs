@@ -27,7 +27,7 @@ pub use metadata::{
     parameters_text, parse_parameters, read_record, ParsedParameters, LICENSE_KEY, PARAMETERS_KEY, RECORD_KEY,
 };
 pub use naming::{NameFields, Template, DEFAULT_TEMPLATE};
-pub use png::{read_text_chunks, write_png, OnExisting};
+pub use png::{encode_png, read_text_chunks, write_png, OnExisting};
 
 use crate::{Error, Image, Record, Result};
 
@@ -43,13 +43,20 @@ pub struct SaveOptions<'a> {
     pub on_existing: OnExisting,
 }
 
+/// The three text chunks every sdgen PNG carries: `parameters`, `sdgen` (record), `license`.
+pub fn text_chunks(record: &Record, sampler_a1111: &str, schedule_type: Option<&str>) -> Result<[(&'static str, String); 3]> {
+    Ok([
+        (PARAMETERS_KEY, parameters_text(record, sampler_a1111, schedule_type)),
+        (RECORD_KEY, metadata::record_json(record)?),
+        (LICENSE_KEY, license::notice(&record.model.license)),
+    ])
+}
+
 /// Saves one image at `path` with its `parameters`, `sdgen` (record) and `license` text
 /// chunks. Creates the parent folder if needed and, the first time, the licence notice file
 /// in it. Returns the path written (see [`OnExisting::AddSuffix`]).
 pub fn save_png(path: &Path, image: &Image, record: &Record, options: &SaveOptions<'_>) -> Result<PathBuf> {
-    let parameters = parameters_text(record, options.sampler_a1111, options.schedule_type);
-    let record_json = metadata::record_json(record)?;
-    let notice = license::notice(&record.model.license);
+    let chunks = text_chunks(record, options.sampler_a1111, options.schedule_type)?;
 
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -59,7 +66,6 @@ pub fn save_png(path: &Path, image: &Image, record: &Record, options: &SaveOptio
         .map_err(|e| Error::invalid(format!("cannot create the output folder {}: {e}", dir.display())))?;
     ensure_notice_file(dir, &record.model.license)?;
 
-    let text =
-        [(PARAMETERS_KEY, parameters.as_str()), (RECORD_KEY, record_json.as_str()), (LICENSE_KEY, notice.as_str())];
+    let text = chunks.each_ref().map(|(k, v)| (*k, v.as_str()));
     write_png(path, image, &text, options.on_existing)
 }

@@ -163,6 +163,17 @@ pub fn is_latin1(text: &str) -> bool {
     text.chars().all(|c| matches!(c as u32, 1..=0xff))
 }
 
+/// The bytes of the PNG that [`write_png`] would write, for callers that store it themselves.
+pub fn encode_png(image: &Image, text: &[(&str, &str)]) -> Result<Vec<u8>> {
+    check_image(image)?;
+    for (key, _) in text {
+        check_keyword(key)?;
+    }
+    let mut out = Vec::new();
+    encode(&mut out, image, text)?;
+    Ok(out)
+}
+
 fn encode<W: Write>(w: W, image: &Image, text: &[(&str, &str)]) -> Result<()> {
     let png_err = |e: png::EncodingError| Error::invalid(format!("cannot encode the PNG: {e}"));
     let mut encoder = png::Encoder::new(w, image.width, image.height);

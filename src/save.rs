@@ -1,0 +1,51 @@
+//! Saving generated images: joins the scheduler table (A1111 sampler names) with the
+//! output module (PNG chunks, naming, licence notice), which knows nothing of schedulers.
+
+use crate::output::{self, naming, NameFields, OnExisting, SaveOptions, Template};
+use crate::pipeline::Generated;
+use crate::{schedulers, Result};
+use std::path::{Path, PathBuf};
+
+/// The A1111 sampler name and "Schedule type" for a record's scheduler.
+pub fn sampler_names(scheduler: &str) -> Result<(&'static str, Option<&'static str>)> {
+    let (info, schedule) = schedulers::resolve(scheduler)?;
+    // A1111 writes "Schedule type" only for a schedule other than the sampler's own.
+    let label = match schedule {
+        Some(s) if s != schedulers::SigmaSchedule::Default => Some(info.schedule_label(Some(s))),
+        _ => None,
+    };
+    Ok((info.a1111_name, label))
+}
+
+/// Writes image `index` of a run into `out_dir`, named by `template` (default: the
+/// never-colliding one). An existing file is an error unless `overwrite`.
+pub fn save(g: &Generated, out_dir: &Path, template: Option<&str>, index: usize, timestamp: &str, overwrite: bool) -> Result<PathBuf> {
+    let template = match template {
+        Some(t) => Template::parse(t)?,
+        None => Template::default(),
+    };
+    let fields = NameFields { index, seed: g.record.request.seed, prompt: &g.record.request.prompt, timestamp };
+    let path = template.resolve(out_dir, &fields)?;
+    let on_existing = if overwrite {
+        OnExisting::Overwrite
+    } else if template.is_default() {
+        OnExisting::AddSuffix
+    } else {
+        OnExisting::Fail
+    };
+    let (sampler, schedule) = sampler_names(&g.record.request.scheduler)?;
+    output::save_png(&path, &g.image, &g.record, &SaveOptions { sampler_a1111: sampler, schedule_type: schedule, on_existing })
+}
+
+/// The finished PNG file's bytes, with all metadata chunks (for the batch engine).
+pub fn png_bytes(g: &Generated) -> Result<Vec<u8>> {
+    let (sampler, schedule) = sampler_names(&g.record.request.scheduler)?;
+    let chunks = output::text_chunks(&g.record, sampler, schedule)?;
+    let text = chunks.each_ref().map(|(k, v)| (*k, v.as_str()));
+    output::encode_png(&g.image, &text)
+}
+
+/// A timestamp shared by the images of one run.
+pub fn run_timestamp() -> String {
+    naming::timestamp_now()
+}
