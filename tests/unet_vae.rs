@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+/// The repository root; `SDGEN_TEST_ROOT` overrides it for a test binary run elsewhere.
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("SDGEN_TEST_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 fn read(path: &Path) -> HashMap<String, Tensor> {
@@ -197,5 +198,45 @@ fn sd2_style_unet_matches_diffusers() {
             get(&g, &format!("{name}.encoder_hidden_states")),
         );
         assert_close(&format!("sd2 {name}"), &out, get(&g, &format!("{name}.out")), 1e-5);
+    }
+}
+
+/// Runs only where CUDA is usable (`cargo test --test unet_vae -- --ignored`): the same
+/// models on the GPU in fp32 and fp16 against the CPU fp32 goldens. The tolerances allow for
+/// TF32 convolutions (libtorch's default on CUDA, as in PyTorch) and half precision; the
+/// point is that every tensor lands on the right device and dtype and nothing overflows.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_fp32_and_fp16_run_and_agree() {
+    assert!(tch::Cuda::is_available(), "CUDA is not available");
+    let _guard = tch::no_grad_guard();
+    let g = components();
+    let dev = Device::Cuda(0);
+    for (kind, tol_unet, tol_vae) in [(Kind::Float, 5e-3, 1e-2), (Kind::Half, 3e-2, 6e-2)] {
+        let on = |key: &str| get(&g, key).to_device(dev).to_kind(kind);
+        let unet = UNet::load(&tiny_sd("unet"), dev, kind).unwrap();
+        for (t_key, out_key, s, e) in [
+            ("unet.t_int", "unet.out_t_int", "unet.sample", "unet.encoder_hidden_states"),
+            ("unet.t_float", "unet.out_t_float", "unet.sample", "unet.encoder_hidden_states"),
+            ("unet.t_tall", "unet.out_tall", "unet.sample_tall", "unet.encoder_hidden_states_tall"),
+        ] {
+            let out = unet.forward(&on(s), timestep(get(&g, t_key)), &on(e));
+            assert_eq!((out.device(), out.kind()), (dev, kind));
+            assert_close(&format!("cuda {kind:?} {out_key}"), &out.to_device(Device::Cpu), get(&g, out_key), tol_unet);
+        }
+        let sd2 = root().join("tests/fixtures/unet_sd2");
+        let unet2 = UNet::load(&sd2, dev, kind).unwrap();
+        let g2 = read(&sd2.join("goldens.safetensors"));
+        let on2 = |key: &str| get(&g2, key).to_device(dev).to_kind(kind);
+        let t = timestep(get(&g2, "b_9x7_t665.timestep"));
+        let out = unet2.forward(&on2("b_9x7_t665.sample"), t, &on2("b_9x7_t665.encoder_hidden_states"));
+        let want = get(&g2, "b_9x7_t665.out");
+        assert_close(&format!("cuda {kind:?} sd2 9x7"), &out.to_device(Device::Cpu), want, tol_unet * 4.0);
+
+        let vae = Vae::load(&tiny_sd("vae"), dev, kind).unwrap();
+        let dec = vae.decode(&on("vae.decode_in")).to_device(Device::Cpu);
+        assert_close(&format!("cuda {kind:?} vae decode"), &dec, get(&g, "vae.decode_out"), tol_vae);
+        let enc = vae.encode(&on("vae.encode_in")).to_device(Device::Cpu);
+        assert_close(&format!("cuda {kind:?} vae encode"), &enc, get(&g, "vae.encode_mean"), tol_vae);
     }
 }
