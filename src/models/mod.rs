@@ -1,4 +1,13 @@
 //! The Stable Diffusion networks, built from each component's `config.json`.
 
+pub mod attention;
 pub mod clip;
+pub mod embeddings;
 pub mod nn;
+pub mod resnet;
+pub mod unet;
+pub mod unet_blocks;
+pub mod vae;
+
+pub use unet::{UNet, UNetConfig};
+pub use vae::{Vae, VaeConfig};

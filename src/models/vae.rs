@@ -1,0 +1,427 @@
+//! The image autoencoder: diffusers' `AutoencoderKL` (encoder, decoder, quant convs and the
+//! mid-block self-attention), built from `vae/config.json`.
+
+use crate::loading::{read_json, Weights};
+use crate::models::attention::Attention;
+use crate::models::nn::{Conv2d, GroupNorm};
+use crate::models::resnet::{Downsample2D, ResnetBlock2D, ResnetSpec, Upsample2D};
+use crate::models::unet::diffusers_weights_file;
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// The VAE's resnets and norms use this epsilon whatever the config says, as in diffusers.
+const EPS: f64 = 1e-6;
+
+/// `vae/config.json`, with diffusers' field names and defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VaeConfig {
+    #[serde(default = "three")]
+    pub in_channels: i64,
+    #[serde(default = "three")]
+    pub out_channels: i64,
+    #[serde(default = "default_down")]
+    pub down_block_types: Vec<String>,
+    #[serde(default = "default_up")]
+    pub up_block_types: Vec<String>,
+    #[serde(default = "default_channels")]
+    pub block_out_channels: Vec<i64>,
+    #[serde(default = "one")]
+    pub layers_per_block: i64,
+    #[serde(default = "silu")]
+    pub act_fn: String,
+    #[serde(default = "four")]
+    pub latent_channels: i64,
+    #[serde(default = "thirty_two")]
+    pub norm_num_groups: i64,
+    /// Latents are `scaling_factor · (z - shift_factor)` of the encoder's `z`. Required: the
+    /// value belongs to the trained weights, so sdgen does not guess it.
+    pub scaling_factor: f64,
+    #[serde(default)]
+    pub shift_factor: Option<f64>,
+    #[serde(default)]
+    pub latents_mean: Option<Vec<f64>>,
+    #[serde(default)]
+    pub latents_std: Option<Vec<f64>>,
+    /// The VAE overflows in fp16; diffusers' pipelines then decode in fp32.
+    #[serde(default = "yes")]
+    pub force_upcast: bool,
+    #[serde(default = "yes")]
+    pub use_quant_conv: bool,
+    #[serde(default = "yes")]
+    pub use_post_quant_conv: bool,
+    #[serde(default = "yes")]
+    pub mid_block_add_attention: bool,
+    /// The file the config came from, for error messages.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn one() -> i64 {
+    1
+}
+fn three() -> i64 {
+    3
+}
+fn four() -> i64 {
+    4
+}
+fn thirty_two() -> i64 {
+    32
+}
+fn yes() -> bool {
+    true
+}
+fn silu() -> String {
+    "silu".into()
+}
+fn default_down() -> Vec<String> {
+    vec!["DownEncoderBlock2D".into()]
+}
+fn default_up() -> Vec<String> {
+    vec!["UpDecoderBlock2D".into()]
+}
+fn default_channels() -> Vec<i64> {
+    vec![64]
+}
+
+impl VaeConfig {
+    pub fn from_file(path: &Path) -> Result<VaeConfig> {
+        let mut cfg: VaeConfig = read_json(path)?;
+        cfg.path = path.to_path_buf();
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Parses config text; `path` names it in messages.
+    pub fn from_json(path: &Path, text: &str) -> Result<VaeConfig> {
+        let mut cfg: VaeConfig = crate::loading::config::parse_json(path, text)?;
+        cfg.path = path.to_path_buf();
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn err(&self, field: &str, message: impl std::fmt::Display) -> Error {
+        Error::config(&self.path, format!("field '{field}': {message}"))
+    }
+
+    /// Checks that the config describes an `AutoencoderKL` sdgen can build.
+    pub fn check(&self) -> Result<()> {
+        let n = self.block_out_channels.len();
+        if n == 0 {
+            return Err(self.err("block_out_channels", "must list at least one level"));
+        }
+        if let Some(c) = self.block_out_channels.iter().find(|&&c| c <= 0) {
+            return Err(self.err("block_out_channels", format!("channel count {c} must be positive")));
+        }
+        for (field, types, want) in [
+            ("down_block_types", &self.down_block_types, "DownEncoderBlock2D"),
+            ("up_block_types", &self.up_block_types, "UpDecoderBlock2D"),
+        ] {
+            if types.len() != n {
+                return Err(self.err(
+                    field,
+                    format!("has {} entries but block_out_channels has {n}; they must match", types.len()),
+                ));
+            }
+            if let Some((i, t)) = types.iter().enumerate().find(|(_, t)| *t != want) {
+                return Err(self.err(
+                    &format!("{field}[{i}]"),
+                    format!("unsupported block type '{t}'; sdgen's AutoencoderKL supports {want}"),
+                ));
+            }
+        }
+        if !matches!(self.act_fn.as_str(), "silu" | "swish") {
+            return Err(self.err("act_fn", format!("unsupported value '{}'; sdgen supports silu", self.act_fn)));
+        }
+        if self.layers_per_block < 0 {
+            return Err(self.err("layers_per_block", "must not be negative"));
+        }
+        for (field, v) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("latent_channels", self.latent_channels),
+            ("norm_num_groups", self.norm_num_groups),
+        ] {
+            if v <= 0 {
+                return Err(self.err(field, format!("{v} must be positive")));
+            }
+        }
+        if !(self.scaling_factor.is_finite() && self.scaling_factor != 0.0) {
+            return Err(
+                self.err("scaling_factor", format!("{} must be a finite, non-zero number", self.scaling_factor))
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The VAE's middle: resnet, optional single-head self-attention over all pixels, resnet.
+#[derive(Debug)]
+struct VaeMidBlock {
+    first: ResnetBlock2D,
+    attention: Option<(GroupNorm, Attention)>,
+    second: ResnetBlock2D,
+}
+
+impl VaeMidBlock {
+    fn load(w: &Weights, channels: i64, groups: i64, add_attention: bool) -> Result<VaeMidBlock> {
+        let spec = resnet_spec(channels, channels, groups);
+        let attention = if add_attention {
+            let a = w.pp("attentions.0");
+            // Older checkpoints name the projections query/key/value/proj_attn.
+            Some((
+                GroupNorm::load(&a.pp("group_norm"), groups, channels, EPS)?,
+                Attention::load(&a, channels, None, 1, channels, true, true)?,
+            ))
+        } else {
+            None
+        };
+        Ok(VaeMidBlock {
+            first: ResnetBlock2D::load(&w.pp("resnets.0"), spec)?,
+            attention,
+            second: ResnetBlock2D::load(&w.pp("resnets.1"), spec)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut h = self.first.forward(x, None);
+        if let Some((norm, attn)) = &self.attention {
+            let size = h.size();
+            let (b, c, height, width) = (size[0], size[1], size[2], size[3]);
+            let tokens = norm.forward(&h.view([b, c, height * width])).transpose(1, 2);
+            let out = attn.forward(&tokens, None).transpose(-1, -2).reshape([b, c, height, width]);
+            h = out + h;
+        }
+        self.second.forward(&h, None)
+    }
+}
+
+fn resnet_spec(cin: i64, cout: i64, groups: i64) -> ResnetSpec {
+    ResnetSpec { in_channels: cin, out_channels: cout, temb_channels: None, groups, eps: EPS, output_scale_factor: 1.0 }
+}
+
+fn resnets(w: &Weights, n: i64, cin: i64, cout: i64, groups: i64) -> Result<Vec<ResnetBlock2D>> {
+    (0..n)
+        .map(|i| {
+            ResnetBlock2D::load(&w.pp("resnets").pp(i), resnet_spec(if i == 0 { cin } else { cout }, cout, groups))
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+struct Encoder {
+    conv_in: Conv2d,
+    /// Each level's resnets and, except at the last level, its downsampler.
+    down: Vec<(Vec<ResnetBlock2D>, Option<Downsample2D>)>,
+    mid: VaeMidBlock,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Encoder {
+    fn load(w: &Weights, cfg: &VaeConfig) -> Result<Encoder> {
+        let ch = &cfg.block_out_channels;
+        let g = cfg.norm_num_groups;
+        let n = ch.len();
+        let mut down = Vec::with_capacity(n);
+        let mut prev = ch[0];
+        for (i, &c) in ch.iter().enumerate() {
+            let b = w.pp("down_blocks").pp(i);
+            let sampler = if i + 1 < n { Some(Downsample2D::load(&b.pp("downsamplers.0"), c, 0)?) } else { None };
+            down.push((resnets(&b, cfg.layers_per_block, prev, c, g)?, sampler));
+            prev = c;
+        }
+        let last = ch[n - 1];
+        Ok(Encoder {
+            conv_in: Conv2d::load(&w.pp("conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?,
+            down,
+            mid: VaeMidBlock::load(&w.pp("mid_block"), last, g, cfg.mid_block_add_attention)?,
+            norm_out: GroupNorm::load(&w.pp("conv_norm_out"), g, last, EPS)?,
+            conv_out: Conv2d::load(&w.pp("conv_out"), last, 2 * cfg.latent_channels, 3, 1, 1)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut h = self.conv_in.forward(x);
+        for (resnets, sampler) in &self.down {
+            for r in resnets {
+                h = r.forward(&h, None);
+            }
+            if let Some(s) = sampler {
+                h = s.forward(&h);
+            }
+        }
+        let h = self.mid.forward(&h);
+        self.conv_out.forward(&self.norm_out.forward(&h).silu())
+    }
+}
+
+#[derive(Debug)]
+struct Decoder {
+    conv_in: Conv2d,
+    mid: VaeMidBlock,
+    /// Each level's resnets and, except at the last level, its upsampler.
+    up: Vec<(Vec<ResnetBlock2D>, Option<Upsample2D>)>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Decoder {
+    fn load(w: &Weights, cfg: &VaeConfig) -> Result<Decoder> {
+        let ch: Vec<i64> = cfg.block_out_channels.iter().rev().copied().collect();
+        let g = cfg.norm_num_groups;
+        let n = ch.len();
+        let mut up = Vec::with_capacity(n);
+        let mut prev = ch[0];
+        for (i, &c) in ch.iter().enumerate() {
+            let b = w.pp("up_blocks").pp(i);
+            let sampler = if i + 1 < n { Some(Upsample2D::load(&b.pp("upsamplers.0"), c)?) } else { None };
+            up.push((resnets(&b, cfg.layers_per_block + 1, prev, c, g)?, sampler));
+            prev = c;
+        }
+        Ok(Decoder {
+            conv_in: Conv2d::load(&w.pp("conv_in"), cfg.latent_channels, ch[0], 3, 1, 1)?,
+            mid: VaeMidBlock::load(&w.pp("mid_block"), ch[0], g, cfg.mid_block_add_attention)?,
+            up,
+            norm_out: GroupNorm::load(&w.pp("conv_norm_out"), g, ch[n - 1], EPS)?,
+            conv_out: Conv2d::load(&w.pp("conv_out"), ch[n - 1], cfg.out_channels, 3, 1, 1)?,
+        })
+    }
+
+    fn forward(&self, z: &Tensor) -> Tensor {
+        let mut h = self.mid.forward(&self.conv_in.forward(z));
+        for (resnets, sampler) in &self.up {
+            for r in resnets {
+                h = r.forward(&h, None);
+            }
+            if let Some(s) = sampler {
+                h = s.forward(&h, None);
+            }
+        }
+        self.conv_out.forward(&self.norm_out.forward(&h).silu())
+    }
+}
+
+/// The VAE, ready to run on the device and dtype its weights were loaded with.
+#[derive(Debug)]
+pub struct Vae {
+    pub config: VaeConfig,
+    encoder: Encoder,
+    decoder: Decoder,
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
+    device: Device,
+    kind: Kind,
+}
+
+impl Vae {
+    /// Loads `dir/config.json` and the weights beside it; every stored tensor must be used.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Vae> {
+        let cfg = VaeConfig::from_file(&dir.join("config.json"))?;
+        let w = Weights::open(&[diffusers_weights_file(dir)?], device, kind)?;
+        let vae = Vae::new(&w, &cfg)?;
+        w.finish()?;
+        Ok(vae)
+    }
+
+    /// Builds the VAE from already-opened weights with diffusers' names; the mid-block
+    /// attention may use either the current or the pre-0.14 names.
+    pub fn new(w: &Weights, cfg: &VaeConfig) -> Result<Vae> {
+        cfg.check()?;
+        let l2 = 2 * cfg.latent_channels;
+        let l = cfg.latent_channels;
+        Ok(Vae {
+            config: cfg.clone(),
+            encoder: Encoder::load(&w.pp("encoder"), cfg)?,
+            decoder: Decoder::load(&w.pp("decoder"), cfg)?,
+            quant_conv: if cfg.use_quant_conv {
+                Some(Conv2d::load(&w.pp("quant_conv"), l2, l2, 1, 1, 0)?)
+            } else {
+                None
+            },
+            post_quant_conv: if cfg.use_post_quant_conv {
+                Some(Conv2d::load(&w.pp("post_quant_conv"), l, l, 1, 1, 0)?)
+            } else {
+                None
+            },
+            device: w.device(),
+            kind: w.kind(),
+        })
+    }
+
+    /// The factor latents were multiplied by in training (`vae.config.scaling_factor`).
+    pub fn scaling_factor(&self) -> f64 {
+        self.config.scaling_factor
+    }
+
+    /// The shift subtracted before scaling, if the model has one (not in SD 1.x/2.x).
+    pub fn shift_factor(&self) -> Option<f64> {
+        self.config.shift_factor
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// diffusers' `vae.decode(z).sample`: `z` is the latent already divided by the scaling
+    /// factor; the image comes back in about [-1, 1], unclamped.
+    pub fn decode(&self, z: &Tensor) -> Tensor {
+        match &self.post_quant_conv {
+            Some(c) => self.decoder.forward(&c.forward(z)),
+            None => self.decoder.forward(z),
+        }
+    }
+
+    /// diffusers' `vae.encode(x).latent_dist.mean` for an image in [-1, 1]; not yet scaled.
+    pub fn encode(&self, x: &Tensor) -> Tensor {
+        let moments = self.encoder.forward(x);
+        let moments = match &self.quant_conv {
+            Some(c) => c.forward(&moments),
+            None => moments,
+        };
+        moments.narrow(1, 0, self.config.latent_channels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<VaeConfig> {
+        VaeConfig::from_json(Path::new("vae/config.json"), text)
+    }
+
+    #[test]
+    fn reads_scaling_factor_and_flags() {
+        let cfg = parse(
+            r#"{"scaling_factor": 0.13025, "use_quant_conv": false, "block_out_channels": [8, 16],
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.scaling_factor, 0.13025);
+        assert!(!cfg.use_quant_conv && cfg.use_post_quant_conv && cfg.mid_block_add_attention && cfg.force_upcast);
+        assert_eq!(cfg.shift_factor, None);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases = [
+            (r#"{"scaling_factor": 0.2, "down_block_types": ["AttnDownEncoderBlock2D"]}"#, "down_block_types[0]"),
+            (r#"{"scaling_factor": 0.2, "block_out_channels": [64, 128]}"#, "down_block_types"),
+            (r#"{"scaling_factor": "big"}"#, "scaling_factor"),
+            (r#"{}"#, "scaling_factor"),
+            (r#"{"scaling_factor": 0.2, "act_fn": "relu"}"#, "act_fn"),
+        ];
+        for (text, field) in cases {
+            let msg = parse(text).unwrap_err().to_string();
+            assert!(msg.starts_with("vae/config.json: ") && msg.contains(field), "{text} -> {msg}");
+        }
+    }
+}
