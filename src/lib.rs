@@ -2,6 +2,7 @@
 //!
 //! The library holds everything; the `sdgen` binary is a thin command line on top of it.
 
+pub mod batch;
 pub mod device;
 pub mod error;
 pub mod info;
