@@ -212,7 +212,8 @@ fn csv_with_header_quotes_empty_cells_and_comments() {
     let text = "prompt,seed,width,negative,filename\n\"a fox, running\",5,,,\n# skip me\n\nplain,,256,ugly,plain\n";
     let p = plan(text, Format::Csv);
     assert!(p.problems.is_empty(), "{:?}", p.problems);
-    let got: Vec<(usize, usize, &str, u64, u32, Option<&str>)> = p
+    type Row<'a> = (usize, usize, &'a str, u64, u32, Option<&'a str>);
+    let got: Vec<Row<'_>> = p
         .lines
         .iter()
         .map(|l| {
@@ -589,4 +590,12 @@ fn csv_multi_line_cells_keep_the_line_numbers_right() {
     let p = plan(text, Format::Csv);
     assert_eq!(p.lines[0].request.prompt, "two\nlines");
     assert_problems(&p, &[(5, "steps is 0")]);
+}
+
+#[test]
+fn a_bad_csv_header_is_reported_rather_than_an_empty_file() {
+    let dir = tempdir();
+    let input = BatchInput::from_text("p.csv", "prompt,colour\ncat,red\n", None);
+    let err = batch::run(&input, &options(dir.path()), &mut Fake::default()).expect_err("bad header").to_string();
+    assert!(err.contains("line 1: unknown column \"colour\""), "{err}");
 }

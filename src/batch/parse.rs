@@ -56,8 +56,9 @@ impl Format {
         }
     }
 
-    /// Guesses the format from the first entry: `{` starts JSONL; a row of known keys that
-    /// includes `prompt` is a CSV header; anything else is plain text.
+    /// Guesses the format from the first entry: `{` starts JSONL; a comma-separated row with a
+    /// `prompt` cell, or of two or more known keys, is a CSV header (so a misspelt column is
+    /// reported, not rendered as a prompt); anything else is plain text.
     pub fn sniff(text: &str) -> Format {
         let first = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
         match first {
@@ -70,7 +71,7 @@ impl Format {
 
 fn looks_like_csv_header(line: &str) -> bool {
     let cells: Vec<&str> = line.split(',').map(|c| c.trim().trim_matches('"')).collect();
-    cells.contains(&"prompt") && cells.iter().all(|c| KNOWN_KEYS.contains(c))
+    cells.contains(&"prompt") || (cells.len() > 1 && cells.iter().all(|c| KNOWN_KEYS.contains(c)))
 }
 
 /// A batch file's text, its display name and its format.
@@ -630,6 +631,8 @@ mod tests {
         assert_eq!(Format::sniff("# c\n\n{\"prompt\": \"a\"}\n"), Format::Jsonl);
         assert_eq!(Format::sniff("prompt,seed\na,1\n"), Format::Csv);
         assert_eq!(Format::sniff("\"prompt\", \"width\"\n"), Format::Csv);
+        assert_eq!(Format::sniff("prompt,colour\n"), Format::Csv);
+        assert_eq!(Format::sniff("seed,steps\n"), Format::Csv);
         assert_eq!(Format::sniff("a cat, oil painting\n"), Format::Text);
         assert_eq!(Format::sniff(""), Format::Text);
         assert_eq!(Format::from_extension(Path::new("x.NDJSON")), Some(Format::Jsonl));

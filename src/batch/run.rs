@@ -133,7 +133,7 @@ impl Summary {
 pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backend) -> Result<Summary> {
     let started = Instant::now();
     let plan = Plan::new(input, &opts.defaults, opts.validate_scheduler);
-    if plan.entries == 0 {
+    if plan.entries == 0 && plan.problems.is_empty() {
         return Err(Error::invalid(format!(
             "{} has no prompts (blank lines and lines starting with # are skipped)",
             input.name
@@ -159,6 +159,14 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
     let (pending, skipped) = pending_jobs(jobs, &opts.out_dir)?;
 
     let progress = Progress::new(pending.len(), skipped, opts.quiet);
+    if progress.bars.is_none() {
+        eprintln!(
+            "{}: shard {}: {images} images, {skipped} already done, {} to render",
+            input.name,
+            opts.shard,
+            pending.len()
+        );
+    }
     let mut done = 0;
     let mut failures = Vec::new();
     for group in group_jobs(&pending, opts.batch_size) {
@@ -299,6 +307,9 @@ pub fn group_jobs(jobs: &[Job], batch_size: usize) -> Vec<Vec<&Job>> {
     groups.into_iter().map(|g| g.into_iter().map(|i| &jobs[i]).collect()).collect()
 }
 
+const OVERALL_TEMPLATE: &str = "{bar:30.cyan/blue} {pos}/{len} images  {per_min}  ETA {eta}  {msg}";
+const STEP_TEMPLATE: &str = "{bar:30.green} step {pos}/{len}  {msg}";
+
 /// Progress on stderr: an overall bar and a step bar on a terminal, else one line per image.
 struct Progress {
     bars: Option<(MultiProgress, ProgressBar, ProgressBar)>,
@@ -315,18 +326,16 @@ impl Progress {
             let per_minute = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
                 let _ = write!(w, "{:.1}/min", state.per_sec() * 60.0);
             };
-            let style =
-                ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} images  {per_min}  ETA {eta}  {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .with_key("per_min", per_minute);
+            let style = ProgressStyle::with_template(OVERALL_TEMPLATE)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .with_key("per_min", per_minute);
             overall.set_style(style);
             if skipped > 0 {
                 overall.set_message(format!("({skipped} already done)"));
             }
             let step = multi.add(ProgressBar::new(0));
             step.set_style(
-                ProgressStyle::with_template("{bar:30.green} step {pos}/{len}  {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(STEP_TEMPLATE).unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             overall.enable_steady_tick(Duration::from_millis(500));
             (multi, overall, step)
@@ -379,5 +388,16 @@ impl Progress {
             overall.finish_and_clear();
             let _ = multi.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_templates_parse() {
+        assert!(ProgressStyle::with_template(OVERALL_TEMPLATE).is_ok());
+        assert!(ProgressStyle::with_template(STEP_TEMPLATE).is_ok());
     }
 }
