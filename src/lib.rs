@@ -2,6 +2,7 @@
 //!
 //! The library holds everything; the `sdgen` binary is a thin command line on top of it.
 
+pub mod batch;
 pub mod bench;
 pub mod device;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod schedulers;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+pub use pipeline::{Generated, LoadOptions, Pipeline};
 pub use request::{Image, Record, Request};
 
 /// The crate version, as recorded in image metadata.

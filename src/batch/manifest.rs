@@ -1,0 +1,319 @@
+//! The per-shard manifests that make a batch resumable, and crash-safe PNG writes.
+//!
+//! Order of a finished image: PNG to a temp file in the output folder, fsync, rename into place,
+//! fsync the folder; only then one manifest line, appended with a single `write` on an
+//! `O_APPEND` file and fsynced. A crash therefore leaves at worst a stray temp file (removed by
+//! the next run of that shard), a PNG without a record (redone), or a torn last manifest line
+//! (ignored on read; the next writer starts a fresh line after it).
+//!
+//! Each shard writes only its own `manifest-shard-<i>-of-<n>.jsonl` and holds an exclusive lock
+//! on it while running, so two processes never append to one file and a second process on the
+//! same shard stops with a clear error. Readers take no lock: they read every shard's manifest
+//! and tolerate a line that is being written.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use fs2::FileExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::Shard;
+use crate::{Error, Result};
+
+pub(crate) const MANIFEST_PREFIX: &str = "manifest-shard-";
+/// The file [`merge`](super::merge) writes.
+pub(crate) const MERGED_NAME: &str = "manifest.jsonl";
+const TEMP_PREFIX: &str = ".sdgen-tmp-";
+
+/// How an image attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManifestStatus {
+    Ok,
+    Failed,
+}
+
+/// One manifest line: one attempt at one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// 1-based line number in the input file.
+    pub line: usize,
+    /// The line's entry index.
+    pub index: usize,
+    /// Which image of the line, `0..num_images`.
+    pub image: usize,
+    /// The image's own seed.
+    pub seed: u64,
+    /// The output file name inside the output folder.
+    pub file: String,
+    /// Fingerprint of the image's request (see [`Job::key`](super::Job::key)); a record only
+    /// counts for a job with the same key, so editing a line redoes it.
+    pub key: String,
+    pub status: ManifestStatus,
+    /// Hex sha256 of the PNG file (ok only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Size of the PNG file in bytes (ok only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Rendering time: the group's time divided by the number of images in the group.
+    pub duration_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The shard that wrote it, `i/n`.
+    pub shard: String,
+    /// When the record was written, RFC 3339 UTC.
+    pub finished: String,
+}
+
+/// Lowercase hex sha256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every record of every shard's manifest in a folder.
+#[derive(Debug, Default)]
+pub(crate) struct ManifestSet {
+    pub entries: Vec<ManifestEntry>,
+    /// The manifest file names read, sorted.
+    pub files: Vec<String>,
+    /// Lines that did not parse: a torn last line after a crash, or damage.
+    pub unreadable_lines: usize,
+}
+
+/// Reads all `manifest-shard-*.jsonl` in `dir`; a missing folder has none.
+pub(crate) fn read_all(dir: &Path) -> Result<ManifestSet> {
+    let mut set = ManifestSet::default();
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(set),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for item in listing {
+        let item = item.map_err(|e| Error::io(dir, e))?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        if name.starts_with(MANIFEST_PREFIX) && name.ends_with(".jsonl") {
+            set.files.push(name);
+        }
+    }
+    set.files.sort();
+    for name in &set.files {
+        let path = dir.join(name);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        // Split on bytes: a torn line may end inside a UTF-8 sequence.
+        for raw in bytes.split(|b| *b == b'\n') {
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<ManifestEntry>(raw) {
+                Ok(entry) => set.entries.push(entry),
+                Err(_) => set.unreadable_lines += 1,
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// A shard's manifest, open for appending and locked for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct ManifestWriter {
+    file: File,
+    path: PathBuf,
+}
+
+impl ManifestWriter {
+    /// Opens (creating) and locks the shard's manifest in `dir`.
+    pub fn open(dir: &Path, shard: Shard) -> Result<ManifestWriter> {
+        let path = dir.join(shard.manifest_name());
+        let mut file =
+            OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        if let Err(e) = file.try_lock_exclusive() {
+            if e.kind() == fs2::lock_contended_error().kind() {
+                return Err(Error::invalid(format!(
+                    "another sdgen batch is working on shard {shard} in {}; wait for it to finish, or run a \
+                     different shard",
+                    dir.display()
+                )));
+            }
+            return Err(Error::invalid(format!(
+                "cannot lock {}: {e} (the file system may not support locks; use a local or NFSv4 folder)",
+                path.display()
+            )));
+        }
+        // A crash mid-append leaves a line without its newline: end it, so that the next record
+        // starts on a line of its own and only the torn one is unreadable.
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::End(-1)).and_then(|_| file.read_exact(&mut last)).map_err(|e| Error::io(&path, e))?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n").and_then(|_| file.sync_all()).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        Ok(ManifestWriter { file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record as one `write` of one line, then fsyncs.
+    pub fn append(&mut self, entry: &ManifestEntry) -> Result<()> {
+        let mut line = serde_json::to_vec(entry)
+            .map_err(|e| Error::invalid(format!("cannot encode a manifest record for {}: {e}", entry.file)))?;
+        line.push(b'\n');
+        let written = self.file.write(&line).map_err(|e| Error::io(&self.path, e))?;
+        if written != line.len() {
+            return Err(Error::io(
+                &self.path,
+                std::io::Error::new(std::io::ErrorKind::WriteZero, "short write (is the disk full?)"),
+            ));
+        }
+        self.file.sync_all().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Writes `bytes` to `dir/name` through a temp file in `dir`: write, fsync, rename, fsync the
+/// folder. Readers see the old file or the whole new one, never a part.
+pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8], shard: Shard) -> Result<PathBuf> {
+    let target = dir.join(name);
+    let mut temp = tempfile::Builder::new()
+        .prefix(&temp_prefix(shard))
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    temp.write_all(bytes).and_then(|_| temp.as_file().sync_all()).map_err(|e| Error::io(temp.path(), e))?;
+    temp.persist(&target).map_err(|e| Error::io(&target, e.error))?;
+    sync_dir(dir)?;
+    Ok(target)
+}
+
+/// Temp files carry their shard so that a run removes only its own shard's leftovers: another
+/// shard's temp files may belong to a process that is still running.
+fn temp_prefix(shard: Shard) -> String {
+    format!("{TEMP_PREFIX}{}-of-{}-", shard.index, shard.count)
+}
+
+/// Removes temp files a killed run of `shard` left in `dir`. Call it only while holding the
+/// shard's lock. Returns how many it removed.
+pub(crate) fn remove_stale_temps(dir: &Path, shard: Shard) -> Result<usize> {
+    let prefix = temp_prefix(shard);
+    let mut removed = 0;
+    for item in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let item = item.map_err(|e| Error::io(dir, e))?;
+        if item.file_name().to_string_lossy().starts_with(&prefix) {
+            let path = item.path();
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Makes a rename durable: on Unix the folder's entry is only safe once the folder is synced.
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(file: &str) -> ManifestEntry {
+        ManifestEntry {
+            line: 1,
+            index: 0,
+            image: 0,
+            seed: 7,
+            file: file.into(),
+            key: "k".into(),
+            status: ManifestStatus::Ok,
+            sha256: Some(sha256_hex(b"x")),
+            bytes: Some(1),
+            duration_s: 0.5,
+            error: None,
+            shard: "0/1".into(),
+            finished: "2025-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn sha256_of_abc() {
+        // FIPS 180-2 appendix B.1.
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn torn_last_line_is_ignored_and_the_next_record_starts_a_new_line() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let shard = Shard::ALL;
+        {
+            let mut w = ManifestWriter::open(dir.path(), shard)?;
+            w.append(&entry("a.png"))?;
+        }
+        // Simulate a crash in the middle of the second record's write.
+        let path = dir.path().join(shard.manifest_name());
+        let full = serde_json::to_string(&entry("b.png")).unwrap_or_default();
+        let mut f = OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        f.write_all(&full.as_bytes()[..full.len() / 2]).map_err(|e| Error::io(&path, e))?;
+        drop(f);
+
+        let set = read_all(dir.path())?;
+        assert_eq!(set.entries.iter().map(|e| e.file.as_str()).collect::<Vec<_>>(), ["a.png"]);
+        assert_eq!(set.unreadable_lines, 1);
+
+        let mut w = ManifestWriter::open(dir.path(), shard)?;
+        w.append(&entry("c.png"))?;
+        drop(w);
+        let set = read_all(dir.path())?;
+        assert_eq!(set.entries.iter().map(|e| e.file.as_str()).collect::<Vec<_>>(), ["a.png", "c.png"]);
+        assert_eq!(set.unreadable_lines, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn second_writer_on_the_same_shard_is_refused() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let shard = Shard { index: 1, count: 3 };
+        let _held = ManifestWriter::open(dir.path(), shard)?;
+        let message = ManifestWriter::open(dir.path(), shard).map(|_| ()).unwrap_err().to_string();
+        assert!(message.contains("another sdgen batch is working on shard 1/3 in"), "{message}");
+        // Other shards are free.
+        ManifestWriter::open(dir.path(), Shard { index: 2, count: 3 })?;
+        Ok(())
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temp_and_stale_temps_are_removed_per_shard() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let mine = Shard { index: 0, count: 2 };
+        let other = Shard { index: 1, count: 2 };
+        write_atomically(dir.path(), "x.png", b"png", mine)?;
+        let names = |d: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(dir.path()), ["x.png"]);
+        std::fs::write(dir.path().join(format!("{}abc.part", temp_prefix(mine))), b"")
+            .map_err(|e| Error::io("temp", e))?;
+        std::fs::write(dir.path().join(format!("{}abc.part", temp_prefix(other))), b"")
+            .map_err(|e| Error::io("temp", e))?;
+        assert_eq!(remove_stale_temps(dir.path(), mine)?, 1);
+        assert_eq!(names(dir.path()), [format!("{}abc.part", temp_prefix(other)), "x.png".to_string()]);
+        Ok(())
+    }
+}

@@ -1,0 +1,666 @@
+//! Reading batch files (plain text, JSONL, CSV) and resolving each line into a checked request.
+//!
+//! Every line is parsed and validated before any work starts, so a typo on line 9,000 is found
+//! in a second rather than after hours of rendering. Lines are numbered twice: `line` is the
+//! 1-based physical line (what messages show) and `index` is the 0-based position among the
+//! file's entries, blank and comment lines excluded. Invalid lines keep their index, so fixing
+//! one later does not rename the outputs of the lines after it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Job, Shard};
+use crate::{Error, Request, Result};
+
+/// The keys a JSONL object or a CSV header may use.
+pub const KNOWN_KEYS: &[&str] = &[
+    "prompt",
+    "negative",
+    "seed",
+    "steps",
+    "guidance",
+    "width",
+    "height",
+    "scheduler",
+    "num_images",
+    "clip_skip",
+    "filename",
+];
+
+/// The three input formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One prompt a line; blank lines and lines starting with `#` are skipped.
+    Text,
+    /// One JSON object a line, keys from [`KNOWN_KEYS`].
+    Jsonl,
+    /// A header row of keys from [`KNOWN_KEYS`], then one row a line; empty cells are not set.
+    Csv,
+}
+
+impl Format {
+    /// The format a file name's extension names: `.txt`, `.jsonl`/`.ndjson`, `.csv`.
+    pub fn from_extension(path: &Path) -> Option<Format> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "txt" => Some(Format::Text),
+            "jsonl" | "ndjson" => Some(Format::Jsonl),
+            "csv" => Some(Format::Csv),
+            _ => None,
+        }
+    }
+
+    /// Guesses the format from the first entry: `{` starts JSONL; a comma-separated row with a
+    /// `prompt` cell, or of two or more known keys, is a CSV header (so a misspelt column is
+    /// reported, not rendered as a prompt); anything else is plain text.
+    pub fn sniff(text: &str) -> Format {
+        let first = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+        match first {
+            Some(l) if l.starts_with('{') => Format::Jsonl,
+            Some(l) if looks_like_csv_header(l) => Format::Csv,
+            _ => Format::Text,
+        }
+    }
+}
+
+fn looks_like_csv_header(line: &str) -> bool {
+    let cells: Vec<&str> = line.split(',').map(|c| c.trim().trim_matches('"')).collect();
+    cells.contains(&"prompt") || (cells.len() > 1 && cells.iter().all(|c| KNOWN_KEYS.contains(c)))
+}
+
+/// A batch file's text, its display name and its format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchInput {
+    /// The path as given, or `<stdin>`.
+    pub name: String,
+    pub format: Format,
+    pub text: String,
+}
+
+impl BatchInput {
+    /// Reads a batch file; `-` reads stdin. The format comes from the extension, or is sniffed
+    /// from the content when the extension is missing or unknown.
+    pub fn read(path: &Path) -> Result<BatchInput> {
+        let (name, bytes) = if path == Path::new("-") {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).map_err(|e| Error::io("<stdin>", e))?;
+            ("<stdin>".to_string(), bytes)
+        } else {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            (path.display().to_string(), bytes)
+        };
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                return Err(Error::invalid(format!(
+                    "{name} is not UTF-8 text (first bad byte at offset {}); save it as UTF-8",
+                    e.utf8_error().valid_up_to()
+                )))
+            }
+        };
+        let format = if path == Path::new("-") { None } else { Format::from_extension(path) };
+        Ok(BatchInput::from_text(name, text, format))
+    }
+
+    /// An input from text in memory; `format: None` sniffs it.
+    pub fn from_text(name: impl Into<String>, text: impl Into<String>, format: Option<Format>) -> BatchInput {
+        let mut text = text.into();
+        if text.starts_with('\u{feff}') {
+            text.drain(..'\u{feff}'.len_utf8());
+        }
+        let format = format.unwrap_or_else(|| Format::sniff(&text));
+        BatchInput { name: name.into(), format, text }
+    }
+}
+
+/// The values every line starts from: the command line's request and base seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defaults {
+    /// Prompt, negative, steps, guidance, size, scheduler, num_images and clip_skip for lines
+    /// that do not set them. Its `seed` is not used: see `base_seed`.
+    pub request: Request,
+    /// Lines without a seed get [`derive_seed`]`(base_seed, index)`.
+    pub base_seed: u64,
+}
+
+/// One problem with one line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LineError {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// The line's entry index, when it has one (a CSV header has none).
+    pub index: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// A valid line, resolved against the defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedLine {
+    pub line: usize,
+    pub index: usize,
+    /// The full request; `seed` is the line's seed and `num_images` may be more than 1.
+    pub request: Request,
+    /// True when the seed came from [`derive_seed`] rather than the line.
+    pub derived_seed: bool,
+    /// One output name per image.
+    pub file_names: Vec<String>,
+}
+
+impl PlannedLine {
+    /// The line's images as jobs, image `k` with seed `seed + k`.
+    pub fn jobs(&self) -> impl Iterator<Item = Job> + '_ {
+        self.file_names.iter().enumerate().map(move |(k, name)| Job {
+            line: self.line,
+            index: self.index,
+            image: k,
+            request: Request { seed: self.request.image_seed(k), num_images: 1, ..self.request.clone() },
+            file_name: name.clone(),
+        })
+    }
+}
+
+/// A whole file parsed and validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The input's display name.
+    pub input: String,
+    /// How many entries (non-blank, non-comment lines) the file has, valid or not.
+    pub entries: usize,
+    /// The valid lines, in file order.
+    pub lines: Vec<PlannedLine>,
+    /// Every problem found, in file order.
+    pub problems: Vec<LineError>,
+}
+
+impl Plan {
+    /// Parses and validates `input`. Scheduler names are checked by `validate_scheduler`, which
+    /// returns a message saying what is wrong (for example the list of known names).
+    pub fn new(
+        input: &BatchInput,
+        defaults: &Defaults,
+        validate_scheduler: &dyn Fn(&str) -> Result<(), String>,
+    ) -> Plan {
+        let (entries, mut problems) = match input.format {
+            Format::Text => (parse_text(&input.text), Vec::new()),
+            Format::Jsonl => (parse_jsonl(&input.text), Vec::new()),
+            Format::Csv => parse_csv(&input.text),
+        };
+        let count = entries.len();
+        let mut lines = Vec::new();
+        // Lower-cased so that names differing only in case, which collide on macOS and Windows
+        // file systems, are caught too.
+        let mut owners: HashMap<String, usize> = HashMap::new();
+        for entry in entries {
+            let (line, index) = (entry.line, entry.index);
+            match resolve(entry, defaults, validate_scheduler) {
+                Ok(planned) => {
+                    let clash = planned
+                        .file_names
+                        .iter()
+                        .find_map(|n| owners.get(&n.to_lowercase()).map(|other| (n.clone(), *other)));
+                    if let Some((name, other)) = clash {
+                        let message = format!("output file \"{name}\" is also written by line {other}");
+                        problems.push(LineError { line, index: Some(index), message });
+                        continue;
+                    }
+                    for n in &planned.file_names {
+                        owners.insert(n.to_lowercase(), line);
+                    }
+                    lines.push(planned);
+                }
+                Err(messages) => {
+                    problems.extend(messages.into_iter().map(|message| LineError { line, index: Some(index), message }))
+                }
+            }
+        }
+        problems.sort_by_key(|p| p.line);
+        Plan { input: input.name.clone(), entries: count, lines, problems }
+    }
+
+    /// The jobs of one shard, in file order.
+    pub fn jobs(&self, shard: Shard) -> Vec<Job> {
+        self.lines.iter().filter(|l| shard.contains(l.index)).flat_map(PlannedLine::jobs).collect()
+    }
+
+    /// All problems as one message: a count, then one problem a line (at most `limit`).
+    pub fn report(&self, limit: usize) -> String {
+        let mut lines_with_problems: Vec<usize> = self.problems.iter().map(|p| p.line).collect();
+        lines_with_problems.dedup();
+        let mut text = format!(
+            "{}: {} problem{} on {} line{}",
+            self.input,
+            self.problems.len(),
+            plural(self.problems.len()),
+            lines_with_problems.len(),
+            plural(lines_with_problems.len())
+        );
+        for p in self.problems.iter().take(limit) {
+            text.push_str(&format!("\n  {p}"));
+        }
+        if self.problems.len() > limit {
+            text.push_str(&format!("\n  ... and {} more", self.problems.len() - limit));
+        }
+        text
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// The seed of a line that gives none: the low 32 bits of `splitmix64(base_seed XOR index)`.
+///
+/// It depends only on the base seed and the line's index, so every run, shard and machine gives
+/// a line the same seed. 32 bits keeps seeds short in file names and within the range that A1111
+/// and most UIs accept.
+pub fn derive_seed(base_seed: u64, index: usize) -> u64 {
+    splitmix64(base_seed ^ index as u64) & 0xFFFF_FFFF
+}
+
+/// Sebastiano Vigna's SplitMix64 finaliser applied to `x + golden gamma`: one step of the
+/// SplitMix64 generator seeded with `x`.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The generated output name of a line's image: `000042-s1234567.png`, or with `image: Some(k)`
+/// (lines with `num_images` > 1) `000042-s1234567-k.png`. `seed` is the line's seed.
+pub fn output_name(index: usize, seed: u64, image: Option<usize>) -> String {
+    match image {
+        None => format!("{index:06}-s{seed}.png"),
+        Some(k) => format!("{index:06}-s{seed}-{k}.png"),
+    }
+}
+
+/// A line's own values, before the defaults fill the gaps.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Overrides {
+    prompt: Option<String>,
+    negative: Option<String>,
+    seed: Option<u64>,
+    steps: Option<usize>,
+    guidance: Option<f64>,
+    width: Option<u32>,
+    height: Option<u32>,
+    scheduler: Option<String>,
+    num_images: Option<usize>,
+    clip_skip: Option<usize>,
+    filename: Option<String>,
+}
+
+/// One entry of the file as read, with the problems found while reading it.
+#[derive(Debug)]
+struct Entry {
+    line: usize,
+    index: usize,
+    overrides: Overrides,
+    problems: Vec<String>,
+    /// The line could not be read at all, so checking its values would only add noise.
+    unreadable: bool,
+}
+
+/// Content lines with their 1-based line numbers: blank lines and `#` comments dropped.
+fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+}
+
+fn parse_text(text: &str) -> Vec<Entry> {
+    content_lines(text)
+        .enumerate()
+        .map(|(index, (line, prompt))| Entry {
+            line,
+            index,
+            overrides: Overrides { prompt: Some(prompt.to_string()), ..Overrides::default() },
+            problems: Vec::new(),
+            unreadable: false,
+        })
+        .collect()
+}
+
+fn parse_jsonl(text: &str) -> Vec<Entry> {
+    content_lines(text)
+        .enumerate()
+        .map(|(index, (line, json))| {
+            let mut entry =
+                Entry { line, index, overrides: Overrides::default(), problems: Vec::new(), unreadable: false };
+            match serde_json::from_str::<Value>(json) {
+                Ok(Value::Object(map)) => {
+                    for (key, value) in &map {
+                        if let Err(message) = apply(&mut entry.overrides, key, Raw::Json(value)) {
+                            entry.problems.push(message);
+                        }
+                    }
+                }
+                Ok(other) => {
+                    entry.unreadable = true;
+                    entry
+                        .problems
+                        .push(format!("expected a JSON object like {{\"prompt\": \"...\"}}, got {}", kind(&other)))
+                }
+                Err(e) => {
+                    entry.unreadable = true;
+                    entry.problems.push(format!("not valid JSON: {e}"))
+                }
+            }
+            entry
+        })
+        .collect()
+}
+
+/// CSV rows become entries; a bad header makes the whole file invalid, reported on its line.
+///
+/// Comment and blank lines are removed before the csv crate sees the text, because its line and
+/// byte positions skip comments; `starts` maps positions in the kept text back to file lines.
+/// (A blank line inside a quoted multi-line cell is dropped with them.)
+fn parse_csv(text: &str) -> (Vec<Entry>, Vec<LineError>) {
+    let mut kept = String::with_capacity(text.len());
+    let mut starts: Vec<(usize, usize)> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let trimmed = raw.trim();
+        if !trimmed.is_empty() && !trimmed.starts_with('#') {
+            starts.push((kept.len(), i + 1));
+            kept.push_str(raw);
+            kept.push('\n');
+        }
+    }
+    let line_of = |byte: u64| -> usize {
+        let at = starts.partition_point(|(start, _)| *start as u64 <= byte);
+        at.checked_sub(1).map_or(1, |i| starts[i].1)
+    };
+    let mut reader =
+        csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(kept.as_bytes());
+    let header_line = starts.first().map_or(1, |(_, line)| *line);
+    let header_error = |message: String| vec![LineError { line: header_line, index: None, message }];
+    let headers: Vec<String> = match reader.headers() {
+        Ok(h) => h.iter().map(str::to_string).collect(),
+        Err(e) => return (Vec::new(), header_error(format!("cannot read the CSV header: {e}"))),
+    };
+    let mut problems = Vec::new();
+    for (i, h) in headers.iter().enumerate() {
+        if !KNOWN_KEYS.contains(&h.as_str()) {
+            problems.push(format!("unknown column \"{h}\" in the header (known keys: {})", KNOWN_KEYS.join(", ")));
+        } else if headers[..i].contains(h) {
+            problems.push(format!("column \"{h}\" appears twice in the header"));
+        }
+    }
+    if headers.iter().all(|h| h.is_empty()) {
+        problems.push(format!("the first line must be a header of column names from: {}", KNOWN_KEYS.join(", ")));
+    }
+    if !problems.is_empty() {
+        let errors = problems.into_iter().map(|message| LineError { line: header_line, index: None, message });
+        return (Vec::new(), errors.collect());
+    }
+
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    for (index, row) in reader.records().enumerate() {
+        match row {
+            Ok(record) => {
+                let line = record.position().map_or(0, |p| line_of(p.byte()));
+                let mut entry =
+                    Entry { line, index, overrides: Overrides::default(), problems: Vec::new(), unreadable: false };
+                if record.len() != headers.len() {
+                    entry.problems.push(format!("has {} cells but the header has {}", record.len(), headers.len()));
+                }
+                for (key, cell) in headers.iter().zip(record.iter()) {
+                    if let Err(message) = apply(&mut entry.overrides, key, Raw::Cell(cell)) {
+                        entry.problems.push(message);
+                    }
+                }
+                entries.push(entry);
+            }
+            Err(e) => {
+                let line = e.position().map_or(0, |p| line_of(p.byte()));
+                errors.push(LineError { line, index: Some(index), message: format!("cannot read the CSV row: {e}") });
+            }
+        }
+    }
+    (entries, errors)
+}
+
+/// A value as found in a JSON object or a CSV cell.
+#[derive(Clone, Copy)]
+enum Raw<'a> {
+    Json(&'a Value),
+    Cell(&'a str),
+}
+
+fn apply(o: &mut Overrides, key: &str, raw: Raw<'_>) -> std::result::Result<(), String> {
+    match key {
+        "prompt" => o.prompt = text(key, raw)?,
+        "negative" => o.negative = text(key, raw)?,
+        "seed" => o.seed = whole(key, raw)?,
+        "steps" => o.steps = whole(key, raw)?,
+        "guidance" => o.guidance = number(key, raw)?,
+        "width" => o.width = whole(key, raw)?,
+        "height" => o.height = whole(key, raw)?,
+        "scheduler" => o.scheduler = text(key, raw)?,
+        "num_images" => o.num_images = whole(key, raw)?,
+        "clip_skip" => o.clip_skip = whole(key, raw)?,
+        "filename" => o.filename = text(key, raw)?,
+        _ => return Err(format!("unknown key \"{key}\" (known keys: {})", KNOWN_KEYS.join(", "))),
+    }
+    Ok(())
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `null` in JSON and an empty CSV cell both mean "not set".
+fn text(key: &str, raw: Raw<'_>) -> std::result::Result<Option<String>, String> {
+    match raw {
+        Raw::Json(Value::Null) => Ok(None),
+        Raw::Json(Value::String(s)) => Ok(Some(s.clone())),
+        Raw::Json(v) => Err(format!("{key}: expected a string, got {}", kind(v))),
+        Raw::Cell("") => Ok(None),
+        Raw::Cell(s) => Ok(Some(s.to_string())),
+    }
+}
+
+fn whole<T: TryFrom<u64>>(key: &str, raw: Raw<'_>) -> std::result::Result<Option<T>, String> {
+    let n = match raw {
+        Raw::Json(Value::Null) | Raw::Cell("") => return Ok(None),
+        Raw::Json(Value::Number(n)) => {
+            n.as_u64().ok_or_else(|| format!("{key}: expected a whole number of 0 or more, got {n}"))?
+        }
+        Raw::Json(Value::String(s)) => {
+            return Err(format!("{key}: expected a number, got the string \"{s}\" (write it without quotes)"))
+        }
+        Raw::Json(v) => return Err(format!("{key}: expected a whole number, got {}", kind(v))),
+        Raw::Cell(s) => {
+            s.parse::<u64>().map_err(|_| format!("{key}: expected a whole number of 0 or more, got \"{s}\""))?
+        }
+    };
+    T::try_from(n).map(Some).map_err(|_| format!("{key}: {n} is too large"))
+}
+
+fn number(key: &str, raw: Raw<'_>) -> std::result::Result<Option<f64>, String> {
+    match raw {
+        Raw::Json(Value::Null) | Raw::Cell("") => Ok(None),
+        Raw::Json(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(|| format!("{key}: {n} is not a usable number")),
+        Raw::Json(Value::String(s)) => {
+            Err(format!("{key}: expected a number, got the string \"{s}\" (write it without quotes)"))
+        }
+        Raw::Json(v) => Err(format!("{key}: expected a number, got {}", kind(v))),
+        Raw::Cell(s) => s.parse::<f64>().map(Some).map_err(|_| format!("{key}: expected a number, got \"{s}\"")),
+    }
+}
+
+/// Fills the gaps from the defaults and checks the result; `Err` holds every problem found.
+fn resolve(
+    entry: Entry,
+    defaults: &Defaults,
+    validate_scheduler: &dyn Fn(&str) -> Result<(), String>,
+) -> std::result::Result<PlannedLine, Vec<String>> {
+    let Entry { line, index, overrides: o, mut problems, unreadable } = entry;
+    if unreadable {
+        return Err(problems);
+    }
+    let base = &defaults.request;
+    let derived_seed = o.seed.is_none();
+    let request = Request {
+        prompt: o.prompt.unwrap_or_else(|| base.prompt.clone()),
+        negative_prompt: o.negative.or_else(|| base.negative_prompt.clone()).filter(|n| !n.is_empty()),
+        seed: o.seed.unwrap_or_else(|| derive_seed(defaults.base_seed, index)),
+        steps: o.steps.unwrap_or(base.steps),
+        guidance: o.guidance.unwrap_or(base.guidance),
+        width: o.width.unwrap_or(base.width),
+        height: o.height.unwrap_or(base.height),
+        scheduler: o.scheduler.unwrap_or_else(|| base.scheduler.clone()),
+        num_images: o.num_images.unwrap_or(base.num_images),
+        clip_skip: o.clip_skip.or(base.clip_skip),
+    };
+
+    if request.prompt.trim().is_empty() {
+        problems.push("empty prompt".into());
+    }
+    for (name, size) in [("width", request.width), ("height", request.height)] {
+        if size == 0 || size % 8 != 0 {
+            problems.push(format!("{name} {size} is not a positive multiple of 8"));
+        }
+    }
+    if request.steps == 0 {
+        problems.push("steps is 0; it must be at least 1".into());
+    }
+    if !request.guidance.is_finite() {
+        problems.push(format!("guidance {} is not a finite number", request.guidance));
+    } else if request.guidance < 0.0 {
+        problems.push(format!("guidance {} is negative; it must be 0 or more", request.guidance));
+    }
+    if request.num_images == 0 {
+        problems.push("num_images is 0; it must be at least 1".into());
+    }
+    if request.clip_skip == Some(0) {
+        problems.push("clip_skip is 0; it must be at least 1 (1 = the last layer)".into());
+    }
+    if let Err(message) = validate_scheduler(&request.scheduler) {
+        problems.push(format!("scheduler \"{}\": {message}", request.scheduler));
+    }
+    let file_names = match &o.filename {
+        Some(name) => match check_filename(name) {
+            Ok(name) if request.num_images == 1 => vec![name],
+            Ok(name) => {
+                // check_filename guarantees a `.png` ending.
+                let stem = &name[..name.len() - 4];
+                (0..request.num_images).map(|k| format!("{stem}-{k}.png")).collect()
+            }
+            Err(message) => {
+                problems.push(message);
+                Vec::new()
+            }
+        },
+        None if request.num_images == 1 => vec![output_name(index, request.seed, None)],
+        None => (0..request.num_images).map(|k| output_name(index, request.seed, Some(k))).collect(),
+    };
+
+    if problems.is_empty() {
+        Ok(PlannedLine { line, index, request, derived_seed, file_names })
+    } else {
+        Err(problems)
+    }
+}
+
+/// A `filename` must name a file directly inside the output folder: no separators, no `..`,
+/// no leading dot (hidden files, and our own temp files start with a dot). A missing extension
+/// gets `.png`; any other extension is an error.
+fn check_filename(name: &str) -> std::result::Result<String, String> {
+    if name.is_empty() {
+        return Err("filename is empty".into());
+    }
+    if name.contains(['/', '\\', '\0']) {
+        return Err(format!(
+            "filename \"{name}\" must be a plain file name inside the output folder, without '/' or '\\'"
+        ));
+    }
+    if name.starts_with('.') {
+        return Err(format!("filename \"{name}\" must not start with '.'"));
+    }
+    let name = match Path::new(name).extension().and_then(|e| e.to_str()) {
+        None => format!("{name}.png"),
+        Some(ext) if ext.eq_ignore_ascii_case("png") => format!("{}.png", &name[..name.len() - 4]),
+        Some(ext) => {
+            return Err(format!("filename \"{name}\" ends in .{ext}; it must end in .png (or have no extension)"))
+        }
+    };
+    if name.len() > 200 {
+        return Err(format!("filename \"{name}\" is longer than 200 bytes"));
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitmix64_matches_the_published_first_output() {
+        // Vigna's reference splitmix64.c seeded with 0 returns 0xE220A8397B1DCDAF first.
+        assert_eq!(splitmix64(0), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(derive_seed(0, 0), 0x7B1D_CDAF);
+    }
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(Format::sniff("# c\n\n{\"prompt\": \"a\"}\n"), Format::Jsonl);
+        assert_eq!(Format::sniff("prompt,seed\na,1\n"), Format::Csv);
+        assert_eq!(Format::sniff("\"prompt\", \"width\"\n"), Format::Csv);
+        assert_eq!(Format::sniff("prompt,colour\n"), Format::Csv);
+        assert_eq!(Format::sniff("seed,steps\n"), Format::Csv);
+        assert_eq!(Format::sniff("a cat, oil painting\n"), Format::Text);
+        assert_eq!(Format::sniff(""), Format::Text);
+        assert_eq!(Format::from_extension(Path::new("x.NDJSON")), Some(Format::Jsonl));
+        assert_eq!(Format::from_extension(Path::new("x.prompts")), None);
+    }
+
+    #[test]
+    fn filenames() {
+        assert_eq!(check_filename("cat").as_deref(), Ok("cat.png"));
+        assert_eq!(check_filename("cat.PNG").as_deref(), Ok("cat.png"));
+        assert!(check_filename("../cat.png").is_err());
+        assert!(check_filename("a\\b.png").is_err());
+        assert!(check_filename("..").is_err());
+        assert!(check_filename(".hidden.png").is_err());
+        assert!(check_filename("cat.jpg").is_err());
+        assert!(check_filename("").is_err());
+    }
+
+    #[test]
+    fn whole_numbers_reject_fractions_strings_and_overflow() {
+        let v = serde_json::json!(20.5);
+        assert!(whole::<usize>("steps", Raw::Json(&v)).is_err());
+        let v = serde_json::json!("20");
+        assert!(whole::<usize>("steps", Raw::Json(&v)).unwrap_err().contains("without quotes"));
+        let v = serde_json::json!(-1);
+        assert!(whole::<u64>("seed", Raw::Json(&v)).is_err());
+        assert!(whole::<u32>("width", Raw::Cell("5000000000")).unwrap_err().contains("too large"));
+        assert_eq!(whole::<u32>("width", Raw::Cell("")), Ok(None));
+        assert_eq!(whole::<u64>("seed", Raw::Cell("18446744073709551615")), Ok(Some(u64::MAX)));
+    }
+}
