@@ -9,12 +9,18 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(args) => cli::generate::run(args),
-        Command::Info(args) => cli::info::run(&args),
-        Command::Bench(args) => cli::bench::run(&args),
+        Command::Generate(args) => cli::generate::run(args).map(|()| true),
+        Command::Batch(args) => cli::batch::run(args),
+        Command::Show(args) => cli::show::run(&args).map(|()| true),
+        Command::License(args) => cli::license::run(&args).map(|()| true),
+        Command::Schedulers => cli::schedulers::run().map(|()| true),
+        Command::Info(args) => cli::info::run(&args).map(|()| true),
+        Command::Bench(args) => cli::bench::run(&args).map(|()| true),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        // Some batch lines failed; the rest were written and the summary says which.
+        Ok(false) => ExitCode::from(3),
         Err(e) => {
             // A closed stdout (`sdgen ... | head`) is not an error worth reporting.
             if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {

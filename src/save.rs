@@ -1,5 +1,6 @@
-//! Saving generated images: joins the scheduler table (A1111 sampler names) with the
-//! output module (PNG chunks, naming, licence notice), which knows nothing of schedulers.
+//! Saving generated images: the glue between the pipeline, the scheduler table (A1111
+//! sampler names), the output module (PNG chunks, naming, licence notice) and the batch
+//! engine, none of which know each other.
 
 use crate::output::{self, naming, NameFields, OnExisting, SaveOptions, Template};
 use crate::pipeline::Generated;
@@ -48,4 +49,34 @@ pub fn png_bytes(g: &Generated) -> Result<Vec<u8>> {
 /// A timestamp shared by the images of one run.
 pub fn run_timestamp() -> String {
     naming::timestamp_now()
+}
+
+/// The batch engine's [`Backend`](crate::batch::Backend) on a loaded [`Pipeline`]: a group of
+/// jobs becomes one UNet batch; if the batch fails as a whole, its jobs are retried one at a
+/// time so one bad job (say, out of memory) does not fail the others.
+pub struct PipelineBackend<'a> {
+    pub pipeline: &'a crate::pipeline::Pipeline,
+}
+
+impl crate::batch::Backend for PipelineBackend<'_> {
+    fn render(
+        &mut self,
+        jobs: &[crate::batch::Job],
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Vec<std::result::Result<Vec<u8>, String>> {
+        let requests: Vec<crate::Request> = jobs.iter().map(|j| j.request.clone()).collect();
+        let mut step = |p: crate::pipeline::Progress| on_step(p.step, p.steps);
+        match self.pipeline.generate_many(&requests, &mut step) {
+            Ok(images) => images.iter().map(|g| png_bytes(g).map_err(|e| e.to_string())).collect(),
+            Err(e) if jobs.len() == 1 => vec![Err(e.to_string())],
+            Err(_) => requests
+                .iter()
+                .map(|r| {
+                    let g = self.pipeline.generate_many(std::slice::from_ref(r), &mut step).map_err(|e| e.to_string())?;
+                    let g = g.first().ok_or_else(|| "no image was produced".to_string())?;
+                    png_bytes(g).map_err(|e| e.to_string())
+                })
+                .collect(),
+        }
+    }
 }

@@ -30,7 +30,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let Some(model) = args.model.model.clone() else {
         bail!("no model given: pass --model DIR or set SDGEN_MODEL");
     };
-    let opts = LoadOptions { model, device: args.model.device.parse()?, dtype: args.model.dtype.parse()? };
+    let opts = LoadOptions { model, device: args.model.device()?, dtype: args.model.dtype()? };
     let req = Request {
         prompt: "a photo of an astronaut riding a horse".into(),
         seed: 0,

@@ -17,6 +17,10 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub gen: GenerationArgs,
+    /// Regenerate the image this PNG records (its prompt, seed, settings, model, device and
+    /// dtype); other flags override the recorded values.
+    #[arg(long, value_name = "IMAGE.png")]
+    pub from: Option<PathBuf>,
     /// How many images; image i uses seed + i.
     #[arg(long, value_name = "N")]
     pub num_images: Option<usize>,
@@ -41,7 +45,7 @@ pub fn build_request(prompt: Option<String>, gen: &GenerationArgs, num_images: O
 }
 
 pub fn load_pipeline(model: &ModelArgs, model_dir: PathBuf) -> anyhow::Result<Pipeline> {
-    let opts = LoadOptions { model: model_dir, device: model.device.parse()?, dtype: model.dtype.parse()? };
+    let opts = LoadOptions { model: model_dir, device: model.device()?, dtype: model.dtype()? };
     Ok(Pipeline::load(&opts)?)
 }
 
@@ -60,15 +64,30 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
     bar
 }
 
-pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let base = Request { seed: rand::random::<u32>() as u64, ..Request::default() };
+pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
+    let mut base = Request { seed: rand::random::<u32>() as u64, ..Request::default() };
+    let mut seed_given = args.gen.seed.is_some();
+    if let Some(from) = &args.from {
+        let record = sdgen::output::read_record(from)
+            .with_context(|| format!("reading the sdgen record from {}", from.display()))?;
+        base = record.request.clone();
+        seed_given = true;
+        args.model.model.get_or_insert_with(|| PathBuf::from(&record.model.source));
+        args.model.device.get_or_insert(record.device.clone());
+        args.model.dtype.get_or_insert(record.dtype.clone());
+        if args.prompt.is_none() {
+            args.prompt = Some(record.request.prompt.clone());
+        }
+        if args.gen.scheduler.is_none() {
+            args.gen.scheduler = Some(record.request.scheduler.clone());
+        }
+    }
     let Some(model_dir) = args.model.model.clone() else {
         bail!("no model given: pass --model DIR (a diffusers folder such as weights/tiny-sd) or set SDGEN_MODEL");
     };
     if args.prompt.is_none() {
-        bail!("no prompt given: sdgen generate \"a prompt\"");
+        bail!("no prompt given: sdgen generate \"a prompt\" (or --from IMAGE.png)");
     }
-    let seed_given = args.gen.seed.is_some();
     let mut req = build_request(args.prompt.clone(), &args.gen, args.num_images, base);
     sdgen::pipeline::check_request(&req)?;
     let pipe = load_pipeline(&args.model, model_dir)?;

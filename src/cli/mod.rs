@@ -1,8 +1,12 @@
 //! Command-line definitions (clap derive). Parsing only; the work is in the library.
 
+pub mod batch;
 pub mod bench;
 pub mod generate;
 pub mod info;
+pub mod license;
+pub mod schedulers;
+pub mod show;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -18,6 +22,14 @@ pub struct Cli {
 pub enum Command {
     /// Generate images from a text prompt.
     Generate(generate::GenerateArgs),
+    /// Generate images for every line of a prompt file (txt, jsonl, csv); resumable, shardable.
+    Batch(batch::BatchArgs),
+    /// Print the record stored in a PNG that sdgen wrote.
+    Show(show::ShowArgs),
+    /// Print the model licence's use restrictions and what recipients must be told.
+    License(license::LicenseArgs),
+    /// List the schedulers (samplers) with their A1111 and diffusers names.
+    Schedulers,
     /// Print the sdgen and libtorch versions, CUDA devices and CPU threads.
     Info(info::InfoArgs),
     /// Time one generation: load, first step, steps/s, VAE decode, peak memory.
@@ -30,12 +42,22 @@ pub struct ModelArgs {
     /// A diffusers model folder. Defaults to $SDGEN_MODEL.
     #[arg(long, env = "SDGEN_MODEL", value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// auto (CUDA when available), cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto", value_name = "DEVICE")]
-    pub device: String,
-    /// auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.
-    #[arg(long, default_value = "auto", value_name = "DTYPE")]
-    pub dtype: String,
+    /// auto (CUDA when available), cpu, cuda or cuda:N [default: auto].
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16 [default: auto].
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<String>,
+}
+
+impl ModelArgs {
+    pub fn device(&self) -> sdgen::Result<sdgen::device::DeviceChoice> {
+        self.device.as_deref().unwrap_or("auto").parse()
+    }
+
+    pub fn dtype(&self) -> sdgen::Result<sdgen::device::DType> {
+        self.dtype.as_deref().unwrap_or("auto").parse()
+    }
 }
 
 /// What to generate; every field is optional so `--from` and batch files can fill the rest.
