@@ -1,6 +1,8 @@
 //! Getting model files off disk: configs and memory-mapped weights.
 
 pub mod config;
+pub mod ldm_keys;
+pub mod single_file;
 pub mod weights;
 
 pub use config::read_json;
