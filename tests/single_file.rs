@@ -193,7 +193,10 @@ fn unknown_tensors_in_model_prefixes_are_errors_naming_them() {
     let mut h = layout("sd15");
     h.shapes.insert("conditioner.embedders.0.transformer.text_model.final_layer_norm.weight".into(), vec![768]);
     assert!(err_text(inspect_header(&h, None)).contains("SDXL"));
-    let h = Header::new("diffusers-unet", layout("sd15").shapes.into_iter().filter(|(k, _)| !k.starts_with("model.")).collect());
+    let h = Header::new(
+        "diffusers-unet",
+        layout("sd15").shapes.into_iter().filter(|(k, _)| !k.starts_with("model.")).collect(),
+    );
     assert!(err_text(inspect_header(&h, None)).contains("no UNet tensors"));
 }
 
@@ -227,7 +230,7 @@ fn mapped_weights_see_only_their_own_tensors() {
     assert!(!w.contains("model.diffusion_model.out.2.weight"), "no fallback to raw stored names");
     let mut sources = sf.vae_sources.clone();
     sources.insert("extra".into(), sdgen::loading::Source::direct("not.in.the.file"));
-    let opened = Weights::open_mapped(&[sf.path.clone()], Device::Cpu, Kind::Float, sources);
+    let opened = Weights::open_mapped(std::slice::from_ref(&sf.path), Device::Cpu, Kind::Float, sources);
     let msg = err_text(opened.map(|w| w.names()));
     assert!(msg.contains("not.in.the.file"), "{msg}");
 }
@@ -278,7 +281,10 @@ fn corrupt_files_give_clear_errors() {
         ),
         ("size_lies", raw(r#"{"a":{"dtype":"F32","shape":[8],"data_offsets":[0,16]}}"#, 16)),
         ("reversed_offsets", raw(r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[16,0]}}"#, 16)),
-        ("shape_overflow", raw(r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}"#, 16)),
+        (
+            "shape_overflow",
+            raw(r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]}}"#, 16),
+        ),
         ("unknown_dtype", raw(r#"{"a":{"dtype":"Q9","shape":[4],"data_offsets":[0,16]}}"#, 16)),
         ("truncated_checkpoint", tiny[..tiny.len() / 2].to_vec()),
         ("valid_but_not_ldm", raw(one, 16)),
@@ -287,7 +293,6 @@ fn corrupt_files_give_clear_errors() {
         let path = dir.path().join(format!("{name}.safetensors"));
         std::fs::write(&path, &bytes).unwrap();
         let msg = err_text(inspect(&path));
-        eprintln!("{name}: {msg}");
         assert!(msg.contains(&path.display().to_string()), "{name}: error should name the file: {msg}");
         let expected = if name == "valid_but_not_ldm" { "no UNet tensors" } else { "not a valid safetensors file" };
         assert!(msg.contains(expected), "{name}: {msg}");

@@ -460,7 +460,9 @@ pub fn text(h: &Header) -> Result<(TextLayout, BTreeMap<String, Source>, Vec<Ign
         (true, true) => Err(h.err(format!(
             "no text encoder tensors ('{CLIP_PREFIX}*' or '{OPEN_CLIP_PREFIX}*'): the checkpoint lacks its text encoder"
         ))),
-        (false, false) => Err(h.err("the checkpoint holds both a CLIP and an OpenCLIP text encoder; cannot tell which to use")),
+        (false, false) => {
+            Err(h.err("the checkpoint holds both a CLIP and an OpenCLIP text encoder; cannot tell which to use"))
+        }
     }
 }
 
@@ -473,7 +475,10 @@ fn hf_clip(h: &Header, names: &[(&str, &str)]) -> Result<(TextLayout, BTreeMap<S
         let rest = rest.strip_prefix("text_model.").unwrap_or(rest);
         let known = match rest {
             "embeddings.position_ids" => {
-                ignored.push(Ignored { key: key.to_string(), reason: "CLIP's position_ids buffer (a constant arange)".into() });
+                ignored.push(Ignored {
+                    key: key.to_string(),
+                    reason: "CLIP's position_ids buffer (a constant arange)".into(),
+                });
                 continue;
             }
             "embeddings.token_embedding.weight"
@@ -494,9 +499,11 @@ fn hf_clip(h: &Header, names: &[(&str, &str)]) -> Result<(TextLayout, BTreeMap<S
         map.insert(format!("text_model.{rest}"), Source::direct(key));
     }
     let find = |suffix: &str| {
-        names.iter().find(|(_, r)| r.ends_with(suffix)).map(|(k, _)| *k).ok_or_else(|| {
-            h.err(format!("the CLIP text encoder lacks '{CLIP_PREFIX}text_model.{suffix}'"))
-        })
+        names
+            .iter()
+            .find(|(_, r)| r.ends_with(suffix))
+            .map(|(k, _)| *k)
+            .ok_or_else(|| h.err(format!("the CLIP text encoder lacks '{CLIP_PREFIX}text_model.{suffix}'")))
     };
     let token = h.shape(find("embeddings.token_embedding.weight")?)?;
     let position = h.shape(find("embeddings.position_embedding.weight")?)?;
@@ -532,7 +539,9 @@ fn open_clip(h: &Header, names: &[(&str, &str)]) -> Result<(TextLayout, BTreeMap
     }
     let stored = blocks.len();
     if stored < 2 || blocks.iter().next_back() != Some(&(stored - 1)) {
-        return Err(h.err(format!("OpenCLIP text encoder blocks are not numbered 0..{stored} (need at least 2): {blocks:?}")));
+        return Err(
+            h.err(format!("OpenCLIP text encoder blocks are not numbered 0..{stored} (need at least 2): {blocks:?}"))
+        );
     }
     let last = stored - 1;
 
@@ -570,7 +579,11 @@ fn open_clip(h: &Header, names: &[(&str, &str)]) -> Result<(TextLayout, BTreeMap
                             .iter()
                             .enumerate()
                             .map(|(i, x)| {
-                                let src = Source { key: key.to_string(), slice0: Some((i as i64 * width, width)), reshape: false };
+                                let src = Source {
+                                    key: key.to_string(),
+                                    slice0: Some((i as i64 * width, width)),
+                                    reshape: false,
+                                };
                                 (format!("{l}.self_attn.{x}_proj.{leaf}"), src)
                             })
                             .collect()

@@ -306,7 +306,9 @@ impl ConfigSet {
         match v.get("prediction_type") {
             None | Some(Value::Null) => Ok("epsilon".into()),
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(Error::config(self.path_of(SCHEDULER), format!("prediction_type is {other}, not a string"))),
+            Some(other) => {
+                Err(Error::config(self.path_of(SCHEDULER), format!("prediction_type is {other}, not a string")))
+            }
         }
     }
 
@@ -372,7 +374,12 @@ impl ConfigSet {
                 vae.get("block_out_channels").cloned(),
                 sf.vae.block_out_channels.clone().into(),
             ),
-            ("vae/config.json", "layers_per_block", vae.get("layers_per_block").cloned(), sf.vae.layers_per_block.into()),
+            (
+                "vae/config.json",
+                "layers_per_block",
+                vae.get("layers_per_block").cloned(),
+                sf.vae.layers_per_block.into(),
+            ),
             ("vae/config.json", "latent_channels", vae.get("latent_channels").cloned(), sf.vae.latent_channels.into()),
             (
                 "text_encoder/config.json",
@@ -392,7 +399,12 @@ impl ConfigSet {
                 text.get("intermediate_size").cloned(),
                 sf.text_encoder.intermediate_size.into(),
             ),
-            ("text_encoder/config.json", "vocab_size", text.get("vocab_size").cloned(), sf.text_encoder.vocab_size.into()),
+            (
+                "text_encoder/config.json",
+                "vocab_size",
+                text.get("vocab_size").cloned(),
+                sf.text_encoder.vocab_size.into(),
+            ),
             (
                 "text_encoder/config.json",
                 "max_position_embeddings",
@@ -434,7 +446,8 @@ impl ConfigSet {
             "vae": ["diffusers", "AutoencoderKL"],
         });
         let index = serde_json::to_string_pretty(&index).unwrap_or_default() + "\n";
-        let all = self.files.iter().map(|(rel, text)| (*rel, text.as_ref())).chain([("model_index.json", index.as_str())]);
+        let all =
+            self.files.iter().map(|(rel, text)| (*rel, text.as_ref())).chain([("model_index.json", index.as_str())]);
         for (rel, text) in all {
             let path = dir.join(rel);
             if let Some(parent) = path.parent() {
