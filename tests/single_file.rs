@@ -309,3 +309,19 @@ fn arch_names_parse() {
     assert!(err_text(Arch::parse("sdxl")).contains("sdxl"));
     assert_eq!(Arch::Sd2.to_string(), "SD 2.x");
 }
+
+#[test]
+fn a_pruned_openclip_tower_follows_the_config() {
+    // Some SD 2.x files already lack the unused final block; the 23-layer config then takes all 23.
+    let mut h = layout("sd21");
+    h.shapes.retain(|k, _| !k.starts_with("cond_stage_model.model.transformer.resblocks.23."));
+    let mut sf = inspect_header(&h, None).unwrap();
+    assert_eq!((sf.text_encoder.num_hidden_layers, sf.text_encoder.stored_layers), (22, 23));
+    assert!(err_text(ConfigSet::standard(Arch::Sd2).check(&sf)).contains("num_hidden_layers"));
+    sf.use_openclip_layers(23).unwrap();
+    assert_eq!(sf.text_encoder.num_hidden_layers, 23);
+    assert!(sf.text_encoder_sources.contains_key("text_model.encoder.layers.22.mlp.fc2.weight"));
+    assert!(!sf.ignored.iter().any(|i| i.key.contains("resblocks.22.")));
+    ConfigSet::standard(Arch::Sd2).check(&sf).unwrap();
+    assert!(err_text(sf.use_openclip_layers(5)).contains("5 layers"));
+}

@@ -446,7 +446,14 @@ fn hf_clip_layer(rest: &str) -> bool {
 /// hidden state, and its single-file loader skips the final stored block. So does this.
 /// OpenCLIP's `text_projection` and `logit_scale` and CLIP's `position_ids` buffer have no
 /// counterpart in the text encoder and are ignored too.
-pub fn text(h: &Header) -> Result<(TextLayout, BTreeMap<String, Source>, Vec<Ignored>)> {
+///
+/// `openclip_layers` overrides how many OpenCLIP blocks to use (a config's
+/// `num_hidden_layers`): the stored count, or one less (the default). A file whose final
+/// block was already pruned thus loads with a 23-layer config like diffusers loads it.
+pub fn text(
+    h: &Header,
+    openclip_layers: Option<usize>,
+) -> Result<(TextLayout, BTreeMap<String, Source>, Vec<Ignored>)> {
     let hf: Vec<(&str, &str)> = h.under(CLIP_PREFIX).collect();
     let open: Vec<(&str, &str)> = h.under(OPEN_CLIP_PREFIX).collect();
     if let Some((key, _)) =
@@ -456,7 +463,7 @@ pub fn text(h: &Header) -> Result<(TextLayout, BTreeMap<String, Source>, Vec<Ign
     }
     match (hf.is_empty(), open.is_empty()) {
         (false, true) => hf_clip(h, &hf),
-        (true, false) => open_clip(h, &open),
+        (true, false) => open_clip(h, &open, openclip_layers),
         (true, true) => Err(h.err(format!(
             "no text encoder tensors ('{CLIP_PREFIX}*' or '{OPEN_CLIP_PREFIX}*'): the checkpoint lacks its text encoder"
         ))),
@@ -524,7 +531,11 @@ fn hf_clip(h: &Header, names: &[(&str, &str)]) -> Result<(TextLayout, BTreeMap<S
     Ok((layout, map, ignored))
 }
 
-fn open_clip(h: &Header, names: &[(&str, &str)]) -> Result<(TextLayout, BTreeMap<String, Source>, Vec<Ignored>)> {
+fn open_clip(
+    h: &Header,
+    names: &[(&str, &str)],
+    layers: Option<usize>,
+) -> Result<(TextLayout, BTreeMap<String, Source>, Vec<Ignored>)> {
     let p = OPEN_CLIP_PREFIX;
     let token = h.shape(&format!("{p}token_embedding.weight"))?;
     let width = match token {
@@ -543,7 +554,15 @@ fn open_clip(h: &Header, names: &[(&str, &str)]) -> Result<(TextLayout, BTreeMap
             h.err(format!("OpenCLIP text encoder blocks are not numbered 0..{stored} (need at least 2): {blocks:?}"))
         );
     }
-    let last = stored - 1;
+    // Blocks from `last` on are not part of the diffusers text encoder.
+    let last = layers.unwrap_or(stored - 1);
+    if last + 1 < stored || last > stored || last == 0 {
+        return Err(h.err(format!(
+            "the text encoder config asks for {last} layers, but the file stores {stored} OpenCLIP blocks \
+             (expected {stored} or {})",
+            stored - 1
+        )));
+    }
 
     let mut map = BTreeMap::new();
     let mut ignored = Vec::new();
@@ -601,7 +620,7 @@ fn open_clip(h: &Header, names: &[(&str, &str)]) -> Result<(TextLayout, BTreeMap
                         vec![(format!("{l}.{stem}.{leaf}"), Source::direct(key))]
                     }
                 };
-                if n == last {
+                if n >= last {
                     ignored.push(Ignored {
                         key: key.to_string(),
                         reason: "final OpenCLIP block: SD 2.x uses the penultimate layer's output".into(),

@@ -119,6 +119,7 @@ pub struct SingleFile {
     pub text_encoder_sources: BTreeMap<String, Source>,
     /// Stored tensors no model loads, each with its reason.
     pub ignored: Vec<Ignored>,
+    header: Header,
 }
 
 impl SingleFile {
@@ -128,6 +129,20 @@ impl SingleFile {
             Component::Vae => &self.vae_sources,
             Component::TextEncoder => &self.text_encoder_sources,
         }
+    }
+
+    /// Re-maps an OpenCLIP text encoder to use `layers` blocks (a config's
+    /// `num_hidden_layers`) instead of all but the last; see [`ldm_keys::text`].
+    pub fn use_openclip_layers(&mut self, layers: usize) -> Result<()> {
+        if self.text_encoder.format != TextFormat::OpenClip || layers == self.text_encoder.num_hidden_layers {
+            return Ok(());
+        }
+        let (layout, sources, ignored) = ldm_keys::text(&self.header, Some(layers))?;
+        self.ignored.retain(|i| !i.key.starts_with(ldm_keys::TEXT_PREFIX));
+        self.ignored.extend(ignored);
+        self.text_encoder = layout;
+        self.text_encoder_sources = sources;
+        Ok(())
     }
 
     /// The weights of one model, by diffusers names; `finish()` judges this model's tensors only.
@@ -153,7 +168,7 @@ pub fn inspect_header(h: &Header, arch: Option<Arch>) -> Result<SingleFile> {
     let mut ignored = ldm_keys::outside(h)?;
     let (unet, unet_sources) = ldm_keys::unet(h)?;
     let (vae, vae_sources) = ldm_keys::vae(h)?;
-    let (text_encoder, text_encoder_sources, text_ignored) = ldm_keys::text(h)?;
+    let (text_encoder, text_encoder_sources, text_ignored) = ldm_keys::text(h, None)?;
     ignored.extend(text_ignored);
 
     let inpainting = match unet.in_channels {
@@ -198,6 +213,7 @@ pub fn inspect_header(h: &Header, arch: Option<Arch>) -> Result<SingleFile> {
         vae_sources,
         text_encoder_sources,
         ignored,
+        header: h.clone(),
     })
 }
 
@@ -480,7 +496,7 @@ pub struct Prepared {
 /// Inspects `path`, picks its configs (`config_dir`, else the built-in ones for its
 /// architecture), applies the prediction type override and checks configs against tensors.
 pub fn prepare(path: &Path, opts: &Options) -> Result<Prepared> {
-    let file = inspect_with(path, opts.arch)?;
+    let mut file = inspect_with(path, opts.arch)?;
     if file.inpainting {
         return Err(Error::weights(
             path,
@@ -494,6 +510,14 @@ pub fn prepare(path: &Path, opts: &Options) -> Result<Prepared> {
     };
     if let Some(pt) = opts.prediction_type {
         configs.set_prediction_type(pt)?;
+    }
+    if file.text_encoder.format == TextFormat::OpenClip {
+        let text: Value = configs.parse("text_encoder/config.json")?;
+        if let Some(n) = text.get("num_hidden_layers").and_then(Value::as_u64) {
+            if n as usize == file.text_encoder.stored_layers {
+                file.use_openclip_layers(n as usize)?;
+            }
+        }
     }
     configs.check(&file)?;
     Ok(Prepared { file, configs })
