@@ -1,7 +1,10 @@
-//! Getting model files off disk: configs, memory-mapped weights and their hashes.
+//! Getting model files off disk: configs, memory-mapped weights, their hashes, and the
+//! original single-file checkpoint layout.
 
 pub mod config;
 pub mod hash;
+pub mod ldm_keys;
+pub mod single_file;
 pub mod weights;
 
 pub use config::read_json;

@@ -119,6 +119,8 @@ struct Store {
     entries: BTreeMap<String, TensorEntry>,
     /// Requested name → stored key, for names that differ from the file's.
     sources: BTreeMap<String, Source>,
+    /// Whether names resolve only through `sources` (a renamed checkpoint).
+    mapped: bool,
     used: RefCell<HashSet<String>>,
     device: Device,
     kind: Kind,
@@ -150,6 +152,7 @@ impl Weights {
                 files,
                 entries,
                 sources: BTreeMap::new(),
+                mapped: false,
                 used: RefCell::new(HashSet::new()),
                 device,
                 kind,
@@ -158,8 +161,13 @@ impl Weights {
         })
     }
 
-    /// Like [`Weights::open`], with stored keys renamed: `rename` maps a requested
+    /// Like [`Weights::open`], with stored keys renamed: `sources` maps a requested
     /// (diffusers) name to where its bytes are stored. Used for checkpoints in other layouts.
+    ///
+    /// The store then holds only the stored keys that `sources` mentions: one single-file
+    /// checkpoint feeds several models, so each model's [`Weights::finish`] must judge its own
+    /// tensors only. Whoever builds `sources` accounts for the rest of the file. A source
+    /// whose key the files lack is an error here, naming both names.
     pub fn open_mapped(
         paths: &[PathBuf],
         device: Device,
@@ -167,8 +175,20 @@ impl Weights {
         sources: BTreeMap<String, Source>,
     ) -> Result<Weights> {
         let w = Weights::open(paths, device, kind)?;
+        let label = w.file_label();
         let mut store = Rc::try_unwrap(w.store).unwrap_or_else(|_| unreachable!("fresh store"));
+        for (name, src) in &sources {
+            if !store.entries.contains_key(&src.key) {
+                return Err(Error::weights(
+                    label,
+                    format!("tensor '{name}' should come from '{}', which the file does not hold", src.key),
+                ));
+            }
+        }
+        let wanted: HashSet<&str> = sources.values().map(|s| s.key.as_str()).collect();
+        store.entries.retain(|k, _| wanted.contains(k.as_str()));
         store.sources = sources;
+        store.mapped = true;
         Ok(Weights { store: Rc::new(store), prefix: String::new() })
     }
 
@@ -200,7 +220,11 @@ impl Weights {
     }
 
     fn resolve(&self, full: &str) -> Option<(Source, &TensorEntry)> {
-        let src = self.store.sources.get(full).cloned().unwrap_or_else(|| Source::direct(full));
+        let src = match self.store.sources.get(full) {
+            Some(src) => src.clone(),
+            None if self.store.mapped => return None,
+            None => Source::direct(full),
+        };
         let entry = self.store.entries.get(&src.key)?;
         Some((src, entry))
     }

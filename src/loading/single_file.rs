@@ -1,0 +1,524 @@
+//! Single-file Stable Diffusion checkpoints: one `.safetensors` in the original CompVis/A1111
+//! layout holding UNet, VAE and text encoder, without configs or tokenizer.
+//!
+//! [`inspect`] reads the file's header, tells SD 1.x from SD 2.x, derives what the shapes say
+//! about each model and builds, per model, the map from diffusers names to stored tensors
+//! (see `ldm_keys`). [`ConfigSet`] supplies the configs the file lacks: the standard SD 1.5
+//! or SD 2.1 ones compiled into sdgen, or a diffusers folder's (`--config-dir`, the
+//! equivalent of diffusers' `from_single_file(config=...)`). [`prepare`] does both and checks
+//! that configs and weights describe the same model.
+//!
+//! Prediction type: a checkpoint cannot say whether it predicts noise or v (SD 2.x-base and
+//! SD 2.1-768 have identical shapes; diffusers guesses from the `global_step` of a pickled
+//! `.ckpt`, which a `.safetensors` file lacks, and then assumes v). sdgen's rule: an explicit
+//! `--prediction-type` wins; otherwise the scheduler config decides, which for the built-in
+//! configs means epsilon for SD 1.x and v_prediction for SD 2.x (the 768-v model).
+
+use crate::loading::config::parse_json;
+use crate::loading::ldm_keys::{self, Header, Ignored, TextFormat, TextLayout, UNetLayout, VaeLayout};
+use crate::loading::weights::MappedFile;
+use crate::loading::{Source, Weights};
+use crate::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
+
+/// The Stable Diffusion family of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Arch {
+    /// SD 1.x: CLIP ViT-L/14 text encoder, cross-attention width 768.
+    Sd1,
+    /// SD 2.x: OpenCLIP ViT-H/14 text encoder, cross-attention width 1024.
+    Sd2,
+}
+
+impl Arch {
+    /// The short name used on the command line and in `data/configs/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Sd1 => "sd1",
+            Arch::Sd2 => "sd2",
+        }
+    }
+
+    /// Parses `sd1`/`sd2` (also `1`, `2`, `v1`, `v2`, `sd15`, `sd21`, `sd1.5`, `sd2.1`).
+    pub fn parse(s: &str) -> Result<Arch> {
+        let t = s.trim().to_ascii_lowercase().replace(['-', '_', ' '], "");
+        match t.as_str() {
+            "sd1" | "1" | "v1" | "sd15" | "sd1.5" | "sd1.x" | "sd14" | "sd1.4" => Ok(Arch::Sd1),
+            "sd2" | "2" | "v2" | "sd21" | "sd2.1" | "sd2.x" | "sd20" | "sd2.0" => Ok(Arch::Sd2),
+            _ => Err(Error::invalid(format!("unknown architecture '{s}': expected sd1 or sd2"))),
+        }
+    }
+
+    /// The prediction type of this family's standard scheduler config.
+    pub fn default_prediction_type(self) -> &'static str {
+        match self {
+            Arch::Sd1 => "epsilon",
+            Arch::Sd2 => "v_prediction",
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arch::Sd1 => "SD 1.x",
+            Arch::Sd2 => "SD 2.x",
+        })
+    }
+}
+
+/// What decided [`SingleFile::arch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detection {
+    /// The UNet's cross-attention width: 768 is SD 1.x, 1024 is SD 2.x.
+    CrossAttentionWidth,
+    /// Any other width (small test models): the text encoder's layout, CLIP or OpenCLIP.
+    TextEncoderFormat,
+    /// The caller said so.
+    Override,
+}
+
+/// One of the three models in a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Unet,
+    Vae,
+    TextEncoder,
+}
+
+impl Component {
+    /// The diffusers folder name.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Component::Unet => "unet",
+            Component::Vae => "vae",
+            Component::TextEncoder => "text_encoder",
+        }
+    }
+}
+
+/// What [`inspect`] learned from a checkpoint's header.
+#[derive(Debug, Clone)]
+pub struct SingleFile {
+    pub path: PathBuf,
+    pub arch: Arch,
+    pub detected_by: Detection,
+    /// The UNet takes 9 input channels (latents, mask, masked image).
+    pub inpainting: bool,
+    pub unet: UNetLayout,
+    pub vae: VaeLayout,
+    pub text_encoder: TextLayout,
+    /// Diffusers name → stored tensor, per model.
+    pub unet_sources: BTreeMap<String, Source>,
+    pub vae_sources: BTreeMap<String, Source>,
+    pub text_encoder_sources: BTreeMap<String, Source>,
+    /// Stored tensors no model loads, each with its reason.
+    pub ignored: Vec<Ignored>,
+    header: Header,
+}
+
+impl SingleFile {
+    pub fn sources(&self, c: Component) -> &BTreeMap<String, Source> {
+        match c {
+            Component::Unet => &self.unet_sources,
+            Component::Vae => &self.vae_sources,
+            Component::TextEncoder => &self.text_encoder_sources,
+        }
+    }
+
+    /// Re-maps an OpenCLIP text encoder to use `layers` blocks (a config's
+    /// `num_hidden_layers`) instead of all but the last; see [`ldm_keys::text`].
+    pub fn use_openclip_layers(&mut self, layers: usize) -> Result<()> {
+        if self.text_encoder.format != TextFormat::OpenClip || layers == self.text_encoder.num_hidden_layers {
+            return Ok(());
+        }
+        let (layout, sources, ignored) = ldm_keys::text(&self.header, Some(layers))?;
+        self.ignored.retain(|i| !i.key.starts_with(ldm_keys::TEXT_PREFIX));
+        self.ignored.extend(ignored);
+        self.text_encoder = layout;
+        self.text_encoder_sources = sources;
+        Ok(())
+    }
+
+    /// The weights of one model, by diffusers names; `finish()` judges this model's tensors only.
+    pub fn weights(&self, c: Component, device: Device, kind: Kind) -> Result<Weights> {
+        Weights::open_mapped(std::slice::from_ref(&self.path), device, kind, self.sources(c).clone())
+    }
+}
+
+/// Reads a checkpoint's header and maps its tensors; the architecture comes from the shapes.
+pub fn inspect(path: &Path) -> Result<SingleFile> {
+    inspect_with(path, None)
+}
+
+/// Like [`inspect`], with the architecture forced when `arch` is given.
+pub fn inspect_with(path: &Path, arch: Option<Arch>) -> Result<SingleFile> {
+    let (_file, entries) = MappedFile::open(path)?;
+    let shapes = entries.into_iter().map(|(name, e)| (name, e.shape)).collect();
+    inspect_header(&Header::new(path, shapes), arch)
+}
+
+/// The work of [`inspect_with`] on a header already read (tests feed full-size layouts here).
+pub fn inspect_header(h: &Header, arch: Option<Arch>) -> Result<SingleFile> {
+    let mut ignored = ldm_keys::outside(h)?;
+    let (unet, unet_sources) = ldm_keys::unet(h)?;
+    let (vae, vae_sources) = ldm_keys::vae(h)?;
+    let (text_encoder, text_encoder_sources, text_ignored) = ldm_keys::text(h, None)?;
+    ignored.extend(text_ignored);
+
+    let inpainting = match unet.in_channels {
+        4 => false,
+        9 => true,
+        n => {
+            return Err(Error::weights(
+                &h.path,
+                format!(
+                    "the UNet takes {n} input channels; sdgen knows text-to-image (4) and inpainting (9) UNets, \
+                     not this variant (depth, instruct-pix2pix, ...)"
+                ),
+            ))
+        }
+    };
+    if unet.cross_attention_dim != text_encoder.hidden_size {
+        return Err(Error::weights(
+            &h.path,
+            format!(
+                "the UNet attends to text of width {} but the text encoder has width {}: \
+                 the file does not hold one Stable Diffusion model",
+                unet.cross_attention_dim, text_encoder.hidden_size
+            ),
+        ));
+    }
+    let (arch, detected_by) = match (arch, unet.cross_attention_dim, text_encoder.format) {
+        (Some(a), _, _) => (a, Detection::Override),
+        (None, 768, _) => (Arch::Sd1, Detection::CrossAttentionWidth),
+        (None, 1024, _) => (Arch::Sd2, Detection::CrossAttentionWidth),
+        (None, _, TextFormat::HfClip) => (Arch::Sd1, Detection::TextEncoderFormat),
+        (None, _, TextFormat::OpenClip) => (Arch::Sd2, Detection::TextEncoderFormat),
+    };
+    Ok(SingleFile {
+        path: h.path.clone(),
+        arch,
+        detected_by,
+        inpainting,
+        unet,
+        vae,
+        text_encoder,
+        unet_sources,
+        vae_sources,
+        text_encoder_sources,
+        ignored,
+        header: h.clone(),
+    })
+}
+
+/// The files of a diffusers folder that a single file needs besides its weights, relative
+/// to the folder.
+pub const CONFIG_FILES: [&str; 8] = [
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+];
+
+const SCHEDULER: &str = "scheduler/scheduler_config.json";
+
+macro_rules! data {
+    ($rel:literal) => {
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/data/", $rel))
+    };
+}
+
+fn standard_files(arch: Arch) -> [&'static str; 8] {
+    let (vocab, merges) = (data!("tokenizer/clip/vocab.json"), data!("tokenizer/clip/merges.txt"));
+    match arch {
+        Arch::Sd1 => [
+            data!("configs/sd1/unet/config.json"),
+            data!("configs/sd1/vae/config.json"),
+            data!("configs/sd1/text_encoder/config.json"),
+            data!("configs/sd1/scheduler/scheduler_config.json"),
+            data!("configs/sd1/tokenizer/tokenizer_config.json"),
+            data!("configs/sd1/tokenizer/special_tokens_map.json"),
+            vocab,
+            merges,
+        ],
+        Arch::Sd2 => [
+            data!("configs/sd2/unet/config.json"),
+            data!("configs/sd2/vae/config.json"),
+            data!("configs/sd2/text_encoder/config.json"),
+            data!("configs/sd2/scheduler/scheduler_config.json"),
+            data!("configs/sd2/tokenizer/tokenizer_config.json"),
+            data!("configs/sd2/tokenizer/special_tokens_map.json"),
+            vocab,
+            merges,
+        ],
+    }
+}
+
+/// The configs and tokenizer files that turn a single file into the equivalent of a
+/// diffusers folder (all of [`CONFIG_FILES`]).
+#[derive(Debug, Clone)]
+pub struct ConfigSet {
+    /// Where the files came from, used as the directory in messages.
+    origin: PathBuf,
+    files: BTreeMap<&'static str, Cow<'static, str>>,
+}
+
+impl ConfigSet {
+    /// SD 1.5's or SD 2.1's published configs, compiled into sdgen (see data/configs/README.md).
+    pub fn standard(arch: Arch) -> ConfigSet {
+        let files = CONFIG_FILES.iter().zip(standard_files(arch)).map(|(rel, text)| (*rel, Cow::Borrowed(text)));
+        ConfigSet { origin: PathBuf::from(format!("<built-in {} configs>", arch.name())), files: files.collect() }
+    }
+
+    /// The configs of a diffusers folder (its weights are not read).
+    pub fn from_dir(dir: &Path) -> Result<ConfigSet> {
+        let mut files = BTreeMap::new();
+        for rel in CONFIG_FILES {
+            let path = dir.join(rel);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                Error::config(&path, format!("cannot read it ({e}); a config folder needs {}", CONFIG_FILES.join(", ")))
+            })?;
+            files.insert(rel, Cow::Owned(text));
+        }
+        Ok(ConfigSet { origin: dir.to_path_buf(), files })
+    }
+
+    /// Where the files came from: a folder, or `<built-in sd1 configs>`.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    /// The text of one of [`CONFIG_FILES`].
+    pub fn text(&self, rel: &str) -> Option<&str> {
+        self.files.get(rel).map(|t| t.as_ref())
+    }
+
+    /// The path that names `rel` in messages (and its path in a folder origin).
+    pub fn path_of(&self, rel: &str) -> PathBuf {
+        self.origin.join(rel)
+    }
+
+    /// Parses one JSON file into `T`, with errors naming the file and field.
+    pub fn parse<T: DeserializeOwned>(&self, rel: &str) -> Result<T> {
+        let text = self
+            .text(rel)
+            .ok_or_else(|| Error::config(self.path_of(rel), format!("not one of the config files {CONFIG_FILES:?}")))?;
+        parse_json(&self.path_of(rel), text)
+    }
+
+    /// The scheduler's `prediction_type` (diffusers' default, epsilon, when absent).
+    pub fn prediction_type(&self) -> Result<String> {
+        let v: Value = self.parse(SCHEDULER)?;
+        match v.get("prediction_type") {
+            None | Some(Value::Null) => Ok("epsilon".into()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => {
+                Err(Error::config(self.path_of(SCHEDULER), format!("prediction_type is {other}, not a string")))
+            }
+        }
+    }
+
+    /// Overrides the scheduler's `prediction_type` (the CLI's `--prediction-type`).
+    pub fn set_prediction_type(&mut self, prediction_type: &str) -> Result<()> {
+        if !matches!(prediction_type, "epsilon" | "v_prediction" | "sample") {
+            return Err(Error::invalid(format!(
+                "unknown prediction type '{prediction_type}': expected epsilon, v_prediction or sample"
+            )));
+        }
+        let mut v: Value = self.parse(SCHEDULER)?;
+        let Some(obj) = v.as_object_mut() else {
+            return Err(Error::config(self.path_of(SCHEDULER), "not a JSON object"));
+        };
+        obj.insert("prediction_type".into(), Value::String(prediction_type.into()));
+        let text = serde_json::to_string_pretty(&v)
+            .map_err(|e| Error::config(self.path_of(SCHEDULER), format!("cannot write it back: {e}")))?;
+        self.files.insert(SCHEDULER, Cow::Owned(text + "\n"));
+        Ok(())
+    }
+
+    /// Errors unless these configs describe the checkpoint's models, field by field.
+    pub fn check(&self, sf: &SingleFile) -> Result<()> {
+        let unet: Value = self.parse("unet/config.json")?;
+        let vae: Value = self.parse("vae/config.json")?;
+        let text: Value = self.parse("text_encoder/config.json")?;
+        let u = &sf.unet;
+        let attention: Vec<Value> = u.attention.iter().map(|&a| Value::Bool(a)).collect();
+        let down_attention = unet.get("down_block_types").and_then(Value::as_array).map(|types| {
+            types.iter().map(|t| Value::Bool(t.as_str().is_some_and(|s| s.starts_with("CrossAttn")))).collect()
+        });
+        let depth = match unet.get("transformer_layers_per_block") {
+            None | Some(Value::Null) => Some(Value::from(1)),
+            Some(v) => Some(v.clone()),
+        };
+        let checks: Vec<(&str, &str, Option<Value>, Value)> = vec![
+            ("unet/config.json", "in_channels", unet.get("in_channels").cloned(), u.in_channels.into()),
+            ("unet/config.json", "out_channels", unet.get("out_channels").cloned(), u.out_channels.into()),
+            (
+                "unet/config.json",
+                "block_out_channels",
+                unet.get("block_out_channels").cloned(),
+                u.block_out_channels.clone().into(),
+            ),
+            ("unet/config.json", "layers_per_block", unet.get("layers_per_block").cloned(), u.layers_per_block.into()),
+            (
+                "unet/config.json",
+                "cross_attention_dim",
+                unet.get("cross_attention_dim").cloned(),
+                u.cross_attention_dim.into(),
+            ),
+            (
+                "unet/config.json",
+                "use_linear_projection",
+                Some(unet.get("use_linear_projection").cloned().unwrap_or(Value::Bool(false))),
+                u.use_linear_projection.into(),
+            ),
+            ("unet/config.json", "down_block_types (which levels attend)", down_attention, attention.into()),
+            ("unet/config.json", "transformer_layers_per_block", depth, u.transformer_layers_per_block.into()),
+            (
+                "vae/config.json",
+                "block_out_channels",
+                vae.get("block_out_channels").cloned(),
+                sf.vae.block_out_channels.clone().into(),
+            ),
+            (
+                "vae/config.json",
+                "layers_per_block",
+                vae.get("layers_per_block").cloned(),
+                sf.vae.layers_per_block.into(),
+            ),
+            ("vae/config.json", "latent_channels", vae.get("latent_channels").cloned(), sf.vae.latent_channels.into()),
+            (
+                "text_encoder/config.json",
+                "hidden_size",
+                text.get("hidden_size").cloned(),
+                sf.text_encoder.hidden_size.into(),
+            ),
+            (
+                "text_encoder/config.json",
+                "num_hidden_layers",
+                text.get("num_hidden_layers").cloned(),
+                sf.text_encoder.num_hidden_layers.into(),
+            ),
+            (
+                "text_encoder/config.json",
+                "intermediate_size",
+                text.get("intermediate_size").cloned(),
+                sf.text_encoder.intermediate_size.into(),
+            ),
+            (
+                "text_encoder/config.json",
+                "vocab_size",
+                text.get("vocab_size").cloned(),
+                sf.text_encoder.vocab_size.into(),
+            ),
+            (
+                "text_encoder/config.json",
+                "max_position_embeddings",
+                text.get("max_position_embeddings").cloned(),
+                sf.text_encoder.max_position_embeddings.into(),
+            ),
+        ];
+        for (rel, field, configured, stored) in checks {
+            if configured.as_ref() != Some(&stored) {
+                let configured = configured.map_or("absent".to_string(), |v| v.to_string());
+                return Err(Error::config(
+                    self.path_of(rel),
+                    format!(
+                        "{field} is {configured}, but the tensors of {} say {stored}: these configs do not describe \
+                         this checkpoint; pass a diffusers folder whose configs match (--config-dir)",
+                        sf.path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the files as a diffusers folder without weights (plus a `model_index.json`),
+    /// for loaders that take a directory, such as the tokenizer.
+    pub fn write_to(&self, dir: &Path) -> Result<()> {
+        let scheduler_class = self
+            .parse::<Value>(SCHEDULER)?
+            .get("_class_name")
+            .and_then(Value::as_str)
+            .unwrap_or("PNDMScheduler")
+            .to_string();
+        let index = serde_json::json!({
+            "_class_name": "StableDiffusionPipeline",
+            "scheduler": ["diffusers", scheduler_class],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        });
+        let index = serde_json::to_string_pretty(&index).unwrap_or_default() + "\n";
+        let all =
+            self.files.iter().map(|(rel, text)| (*rel, text.as_ref())).chain([("model_index.json", index.as_str())]);
+        for (rel, text) in all {
+            let path = dir.join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Choices for [`prepare`], mirroring the command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options<'a> {
+    /// Force SD 1.x or 2.x instead of detecting it.
+    pub arch: Option<Arch>,
+    /// Take configs and tokenizer from this diffusers folder instead of the built-in ones.
+    pub config_dir: Option<&'a Path>,
+    /// Override the scheduler config's prediction type.
+    pub prediction_type: Option<&'a str>,
+}
+
+/// A single-file checkpoint with the configs that go with it, checked against each other.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub file: SingleFile,
+    pub configs: ConfigSet,
+}
+
+/// Inspects `path`, picks its configs (`config_dir`, else the built-in ones for its
+/// architecture), applies the prediction type override and checks configs against tensors.
+pub fn prepare(path: &Path, opts: &Options) -> Result<Prepared> {
+    let mut file = inspect_with(path, opts.arch)?;
+    if file.inpainting {
+        return Err(Error::weights(
+            path,
+            "this is an inpainting checkpoint (its UNet takes 9 input channels); sdgen's text-to-image \
+             pipeline cannot use it",
+        ));
+    }
+    let mut configs = match opts.config_dir {
+        Some(dir) => ConfigSet::from_dir(dir)?,
+        None => ConfigSet::standard(file.arch),
+    };
+    if let Some(pt) = opts.prediction_type {
+        configs.set_prediction_type(pt)?;
+    }
+    if file.text_encoder.format == TextFormat::OpenClip {
+        let text: Value = configs.parse("text_encoder/config.json")?;
+        if let Some(n) = text.get("num_hidden_layers").and_then(Value::as_u64) {
+            if n as usize == file.text_encoder.stored_layers {
+                file.use_openclip_layers(n as usize)?;
+            }
+        }
+    }
+    configs.check(&file)?;
+    Ok(Prepared { file, configs })
+}
