@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
         model: model.into(),
         device: "auto".parse()?,
         dtype: "auto".parse()?,
+        ..LoadOptions::default()
     })?;
 
     let request = Request {

@@ -20,12 +20,20 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// How to load a model.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// A diffusers model folder (`model_index.json`, `unet/`, `vae/`, ...).
+    /// A diffusers model folder (`unet/`, `vae/`, ...) or a single `.safetensors` checkpoint.
     pub model: PathBuf,
     pub device: DeviceChoice,
     pub dtype: DType,
+    /// What records name as the model's source (a hub id); default: the path.
+    pub source_label: Option<String>,
+    /// Single files: take configs and tokenizer from this diffusers folder.
+    pub config_dir: Option<PathBuf>,
+    /// Single files: force `sd1` or `sd2` instead of detecting it from tensor shapes.
+    pub arch: Option<String>,
+    /// Override the scheduler config's `prediction_type` (epsilon, v_prediction).
+    pub prediction_type: Option<String>,
 }
 
 /// Where the loop is, for progress displays and for inspecting the latents.
@@ -67,65 +75,142 @@ pub struct Pipeline {
 
 const COMPONENTS: [&str; 5] = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
 
-impl Pipeline {
-    /// Loads every component of a diffusers model folder onto the chosen device.
-    pub fn load(opts: &LoadOptions) -> Result<Pipeline> {
-        let dir = &opts.model;
-        if !dir.is_dir() {
+/// What a model source yields, before it becomes a [`Pipeline`].
+struct Parts {
+    tokenizer: Tokenizer,
+    text_encoder: ClipTextModel,
+    unet: UNet,
+    vae: Vae,
+    scheduler_config: SchedulerConfig,
+    architecture: &'static str,
+    license: crate::request::LicenseRecord,
+    /// The file whose sha256 is the "Model hash" (A1111 hashes the checkpoint; for a
+    /// folder, the UNet weights).
+    hash_file: PathBuf,
+}
+
+fn load_folder(dir: &Path, device: Device, kind: Kind) -> Result<Parts> {
+    for c in COMPONENTS {
+        if !dir.join(c).is_dir() {
             return Err(Error::invalid(format!(
-                "model folder {} does not exist; pass --model with a diffusers folder (with model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
-                dir.display()
+                "model folder {} has no {c}/ folder; a diffusers Stable Diffusion folder needs {}",
+                dir.display(),
+                COMPONENTS.map(|c| format!("{c}/")).join(", ")
             )));
         }
-        for c in COMPONENTS {
-            if !dir.join(c).is_dir() {
-                return Err(Error::invalid(format!(
-                    "model folder {} has no {c}/ folder; a diffusers Stable Diffusion folder needs {}",
-                    dir.display(),
-                    COMPONENTS.map(|c| format!("{c}/")).join(", ")
-                )));
-            }
-        }
+    }
+    let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
+    if !scheduler_path.is_file() {
+        return Err(Error::invalid(format!("model folder is missing {}", scheduler_path.display())));
+    }
+    let scheduler_config: SchedulerConfig = read_json(&scheduler_path)?;
+    let tokenizer = Tokenizer::from_dir(&dir.join("tokenizer"))?;
+    let text_encoder = ClipTextModel::load(&dir.join("text_encoder"), device, kind)?;
+    let unet = UNet::load(&dir.join("unet"), device, kind)?;
+    let vae = Vae::load(&dir.join("vae"), device, kind)?;
+    let architecture = architecture_of(&unet.config);
+    let hash_file = find_weights(&dir.join("unet"), "diffusion_pytorch_model", kind).ok_or_else(|| {
+        Error::invalid(format!("{} has no diffusion_pytorch_model.safetensors", dir.join("unet").display()))
+    })?;
+    let license = crate::output::license::detect(Some(dir), architecture);
+    Ok(Parts { tokenizer, text_encoder, unet, vae, scheduler_config, architecture, license, hash_file })
+}
+
+fn load_single_file(opts: &LoadOptions, device: Device, kind: Kind) -> Result<Parts> {
+    use crate::loading::single_file::{self, Component};
+    let arch = opts.arch.as_deref().map(single_file::Arch::parse).transpose()?;
+    let prepared = single_file::prepare(
+        &opts.model,
+        &single_file::Options {
+            arch,
+            config_dir: opts.config_dir.as_deref(),
+            prediction_type: opts.prediction_type.as_deref(),
+        },
+    )?;
+    // The tokenizer reads files; give it the configs as a diffusers-style folder.
+    let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    prepared.configs.write_to(tmp.path())?;
+    let dir = tmp.path();
+    let scheduler_config: SchedulerConfig = read_json(&dir.join("scheduler").join("scheduler_config.json"))?;
+    let tokenizer = Tokenizer::from_dir(&dir.join("tokenizer"))?;
+    let file = &prepared.file;
+
+    let w = file.weights(Component::TextEncoder, device, kind)?;
+    let text_encoder = ClipTextModel::new(&w, &crate::models::clip::ClipTextConfig::load(&dir.join("text_encoder").join("config.json"))?)?;
+    w.finish()?;
+    let w = file.weights(Component::Unet, device, kind)?;
+    let unet = UNet::new(&w, &UNetConfig::from_file(&dir.join("unet").join("config.json"))?)?;
+    w.finish()?;
+    let w = file.weights(Component::Vae, device, kind)?;
+    let vae = Vae::new(&w, &crate::models::VaeConfig::from_file(&dir.join("vae").join("config.json"))?)?;
+    w.finish()?;
+
+    let architecture = file.arch.name();
+    let mut license = crate::output::license::detect(opts.config_dir.as_deref(), architecture);
+    if opts.config_dir.is_none() {
+        license.source = format!("default for a single-file {} checkpoint (the file carries no licence)", file.arch);
+    }
+    Ok(Parts {
+        tokenizer,
+        text_encoder,
+        unet,
+        vae,
+        scheduler_config,
+        architecture,
+        license,
+        hash_file: opts.model.clone(),
+    })
+}
+
+impl Pipeline {
+    /// Loads a model onto the chosen device: a diffusers folder, or a single-file checkpoint
+    /// (original LDM layout) with shipped or given configs.
+    pub fn load(opts: &LoadOptions) -> Result<Pipeline> {
         let device = opts.device.resolve()?;
         let kind = opts.dtype.resolve(device);
-        let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
-        if !scheduler_path.is_file() {
-            return Err(Error::invalid(format!("missing file {}", scheduler_path.display())));
-        }
-        let scheduler_config: SchedulerConfig = read_json(&scheduler_path)?;
-        let tokenizer = Tokenizer::from_dir(&dir.join("tokenizer"))?;
-        let text_encoder = ClipTextModel::load(&dir.join("text_encoder"), device, kind)?;
-        let unet = UNet::load(&dir.join("unet"), device, kind)?;
-        let vae = Vae::load(&dir.join("vae"), device, kind)?;
-        let unet_config = UNetConfig::from_file(&dir.join("unet").join("config.json"))?;
-        let architecture = architecture_of(&unet_config);
-        let hash = match find_weights(&dir.join("unet"), "diffusion_pytorch_model", kind) {
-            Some(p) => Some(sha256_file_cached(&p)?),
-            None => None,
+        let path = &opts.model;
+        let mut parts = if path.is_file() {
+            load_single_file(opts, device, kind)?
+        } else if path.is_dir() {
+            load_folder(path, device, kind)?
+        } else {
+            return Err(Error::invalid(format!(
+                "model {} does not exist; pass --model with a diffusers folder (model_index.json, unet/, vae/, \
+                 text_encoder/, tokenizer/, scheduler/) or a .safetensors checkpoint",
+                path.display()
+            )));
         };
-        let name = dir
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| dir.display().to_string());
-        let license = crate::output::license::detect(Some(dir), architecture);
+        if let Some(p) = &opts.prediction_type {
+            if !matches!(p.as_str(), "epsilon" | "v_prediction" | "sample") {
+                return Err(Error::invalid(format!(
+                    "unknown prediction type '{p}': use epsilon, v_prediction or sample"
+                )));
+            }
+            parts.scheduler_config.prediction_type = Some(p.clone());
+        }
+        let name = opts.source_label.clone().unwrap_or_else(|| {
+            path.canonicalize()
+                .ok()
+                .and_then(|p| p.file_stem().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| path.display().to_string())
+        });
         let model = ModelRecord {
-            source: dir.display().to_string(),
+            source: opts.source_label.clone().unwrap_or_else(|| path.display().to_string()),
             name,
-            hash,
-            architecture: architecture.to_string(),
-            license,
+            hash: Some(sha256_file_cached(&parts.hash_file)?),
+            architecture: parts.architecture.to_string(),
+            license: parts.license,
         };
         Ok(Pipeline {
-            tokenizer,
-            text_encoder,
-            unet,
-            vae,
-            scheduler_config,
+            tokenizer: parts.tokenizer,
+            text_encoder: parts.text_encoder,
+            unet: parts.unet,
+            vae: parts.vae,
+            scheduler_config: parts.scheduler_config,
             device,
             kind,
             model,
-            model_dir: dir.clone(),
+            model_dir: path.clone(),
         })
     }
 

@@ -3,7 +3,6 @@
 use super::ModelArgs;
 use anyhow::bail;
 use clap::Args;
-use sdgen::pipeline::LoadOptions;
 use sdgen::Request;
 
 #[derive(Args, Debug)]
@@ -30,7 +29,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let Some(model) = args.model.model.clone() else {
         bail!("no model given: pass --model DIR or set SDGEN_MODEL");
     };
-    let opts = LoadOptions { model, device: args.model.device()?, dtype: args.model.dtype()? };
+    let opts = args.model.load_options(model)?;
     let req = Request {
         prompt: "a photo of an astronaut riding a horse".into(),
         seed: 0,

@@ -4,7 +4,7 @@ use super::{GenerationArgs, ModelArgs, OutputArgs};
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sdgen::pipeline::{LoadOptions, Pipeline};
+use sdgen::pipeline::Pipeline;
 use sdgen::Request;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ pub fn build_request(prompt: Option<String>, gen: &GenerationArgs, num_images: O
 }
 
 pub fn load_pipeline(model: &ModelArgs, model_dir: PathBuf) -> anyhow::Result<Pipeline> {
-    let opts = LoadOptions { model: model_dir, device: model.device()?, dtype: model.dtype()? };
+    let opts = model.load_options(model_dir)?;
     Ok(Pipeline::load(&opts)?)
 }
 

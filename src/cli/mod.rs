@@ -48,6 +48,17 @@ pub struct ModelArgs {
     /// auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16 [default: auto].
     #[arg(long, value_name = "DTYPE")]
     pub dtype: Option<String>,
+    /// epsilon or v_prediction, overriding the model's scheduler config. Single files default
+    /// to epsilon for SD 1.x and v_prediction for SD 2.x (pass epsilon for 2.x-base).
+    #[arg(long, value_name = "TYPE")]
+    pub prediction_type: Option<String>,
+    /// Single-file checkpoints: read configs and tokenizer from this diffusers folder instead
+    /// of the built-in SD 1.x / 2.x ones.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Single-file checkpoints: sd1 or sd2, instead of detecting it from tensor shapes.
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
 }
 
 impl ModelArgs {
@@ -57,6 +68,19 @@ impl ModelArgs {
 
     pub fn dtype(&self) -> sdgen::Result<sdgen::device::DType> {
         self.dtype.as_deref().unwrap_or("auto").parse()
+    }
+
+    /// The library's load options for the model at `path`.
+    pub fn load_options(&self, path: PathBuf) -> sdgen::Result<sdgen::LoadOptions> {
+        Ok(sdgen::LoadOptions {
+            model: path,
+            device: self.device()?,
+            dtype: self.dtype()?,
+            source_label: None,
+            config_dir: self.config_dir.clone(),
+            arch: self.arch.clone(),
+            prediction_type: self.prediction_type.clone(),
+        })
     }
 }
 
