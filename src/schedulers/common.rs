@@ -147,6 +147,13 @@ pub fn base_defaults() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// Replaces one class default in a defaults list (classes differ on `beta_start`, ...).
+pub fn set_default(defaults: &mut [(&'static str, Value)], field: &str, value: Value) {
+    if let Some(entry) = defaults.iter_mut().find(|(k, _)| *k == field) {
+        entry.1 = value;
+    }
+}
+
 /// The training noise schedule in float32, as diffusers holds it.
 #[derive(Debug, Clone)]
 pub struct TrainSchedule {
@@ -410,7 +417,12 @@ pub fn exponential_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f
 /// numpy's vectorised float32 log can differ from the correctly rounded value by one
 /// ulp, so timesteps derived from these can differ from diffusers' in the last float32 bit.
 pub fn log_sigmas(train_sigmas: &[f32]) -> Vec<f64> {
-    train_sigmas.iter().map(|&s| f64::from((f64::from(s).ln()) as f32)).collect()
+    log_sigmas_f32(train_sigmas).into_iter().map(f64::from).collect()
+}
+
+/// `np.log` of float32 sigmas, kept in float32.
+pub fn log_sigmas_f32(sigmas: &[f32]) -> Vec<f32> {
+    sigmas.iter().map(|&s| (f64::from(s).ln()) as f32).collect()
 }
 
 /// diffusers' `_sigma_to_t`: the fractional training timestep whose log-sigma, linearly
@@ -437,6 +449,30 @@ pub fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
     let hi = log_sigmas[high];
     let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
     (1.0 - w) * low as f64 + w * high as f64
+}
+
+/// `_sigma_to_t` as diffusers' KDPM2 classes call it, on float32 tensors: the log, the
+/// distances and the weight are float32, the final blend float64.
+pub fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f64 {
+    let n = log_sigmas.len();
+    let log_sigma = (f64::from(sigma.max(1e-10f32)).ln()) as f32;
+    let mut low = 0usize;
+    let mut best = 0usize;
+    let mut count = 0usize;
+    for (i, &ls) in log_sigmas.iter().enumerate() {
+        if log_sigma - ls >= 0.0 {
+            count += 1;
+            if count > best {
+                best = count;
+                low = i;
+            }
+        }
+    }
+    let low = low.min(n.saturating_sub(2));
+    let high = low + 1;
+    let (lo, hi) = (log_sigmas[low], log_sigmas[high]);
+    let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
+    f64::from(1.0 - w) * low as f64 + f64::from(w) * high as f64
 }
 
 /// The sigma ladder and matching timesteps of the Euler-family samplers' `set_timesteps`

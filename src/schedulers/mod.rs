@@ -9,7 +9,12 @@
 pub mod common;
 pub mod config;
 pub mod ddim;
+pub mod dpm2;
+pub mod dpm2_ancestral;
 pub mod euler;
+pub mod euler_ancestral;
+pub mod heun;
+pub mod lms;
 
 pub use common::SigmaSchedule;
 pub use config::SchedulerConfig;
@@ -123,7 +128,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["euler_a", "euler_ancestral", "k_euler_a", "k_euler_ancestral"],
         description: "Euler ancestral: first-order, adds fresh noise every step (stochastic)",
         schedules: ONLY_DEFAULT,
-        constructor: not_implemented,
+        constructor: euler_ancestral::build,
     },
     SchedulerInfo {
         a1111_name: "Euler",
@@ -139,7 +144,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["lms", "k_lms"],
         description: "Linear multistep (order 4) on the sigma ladder",
         schedules: ALL_SCHEDULES,
-        constructor: not_implemented,
+        constructor: lms::build,
     },
     SchedulerInfo {
         a1111_name: "Heun",
@@ -147,7 +152,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["heun", "k_heun"],
         description: "Heun: second-order, two model evaluations per step",
         schedules: ALL_SCHEDULES,
-        constructor: not_implemented,
+        constructor: heun::build,
     },
     SchedulerInfo {
         a1111_name: "DPM2",
@@ -155,7 +160,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["dpm2", "kdpm2", "k_dpm_2"],
         description: "DPM-Solver-2 (k-diffusion): second-order, midpoint in log sigma",
         schedules: ALL_SCHEDULES,
-        constructor: not_implemented,
+        constructor: dpm2::build,
     },
     SchedulerInfo {
         a1111_name: "DPM2 a",
@@ -163,7 +168,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["dpm2_a", "kdpm2_a", "k_dpm_2_a", "dpm2_ancestral"],
         description: "DPM-Solver-2 ancestral: second-order with fresh noise (stochastic)",
         schedules: ALL_SCHEDULES,
-        constructor: not_implemented,
+        constructor: dpm2_ancestral::build,
     },
     SchedulerInfo {
         a1111_name: "DPM++ 2M",
