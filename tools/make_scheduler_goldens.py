@@ -78,6 +78,19 @@ SCHEDULERS = {
             ("karras", "exponential")),
     "dpm2": ("KDPM2DiscreteScheduler", "DPM2", [], ("karras", "exponential")),
     "dpm2_a": ("KDPM2AncestralDiscreteScheduler", "DPM2 a", [], ("karras", "exponential")),
+    "pndm": ("PNDMScheduler", "PLMS", [("prk", dict(SD15, skip_prk_steps=False), None, [4, 10]),
+                                        ("prk_v", dict(SD15, skip_prk_steps=False, prediction_type="v_prediction"),
+                                         None, [10]),
+                                        ("alpha_one", dict(SD15, set_alpha_to_one=True), None, [10])], ()),
+    "ddpm": ("DDPMScheduler", "DDPM", [("clip", dict(SD15, clip_sample=True), None, [10]),
+                                       ("sample", dict(SD15, prediction_type="sample"), None, [10]),
+                                       ("small_log", dict(SD15, variance_type="fixed_small_log"), None, [10]),
+                                       ("large", dict(SD15, variance_type="fixed_large"), None, [10]),
+                                       ("sigmoid", {"beta_schedule": "sigmoid"}, None, [10]),
+                                       ("threshold", dict(SD15, thresholding=True, sample_max_value=2.0),
+                                        None, [10])], ()),
+    "lcm": ("LCMScheduler", "LCM", [("default", {}, None, [1, 2, 4, 8]),
+                                    ("orig_30", dict(SD15, original_inference_steps=30), None, [4, 7])], ()),
 }
 
 # Step counts whose timesteps alone are checked (cheap: no sampling).
@@ -154,7 +167,12 @@ def main(keys):
             for schedule in (None,) + tuple(schedules):
                 config = dict(SD15, timestep_spacing=spacing)
                 for steps in SWEEP:
-                    sched = make(cls_name, config, schedule, steps)
+                    try:
+                        sched = make(cls_name, config, schedule, steps)
+                    except ValueError as e:
+                        # sdgen must refuse the same settings.
+                        sweep.append({"config": config, "schedule": schedule, "steps": steps, "error": str(e)})
+                        continue
                     sweep.append({
                         "config": config, "schedule": schedule, "steps": steps,
                         "timesteps": [float(t) for t in sched.timesteps],

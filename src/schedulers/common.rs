@@ -166,6 +166,12 @@ impl TrainSchedule {
     /// Betas from `beta_schedule` / `trained_betas`, optionally rescaled to zero terminal
     /// SNR (without the `2**-24` clamp some classes then apply to the last ᾱ).
     pub fn new(cfg: &ClassConfig, rescale_zero_snr: bool) -> Result<TrainSchedule> {
+        TrainSchedule::with_schedules(cfg, rescale_zero_snr, &[])
+    }
+
+    /// As [`TrainSchedule::new`], also accepting the class-specific `beta_schedule`s in
+    /// `extra` ("exp" for Heun, "sigmoid" for DDPM).
+    pub fn with_schedules(cfg: &ClassConfig, rescale_zero_snr: bool, extra: &[&str]) -> Result<TrainSchedule> {
         let n = cfg.usize("num_train_timesteps")?;
         if n < 2 {
             return Err(cfg.bad("num_train_timesteps", "at least 2"));
@@ -183,10 +189,16 @@ impl TrainSchedule {
         } else {
             let start = cfg.f64("beta_start")?;
             let end = cfg.f64("beta_end")?;
-            match cfg.choice("beta_schedule", &["linear", "scaled_linear", "squaredcos_cap_v2"])?.as_str() {
+            let mut allowed = vec!["linear", "scaled_linear", "squaredcos_cap_v2"];
+            allowed.extend_from_slice(extra);
+            match cfg.choice("beta_schedule", &allowed)?.as_str() {
                 "linear" => Tensor::linspace(start, end, n as i64, opts),
                 "scaled_linear" => Tensor::linspace(start.powf(0.5), end.powf(0.5), n as i64, opts).square(),
-                _ => Tensor::from_slice(&cosine_betas(n)),
+                "exp" => Tensor::from_slice(&alpha_bar_betas(n, |t| (t * -12.0).exp())),
+                "sigmoid" => Tensor::linspace(-6.0, 6.0, n as i64, opts).sigmoid() * (end - start) + start,
+                _ => Tensor::from_slice(&alpha_bar_betas(n, |t| {
+                    ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2)
+                })),
             }
         };
         let betas = if rescale_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas };
@@ -224,9 +236,8 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous())?)
 }
 
-/// `betas_for_alpha_bar` with the cosine transform (`squaredcos_cap_v2`), in f64 then f32.
-fn cosine_betas(n: usize) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+/// diffusers' `betas_for_alpha_bar`: β_i = min(1 − ᾱ((i+1)/n)/ᾱ(i/n), 0.999) in f64, then f32.
+fn alpha_bar_betas(n: usize, alpha_bar: impl Fn(f64) -> f64) -> Vec<f32> {
     (0..n)
         .map(|i| {
             let t1 = i as f64 / n as f64;
@@ -274,6 +285,17 @@ pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
         y[num - 1] = stop;
     }
     y
+}
+
+/// `np.linspace(start, stop, num, endpoint=False)` in float64.
+pub fn linspace_excl(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    if num == 0 {
+        return Vec::new();
+    }
+    let step = (stop - start) / num as f64;
+    (0..num)
+        .map(|i| if step == 0.0 { i as f64 / num as f64 * (stop - start) } else { i as f64 * step } + start)
+        .collect()
 }
 
 /// `np.arange(start, stop, step)` for floats: length `ceil((stop − start)/step)`, values

@@ -51,7 +51,7 @@ pub fn build(config: &SchedulerConfig, schedule: SigmaSchedule, steps: usize) ->
     let schedule = apply_schedule(&mut cfg, schedule)?;
     let prediction = Prediction::from_config(&cfg, &["epsilon", "sample", "v_prediction"])?;
     let clip = if cfg.bool("clip_sample")? { Some(cfg.f64("clip_sample_range")?) } else { None };
-    let train = TrainSchedule::new(&cfg, false)?;
+    let train = TrainSchedule::with_schedules(&cfg, false, &["exp"])?;
     let ladder = Ladder::new(&cfg, &train, steps, schedule, (None, None), None)?;
     let s = &ladder.sigmas;
     let mut sigmas = vec![s[0]];
