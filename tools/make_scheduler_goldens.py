@@ -7,6 +7,9 @@ timesteps, init_noise_sigma, the effective config, and the sample after every st
 
 Run with the reference environment:
     /work/main/.venv-ref/bin/python tools/make_scheduler_goldens.py [KEY ...]
+LMSDiscreteScheduler needs scipy, which that environment lacks; for the "lms" key put a
+scipy install on PYTHONPATH (e.g. `pip install --target /tmp/refextra scipy`, then remove
+the numpy it pulls in and run with PYTHONPATH=/tmp/refextra).
 It writes tests/fixtures/schedulers/KEY.json (metadata) and KEY.safetensors (samples),
 one pair per scheduler KEY (all keys when none are given).
 
