@@ -61,15 +61,12 @@ fn json_eq(a: &Value, b: &Value) -> bool {
 
 fn timesteps_match(ours: &[f64], theirs: &[Value]) -> bool {
     // Fractional timesteps come from numpy's float32 log, which can differ from a correctly
-    // rounded log by one ulp; integer-valued ones must be identical.
+    // rounded log by one ulp, so they may differ in the last float32 bit. The bound is far
+    // below 1, so integer timesteps must still be identical.
     ours.len() == theirs.len()
         && ours.iter().zip(theirs).all(|(a, b)| {
             let b = b.as_f64().unwrap_or(f64::NAN);
-            if b.fract() == 0.0 {
-                *a == b
-            } else {
-                (a - b).abs() <= 1e-4 * b.abs().max(1.0)
-            }
+            (a - b).abs() <= 1e-6 * b.abs().max(1.0)
         })
 }
 
@@ -153,7 +150,14 @@ fn schedulers_match_diffusers_step_by_step() {
             let name = doc["cases"][0]["scheduler"].as_str().expect("scheduler");
             let label =
                 format!("{} sweep {} {:?} steps={steps}", name, entry["config"]["timestep_spacing"], entry["schedule"]);
-            match schedulers::build(name, schedule(&entry["schedule"]), &config(&entry["config"]), steps) {
+            let built = schedulers::build(name, schedule(&entry["schedule"]), &config(&entry["config"]), steps);
+            if let Some(reason) = entry.get("error") {
+                if built.is_ok() {
+                    failures.push(format!("{label}: diffusers refuses ({reason}) but sdgen accepts"));
+                }
+                continue;
+            }
+            match built {
                 Ok(s) => {
                     if !timesteps_match(s.timesteps(), entry["timesteps"].as_array().expect("timesteps")) {
                         failures.push(format!("{label}: timesteps {:?} != {}", s.timesteps(), entry["timesteps"]));

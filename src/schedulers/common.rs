@@ -147,6 +147,13 @@ pub fn base_defaults() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// Replaces one class default in a defaults list (classes differ on `beta_start`, ...).
+pub fn set_default(defaults: &mut [(&'static str, Value)], field: &str, value: Value) {
+    if let Some(entry) = defaults.iter_mut().find(|(k, _)| *k == field) {
+        entry.1 = value;
+    }
+}
+
 /// The training noise schedule in float32, as diffusers holds it.
 #[derive(Debug, Clone)]
 pub struct TrainSchedule {
@@ -159,6 +166,12 @@ impl TrainSchedule {
     /// Betas from `beta_schedule` / `trained_betas`, optionally rescaled to zero terminal
     /// SNR (without the `2**-24` clamp some classes then apply to the last ᾱ).
     pub fn new(cfg: &ClassConfig, rescale_zero_snr: bool) -> Result<TrainSchedule> {
+        TrainSchedule::with_schedules(cfg, rescale_zero_snr, &[])
+    }
+
+    /// As [`TrainSchedule::new`], also accepting the class-specific `beta_schedule`s in
+    /// `extra` ("exp" for Heun, "sigmoid" for DDPM).
+    pub fn with_schedules(cfg: &ClassConfig, rescale_zero_snr: bool, extra: &[&str]) -> Result<TrainSchedule> {
         let n = cfg.usize("num_train_timesteps")?;
         if n < 2 {
             return Err(cfg.bad("num_train_timesteps", "at least 2"));
@@ -176,10 +189,16 @@ impl TrainSchedule {
         } else {
             let start = cfg.f64("beta_start")?;
             let end = cfg.f64("beta_end")?;
-            match cfg.choice("beta_schedule", &["linear", "scaled_linear", "squaredcos_cap_v2"])?.as_str() {
+            let mut allowed = vec!["linear", "scaled_linear", "squaredcos_cap_v2"];
+            allowed.extend_from_slice(extra);
+            match cfg.choice("beta_schedule", &allowed)?.as_str() {
                 "linear" => Tensor::linspace(start, end, n as i64, opts),
                 "scaled_linear" => Tensor::linspace(start.powf(0.5), end.powf(0.5), n as i64, opts).square(),
-                _ => Tensor::from_slice(&cosine_betas(n)),
+                "exp" => Tensor::from_slice(&alpha_bar_betas(n, |t| (t * -12.0).exp())),
+                "sigmoid" => Tensor::linspace(-6.0, 6.0, n as i64, opts).sigmoid() * (end - start) + start,
+                _ => Tensor::from_slice(&alpha_bar_betas(n, |t| {
+                    ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2)
+                })),
             }
         };
         let betas = if rescale_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas };
@@ -217,9 +236,8 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous())?)
 }
 
-/// `betas_for_alpha_bar` with the cosine transform (`squaredcos_cap_v2`), in f64 then f32.
-fn cosine_betas(n: usize) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+/// diffusers' `betas_for_alpha_bar`: β_i = min(1 − ᾱ((i+1)/n)/ᾱ(i/n), 0.999) in f64, then f32.
+fn alpha_bar_betas(n: usize, alpha_bar: impl Fn(f64) -> f64) -> Vec<f32> {
     (0..n)
         .map(|i| {
             let t1 = i as f64 / n as f64;
@@ -267,6 +285,17 @@ pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
         y[num - 1] = stop;
     }
     y
+}
+
+/// `np.linspace(start, stop, num, endpoint=False)` in float64.
+pub fn linspace_excl(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    if num == 0 {
+        return Vec::new();
+    }
+    let step = (stop - start) / num as f64;
+    (0..num)
+        .map(|i| if step == 0.0 { i as f64 / num as f64 * (stop - start) } else { i as f64 * step } + start)
+        .collect()
 }
 
 /// `np.arange(start, stop, step)` for floats: length `ceil((stop − start)/step)`, values
@@ -410,7 +439,12 @@ pub fn exponential_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f
 /// numpy's vectorised float32 log can differ from the correctly rounded value by one
 /// ulp, so timesteps derived from these can differ from diffusers' in the last float32 bit.
 pub fn log_sigmas(train_sigmas: &[f32]) -> Vec<f64> {
-    train_sigmas.iter().map(|&s| f64::from((f64::from(s).ln()) as f32)).collect()
+    log_sigmas_f32(train_sigmas).into_iter().map(f64::from).collect()
+}
+
+/// `np.log` of float32 sigmas, kept in float32.
+pub fn log_sigmas_f32(sigmas: &[f32]) -> Vec<f32> {
+    sigmas.iter().map(|&s| (f64::from(s).ln()) as f32).collect()
 }
 
 /// diffusers' `_sigma_to_t`: the fractional training timestep whose log-sigma, linearly
@@ -437,6 +471,30 @@ pub fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
     let hi = log_sigmas[high];
     let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
     (1.0 - w) * low as f64 + w * high as f64
+}
+
+/// `_sigma_to_t` as diffusers' KDPM2 classes call it, on float32 tensors: the log, the
+/// distances and the weight are float32, the final blend float64.
+pub fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f64 {
+    let n = log_sigmas.len();
+    let log_sigma = (f64::from(sigma.max(1e-10f32)).ln()) as f32;
+    let mut low = 0usize;
+    let mut best = 0usize;
+    let mut count = 0usize;
+    for (i, &ls) in log_sigmas.iter().enumerate() {
+        if log_sigma - ls >= 0.0 {
+            count += 1;
+            if count > best {
+                best = count;
+                low = i;
+            }
+        }
+    }
+    let low = low.min(n.saturating_sub(2));
+    let high = low + 1;
+    let (lo, hi) = (log_sigmas[low], log_sigmas[high]);
+    let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
+    f64::from(1.0 - w) * low as f64 + f64::from(w) * high as f64
 }
 
 /// The sigma ladder and matching timesteps of the Euler-family samplers' `set_timesteps`
@@ -476,87 +534,6 @@ pub fn interpolated_sigmas(
 /// Rounds each value to float32 and back, as numpy's `.astype(np.float32)` does.
 pub fn as_f32(v: &[f64]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x as f32)).collect()
-}
-
-/// A 0-dim float32 tensor, for arithmetic that diffusers does with 0-dim tensors.
-pub fn scalar(v: f32) -> Tensor {
-    Tensor::from(v)
-}
-
-/// What the model predicts (`prediction_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prediction {
-    Epsilon,
-    Sample,
-    VPrediction,
-}
-
-impl Prediction {
-    /// Reads `prediction_type`, accepting only the values this class implements.
-    pub fn from_config(cfg: &ClassConfig, allowed: &[&str]) -> Result<Prediction> {
-        Ok(match cfg.choice("prediction_type", allowed)?.as_str() {
-            "epsilon" => Prediction::Epsilon,
-            "sample" => Prediction::Sample,
-            _ => Prediction::VPrediction,
-        })
-    }
-
-    /// (x̂₀, ε̂) from the model output for an ᾱ-parameterised step (DDIM, DDPM, LCM), with
-    /// diffusers' operation order: `alpha_t` is ᾱ_t, `beta_t` is 1 − ᾱ_t, both float32.
-    pub fn split(self, model_output: &Tensor, sample: &Tensor, alpha_t: f32, beta_t: f32) -> (Tensor, Tensor) {
-        let sa = f64::from(alpha_t.sqrt());
-        let sb = f64::from(beta_t.sqrt());
-        match self {
-            Prediction::Epsilon => ((sample - model_output * sb) / sa, model_output.shallow_clone()),
-            Prediction::Sample => ((model_output.shallow_clone()), (sample - model_output * sa) / sb),
-            Prediction::VPrediction => (sample * sa - model_output * sb, model_output * sa + sample * sb),
-        }
-    }
-}
-
-/// Dynamic thresholding (Imagen): clamp x̂₀ to the per-sample `ratio` quantile of |x̂₀|,
-/// clamped to [1, `max_value`], and rescale, as diffusers' `_threshold_sample`.
-pub fn threshold_sample(sample: &Tensor, ratio: f64, max_value: f64) -> Result<Tensor> {
-    let kind = sample.kind();
-    let shape = sample.size();
-    let x =
-        if matches!(kind, Kind::Float | Kind::Double) { sample.shallow_clone() } else { sample.to_kind(Kind::Float) };
-    let x = x.reshape([shape[0], -1]);
-    let s = x.abs().f_quantile_scalar(ratio, Some(1), false, "linear")?.clamp(1.0, max_value).unsqueeze(1);
-    let lo = -&s;
-    let x = x.clamp_tensor(Some(lo), Some(s.shallow_clone())) / &s;
-    Ok(x.reshape(shape.as_slice()).to_kind(kind))
-}
-
-/// Applies an explicit sigma schedule to a class that has `use_karras_sigmas` /
-/// `use_exponential_sigmas` fields, and returns the schedule the config then asks for.
-/// `Default` keeps whatever the file says.
-pub fn apply_schedule(cfg: &mut ClassConfig, schedule: SigmaSchedule) -> Result<SigmaSchedule> {
-    match schedule {
-        SigmaSchedule::Default => {}
-        SigmaSchedule::Karras => {
-            cfg.set("use_karras_sigmas", Value::Bool(true));
-            cfg.set("use_exponential_sigmas", Value::Bool(false));
-        }
-        SigmaSchedule::Exponential => {
-            cfg.set("use_karras_sigmas", Value::Bool(false));
-            cfg.set("use_exponential_sigmas", Value::Bool(true));
-        }
-    }
-    if cfg.map.contains_key("use_beta_sigmas") && cfg.bool("use_beta_sigmas")? {
-        return Err(Error::invalid(format!(
-            "scheduler_config.json: `use_beta_sigmas` is not supported by sdgen's {}",
-            cfg.class
-        )));
-    }
-    match (cfg.bool("use_karras_sigmas")?, cfg.bool("use_exponential_sigmas")?) {
-        (true, true) => Err(Error::invalid(
-            "scheduler_config.json: only one of `use_karras_sigmas` and `use_exponential_sigmas` can be true",
-        )),
-        (true, false) => Ok(SigmaSchedule::Karras),
-        (false, true) => Ok(SigmaSchedule::Exponential),
-        (false, false) => Ok(SigmaSchedule::Default),
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,15 @@
 pub mod common;
 pub mod config;
 pub mod ddim;
+pub mod ddpm;
+pub mod dpm2;
+pub mod dpm2_ancestral;
 pub mod euler;
+pub mod euler_ancestral;
+pub mod heun;
+pub mod lcm;
+pub mod lms;
+pub mod pndm;
 
 pub use common::SigmaSchedule;
 pub use config::SchedulerConfig;
@@ -123,7 +131,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["euler_a", "euler_ancestral", "k_euler_a", "k_euler_ancestral"],
         description: "Euler ancestral: first-order, adds fresh noise every step (stochastic)",
         schedules: ONLY_DEFAULT,
-        constructor: not_implemented,
+        constructor: euler_ancestral::build,
     },
     SchedulerInfo {
         a1111_name: "Euler",
@@ -139,7 +147,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["lms", "k_lms"],
         description: "Linear multistep (order 4) on the sigma ladder",
         schedules: ALL_SCHEDULES,
-        constructor: not_implemented,
+        constructor: lms::build,
     },
     SchedulerInfo {
         a1111_name: "Heun",
@@ -147,7 +155,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["heun", "k_heun"],
         description: "Heun: second-order, two model evaluations per step",
         schedules: ALL_SCHEDULES,
-        constructor: not_implemented,
+        constructor: heun::build,
     },
     SchedulerInfo {
         a1111_name: "DPM2",
@@ -155,7 +163,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["dpm2", "kdpm2", "k_dpm_2"],
         description: "DPM-Solver-2 (k-diffusion): second-order, midpoint in log sigma",
         schedules: ALL_SCHEDULES,
-        constructor: not_implemented,
+        constructor: dpm2::build,
     },
     SchedulerInfo {
         a1111_name: "DPM2 a",
@@ -163,7 +171,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["dpm2_a", "kdpm2_a", "k_dpm_2_a", "dpm2_ancestral"],
         description: "DPM-Solver-2 ancestral: second-order with fresh noise (stochastic)",
         schedules: ALL_SCHEDULES,
-        constructor: not_implemented,
+        constructor: dpm2_ancestral::build,
     },
     SchedulerInfo {
         a1111_name: "DPM++ 2M",
@@ -203,7 +211,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["pndm", "plms"],
         description: "PNDM / PLMS: pseudo linear multistep (SD 1.x's default)",
         schedules: ONLY_DEFAULT,
-        constructor: not_implemented,
+        constructor: pndm::build,
     },
     SchedulerInfo {
         a1111_name: "UniPC",
@@ -219,7 +227,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["ddpm"],
         description: "DDPM: ancestral sampling of the original diffusion model (stochastic)",
         schedules: ONLY_DEFAULT,
-        constructor: not_implemented,
+        constructor: ddpm::build,
     },
     SchedulerInfo {
         a1111_name: "LCM",
@@ -227,7 +235,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["lcm"],
         description: "Latent consistency model sampler: for LCM-distilled models, 2-8 steps (stochastic)",
         schedules: ONLY_DEFAULT,
-        constructor: not_implemented,
+        constructor: lcm::build,
     },
 ];
 
@@ -300,7 +308,7 @@ mod tests {
     #[test]
     fn names_resolve_to_one_row() {
         for info in all() {
-            assert!(std::ptr::eq(resolve(info.a1111_name).unwrap().0, info) || info.a1111_name.contains("SDE"));
+            assert!(std::ptr::eq(resolve(info.a1111_name).unwrap().0, info), "{}", info.a1111_name);
             for alias in info.aliases {
                 assert!(std::ptr::eq(resolve(alias).unwrap().0, info), "{alias}");
             }
