@@ -7,7 +7,8 @@ Writes tests/fixtures/schedulers/b_<case>.safetensors, each holding
   sigmas     [S] f32         scheduler.sigmas
   samples    [T,1,4,8,8]     the latents after every step
 and metadata: "class", "config" (the scheduler_config.json a user would have: SD 1.5's plus the
-case's overrides), "resolved_config" (scheduler.config after construction), "steps", "seed"
+case's overrides), "resolved_config" (scheduler.config after construction, the class's own
+fields only, with -inf written as null), "steps", "seed"
 (stochastic cases only; "" otherwise), "init_noise_sigma".
 
 The dummy model is diffusers' test model, eps = x_in * t / (t + 1), with t the timestep tensor.
@@ -20,6 +21,7 @@ the same replacement is patched into diffusers' class, so the goldens test every
 diffusers' step exactly. torchsde is stubbed out because only the tree needs it.
 """
 
+import inspect
 import json
 import math
 import os
@@ -114,10 +116,12 @@ def run_case(name, cls, overrides, steps, seed=None):
         else:
             x = scheduler.step(eps, t, x).prev_sample
         samples.append(x)
+    # Only the class's own parameters: from_config also keeps unused keys of the input.
+    params = inspect.signature(cls.__init__).parameters
     resolved = {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v)
         for k, v in dict(scheduler.config).items()
-        if not k.startswith("_")
+        if k in params
     }
     user_config = dict(config, _class_name=cls.__name__)
     tensors = {
