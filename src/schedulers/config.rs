@@ -9,14 +9,16 @@ use serde::{Deserialize, Serialize};
 pub struct SchedulerConfig {
     #[serde(rename = "_class_name", default, skip_serializing_if = "Option::is_none")]
     pub class_name: Option<String>,
-    #[serde(default = "default_train_steps")]
-    pub num_train_timesteps: usize,
-    #[serde(default = "default_beta_start")]
-    pub beta_start: f64,
-    #[serde(default = "default_beta_end")]
-    pub beta_end: f64,
-    #[serde(default = "default_beta_schedule")]
-    pub beta_schedule: String,
+    // Training-schedule fields stay `None` when the file omits them: classes disagree on
+    // their defaults (LCM and Heun default to 0.00085..0.012, DDIM to 0.0001..0.02).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_train_timesteps: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_start: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_end: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_schedule: Option<String>,
     #[serde(default)]
     pub trained_betas: Option<Vec<f64>>,
     #[serde(default)]
@@ -33,19 +35,6 @@ pub struct SchedulerConfig {
     /// their own options (`solver_order`, `final_sigmas_type`, ...).
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
-fn default_train_steps() -> usize {
-    1000
-}
-fn default_beta_start() -> f64 {
-    0.0001
-}
-fn default_beta_end() -> f64 {
-    0.02
-}
-fn default_beta_schedule() -> String {
-    "linear".into()
 }
 
 impl Default for SchedulerConfig {

@@ -1,15 +1,26 @@
-//! Noise schedulers behind one [`Scheduler`] trait, configured from `scheduler_config.json`.
+//! Noise schedulers behind one [`Scheduler`] trait, configured from `scheduler_config.json`,
+//! and the one table that maps every scheduler name (diffusers class, A1111 display name,
+//! short alias) to its constructor.
 //!
 //! A scheduler sees tensors and step indices only; it knows nothing of models or files.
 //! Timesteps are fixed when a scheduler is built (diffusers' `set_timesteps`), so the
 //! trait has no mutable setup step.
 
+pub mod common;
 pub mod config;
+pub mod ddim;
+pub mod dpm2;
+pub mod dpm2_ancestral;
+pub mod euler;
+pub mod euler_ancestral;
+pub mod heun;
+pub mod lms;
 
+pub use common::SigmaSchedule;
 pub use config::SchedulerConfig;
 
 use crate::noise::NoiseSource;
-use crate::Result;
+use crate::{Error, Result};
 use tch::Tensor;
 
 /// One sampling algorithm, set up for a given number of inference steps.
@@ -31,4 +42,285 @@ pub trait Scheduler {
     /// for latents `sample`. Stochastic samplers draw from `noise`.
     fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor, noise: &mut dyn NoiseSource)
         -> Result<Tensor>;
+
+    /// The effective config, as diffusers' `scheduler.config` would hold it (the file's
+    /// values over the class defaults, `_class_name` included), for records.
+    fn config_json(&self) -> serde_json::Value;
+}
+
+/// Builds one scheduler from a config, a sigma schedule and a step count (≥ 1).
+pub type Constructor = fn(&SchedulerConfig, SigmaSchedule, usize) -> Result<Box<dyn Scheduler>>;
+
+/// One row of the scheduler table.
+#[derive(Debug)]
+pub struct SchedulerInfo {
+    /// A1111's display name ("Euler a", "DPM++ 2M").
+    pub a1111_name: &'static str,
+    /// The diffusers class that implements it ("EulerAncestralDiscreteScheduler").
+    pub diffusers_name: &'static str,
+    /// Other accepted names, lowercase ("euler_a", "k_euler_a").
+    pub aliases: &'static [&'static str],
+    /// One line for `sdgen schedulers`.
+    pub description: &'static str,
+    /// Sigma schedules it can run on; `Default` is always first.
+    pub schedules: &'static [SigmaSchedule],
+    constructor: Constructor,
+}
+
+impl SchedulerInfo {
+    pub fn supports(&self, schedule: SigmaSchedule) -> bool {
+        self.schedules.contains(&schedule)
+    }
+
+    /// A1111's "Schedule type" label for this sampler run on `schedule` (`None`: default).
+    pub fn schedule_label(&self, schedule: Option<SigmaSchedule>) -> &'static str {
+        schedule.unwrap_or(SigmaSchedule::Default).a1111_label()
+    }
+
+    /// The A1111 sampler name with the schedule folded in, as A1111 before 1.9 wrote it
+    /// ("DPM++ 2M Karras").
+    pub fn a1111_combined_name(&self, schedule: Option<SigmaSchedule>) -> String {
+        match schedule {
+            Some(SigmaSchedule::Karras) => format!("{} Karras", self.a1111_name),
+            Some(SigmaSchedule::Exponential) => format!("{} Exponential", self.a1111_name),
+            _ => self.a1111_name.to_string(),
+        }
+    }
+
+    /// Builds the scheduler; see [`build`].
+    pub fn build(
+        &self,
+        schedule: Option<SigmaSchedule>,
+        config: &SchedulerConfig,
+        steps: usize,
+    ) -> Result<Box<dyn Scheduler>> {
+        let schedule = schedule.unwrap_or(SigmaSchedule::Default);
+        if !self.supports(schedule) {
+            let names: Vec<&str> = self.schedules.iter().map(|s| s.short_name()).collect();
+            return Err(Error::invalid(format!(
+                "scheduler {} ({}) does not support the {} sigma schedule; it supports: {}",
+                self.a1111_name,
+                self.diffusers_name,
+                schedule.short_name(),
+                names.join(", ")
+            )));
+        }
+        if steps == 0 {
+            return Err(Error::invalid("the number of inference steps must be at least 1"));
+        }
+        (self.constructor)(config, schedule, steps)
+    }
+}
+
+use SigmaSchedule::{Default as D, Exponential as E, Karras as K};
+
+const ONLY_DEFAULT: &[SigmaSchedule] = &[D];
+const ALL_SCHEDULES: &[SigmaSchedule] = &[D, K, E];
+
+fn not_implemented(_: &SchedulerConfig, _: SigmaSchedule, _: usize) -> Result<Box<dyn Scheduler>> {
+    Err(Error::invalid("this scheduler is listed but not implemented in this build of sdgen"))
+}
+
+static TABLE: &[SchedulerInfo] = &[
+    SchedulerInfo {
+        a1111_name: "Euler a",
+        diffusers_name: "EulerAncestralDiscreteScheduler",
+        aliases: &["euler_a", "euler_ancestral", "k_euler_a", "k_euler_ancestral"],
+        description: "Euler ancestral: first-order, adds fresh noise every step (stochastic)",
+        schedules: ONLY_DEFAULT,
+        constructor: euler_ancestral::build,
+    },
+    SchedulerInfo {
+        a1111_name: "Euler",
+        diffusers_name: "EulerDiscreteScheduler",
+        aliases: &["euler", "k_euler"],
+        description: "Euler: first-order ODE sampler on the sigma ladder",
+        schedules: ALL_SCHEDULES,
+        constructor: euler::build,
+    },
+    SchedulerInfo {
+        a1111_name: "LMS",
+        diffusers_name: "LMSDiscreteScheduler",
+        aliases: &["lms", "k_lms"],
+        description: "Linear multistep (order 4) on the sigma ladder",
+        schedules: ALL_SCHEDULES,
+        constructor: lms::build,
+    },
+    SchedulerInfo {
+        a1111_name: "Heun",
+        diffusers_name: "HeunDiscreteScheduler",
+        aliases: &["heun", "k_heun"],
+        description: "Heun: second-order, two model evaluations per step",
+        schedules: ALL_SCHEDULES,
+        constructor: heun::build,
+    },
+    SchedulerInfo {
+        a1111_name: "DPM2",
+        diffusers_name: "KDPM2DiscreteScheduler",
+        aliases: &["dpm2", "kdpm2", "k_dpm_2"],
+        description: "DPM-Solver-2 (k-diffusion): second-order, midpoint in log sigma",
+        schedules: ALL_SCHEDULES,
+        constructor: dpm2::build,
+    },
+    SchedulerInfo {
+        a1111_name: "DPM2 a",
+        diffusers_name: "KDPM2AncestralDiscreteScheduler",
+        aliases: &["dpm2_a", "kdpm2_a", "k_dpm_2_a", "dpm2_ancestral"],
+        description: "DPM-Solver-2 ancestral: second-order with fresh noise (stochastic)",
+        schedules: ALL_SCHEDULES,
+        constructor: dpm2_ancestral::build,
+    },
+    SchedulerInfo {
+        a1111_name: "DPM++ 2M",
+        diffusers_name: "DPMSolverMultistepScheduler",
+        aliases: &["dpmpp_2m", "dpm++_2m", "dpmsolver++", "k_dpmpp_2m"],
+        description: "DPM-Solver++ (2M): second-order multistep, deterministic",
+        schedules: ALL_SCHEDULES,
+        constructor: not_implemented,
+    },
+    SchedulerInfo {
+        a1111_name: "DPM++ 2M SDE",
+        diffusers_name: "DPMSolverMultistepScheduler",
+        aliases: &["dpmpp_2m_sde", "dpm++_2m_sde", "sde-dpmsolver++", "k_dpmpp_2m_sde"],
+        description: "DPM-Solver++ (2M) SDE variant: second-order multistep with noise (stochastic)",
+        schedules: ALL_SCHEDULES,
+        constructor: not_implemented,
+    },
+    SchedulerInfo {
+        a1111_name: "DPM++ SDE",
+        diffusers_name: "DPMSolverSDEScheduler",
+        aliases: &["dpmpp_sde", "dpm++_sde", "k_dpmpp_sde"],
+        description: "DPM-Solver++ SDE: second-order singlestep with Brownian-tree noise (stochastic)",
+        schedules: ALL_SCHEDULES,
+        constructor: not_implemented,
+    },
+    SchedulerInfo {
+        a1111_name: "DDIM",
+        diffusers_name: "DDIMScheduler",
+        aliases: &["ddim"],
+        description: "DDIM: deterministic (eta = 0) denoising diffusion implicit model",
+        schedules: ONLY_DEFAULT,
+        constructor: ddim::build,
+    },
+    SchedulerInfo {
+        a1111_name: "PLMS",
+        diffusers_name: "PNDMScheduler",
+        aliases: &["pndm", "plms"],
+        description: "PNDM / PLMS: pseudo linear multistep (SD 1.x's default)",
+        schedules: ONLY_DEFAULT,
+        constructor: not_implemented,
+    },
+    SchedulerInfo {
+        a1111_name: "UniPC",
+        diffusers_name: "UniPCMultistepScheduler",
+        aliases: &["unipc", "unipc_multistep"],
+        description: "UniPC: unified predictor-corrector multistep (bh2), fast at few steps",
+        schedules: ALL_SCHEDULES,
+        constructor: not_implemented,
+    },
+    SchedulerInfo {
+        a1111_name: "DDPM",
+        diffusers_name: "DDPMScheduler",
+        aliases: &["ddpm"],
+        description: "DDPM: ancestral sampling of the original diffusion model (stochastic)",
+        schedules: ONLY_DEFAULT,
+        constructor: not_implemented,
+    },
+    SchedulerInfo {
+        a1111_name: "LCM",
+        diffusers_name: "LCMScheduler",
+        aliases: &["lcm"],
+        description: "Latent consistency model sampler: for LCM-distilled models, 2-8 steps (stochastic)",
+        schedules: ONLY_DEFAULT,
+        constructor: not_implemented,
+    },
+];
+
+/// Every known scheduler, in display order.
+pub fn all() -> &'static [SchedulerInfo] {
+    TABLE
+}
+
+fn lookup(name: &str) -> Option<&'static SchedulerInfo> {
+    let n = name.trim().to_lowercase();
+    TABLE
+        .iter()
+        .find(|i| i.a1111_name.to_lowercase() == n || i.aliases.contains(&n.as_str()))
+        .or_else(|| TABLE.iter().find(|i| i.diffusers_name.to_lowercase() == n))
+}
+
+/// Finds a scheduler by A1111 name, diffusers class name or alias (case-insensitive).
+/// A name that embeds a sigma schedule ("DPM++ 2M Karras", "dpmpp_2m_karras") also
+/// returns that schedule.
+pub fn resolve(name: &str) -> Result<(&'static SchedulerInfo, Option<SigmaSchedule>)> {
+    if let Some(info) = lookup(name) {
+        return Ok((info, None));
+    }
+    let lower = name.trim().to_lowercase();
+    for schedule in [SigmaSchedule::Karras, SigmaSchedule::Exponential] {
+        let suffix = schedule.short_name();
+        for sep in [" ", "_"] {
+            if let Some(base) = lower.strip_suffix(&format!("{sep}{suffix}")) {
+                if let Some(info) = lookup(base) {
+                    if !info.supports(schedule) {
+                        return Err(Error::invalid(format!(
+                            "scheduler {} does not support the {suffix} sigma schedule",
+                            info.a1111_name
+                        )));
+                    }
+                    return Ok((info, Some(schedule)));
+                }
+            }
+        }
+    }
+    Err(Error::invalid(format!("unknown scheduler {name:?}; known schedulers:\n{}", known_names())))
+}
+
+/// One line per scheduler: A1111 name, diffusers class and aliases.
+fn known_names() -> String {
+    TABLE
+        .iter()
+        .map(|i| format!("  {} ({}; {})", i.a1111_name, i.diffusers_name, i.aliases.join(", ")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Resolves `name` and builds the scheduler for `steps` inference steps. An explicit
+/// `schedule` overrides one embedded in the name; a combination the scheduler does not
+/// support (Karras with DDIM) and `steps == 0` are errors.
+pub fn build(
+    name: &str,
+    schedule: Option<SigmaSchedule>,
+    config: &SchedulerConfig,
+    steps: usize,
+) -> Result<Box<dyn Scheduler>> {
+    let (info, embedded) = resolve(name)?;
+    info.build(schedule.or(embedded), config, steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_to_one_row() {
+        for info in all() {
+            assert!(std::ptr::eq(resolve(info.a1111_name).unwrap().0, info) || info.a1111_name.contains("SDE"));
+            for alias in info.aliases {
+                assert!(std::ptr::eq(resolve(alias).unwrap().0, info), "{alias}");
+            }
+        }
+        let (a, _) = resolve("EulerAncestralDiscreteScheduler").unwrap();
+        let (b, _) = resolve("euler A").unwrap();
+        assert!(std::ptr::eq(a, b));
+        let (c, s) = resolve("DPM++ 2M SDE Karras").unwrap();
+        assert_eq!((c.a1111_name, s), ("DPM++ 2M SDE", Some(SigmaSchedule::Karras)));
+    }
+
+    #[test]
+    fn unknown_and_unsupported_names_error() {
+        let e = resolve("nonsense").unwrap_err().to_string();
+        assert!(e.contains("Euler a") && e.contains("DDIMScheduler") && e.contains("dpmpp_2m"), "{e}");
+        assert!(resolve("DDIM Karras").is_err());
+    }
 }
