@@ -61,32 +61,6 @@ fn defaults() -> Vec<(&'static str, Value)> {
     d
 }
 
-/// Sets the `use_*_sigmas` flags for an explicitly chosen schedule, or reads them from the
-/// config for [`SigmaSchedule::Default`] (a model may ship a config with Karras on).
-pub(crate) fn resolve_schedule(cfg: &mut ClassConfig, schedule: SigmaSchedule) -> Result<SigmaSchedule> {
-    match schedule {
-        SigmaSchedule::Default => {
-            let karras = cfg.bool("use_karras_sigmas")?;
-            let exponential = cfg.bool("use_exponential_sigmas")?;
-            match (karras, exponential) {
-                (true, true) => Err(Error::invalid(format!(
-                    "scheduler_config.json: only one of `use_karras_sigmas` and `use_exponential_sigmas` may be \
-                     true for {}",
-                    cfg.class()
-                ))),
-                (true, false) => Ok(SigmaSchedule::Karras),
-                (false, true) => Ok(SigmaSchedule::Exponential),
-                (false, false) => Ok(SigmaSchedule::Default),
-            }
-        }
-        chosen => {
-            cfg.set("use_karras_sigmas", json!(chosen == SigmaSchedule::Karras));
-            cfg.set("use_exponential_sigmas", json!(chosen == SigmaSchedule::Exponential));
-            Ok(chosen)
-        }
-    }
-}
-
 /// Rejects options whose non-default values sdgen does not implement.
 pub(crate) fn require_unsupported_off(cfg: &ClassConfig, fields: &[&str]) -> Result<()> {
     for field in fields {
@@ -180,16 +154,9 @@ impl DpmSolverMultistep {
         let prediction = Prediction::from_config(&cfg, &["epsilon", "sample", "v_prediction"])?;
         require_unsupported_off(
             &cfg,
-            &[
-                "thresholding",
-                "use_beta_sigmas",
-                "use_lu_lambdas",
-                "use_flow_sigmas",
-                "use_dynamic_shifting",
-                "variance_type",
-            ],
+            &["thresholding", "use_lu_lambdas", "use_flow_sigmas", "use_dynamic_shifting", "variance_type"],
         )?;
-        let schedule = resolve_schedule(&mut cfg, schedule)?;
+        let schedule = common::apply_schedule(&mut cfg, schedule)?;
         let final_zero = cfg.choice("final_sigmas_type", &["zero", "sigma_min"])? == "zero";
         let spacing = Spacing::from_config(&cfg)?;
         let steps_offset = cfg.usize("steps_offset")?;

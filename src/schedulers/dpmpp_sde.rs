@@ -15,7 +15,7 @@
 //! Everything else follows diffusers exactly.
 
 use super::common::{self, ClassConfig, Prediction, SigmaSchedule, Spacing, TrainSchedule};
-use super::dpmpp_2m::{check_step, resolve_schedule};
+use super::dpmpp_2m::check_step;
 use super::{Scheduler, SchedulerConfig};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -26,10 +26,10 @@ pub const CLASS: &str = "DPMSolverSDEScheduler";
 
 fn defaults() -> Vec<(&'static str, Value)> {
     let mut d = common::base_defaults();
+    // This class has its own (SD-like) beta defaults.
+    common::set_default(&mut d, "beta_start", json!(0.00085));
+    common::set_default(&mut d, "beta_end", json!(0.012));
     d.extend([
-        // This class has its own (SD-like) beta defaults.
-        ("beta_start", json!(0.00085)),
-        ("beta_end", json!(0.012)),
         ("prediction_type", json!("epsilon")),
         ("use_karras_sigmas", json!(false)),
         ("use_exponential_sigmas", json!(false)),
@@ -80,8 +80,7 @@ impl DpmSolverSde {
                 )))
             }
         };
-        cfg.require("use_beta_sigmas", &json!(false))?;
-        let schedule = resolve_schedule(&mut cfg, schedule)?;
+        let schedule = common::apply_schedule(&mut cfg, schedule)?;
         let spacing = Spacing::from_config(&cfg)?;
         let train = TrainSchedule::new(&cfg, false)?;
 

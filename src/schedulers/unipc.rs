@@ -7,7 +7,7 @@
 //! higher-order weights are computed in f64 from the float32 sigmas.
 
 use super::common::{self, ClassConfig, FinalSigma, Prediction, SigmaSchedule, Spacing};
-use super::dpmpp_2m::{check_step, require_unsupported_off, resolve_schedule, train_schedule};
+use super::dpmpp_2m::{check_step, require_unsupported_off, train_schedule};
 use super::{Scheduler, SchedulerConfig};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -102,7 +102,7 @@ impl UniPcMultistep {
             )));
         }
         let prediction = Prediction::from_config(&cfg, &["epsilon", "sample", "v_prediction"])?;
-        require_unsupported_off(&cfg, &["thresholding", "use_beta_sigmas", "use_flow_sigmas", "use_dynamic_shifting"])?;
+        require_unsupported_off(&cfg, &["thresholding", "use_flow_sigmas", "use_dynamic_shifting"])?;
         cfg.require("solver_p", &Value::Null)?;
         let disable_corrector = match cfg.to_json().get("disable_corrector") {
             Some(Value::Array(a)) => {
@@ -114,7 +114,7 @@ impl UniPcMultistep {
                 return Err(Error::invalid("scheduler_config.json: `disable_corrector` must be a list of step indices"))
             }
         };
-        let schedule = resolve_schedule(&mut cfg, schedule)?;
+        let schedule = common::apply_schedule(&mut cfg, schedule)?;
         let final_sigma = match cfg.choice("final_sigmas_type", &["zero", "sigma_min"])?.as_str() {
             "zero" => FinalSigma::Zero,
             _ => FinalSigma::LadderMin,
