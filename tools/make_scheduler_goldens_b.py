@@ -184,6 +184,13 @@ def cases():
         yield f"unipc_no_x0_{n}", UniPCMultistepScheduler, {"predict_x0": False, "final_sigmas_type": "sigma_min"}, n, None
         yield f"unipc_no_x0_vpred_{n}", UniPCMultistepScheduler, {"predict_x0": False, "prediction_type": "v_prediction", "final_sigmas_type": "sigma_min"}, n, None
         yield f"unipc_disable_corrector_{n}", UniPCMultistepScheduler, {"disable_corrector": [0, 2]}, n, None
+    zsnr = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}
+    cosine = {"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}
+    for n in (10, 20):
+        yield f"dpmpp_2m_zsnr_{n}", dpm, zsnr, n, None
+        yield f"dpmpp_2m_sde_zsnr_{n}", dpm, dict(sde, **zsnr), n, 9 + n
+        yield f"unipc_zsnr_{n}", UniPCMultistepScheduler, zsnr, n, None
+        yield f"dpmpp_2m_cosine_clipped_{n}", dpm, cosine, n, None
 
 
 def main():
