@@ -536,6 +536,233 @@ pub fn as_f32(v: &[f64]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x as f32)).collect()
 }
 
+/// A 0-dim float32 tensor, for arithmetic that diffusers does with 0-dim tensors.
+pub fn scalar(v: f32) -> Tensor {
+    Tensor::from(v)
+}
+
+/// What the model predicts (`prediction_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    Sample,
+    VPrediction,
+}
+
+impl Prediction {
+    /// Reads `prediction_type`, accepting only the values this class implements.
+    pub fn from_config(cfg: &ClassConfig, allowed: &[&str]) -> Result<Prediction> {
+        Ok(match cfg.choice("prediction_type", allowed)?.as_str() {
+            "epsilon" => Prediction::Epsilon,
+            "sample" => Prediction::Sample,
+            _ => Prediction::VPrediction,
+        })
+    }
+
+    /// (x̂₀, ε̂) from the model output for an ᾱ-parameterised step (DDIM, DDPM, LCM), with
+    /// diffusers' operation order: `alpha_t` is ᾱ_t, `beta_t` is 1 − ᾱ_t, both float32.
+    pub fn split(self, model_output: &Tensor, sample: &Tensor, alpha_t: f32, beta_t: f32) -> (Tensor, Tensor) {
+        let sa = f64::from(alpha_t.sqrt());
+        let sb = f64::from(beta_t.sqrt());
+        match self {
+            Prediction::Epsilon => ((sample - model_output * sb) / sa, model_output.shallow_clone()),
+            Prediction::Sample => ((model_output.shallow_clone()), (sample - model_output * sa) / sb),
+            Prediction::VPrediction => (sample * sa - model_output * sb, model_output * sa + sample * sb),
+        }
+    }
+}
+
+/// Dynamic thresholding (Imagen): clamp x̂₀ to the per-sample `ratio` quantile of |x̂₀|,
+/// clamped to [1, `max_value`], and rescale, as diffusers' `_threshold_sample`.
+pub fn threshold_sample(sample: &Tensor, ratio: f64, max_value: f64) -> Result<Tensor> {
+    let kind = sample.kind();
+    let shape = sample.size();
+    let x =
+        if matches!(kind, Kind::Float | Kind::Double) { sample.shallow_clone() } else { sample.to_kind(Kind::Float) };
+    let x = x.reshape([shape[0], -1]);
+    let s = x.abs().f_quantile_scalar(ratio, Some(1), false, "linear")?.clamp(1.0, max_value).unsqueeze(1);
+    let lo = -&s;
+    let x = x.clamp_tensor(Some(lo), Some(s.shallow_clone())) / &s;
+    Ok(x.reshape(shape.as_slice()).to_kind(kind))
+}
+
+/// Applies an explicit sigma schedule to a class that has `use_karras_sigmas` /
+/// `use_exponential_sigmas` fields, and returns the schedule the config then asks for.
+/// `Default` keeps whatever the file says.
+pub fn apply_schedule(cfg: &mut ClassConfig, schedule: SigmaSchedule) -> Result<SigmaSchedule> {
+    match schedule {
+        SigmaSchedule::Default => {}
+        SigmaSchedule::Karras => {
+            cfg.set("use_karras_sigmas", Value::Bool(true));
+            cfg.set("use_exponential_sigmas", Value::Bool(false));
+        }
+        SigmaSchedule::Exponential => {
+            cfg.set("use_karras_sigmas", Value::Bool(false));
+            cfg.set("use_exponential_sigmas", Value::Bool(true));
+        }
+    }
+    if cfg.map.contains_key("use_beta_sigmas") && cfg.bool("use_beta_sigmas")? {
+        return Err(Error::invalid(format!(
+            "scheduler_config.json: `use_beta_sigmas` is not supported by sdgen's {}",
+            cfg.class
+        )));
+    }
+    match (cfg.bool("use_karras_sigmas")?, cfg.bool("use_exponential_sigmas")?) {
+        (true, true) => Err(Error::invalid(
+            "scheduler_config.json: only one of `use_karras_sigmas` and `use_exponential_sigmas` can be true",
+        )),
+        (true, false) => Ok(SigmaSchedule::Karras),
+        (false, true) => Ok(SigmaSchedule::Exponential),
+        (false, false) => Ok(SigmaSchedule::Default),
+    }
+}
+
+// ---- Shared by the multistep solvers (DPM-Solver++, UniPC) and DPMSolverSDE ----
+
+/// (α_t, σ_t) of the variance-preserving process at the sigma-ladder value σ:
+/// α = 1/sqrt(σ² + 1), σ_t = σ·α.
+pub fn alpha_sigma_t(sigma: f64) -> (f64, f64) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+/// The half log-SNR λ = ln α_t − ln σ_t at the sigma-ladder value σ (+∞ at σ = 0).
+pub fn lambda(sigma: f64) -> f64 {
+    let (alpha, sigma_t) = alpha_sigma_t(sigma);
+    alpha.ln() - sigma_t.ln()
+}
+
+/// Inference timesteps of the multistep solvers' `set_timesteps` (DPMSolverMultistep,
+/// UniPC), numpy float64 values before their integer cast. These take n + 1 points and drop
+/// the last, unlike [`spaced_timesteps`]:
+/// - linspace: `round(linspace(0, last − 1, n + 1))` reversed, without its final 0;
+/// - leading: `arange(0, n + 1) * (last // (n + 1))` reversed, without 0, plus `steps_offset`;
+/// - trailing: `round(arange(last, 0, −T/n)) − 1`.
+///
+/// `last` is the first training timestep past the usable range (T unless DPM-Solver clips
+/// λ with `lambda_min_clipped`).
+pub fn multistep_timesteps(
+    spacing: Spacing,
+    last: usize,
+    num_train: usize,
+    steps: usize,
+    steps_offset: usize,
+) -> Vec<f64> {
+    match spacing {
+        Spacing::Linspace => {
+            let mut v: Vec<f64> =
+                linspace(0.0, last as f64 - 1.0, steps + 1).into_iter().map(f64::round_ties_even).collect();
+            v.reverse();
+            v.pop();
+            v
+        }
+        Spacing::Leading => {
+            let ratio = last / (steps + 1);
+            (1..=steps).rev().map(|i| (i * ratio + steps_offset) as f64).collect()
+        }
+        Spacing::Trailing => {
+            let ratio = num_train as f64 / steps as f64;
+            arange(last as f64, 0.0, -ratio).into_iter().map(|t| t.round_ties_even() - 1.0).collect()
+        }
+    }
+}
+
+/// Training sigmas interpolated at `timesteps` (float64, as `np.interp`), then optionally
+/// replaced by a Karras or exponential ladder between their ends. Returns (sigmas,
+/// timesteps), where converted ladders get fractional timesteps from [`sigma_to_t`].
+/// For samplers that keep float64 timesteps (DPMSolverSDE), unlike [`interpolated_sigmas`].
+pub fn ladder_at(
+    train: &TrainSchedule,
+    timesteps: &[f64],
+    schedule: SigmaSchedule,
+    steps: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let train_sigmas = train.sigmas();
+    let xp: Vec<f64> = (0..train.len()).map(|i| i as f64).collect();
+    let fp: Vec<f64> = train_sigmas.iter().map(|&s| f64::from(s)).collect();
+    let sigmas: Vec<f64> = timesteps.iter().map(|&t| interp(t, &xp, &fp)).collect();
+    let (Some(&hi), Some(&lo)) = (sigmas.first(), sigmas.last()) else {
+        return (sigmas, timesteps.to_vec());
+    };
+    let converted = match schedule {
+        SigmaSchedule::Default => return (sigmas, timesteps.to_vec()),
+        SigmaSchedule::Karras => karras_sigmas(lo, hi, steps),
+        SigmaSchedule::Exponential => exponential_sigmas(lo, hi, steps),
+    };
+    let logs = log_sigmas(&train_sigmas);
+    let t = converted.iter().map(|&s| sigma_to_t(s, &logs)).collect();
+    (converted, t)
+}
+
+/// Where a multistep solver's sigma ladder ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalSigma {
+    /// σ = 0: the last step lands on the clean sample.
+    Zero,
+    /// The smallest training sigma (σ at t = 0).
+    TrainMin,
+    /// The last value of a converted Karras / exponential ladder, else the smallest
+    /// training sigma (UniPC's `sigma_min`).
+    LadderMin,
+}
+
+/// The timesteps (integer-valued) and float32 sigmas (one more than timesteps) of the
+/// multistep solvers' `set_timesteps`, from the spaced integer `timesteps`.
+///
+/// Karras and exponential ladders span the training sigmas; their timesteps come from
+/// [`sigma_to_t`]; Karras ones are rounded half-to-even when `round_karras`, and all are then
+/// truncated toward zero by diffusers' int64 cast (so an unrounded 998.9999 becomes 998).
+pub fn multistep_ladder(
+    train: &TrainSchedule,
+    timesteps: &[f64],
+    schedule: SigmaSchedule,
+    round_karras: bool,
+    final_sigma: FinalSigma,
+) -> (Vec<f64>, Vec<f32>) {
+    let train_sigmas = train.sigmas();
+    let steps = timesteps.len();
+    let (sigmas, timesteps): (Vec<f64>, Vec<f64>) = match schedule {
+        SigmaSchedule::Default => {
+            let xp: Vec<f64> = (0..train.len()).map(|i| i as f64).collect();
+            let fp: Vec<f64> = train_sigmas.iter().map(|&s| f64::from(s)).collect();
+            let ts: Vec<f64> = timesteps.iter().map(|&t| t.trunc()).collect();
+            (ts.iter().map(|&t| interp(t, &xp, &fp)).collect(), ts)
+        }
+        SigmaSchedule::Karras | SigmaSchedule::Exponential => {
+            let lo = f64::from(train_sigmas[0]);
+            let hi = f64::from(train_sigmas[train_sigmas.len() - 1]);
+            let s = if schedule == SigmaSchedule::Karras {
+                karras_sigmas(lo, hi, steps)
+            } else {
+                exponential_sigmas(lo, hi, steps)
+            };
+            let logs = log_sigmas(&train_sigmas);
+            let ts = s
+                .iter()
+                .map(|&x| {
+                    let t = sigma_to_t(x, &logs);
+                    if round_karras && schedule == SigmaSchedule::Karras {
+                        t.round_ties_even()
+                    } else {
+                        t.trunc()
+                    }
+                })
+                .collect();
+            (s, ts)
+        }
+    };
+    let last = match final_sigma {
+        FinalSigma::Zero => 0.0,
+        FinalSigma::LadderMin if schedule != SigmaSchedule::Default => {
+            sigmas.last().map_or(train_sigmas[0], |&s| s as f32)
+        }
+        FinalSigma::TrainMin | FinalSigma::LadderMin => train_sigmas[0],
+    };
+    let mut out: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
+    out.push(last);
+    (timesteps, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,12 +12,15 @@ pub mod ddim;
 pub mod ddpm;
 pub mod dpm2;
 pub mod dpm2_ancestral;
+pub mod dpmpp_2m;
+pub mod dpmpp_sde;
 pub mod euler;
 pub mod euler_ancestral;
 pub mod heun;
 pub mod lcm;
 pub mod lms;
 pub mod pndm;
+pub mod unipc;
 
 pub use common::SigmaSchedule;
 pub use config::SchedulerConfig;
@@ -120,9 +123,6 @@ use SigmaSchedule::{Default as D, Exponential as E, Karras as K};
 const ONLY_DEFAULT: &[SigmaSchedule] = &[D];
 const ALL_SCHEDULES: &[SigmaSchedule] = &[D, K, E];
 
-fn not_implemented(_: &SchedulerConfig, _: SigmaSchedule, _: usize) -> Result<Box<dyn Scheduler>> {
-    Err(Error::invalid("this scheduler is listed but not implemented in this build of sdgen"))
-}
 
 static TABLE: &[SchedulerInfo] = &[
     SchedulerInfo {
@@ -179,7 +179,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["dpmpp_2m", "dpm++_2m", "dpmsolver++", "k_dpmpp_2m"],
         description: "DPM-Solver++ (2M): second-order multistep, deterministic",
         schedules: ALL_SCHEDULES,
-        constructor: not_implemented,
+        constructor: dpmpp_2m::build_2m,
     },
     SchedulerInfo {
         a1111_name: "DPM++ 2M SDE",
@@ -187,7 +187,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["dpmpp_2m_sde", "dpm++_2m_sde", "sde-dpmsolver++", "k_dpmpp_2m_sde"],
         description: "DPM-Solver++ (2M) SDE variant: second-order multistep with noise (stochastic)",
         schedules: ALL_SCHEDULES,
-        constructor: not_implemented,
+        constructor: dpmpp_2m::build_2m_sde,
     },
     SchedulerInfo {
         a1111_name: "DPM++ SDE",
@@ -195,7 +195,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["dpmpp_sde", "dpm++_sde", "k_dpmpp_sde"],
         description: "DPM-Solver++ SDE: second-order singlestep with Brownian-tree noise (stochastic)",
         schedules: ALL_SCHEDULES,
-        constructor: not_implemented,
+        constructor: dpmpp_sde::build,
     },
     SchedulerInfo {
         a1111_name: "DDIM",
@@ -219,7 +219,7 @@ static TABLE: &[SchedulerInfo] = &[
         aliases: &["unipc", "unipc_multistep"],
         description: "UniPC: unified predictor-corrector multistep (bh2), fast at few steps",
         schedules: ALL_SCHEDULES,
-        constructor: not_implemented,
+        constructor: unipc::build,
     },
     SchedulerInfo {
         a1111_name: "DDPM",
