@@ -536,6 +536,82 @@ pub fn as_f32(v: &[f64]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x as f32)).collect()
 }
 
+/// What the model predicts (`prediction_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    Sample,
+    VPrediction,
+}
+
+impl Prediction {
+    /// Reads `prediction_type`, accepting only the values this class implements.
+    pub fn from_config(cfg: &ClassConfig, allowed: &[&str]) -> Result<Prediction> {
+        Ok(match cfg.choice("prediction_type", allowed)?.as_str() {
+            "epsilon" => Prediction::Epsilon,
+            "sample" => Prediction::Sample,
+            _ => Prediction::VPrediction,
+        })
+    }
+
+    /// (x̂₀, ε̂) from the model output for an ᾱ-parameterised step (DDIM, DDPM, LCM), with
+    /// diffusers' operation order: `alpha_t` is ᾱ_t, `beta_t` is 1 − ᾱ_t, both float32.
+    pub fn split(self, model_output: &Tensor, sample: &Tensor, alpha_t: f32, beta_t: f32) -> (Tensor, Tensor) {
+        let sa = f64::from(alpha_t.sqrt());
+        let sb = f64::from(beta_t.sqrt());
+        match self {
+            Prediction::Epsilon => ((sample - model_output * sb) / sa, model_output.shallow_clone()),
+            Prediction::Sample => ((model_output.shallow_clone()), (sample - model_output * sa) / sb),
+            Prediction::VPrediction => (sample * sa - model_output * sb, model_output * sa + sample * sb),
+        }
+    }
+}
+
+/// Dynamic thresholding (Imagen): clamp x̂₀ to the per-sample `ratio` quantile of |x̂₀|,
+/// clamped to [1, `max_value`], and rescale, as diffusers' `_threshold_sample`.
+pub fn threshold_sample(sample: &Tensor, ratio: f64, max_value: f64) -> Result<Tensor> {
+    let kind = sample.kind();
+    let shape = sample.size();
+    let x =
+        if matches!(kind, Kind::Float | Kind::Double) { sample.shallow_clone() } else { sample.to_kind(Kind::Float) };
+    let x = x.reshape([shape[0], -1]);
+    let s = x.abs().f_quantile_scalar(ratio, Some(1), false, "linear")?.clamp(1.0, max_value).unsqueeze(1);
+    let lo = -&s;
+    let x = x.clamp_tensor(Some(lo), Some(s.shallow_clone())) / &s;
+    Ok(x.reshape(shape.as_slice()).to_kind(kind))
+}
+
+/// Applies an explicit sigma schedule to a class that has `use_karras_sigmas` /
+/// `use_exponential_sigmas` fields, and returns the schedule the config then asks for.
+/// `Default` keeps whatever the file says.
+pub fn apply_schedule(cfg: &mut ClassConfig, schedule: SigmaSchedule) -> Result<SigmaSchedule> {
+    match schedule {
+        SigmaSchedule::Default => {}
+        SigmaSchedule::Karras => {
+            cfg.set("use_karras_sigmas", Value::Bool(true));
+            cfg.set("use_exponential_sigmas", Value::Bool(false));
+        }
+        SigmaSchedule::Exponential => {
+            cfg.set("use_karras_sigmas", Value::Bool(false));
+            cfg.set("use_exponential_sigmas", Value::Bool(true));
+        }
+    }
+    if cfg.map.contains_key("use_beta_sigmas") && cfg.bool("use_beta_sigmas")? {
+        return Err(Error::invalid(format!(
+            "scheduler_config.json: `use_beta_sigmas` is not supported by sdgen's {}",
+            cfg.class
+        )));
+    }
+    match (cfg.bool("use_karras_sigmas")?, cfg.bool("use_exponential_sigmas")?) {
+        (true, true) => Err(Error::invalid(
+            "scheduler_config.json: only one of `use_karras_sigmas` and `use_exponential_sigmas` can be true",
+        )),
+        (true, false) => Ok(SigmaSchedule::Karras),
+        (false, true) => Ok(SigmaSchedule::Exponential),
+        (false, false) => Ok(SigmaSchedule::Default),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
