@@ -536,11 +536,6 @@ pub fn as_f32(v: &[f64]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x as f32)).collect()
 }
 
-/// A 0-dim float32 tensor, for arithmetic that diffusers does with 0-dim tensors.
-pub fn scalar(v: f32) -> Tensor {
-    Tensor::from(v)
-}
-
 /// What the model predicts (`prediction_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prediction {
