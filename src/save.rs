@@ -20,7 +20,14 @@ pub fn sampler_names(scheduler: &str) -> Result<(&'static str, Option<&'static s
 
 /// Writes image `index` of a run into `out_dir`, named by `template` (default: the
 /// never-colliding one). An existing file is an error unless `overwrite`.
-pub fn save(g: &Generated, out_dir: &Path, template: Option<&str>, index: usize, timestamp: &str, overwrite: bool) -> Result<PathBuf> {
+pub fn save(
+    g: &Generated,
+    out_dir: &Path,
+    template: Option<&str>,
+    index: usize,
+    timestamp: &str,
+    overwrite: bool,
+) -> Result<PathBuf> {
     let template = match template {
         Some(t) => Template::parse(t)?,
         None => Template::default(),
@@ -35,7 +42,12 @@ pub fn save(g: &Generated, out_dir: &Path, template: Option<&str>, index: usize,
         OnExisting::Fail
     };
     let (sampler, schedule) = sampler_names(&g.record.request.scheduler)?;
-    output::save_png(&path, &g.image, &g.record, &SaveOptions { sampler_a1111: sampler, schedule_type: schedule, on_existing })
+    output::save_png(
+        &path,
+        &g.image,
+        &g.record,
+        &SaveOptions { sampler_a1111: sampler, schedule_type: schedule, on_existing },
+    )
 }
 
 /// The finished PNG file's bytes, with all metadata chunks (for the batch engine).
@@ -72,7 +84,8 @@ impl crate::batch::Backend for PipelineBackend<'_> {
             Err(_) => requests
                 .iter()
                 .map(|r| {
-                    let g = self.pipeline.generate_many(std::slice::from_ref(r), &mut step).map_err(|e| e.to_string())?;
+                    let g =
+                        self.pipeline.generate_many(std::slice::from_ref(r), &mut step).map_err(|e| e.to_string())?;
                     let g = g.first().ok_or_else(|| "no image was produced".to_string())?;
                     png_bytes(g).map_err(|e| e.to_string())
                 })

@@ -111,7 +111,11 @@ fn check_cases(opts: &LoadOptions, folder: &str, goldens: &str, stride: usize) -
         let ours = &denoised.scheduler_config;
         for key in ["timestep_spacing", "steps_offset", "prediction_type", "beta_schedule", "_class_name"] {
             if ours.get(key) != case["scheduler_config"].get(key) {
-                failures.push(format!("{id}: scheduler config {key} = {:?}, diffusers used {:?}", ours.get(key), case["scheduler_config"].get(key)));
+                failures.push(format!(
+                    "{id}: scheduler config {key} = {:?}, diffusers used {:?}",
+                    ours.get(key),
+                    case["scheduler_config"].get(key)
+                ));
             }
         }
 
@@ -143,7 +147,8 @@ fn tiny_sd2_matches_diffusers() {
 
 #[test]
 fn single_file_sd1_gives_the_folder_images() {
-    let opts = LoadOptions { config_dir: Some(root().join("weights/tiny-sd")), ..cpu_fp32("weights/tiny-sd.safetensors") };
+    let opts =
+        LoadOptions { config_dir: Some(root().join("weights/tiny-sd")), ..cpu_fp32("weights/tiny-sd.safetensors") };
     assert_eq!(check_cases(&opts, "weights/tiny-sd", "tests/fixtures/goldens", 4), 8);
 }
 

@@ -53,12 +53,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let base = Request {
-        prompt: String::new(),
-        negative_prompt: None,
-        seed: 0,
-        ..Request::default()
-    };
+    let base = Request { prompt: String::new(), negative_prompt: None, seed: 0, ..Request::default() };
     let mut request = super::generate::build_request(None, &args.gen, args.num_images, base);
     let input = BatchInput::read(&args.file)?;
     let validate = |name: &str| sdgen::schedulers::resolve(name).map(|_| ()).map_err(|e| e.to_string());

@@ -46,8 +46,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-        println!("model weights   {:.1} MiB on {} ({}), {}x{}, {} steps", mib(r.weights_bytes), r.device, r.dtype, r.width, r.height, r.steps);
-        println!("load            {:.3} s, peak RSS {:.1} MiB (before load {:.1} MiB)", r.load_s, mib(r.load_peak_rss_bytes), mib(r.rss_before_load_bytes));
+        println!(
+            "model weights   {:.1} MiB on {} ({}), {}x{}, {} steps",
+            mib(r.weights_bytes),
+            r.device,
+            r.dtype,
+            r.width,
+            r.height,
+            r.steps
+        );
+        println!(
+            "load            {:.3} s, peak RSS {:.1} MiB (before load {:.1} MiB)",
+            r.load_s,
+            mib(r.load_peak_rss_bytes),
+            mib(r.rss_before_load_bytes)
+        );
         println!("first step      {:.3} s", r.first_step_s);
         println!("speed           {:.3} steps/s", r.steps_per_s);
         println!("VAE decode      {:.3} s", r.vae_decode_s);

@@ -29,7 +29,12 @@ pub struct GenerateArgs {
 }
 
 /// The request the flags describe, on top of `base` (defaults, or a record from --from).
-pub fn build_request(prompt: Option<String>, gen: &GenerationArgs, num_images: Option<usize>, base: Request) -> Request {
+pub fn build_request(
+    prompt: Option<String>,
+    gen: &GenerationArgs,
+    num_images: Option<usize>,
+    base: Request,
+) -> Request {
     Request {
         prompt: prompt.unwrap_or(base.prompt),
         negative_prompt: gen.negative.clone().or(base.negative_prompt).filter(|s| !s.is_empty()),
@@ -111,8 +116,15 @@ pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
             bar.set_position(p.step as u64);
         })?;
         for g in out {
-            let path = sdgen::save::save(&g, &args.output.out, args.output.name.as_deref(), i, &timestamp, args.output.overwrite)
-                .with_context(|| format!("writing image {} of {}", i + 1, req.num_images))?;
+            let path = sdgen::save::save(
+                &g,
+                &args.output.out,
+                args.output.name.as_deref(),
+                i,
+                &timestamp,
+                args.output.overwrite,
+            )
+            .with_context(|| format!("writing image {} of {}", i + 1, req.num_images))?;
             written.push(path);
         }
     }

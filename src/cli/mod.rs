@@ -12,7 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "sdgen", version, about = "Stable Diffusion text-to-image on libtorch, equal to Hugging Face diffusers")]
+#[command(
+    name = "sdgen",
+    version,
+    about = "Stable Diffusion text-to-image on libtorch, equal to Hugging Face diffusers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

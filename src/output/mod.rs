@@ -44,7 +44,11 @@ pub struct SaveOptions<'a> {
 }
 
 /// The three text chunks every sdgen PNG carries: `parameters`, `sdgen` (record), `license`.
-pub fn text_chunks(record: &Record, sampler_a1111: &str, schedule_type: Option<&str>) -> Result<[(&'static str, String); 3]> {
+pub fn text_chunks(
+    record: &Record,
+    sampler_a1111: &str,
+    schedule_type: Option<&str>,
+) -> Result<[(&'static str, String); 3]> {
     Ok([
         (PARAMETERS_KEY, parameters_text(record, sampler_a1111, schedule_type)),
         (RECORD_KEY, metadata::record_json(record)?),

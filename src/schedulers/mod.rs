@@ -123,7 +123,6 @@ use SigmaSchedule::{Default as D, Exponential as E, Karras as K};
 const ONLY_DEFAULT: &[SigmaSchedule] = &[D];
 const ALL_SCHEDULES: &[SigmaSchedule] = &[D, K, E];
 
-
 static TABLE: &[SchedulerInfo] = &[
     SchedulerInfo {
         a1111_name: "Euler a",
