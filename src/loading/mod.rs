@@ -1,7 +1,10 @@
-//! Getting model files off disk: configs, memory-mapped weights and their hashes.
+//! Getting model files: where they come from (folder, file or hub), configs, memory-mapped
+//! weights and their hashes.
 
 pub mod config;
 pub mod hash;
+pub mod hub;
+pub mod source;
 pub mod weights;
 
 pub use config::read_json;
