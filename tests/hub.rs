@@ -394,6 +394,11 @@ fn gated_repos_ask_for_a_token_and_bad_names_are_reported() {
     let got = fetch_with(&cfg, "gated/sd", None, false, false).unwrap();
     assert_eq!(read_tree(&got), tiny());
 
+    for (repo, rev) in [("../etc", None), ("gated/sd", Some("../../x"))] {
+        let msg = fetch_with(&cfg, repo, rev, false, false).unwrap_err().to_string();
+        assert!(msg.contains("is not a"), "{msg}");
+    }
+
     let msg = fetch_with(&cfg, "no/such", None, false, false).unwrap_err().to_string();
     assert!(msg.contains("not found") && msg.contains("no/such@main"), "{msg}");
     let msg = fetch_with(&cfg, "gated/sd", Some("nope"), false, false).unwrap_err().to_string();

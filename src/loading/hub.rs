@@ -9,6 +9,7 @@
 //! The repo listing decides which files exist; with `HF_HUB_OFFLINE=1`, or when the hub
 //! can't be reached, the cached snapshot that `refs/<revision>` points at is used instead.
 
+use crate::loading::source::{check_repo_id, check_revision};
 use crate::{Error, Result};
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
@@ -106,6 +107,9 @@ pub fn fetch_with(
     progress: bool,
 ) -> Result<PathBuf> {
     let revision = revision.unwrap_or("main");
+    // Both become paths in the cache, so they are checked here too, not only by the parser.
+    check_repo_id(repo).map_err(|why| Error::invalid(format!("'{repo}' is not a hub repo id: {why}")))?;
+    check_revision(revision).map_err(|why| Error::invalid(format!("'{revision}' is not a revision: {why}")))?;
     if config.offline {
         return from_cache(config, repo, revision, prefer_fp16)
             .map_err(|miss| not_cached(config, repo, revision, prefer_fp16, "HF_HUB_OFFLINE is set", &miss));

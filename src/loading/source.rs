@@ -225,7 +225,7 @@ fn looks_like_path(spec: &str) -> bool {
 }
 
 /// The hub's rules for repo ids (huggingface_hub's `validate_repo_id`).
-fn check_repo_id(repo: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_repo_id(repo: &str) -> std::result::Result<(), String> {
     if repo.len() > MAX_REPO_ID_LEN {
         return Err(format!("longer than {MAX_REPO_ID_LEN} characters"));
     }
@@ -248,7 +248,7 @@ fn check_repo_id(repo: &str) -> std::result::Result<(), String> {
 }
 
 /// Branch, tag or commit names: what git allows, minus what would escape a cache folder.
-fn check_revision(rev: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_revision(rev: &str) -> std::result::Result<(), String> {
     if rev.is_empty() {
         return Err("empty after '@'".into());
     }
