@@ -1,10 +1,13 @@
-//! Getting model files off disk: configs, memory-mapped weights, their hashes, and the
+//! Getting model files: where a model comes from (folder, hub id, single file), hub
+//! downloads into the standard cache, configs, memory-mapped weights, their hashes, and the
 //! original single-file checkpoint layout.
 
 pub mod config;
 pub mod hash;
+pub mod hub;
 pub mod ldm_keys;
 pub mod single_file;
+pub mod source;
 pub mod weights;
 
 pub use config::read_json;

@@ -18,6 +18,27 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use tch::{Device, Kind, Tensor};
 
+/// Extensions of Python pickle checkpoints, which sdgen never opens.
+pub const PICKLE_EXTENSIONS: [&str; 5] = ["ckpt", "pt", "pth", "bin", "pkl"];
+
+/// Why sdgen won't open a `.{ext}` file, and how to convert it to safetensors.
+pub fn pickle_refusal(ext: &str) -> String {
+    format!(
+        ".{ext} files are Python pickles, and loading a pickle runs arbitrary code, so sdgen refuses them. \
+         Convert it to .safetensors first, e.g. in Python: \
+         `safetensors.torch.save_file(torch.load(p, weights_only=True)[\"state_dict\"], \"model.safetensors\")`"
+    )
+}
+
+/// Errors, naming the file, when `path` has a pickle extension.
+pub fn refuse_pickle(path: &Path) -> Result<()> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    match PICKLE_EXTENSIONS.iter().find(|p| p.eq_ignore_ascii_case(ext)) {
+        Some(p) => Err(Error::weights(path, pickle_refusal(p))),
+        None => Ok(()),
+    }
+}
+
 /// Where a tensor's bytes live inside a mapped file.
 #[derive(Debug, Clone)]
 pub struct TensorEntry {
@@ -38,18 +59,7 @@ pub struct MappedFile {
 impl MappedFile {
     /// Maps a file and checks that its header is well-formed and every tensor lies inside it.
     pub fn open(path: &Path) -> Result<(MappedFile, Vec<(String, TensorEntry)>)> {
-        for ext in ["ckpt", "pt", "pth", "bin", "pkl"] {
-            if path.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext)) {
-                return Err(Error::weights(
-                    path,
-                    format!(
-                        ".{ext} files are Python pickles, and loading a pickle runs arbitrary code, so sdgen refuses them. \
-                         Convert it to .safetensors first, e.g. in Python: \
-                         `safetensors.torch.save_file(torch.load(p, weights_only=True)[\"state_dict\"], \"model.safetensors\")`"
-                    ),
-                ));
-            }
-        }
+        refuse_pickle(path)?;
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only; sdgen never writes to weight files, and a file
         // changed by another process while mapped is outside what any loader can defend.
