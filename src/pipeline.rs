@@ -195,7 +195,7 @@ impl Pipeline {
             }
             parts.scheduler_config.prediction_type = Some(p.clone());
         }
-        let name = opts.source_label.clone().unwrap_or_else(|| {
+        let name = opts.source_label.as_deref().map(hub_model_name).unwrap_or_else(|| {
             path.canonicalize()
                 .ok()
                 .and_then(|p| p.file_stem().map(|n| n.to_string_lossy().into_owned()))
@@ -390,6 +390,12 @@ impl Pipeline {
             .map(|i| Image { width: w as u32, height: h as u32, rgb: flat[i * per..(i + 1) * per].to_vec() })
             .collect())
     }
+}
+
+/// "name" from a hub label "owner/name@revision".
+fn hub_model_name(label: &str) -> String {
+    let repo = label.split('@').next().unwrap_or(label);
+    repo.rsplit('/').next().unwrap_or(repo).to_string()
 }
 
 /// `sd2` for SD 2.x-style UNets (1024-wide cross-attention or linear projections), else `sd1`.

@@ -151,7 +151,7 @@ fn refuses(args: &[&str], model: &Path, message: &str) {
 #[test]
 fn bad_input_is_a_clear_error_with_nothing_written() {
     let tiny = root().join("weights/tiny-sd");
-    refuses(&["a cat"], &root().join("weights/no-such-model"), "does not exist");
+    refuses(&["a cat"], &root().join("weights/no-such-model"), "no such file or folder");
     refuses(&["a cat", "--width", "65"], &tiny, "width 65 is not a positive multiple of 8");
     refuses(&["a cat", "--height", "0"], &tiny, "height 0 is not a positive multiple of 8");
     refuses(&["a cat", "--steps", "0"], &tiny, "steps must be at least 1");

@@ -70,10 +70,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
         return Ok(report.is_complete());
     }
 
-    let Some(model_dir) = args.model.model.clone() else {
-        bail!("no model given: pass --model DIR (a diffusers folder such as weights/tiny-sd) or set SDGEN_MODEL");
-    };
-    let pipe = super::generate::load_pipeline(&args.model, model_dir)?;
+    let pipe = sdgen::Pipeline::load(&args.model.resolve(args.quiet)?)?;
     if args.gen.scheduler.is_none() {
         request.scheduler = pipe.default_scheduler();
     }

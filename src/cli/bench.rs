@@ -1,7 +1,6 @@
 //! `sdgen bench`: time one generation (load, first step, steps/s, decode, memory).
 
 use super::ModelArgs;
-use anyhow::bail;
 use clap::Args;
 use sdgen::Request;
 
@@ -26,10 +25,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let Some(model) = args.model.model.clone() else {
-        bail!("no model given: pass --model DIR or set SDGEN_MODEL");
-    };
-    let opts = args.model.load_options(model)?;
+    let opts = args.model.resolve(true)?;
     let req = Request {
         prompt: "a photo of an astronaut riding a horse".into(),
         seed: 0,

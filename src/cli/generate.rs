@@ -49,11 +49,6 @@ pub fn build_request(
     }
 }
 
-pub fn load_pipeline(model: &ModelArgs, model_dir: PathBuf) -> anyhow::Result<Pipeline> {
-    let opts = model.load_options(model_dir)?;
-    Ok(Pipeline::load(&opts)?)
-}
-
 pub fn progress_bar(quiet: bool) -> ProgressBar {
     let target = if quiet || !std::io::stderr().is_terminal() {
         ProgressDrawTarget::hidden()
@@ -77,7 +72,7 @@ pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("reading the sdgen record from {}", from.display()))?;
         base = record.request.clone();
         seed_given = true;
-        args.model.model.get_or_insert_with(|| PathBuf::from(&record.model.source));
+        args.model.model.get_or_insert_with(|| record.model.source.clone());
         args.model.device.get_or_insert(record.device.clone());
         args.model.dtype.get_or_insert(record.dtype.clone());
         if args.prompt.is_none() {
@@ -87,15 +82,12 @@ pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
             args.gen.scheduler = Some(record.request.scheduler.clone());
         }
     }
-    let Some(model_dir) = args.model.model.clone() else {
-        bail!("no model given: pass --model DIR (a diffusers folder such as weights/tiny-sd) or set SDGEN_MODEL");
-    };
     if args.prompt.is_none() {
         bail!("no prompt given: sdgen generate \"a prompt\" (or --from IMAGE.png)");
     }
     let mut req = build_request(args.prompt.clone(), &args.gen, args.num_images, base);
     sdgen::pipeline::check_request(&req)?;
-    let pipe = load_pipeline(&args.model, model_dir)?;
+    let pipe = Pipeline::load(&args.model.resolve(args.output.quiet)?)?;
     if args.gen.scheduler.is_none() {
         req.scheduler = pipe.default_scheduler();
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 pub struct LicenseArgs {
     /// Read the licence from this model folder (model card or LICENSE file) [default:
     /// CreativeML OpenRAIL-M, the licence of Stable Diffusion 1.x].
-    #[arg(long, env = "SDGEN_MODEL", value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// The licence of SD 2.x / SDXL (CreativeML OpenRAIL++-M) instead.
     #[arg(long, conflicts_with = "model")]

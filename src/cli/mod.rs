@@ -43,9 +43,11 @@ pub enum Command {
 /// Which model, on which device, in which precision.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A diffusers model folder. Defaults to $SDGEN_MODEL.
-    #[arg(long, env = "SDGEN_MODEL", value_name = "DIR")]
-    pub model: Option<PathBuf>,
+    /// A diffusers folder, a single .safetensors checkpoint, or a Hugging Face hub id
+    /// (owner/name[@revision]). Default: $SDGEN_MODEL, then "model" in
+    /// ~/.config/sdgen/config.json, then stable-diffusion-v1-5/stable-diffusion-v1-5.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
     /// auto (CUDA when available), cpu, cuda or cuda:N [default: auto].
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<String>,
@@ -72,6 +74,42 @@ impl ModelArgs {
 
     pub fn dtype(&self) -> sdgen::Result<sdgen::device::DType> {
         self.dtype.as_deref().unwrap_or("auto").parse()
+    }
+
+    /// Resolves `--model` (or its defaults) to something on disk, downloading a hub model
+    /// into the Hugging Face cache when needed, and returns the library's load options.
+    pub fn resolve(&self, quiet: bool) -> anyhow::Result<sdgen::LoadOptions> {
+        use sdgen::loading::source::{ModelSource, Origin};
+        use std::io::IsTerminal;
+        let choice = ModelSource::choose(self.model.as_deref())?;
+        if !matches!(choice.origin, Origin::Flag) && !quiet {
+            eprintln!("model: {} (from {})", choice.source, choice.origin);
+        }
+        let dtype = self.dtype()?;
+        let device = self.device()?;
+        // Whether the run will be in fp16 decides which hub weights to fetch; resolving the
+        // device here only reads CUDA availability.
+        let fp16 = device.resolve().map(|d| dtype.resolve(d) == tch::Kind::Half).unwrap_or(false);
+        let path = choice.source.materialize(fp16, !quiet && std::io::stderr().is_terminal())?;
+        // Hub models are recorded as repo@commit (the snapshot folder's name), so --from
+        // finds exactly these weights again.
+        let label = match &choice.source {
+            ModelSource::Hub { repo, .. } => {
+                let commit = path
+                    .ancestors()
+                    .find(|p| p.parent().and_then(|q| q.file_name()).is_some_and(|n| n == "snapshots"))
+                    .and_then(|p| p.file_name())
+                    .map(|c| c.to_string_lossy().into_owned());
+                Some(match commit {
+                    Some(c) => format!("{repo}@{c}"),
+                    None => choice.source.to_string(),
+                })
+            }
+            _ => None,
+        };
+        let mut opts = self.load_options(path)?;
+        opts.source_label = label;
+        Ok(opts)
     }
 
     /// The library's load options for the model at `path`.
