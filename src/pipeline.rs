@@ -9,18 +9,28 @@
 //! 4. prepare the latents;
 //! 5. run the loop with classifier-free guidance;
 //! 6. decode.
+//!
+//! Precision and memory: weights load in the chosen dtype tensor by tensor (see
+//! `loading::weights`); noise is always drawn on the CPU in fp32. When an fp16 VAE decodes
+//! to non-finite values (the all-black image of SD 1.x/2.x in fp16), the decode is redone
+//! with an fp32 copy of the VAE, loaded from the weights on first need and then kept: it
+//! costs 4 bytes per VAE parameter (≈ 335 MB for SD's VAE) on the device, only in
+//! processes that hit the overflow. `offload` keeps the text encoder and the VAE on the
+//! CPU; `vae_tiling` decodes large images tile by tile.
 
 use crate::device::{device_name, kind_name, DType, DeviceChoice};
 use crate::loading::{read_json, sha256_file_cached};
 use crate::models::clip::ClipTextModel;
 use crate::models::unet::{UNet, UNetConfig};
-use crate::models::vae::Vae;
+use crate::models::vae::{Vae, VaeTiling};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::request::{Image, ModelRecord, Record, Request};
 use crate::schedulers::{self, SchedulerConfig};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
+use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Kind, Tensor};
 
 /// How to load a model.
@@ -38,6 +48,12 @@ pub struct LoadOptions {
     pub arch: Option<String>,
     /// Override the scheduler config's `prediction_type` (epsilon, v_prediction).
     pub prediction_type: Option<String>,
+    /// Keep the text encoder and the VAE on the CPU (and run them there, in fp32 when the
+    /// UNet runs on a GPU), so that GPU memory holds only the UNet and its activations. On a
+    /// CPU-only run the components stay in the UNet's dtype and nothing changes.
+    pub offload: bool,
+    /// Decode latents larger than one tile in overlapping, blended tiles.
+    pub vae_tiling: Option<VaeTiling>,
 }
 
 /// Where the loop is, for progress displays and for inspecting the latents.
@@ -70,12 +86,36 @@ pub struct Pipeline {
     text_encoder: ClipTextModel,
     unet: UNet,
     vae: Vae,
+    /// An fp32 VAE for when the fp16 one overflows; built on first need.
+    vae_fp32: OnceCell<Vae>,
+    vae_source: VaeSource,
+    vae_tiling: Option<VaeTiling>,
     scheduler_config: SchedulerConfig,
+    /// Where and in which dtype the UNet runs (and the latents live).
     device: Device,
     kind: Kind,
+    /// Where and in which dtype the text encoder and the VAE run.
+    aux: Place,
+    offload: bool,
     model: ModelRecord,
     model_dir: PathBuf,
 }
+
+/// A device and a dtype for a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    device: Device,
+    kind: Kind,
+}
+
+/// Where the VAE's weights came from, to load them again in fp32.
+enum VaeSource {
+    Folder(PathBuf),
+    SingleFile(Box<crate::loading::single_file::SingleFile>),
+}
+
+/// Set once the fp32 fallback has been announced, so a batch warns only once.
+static WARNED_VAE_UPCAST: AtomicBool = AtomicBool::new(false);
 
 const COMPONENTS: [&str; 5] = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
 
@@ -91,9 +131,10 @@ struct Parts {
     /// The file whose sha256 is the "Model hash" (A1111 hashes the checkpoint; for a
     /// folder, the UNet weights).
     hash_file: PathBuf,
+    vae_source: VaeSource,
 }
 
-fn load_folder(dir: &Path, device: Device, kind: Kind) -> Result<Parts> {
+fn load_folder(dir: &Path, device: Device, kind: Kind, aux: Place) -> Result<Parts> {
     for c in COMPONENTS {
         if !dir.join(c).is_dir() {
             return Err(Error::invalid(format!(
@@ -109,18 +150,19 @@ fn load_folder(dir: &Path, device: Device, kind: Kind) -> Result<Parts> {
     }
     let scheduler_config: SchedulerConfig = read_json(&scheduler_path)?;
     let tokenizer = Tokenizer::from_dir(&dir.join("tokenizer"))?;
-    let text_encoder = ClipTextModel::load(&dir.join("text_encoder"), device, kind)?;
+    let text_encoder = ClipTextModel::load(&dir.join("text_encoder"), aux.device, aux.kind)?;
     let unet = UNet::load(&dir.join("unet"), device, kind)?;
-    let vae = Vae::load(&dir.join("vae"), device, kind)?;
+    let vae = Vae::load(&dir.join("vae"), aux.device, aux.kind)?;
     let architecture = architecture_of(&unet.config);
     let hash_file = find_weights(&dir.join("unet"), "diffusion_pytorch_model", kind).ok_or_else(|| {
         Error::invalid(format!("{} has no diffusion_pytorch_model.safetensors", dir.join("unet").display()))
     })?;
     let license = crate::output::license::detect(Some(dir), architecture);
-    Ok(Parts { tokenizer, text_encoder, unet, vae, scheduler_config, architecture, license, hash_file })
+    let vae_source = VaeSource::Folder(dir.join("vae"));
+    Ok(Parts { tokenizer, text_encoder, unet, vae, scheduler_config, architecture, license, hash_file, vae_source })
 }
 
-fn load_single_file(opts: &LoadOptions, device: Device, kind: Kind) -> Result<Parts> {
+fn load_single_file(opts: &LoadOptions, device: Device, kind: Kind, aux: Place) -> Result<Parts> {
     use crate::loading::single_file::{self, Component};
     let arch = opts.arch.as_deref().map(single_file::Arch::parse).transpose()?;
     let prepared = single_file::prepare(
@@ -139,7 +181,7 @@ fn load_single_file(opts: &LoadOptions, device: Device, kind: Kind) -> Result<Pa
     let tokenizer = Tokenizer::from_dir(&dir.join("tokenizer"))?;
     let file = &prepared.file;
 
-    let w = file.weights(Component::TextEncoder, device, kind)?;
+    let w = file.weights(Component::TextEncoder, aux.device, aux.kind)?;
     let text_encoder = ClipTextModel::new(
         &w,
         &crate::models::clip::ClipTextConfig::load(&dir.join("text_encoder").join("config.json"))?,
@@ -148,7 +190,7 @@ fn load_single_file(opts: &LoadOptions, device: Device, kind: Kind) -> Result<Pa
     let w = file.weights(Component::Unet, device, kind)?;
     let unet = UNet::new(&w, &UNetConfig::from_file(&dir.join("unet").join("config.json"))?)?;
     w.finish()?;
-    let w = file.weights(Component::Vae, device, kind)?;
+    let w = file.weights(Component::Vae, aux.device, aux.kind)?;
     let vae = Vae::new(&w, &crate::models::VaeConfig::from_file(&dir.join("vae").join("config.json"))?)?;
     w.finish()?;
 
@@ -166,6 +208,7 @@ fn load_single_file(opts: &LoadOptions, device: Device, kind: Kind) -> Result<Pa
         architecture,
         license,
         hash_file: opts.model.clone(),
+        vae_source: VaeSource::SingleFile(Box::new(file.clone())),
     })
 }
 
@@ -175,11 +218,21 @@ impl Pipeline {
     pub fn load(opts: &LoadOptions) -> Result<Pipeline> {
         let device = opts.device.resolve()?;
         let kind = opts.dtype.resolve(device);
+        if let Some(t) = &opts.vae_tiling {
+            t.check()?;
+        }
+        // Offloaded components run on the CPU; fp16 there is slow and the VAE overflows in
+        // it, so they use fp32 unless the whole run is on the CPU anyway.
+        let aux = match (opts.offload, device.is_cuda()) {
+            (false, _) => Place { device, kind },
+            (true, true) => Place { device: Device::Cpu, kind: Kind::Float },
+            (true, false) => Place { device: Device::Cpu, kind },
+        };
         let path = &opts.model;
         let mut parts = if path.is_file() {
-            load_single_file(opts, device, kind)?
+            load_single_file(opts, device, kind, aux)?
         } else if path.is_dir() {
-            load_folder(path, device, kind)?
+            load_folder(path, device, kind, aux)?
         } else {
             return Err(Error::invalid(format!(
                 "model {} does not exist; pass --model with a diffusers folder (model_index.json, unet/, vae/, \
@@ -213,9 +266,14 @@ impl Pipeline {
             text_encoder: parts.text_encoder,
             unet: parts.unet,
             vae: parts.vae,
+            vae_fp32: OnceCell::new(),
+            vae_source: parts.vae_source,
+            vae_tiling: opts.vae_tiling,
             scheduler_config: parts.scheduler_config,
             device,
             kind,
+            aux,
+            offload: opts.offload,
             model,
             model_dir: path.clone(),
         })
@@ -227,6 +285,21 @@ impl Pipeline {
 
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+
+    /// Whether `offload` was asked for: the text encoder and the VAE live on the CPU (apart
+    /// from the UNet when that runs on a GPU).
+    pub fn offloaded(&self) -> bool {
+        self.offload
+    }
+
+    /// Turns tiled VAE decoding on (with these tile sizes) or off.
+    pub fn set_vae_tiling(&mut self, tiling: Option<VaeTiling>) -> Result<()> {
+        if let Some(t) = &tiling {
+            t.check()?;
+        }
+        self.vae_tiling = tiling;
+        Ok(())
     }
 
     pub fn model(&self) -> &ModelRecord {
@@ -371,16 +444,35 @@ impl Pipeline {
                 enc.removed_text
             );
         }
-        let ids = Tensor::from_slice(&enc.ids).view([1, -1]).to_device(self.device);
+        let ids = Tensor::from_slice(&enc.ids).view([1, -1]).to_device(self.aux.device);
         // Requests count clip skip as A1111 does (1 = last layer); diffusers counts skipped layers.
-        self.text_encoder.forward(&ids, clip_skip.map(|n| n.saturating_sub(1)))
+        let embeds = self.text_encoder.forward(&ids, clip_skip.map(|n| n.saturating_sub(1)))?;
+        // With offload the encoder ran on the CPU: bring its output to the UNet.
+        Ok(embeds.to_device(self.device).to_kind(self.kind))
     }
 
     /// Latents → 8-bit RGB images, as diffusers' `output_type="pil"` computes them.
+    ///
+    /// diffusers 0.36's `StableDiffusionPipeline` decodes in the VAE's dtype and ignores the
+    /// VAE config's `force_upcast` (only the SDXL pipelines read it), so sdgen does too: an
+    /// fp16 decode that stays finite equals diffusers'. One that overflows is redone in fp32
+    /// (with a warning, once per process) instead of giving a black image.
     pub fn decode(&self, latents: &Tensor) -> Result<Vec<Image>> {
         let _guard = tch::no_grad_guard();
-        let z = latents / self.vae.scaling_factor();
-        let x = self.vae.decode(&z);
+        let z = latents.to_device(self.aux.device).to_kind(self.aux.kind) / self.vae.scaling_factor();
+        let mut x = self.run_vae(&self.vae, &z)?;
+        if self.aux.kind != Kind::Float && !bool::try_from(x.isfinite().all())? {
+            if !WARNED_VAE_UPCAST.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "warning: the {} VAE decoded to non-finite values (it overflows in half precision); \
+                     decoding again in fp32, which keeps an fp32 copy of the VAE in memory",
+                    kind_name(self.aux.kind)
+                );
+            }
+            let vae = self.vae_fp32()?;
+            let z = latents.to_device(self.aux.device).to_kind(Kind::Float) / vae.scaling_factor();
+            x = self.run_vae(vae, &z)?;
+        }
         let x = (x / 2.0 + 0.5).clamp(0.0, 1.0).to_kind(Kind::Float).to_device(Device::Cpu);
         let u8s = (x.permute([0, 2, 3, 1]) * 255.0).round().to_kind(Kind::Uint8).contiguous();
         let (b, h, w, _) = u8s.size4()?;
@@ -389,6 +481,32 @@ impl Pipeline {
         Ok((0..b as usize)
             .map(|i| Image { width: w as u32, height: h as u32, rgb: flat[i * per..(i + 1) * per].to_vec() })
             .collect())
+    }
+
+    /// The VAE's image for `z` (already divided by the scaling factor), tiled if asked.
+    fn run_vae(&self, vae: &Vae, z: &Tensor) -> Result<Tensor> {
+        match self.vae_tiling {
+            Some(t) => vae.decode_tiled(z, t),
+            None => Ok(vae.decode(z)),
+        }
+    }
+
+    /// The fp32 VAE on the VAE's device, loaded from the weights again the first time.
+    fn vae_fp32(&self) -> Result<&Vae> {
+        if let Some(v) = self.vae_fp32.get() {
+            return Ok(v);
+        }
+        let device = self.aux.device;
+        let vae = match &self.vae_source {
+            VaeSource::Folder(dir) => Vae::load(dir, device, Kind::Float)?,
+            VaeSource::SingleFile(file) => {
+                let w = file.weights(crate::loading::single_file::Component::Vae, device, Kind::Float)?;
+                let vae = Vae::new(&w, &self.vae.config)?;
+                w.finish()?;
+                vae
+            }
+        };
+        Ok(self.vae_fp32.get_or_init(|| vae))
     }
 }
 

@@ -65,6 +65,21 @@ pub struct ModelArgs {
     /// Single-file checkpoints: sd1 or sd2, instead of detecting it from tensor shapes.
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<String>,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
+}
+
+/// Ways to use less GPU memory.
+#[derive(Args, Debug, Clone, Default)]
+pub struct MemoryArgs {
+    /// Keep the text encoder and the VAE on the CPU and run them there (in fp32), so GPU
+    /// memory holds only the UNet; slower decoding. No effect on a CPU-only run.
+    #[arg(long)]
+    pub offload: bool,
+    /// Decode the image in overlapping 512-pixel tiles blended together, for large images
+    /// whose VAE decode would not fit in memory.
+    #[arg(long)]
+    pub vae_tiling: bool,
 }
 
 impl ModelArgs {
@@ -122,6 +137,8 @@ impl ModelArgs {
             config_dir: self.config_dir.clone(),
             arch: self.arch.clone(),
             prediction_type: self.prediction_type.clone(),
+            offload: self.memory.offload,
+            vae_tiling: self.memory.vae_tiling.then(sdgen::models::vae::VaeTiling::default),
         })
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Files are mapped, never read whole. Each tensor is copied out of the map into libtorch
 //! memory on the target device and dtype, then its pages are dropped from the mapping, so
-//! peak resident memory stays near one copy of the weights.
+//! peak resident memory stays near one copy of the weights. Conversion to the run's dtype
+//! happens per tensor too, so a file stored in fp32 loaded as fp16 peaks at the fp16 model
+//! plus one fp32 tensor.
 //!
 //! Models ask for tensors by their diffusers name and expected shape through [`Weights`].
 //! A missing tensor, a shape mismatch, and (at [`Weights::finish`]) a tensor nobody asked
@@ -300,7 +302,10 @@ impl Weights {
             t = t.f_narrow(0, start, len)?.f_contiguous()?;
         }
         let target = if t.is_floating_point() { self.store.kind } else { kind };
-        let t = t.f_to_device(self.store.device)?.f_to_kind(target)?;
+        // Convert on the CPU, then upload: only this one tensor ever exists in the stored
+        // dtype (an fp32 file loaded as fp16 never has an fp32 copy of the model), and the
+        // device receives the smaller dtype.
+        let t = t.f_to_kind(target)?.f_to_device(self.store.device)?;
         // The bytes now live in libtorch memory; drop the mapped pages from our RSS.
         // SAFETY: the mapping is a read-only file mapping; DONTNEED only drops clean pages,
         // which are read again from the file if touched later.

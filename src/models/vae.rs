@@ -304,6 +304,107 @@ impl Decoder {
     }
 }
 
+/// How [`Vae::decode_tiled`] splits latents into tiles (sizes in latent pixels; the image
+/// tile is 8× larger for SD's VAE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VaeTiling {
+    /// Tile edge.
+    pub tile: i64,
+    /// How many latent rows/columns neighbouring tiles share and blend across.
+    pub overlap: i64,
+}
+
+impl Default for VaeTiling {
+    /// diffusers' defaults for SD: 64-latent (512-pixel) tiles, a quarter of them shared.
+    fn default() -> VaeTiling {
+        VaeTiling { tile: 64, overlap: 16 }
+    }
+}
+
+impl VaeTiling {
+    pub fn check(&self) -> Result<()> {
+        if self.tile < 1 || self.overlap < 0 || self.overlap >= self.tile {
+            return Err(Error::invalid(format!(
+                "VAE tiling with tile {} and overlap {} is impossible: the tile must be at least 1 and the \
+                 overlap between 0 and tile - 1",
+                self.tile, self.overlap
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Tile starts covering `0..len` with stride `tile - overlap`; the last tile ends at `len`.
+fn tile_starts(len: i64, tile: i64, overlap: i64) -> Vec<i64> {
+    if len <= tile {
+        return vec![0];
+    }
+    let mut starts = Vec::new();
+    let mut s = 0;
+    while s + tile < len {
+        starts.push(s);
+        s += tile - overlap;
+    }
+    starts.push(len - tile);
+    starts
+}
+
+/// Blend weights along one axis of a decoded tile that starts at latent `start`, spans `n`
+/// of the axis's `len` latents, and is `f` times larger once decoded.
+fn edge_weights(start: i64, n: i64, len: i64, f: i64, overlap: i64) -> Vec<f32> {
+    let out = (n * f) as usize;
+    let ramp = (overlap * f) as f32;
+    (0..out)
+        .map(|k| {
+            let mut w = 1f32;
+            if ramp > 0.0 {
+                // Half-pixel offsets keep every weight positive, so no pixel divides by zero.
+                if start > 0 {
+                    w *= ((k as f32 + 0.5) / ramp).min(1.0);
+                }
+                if start + n < len {
+                    w *= ((out - k) as f32 - 0.5).min(ramp) / ramp;
+                }
+            }
+            w
+        })
+        .collect()
+}
+
+/// [`Vae::decode_tiled`] with any decoder that maps a latent tile to an image `f` times
+/// larger; kept apart from the VAE so the blending can be tested with a known decoder.
+fn decode_in_tiles(z: &Tensor, tiling: VaeTiling, decode: impl Fn(&Tensor) -> Tensor) -> Result<Tensor> {
+    tiling.check()?;
+    let (b, _, h, w) = z.size4()?;
+    if h <= tiling.tile && w <= tiling.tile {
+        return Ok(decode(z).to_kind(Kind::Float));
+    }
+    let (th, tw) = (h.min(tiling.tile), w.min(tiling.tile));
+    // Sums of weighted tiles and of weights, both fp32 at full image size (3 channels: small
+    // next to one tile's activations).
+    let mut sums: Option<(Tensor, Tensor)> = None;
+    for &y in &tile_starts(h, tiling.tile, tiling.overlap) {
+        for &x in &tile_starts(w, tiling.tile, tiling.overlap) {
+            let part = decode(&z.narrow(2, y, th).narrow(3, x, tw)).to_kind(Kind::Float);
+            let (_, c, ph, pw) = part.size4()?;
+            let f = ph / th;
+            let (acc, weight) = sums.get_or_insert_with(|| {
+                let opts = (Kind::Float, part.device());
+                (Tensor::zeros([b, c, h * f, w * f], opts), Tensor::zeros([1, 1, h * f, w * f], opts))
+            });
+            let wy = Tensor::from_slice(&edge_weights(y, th, h, f, tiling.overlap)).view([ph, 1]);
+            let wx = Tensor::from_slice(&edge_weights(x, tw, w, f, tiling.overlap)).view([1, pw]);
+            let mask = (wy * wx).to_device(part.device()).view([1, 1, ph, pw]);
+            let mut a = acc.narrow(2, y * f, ph).narrow(3, x * f, pw);
+            a += &part * &mask;
+            let mut m = weight.narrow(2, y * f, ph).narrow(3, x * f, pw);
+            m += mask;
+        }
+    }
+    let (acc, weight) = sums.ok_or_else(|| Error::Model("tiled VAE decode: the latents are empty".into()))?;
+    Ok(acc / weight)
+}
+
 /// The VAE, ready to run on the device and dtype its weights were loaded with.
 #[derive(Debug)]
 pub struct Vae {
@@ -378,6 +479,21 @@ impl Vae {
         }
     }
 
+    /// Like [`Vae::decode`], but for latents larger than one tile: decodes overlapping tiles
+    /// one at a time and blends them, so peak activation memory is that of one tile. Latents
+    /// no larger than a tile are decoded whole. The result is fp32.
+    ///
+    /// Every output pixel is a weighted mean of the tiles covering it. A tile's weight ramps
+    /// linearly from near 0 to 1 across `overlap` latent pixels at each edge it shares with a
+    /// neighbour (edges on the image border keep weight 1), so tile borders, where zero
+    /// padding distorts the decoder most, count least and the weights change smoothly: no
+    /// seams. Tiles keep their full size; the last one along an axis is moved back to end at
+    /// the border, so any size works. (diffusers' `tiled_decode` crops tiles to a grid and
+    /// blends each into its predecessor instead; the idea, not the arithmetic, is the same.)
+    pub fn decode_tiled(&self, z: &Tensor, tiling: VaeTiling) -> Result<Tensor> {
+        decode_in_tiles(z, tiling, |t| self.decode(t))
+    }
+
     /// diffusers' `vae.encode(x).latent_dist.mean` for an image in [-1, 1]; not yet scaled.
     pub fn encode(&self, x: &Tensor) -> Tensor {
         let moments = self.encoder.forward(x);
@@ -408,6 +524,41 @@ mod tests {
         assert_eq!(cfg.scaling_factor, 0.13025);
         assert!(!cfg.use_quant_conv && cfg.use_post_quant_conv && cfg.mid_block_add_attention && cfg.force_upcast);
         assert_eq!(cfg.shift_factor, None);
+    }
+
+    #[test]
+    fn tiles_cover_every_size() {
+        assert_eq!(tile_starts(8, 8, 2), vec![0]);
+        assert_eq!(tile_starts(5, 8, 2), vec![0]);
+        assert_eq!(tile_starts(12, 4, 2), vec![0, 2, 4, 6, 8]);
+        // 11 is no multiple of the stride: the last tile moves back to end at the border.
+        assert_eq!(tile_starts(11, 4, 1), vec![0, 3, 6, 7]);
+        assert!(VaeTiling { tile: 4, overlap: 4 }.check().is_err());
+        assert!(VaeTiling { tile: 0, overlap: 0 }.check().is_err());
+    }
+
+    #[test]
+    fn edge_weights_ramp_only_inside() {
+        // A middle tile: ramps at both ends; a border tile keeps weight 1 at the border.
+        let mid = edge_weights(2, 4, 12, 2, 1);
+        assert_eq!(mid, vec![0.25, 0.75, 1.0, 1.0, 1.0, 1.0, 0.75, 0.25]);
+        let first = edge_weights(0, 4, 12, 2, 1);
+        assert_eq!(first, vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.25]);
+        assert!(edge_weights(0, 4, 4, 2, 0).iter().all(|&w| w == 1.0));
+    }
+
+    #[test]
+    fn blending_exact_tiles_gives_the_whole_image() {
+        // A decoder without borders effects (each latent becomes a 2×2 block): tiles are exact
+        // crops of the whole decode, so placement and normalised weights must reproduce it.
+        let decode = |t: &Tensor| t.upsample_nearest2d([t.size()[2] * 2, t.size()[3] * 2], None, None) * 3.0 - 1.0;
+        let z = Tensor::randn([2, 4, 9, 11], (Kind::Float, Device::Cpu));
+        let whole = decode(&z);
+        for (tile, overlap) in [(4, 1), (4, 2), (5, 3), (3, 0), (9, 4)] {
+            let tiled = decode_in_tiles(&z, VaeTiling { tile, overlap }, decode).unwrap();
+            let diff = (tiled - &whole).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "tile {tile}/{overlap}: {diff}");
+        }
     }
 
     #[test]
