@@ -3,8 +3,8 @@
 //! [`Pipeline::generate_many`] is a numbered sequence of plain steps, as in diffusers'
 //! `StableDiffusionPipeline.__call__`:
 //! 1. check the inputs; 2. encode the prompt and the negative prompt; 3. prepare the
-//! timesteps; 4. prepare the latents; 5. run the loop with classifier-free guidance;
-//! 6. decode.
+//!    timesteps; 4. prepare the latents; 5. run the loop with classifier-free guidance;
+//!    6. decode.
 
 use crate::device::{device_name, kind_name, DType, DeviceChoice};
 use crate::loading::{read_json, sha256_file_cached};
@@ -136,7 +136,10 @@ fn load_single_file(opts: &LoadOptions, device: Device, kind: Kind) -> Result<Pa
     let file = &prepared.file;
 
     let w = file.weights(Component::TextEncoder, device, kind)?;
-    let text_encoder = ClipTextModel::new(&w, &crate::models::clip::ClipTextConfig::load(&dir.join("text_encoder").join("config.json"))?)?;
+    let text_encoder = ClipTextModel::new(
+        &w,
+        &crate::models::clip::ClipTextConfig::load(&dir.join("text_encoder").join("config.json"))?,
+    )?;
     w.finish()?;
     let w = file.weights(Component::Unet, device, kind)?;
     let unet = UNet::new(&w, &UNetConfig::from_file(&dir.join("unet").join("config.json"))?)?;
@@ -249,7 +252,7 @@ impl Pipeline {
         check_request(req)?;
         schedulers::resolve(&req.scheduler)?;
         if let Some(skip) = req.clip_skip {
-            let layers = self.text_encoder.config().num_hidden_layers as usize;
+            let layers = self.text_encoder.config().num_hidden_layers;
             if skip == 0 || skip > layers {
                 return Err(Error::invalid(format!(
                     "clip skip {skip} is out of range: this text encoder has {layers} layers, so use 1..={layers}"
@@ -262,9 +265,8 @@ impl Pipeline {
     /// Makes `req.num_images` images, image `i` from seed `req.seed + i`.
     pub fn generate(&self, req: &Request, on_step: &mut dyn FnMut(Progress)) -> Result<Vec<Generated>> {
         self.check(req)?;
-        let singles: Vec<Request> = (0..req.num_images)
-            .map(|i| Request { seed: req.image_seed(i), num_images: 1, ..req.clone() })
-            .collect();
+        let singles: Vec<Request> =
+            (0..req.num_images).map(|i| Request { seed: req.image_seed(i), num_images: 1, ..req.clone() }).collect();
         self.generate_many(&singles, on_step)
     }
 
@@ -316,8 +318,7 @@ impl Pipeline {
         let guided = first.guidance > 1.0;
 
         // 2. Encode the prompt and the negative prompt (unconditional first, as diffusers).
-        let cond: Vec<Tensor> =
-            reqs.iter().map(|r| self.encode_text(&r.prompt, r.clip_skip)).collect::<Result<_>>()?;
+        let cond: Vec<Tensor> = reqs.iter().map(|r| self.encode_text(&r.prompt, r.clip_skip)).collect::<Result<_>>()?;
         let mut embeds = Tensor::cat(&cond, 0);
         if guided {
             let uncond: Vec<Tensor> = reqs
