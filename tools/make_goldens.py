@@ -53,9 +53,11 @@ def f32(t):
     return t.detach().to(torch.float32).contiguous().clone()
 
 
-def run_case(pipe, scheduler_cls, prompt, negative, seed, width, height):
-    """Run one pipeline call and capture everything the Rust side compares against."""
-    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler_base_config)
+def run_case(pipe, scheduler_cls, prompt, negative, seed, width, height, steps=STEPS, options=None):
+    """Run one pipeline call and capture everything the Rust side compares against.
+
+    `options` are extra `from_config` keyword arguments (e.g. `use_karras_sigmas=True`)."""
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler_base_config, **(options or {}))
     enc_calls = []
 
     def hook(_module, args, kwargs, output):
@@ -73,17 +75,17 @@ def run_case(pipe, scheduler_cls, prompt, negative, seed, width, height):
         return out
 
     pipe.prepare_latents = prepare
-    steps = []
+    after = []
 
     def on_step(_pipe, _i, _t, kw):
-        steps.append(kw["latents"].detach().clone())
+        after.append(kw["latents"].detach().clone())
         return kw
 
     try:
         out = pipe(
             prompt,
             negative_prompt=negative,
-            num_inference_steps=STEPS,
+            num_inference_steps=steps,
             guidance_scale=GUIDANCE,
             width=width,
             height=height,
@@ -104,8 +106,9 @@ def run_case(pipe, scheduler_cls, prompt, negative, seed, width, height):
     expected = noise * pipe.scheduler.init_noise_sigma
     if not torch.equal(drawn["latents"], expected):
         raise RuntimeError("pipeline's initial latents differ from manual_seed(seed) randn * init_noise_sigma")
-    if len(steps) != STEPS:
-        raise RuntimeError(f"expected {STEPS} step callbacks, got {len(steps)}")
+    # One callback per entry of `scheduler.timesteps`: two per step for Heun and DPM2.
+    if len(after) != len(pipe.scheduler.timesteps):
+        raise RuntimeError(f"expected {len(pipe.scheduler.timesteps)} step callbacks, got {len(after)}")
 
     image = torch.from_numpy(np.ascontiguousarray(out.images)).to(torch.float32)
     image_u8 = torch.from_numpy((out.images * 255).round().astype("uint8"))
@@ -116,7 +119,7 @@ def run_case(pipe, scheduler_cls, prompt, negative, seed, width, height):
         "uncond_embeds": f32(uncond_embeds),
         "noise": noise.contiguous(),
         "timesteps": pipe.scheduler.timesteps.to(torch.float64).contiguous(),
-        "latents": torch.stack([f32(s) for s in steps]),
+        "latents": torch.stack([f32(s) for s in after]),
         "image": image.contiguous(),
         "image_u8": image_u8.contiguous(),
     }
@@ -180,23 +183,43 @@ def components(pipe):
     return {k: v.contiguous() for k, v in t.items()}
 
 
-def main():
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+def load_pipe():
+    """The tiny model's pipeline on CPU, fp32, one thread, deterministic, quiet; its original
+    scheduler config is kept as `pipe.scheduler_base_config`."""
+    from diffusers import StableDiffusionPipeline
     import diffusers
     import transformers
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("out", nargs="?", default=os.path.join(REPO, "tests", "fixtures", "goldens"))
-    args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
-
     pipe = StableDiffusionPipeline.from_pretrained(MODEL, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler_base_config = pipe.scheduler.config
+    return pipe
+
+
+def versions():
+    import diffusers
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def main():
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", nargs="?", default=os.path.join(REPO, "tests", "fixtures", "goldens"))
+    args = ap.parse_args()
+    pipe = load_pipe()
     classes = {"DDIMScheduler": DDIMScheduler, "EulerDiscreteScheduler": EulerDiscreteScheduler}
     os.makedirs(args.out, exist_ok=True)
 
@@ -233,12 +256,7 @@ def main():
     index = {
         "model": "weights/tiny-sd",
         "generator": "tools/make_goldens.py",
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__,
-        },
+        "versions": versions(),
         "device": "cpu",
         "dtype": "float32",
         "tokenizer": {
