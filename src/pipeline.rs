@@ -99,7 +99,13 @@ pub struct Pipeline {
     offload: bool,
     model: ModelRecord,
     model_dir: PathBuf,
+    /// Recent prompt embeddings by (text, clip skip): batch files repeat prompts and negative
+    /// prompts, and each is encoded once.
+    embed_cache: std::cell::RefCell<std::collections::HashMap<(String, Option<usize>), Tensor>>,
 }
+
+/// Entries kept in [`Pipeline::encode_text`]'s cache before it is emptied.
+const EMBED_CACHE_SIZE: usize = 64;
 
 /// A device and a dtype for a component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,6 +282,7 @@ impl Pipeline {
             offload: opts.offload,
             model,
             model_dir: path.clone(),
+            embed_cache: Default::default(),
         })
     }
 
@@ -436,6 +443,20 @@ impl Pipeline {
     /// Text → embeddings `[1, 77, hidden]`, warning when the prompt was cut. `clip_skip`
     /// counts as A1111 does: 1 (or `None`) is the last layer, 2 the one before.
     pub fn encode_text(&self, text: &str, clip_skip: Option<usize>) -> Result<Tensor> {
+        let key = (text.to_string(), clip_skip);
+        if let Some(hit) = self.embed_cache.borrow().get(&key) {
+            return Ok(hit.shallow_clone());
+        }
+        let embeds = self.encode_text_uncached(text, clip_skip)?;
+        let mut cache = self.embed_cache.borrow_mut();
+        if cache.len() >= EMBED_CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert(key, embeds.shallow_clone());
+        Ok(embeds)
+    }
+
+    fn encode_text_uncached(&self, text: &str, clip_skip: Option<usize>) -> Result<Tensor> {
         let enc = self.tokenizer.encode(text);
         if enc.truncated {
             eprintln!(

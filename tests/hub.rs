@@ -512,3 +512,27 @@ fn the_cache_is_shared_with_python() {
                 print(p)";
     assert_eq!(run_python(&rs_cache, true, code), got.to_str().unwrap());
 }
+
+mod common;
+
+/// The third model source: a hub id. Both tiny models (SD 1.x and SD 2.x style) are served by
+/// the stand-in hub, fetched into a fresh cache, and the pipeline loaded from the snapshots
+/// reproduces the diffusers goldens (every 4th case).
+#[test]
+fn hub_models_produce_the_golden_images() {
+    no_proxy();
+    let sd2 = read_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/tiny-sd2"));
+    let mut server = Server::start(hosted(vec![("sdgen/tiny-sd", tiny(), None), ("sdgen/tiny-sd2", sd2, None)]));
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = config(&server.endpoint, cache.path(), false);
+    let sd1 = fetch_with(&cfg, "sdgen/tiny-sd", None, false, false).expect("fetch tiny-sd");
+    let sd2 = fetch_with(&cfg, "sdgen/tiny-sd2", None, false, false).expect("fetch tiny-sd2");
+    server.stop();
+    for (snapshot, folder, goldens) in
+        [(sd1, "weights/tiny-sd", "tests/fixtures/goldens"), (sd2, "weights/tiny-sd2", "tests/fixtures/goldens-sd2")]
+    {
+        let opts = sdgen::LoadOptions { model: snapshot, ..common::cpu_fp32(folder) };
+        let measured = common::check_cases(&opts, folder, goldens, 4, &common::FP32);
+        assert!(measured.cases >= 2, "{goldens}: only {} cases ran", measured.cases);
+    }
+}

@@ -37,3 +37,15 @@ fn single_file_sd2_gives_the_folder_images() {
         LoadOptions { config_dir: Some(root().join("weights/tiny-sd2")), ..cpu_fp32("weights/tiny-sd2.safetensors") };
     assert_eq!(check_cases(&opts, "weights/tiny-sd2", "tests/fixtures/goldens-sd2", 2, &FP32).cases, 4);
 }
+
+#[test]
+fn a_repeated_prompt_is_encoded_once() {
+    let pipe = sdgen::Pipeline::load(&common::cpu_fp32("weights/tiny-sd")).unwrap();
+    let a = pipe.encode_text("a red fox", None).unwrap();
+    let b = pipe.encode_text("a red fox", None).unwrap();
+    let c = pipe.encode_text("a red fox", Some(2)).unwrap();
+    // The second call hands back the cached tensor itself, not a recomputed copy.
+    assert_eq!(a.data_ptr(), b.data_ptr());
+    assert_ne!(a.data_ptr(), c.data_ptr());
+    assert!(!a.equal(&c), "clip skip 2 must give other embeddings");
+}
