@@ -38,11 +38,18 @@ pub trait Scheduler {
     /// Integer-valued for most schedulers; fractional where diffusers passes floats.
     fn timesteps(&self) -> &[f64];
 
-    /// The scale of the initial noise (1 for DDIM-style, σ_max-derived for sigma samplers).
-    fn init_noise_sigma(&self) -> f64;
+    /// The scale of the initial noise (σ_max-derived for sigma samplers; 1 by default, as
+    /// DDIM-style schedulers use).
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
 
-    /// Scales the latents before the UNet sees them at model evaluation `i`.
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Tensor;
+    /// Scales the latents before the UNet sees them at model evaluation `i` (by default they
+    /// pass unchanged, as in DDIM-style schedulers).
+    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Tensor {
+        let _ = i;
+        sample.shallow_clone()
+    }
 
     /// Advances one model evaluation: the UNet output `model_output` at evaluation `i`
     /// for latents `sample`. Stochastic samplers draw from `noise`.
