@@ -1,6 +1,8 @@
 //! `sdgen batch` end to end with the real binary and the tiny test model: a run killed with
 //! SIGKILL resumes without losing or duplicating images, and batching does not change pixels.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -100,15 +102,6 @@ fn killed_run_resumes_and_makes_every_image_exactly_once() {
     assert!(names.iter().all(|n| !n.starts_with('.')), "temp files remain: {names:?}");
 }
 
-fn pixels(path: &Path) -> (u32, u32, Vec<u8>) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).expect("png")));
-    let mut reader = decoder.read_info().expect("png header");
-    let mut buf = vec![0; reader.output_buffer_size().expect("png size")];
-    let info = reader.next_frame(&mut buf).expect("png frame");
-    buf.truncate(info.buffer_size());
-    (info.width, info.height, buf)
-}
-
 #[test]
 fn batch_size_does_not_change_pixels() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -125,9 +118,9 @@ fn batch_size_does_not_change_pixels() {
     assert_eq!(pngs(&batched).len(), 3);
     assert_eq!(pngs(&batched), pngs(&single));
     for name in pngs(&batched) {
-        let (w, h, a) = pixels(&batched.join(&name));
+        let (w, h, a) = common::png_pixels(&batched.join(&name));
         assert_eq!((w, h), (64, 64));
-        let b = pixels(&single.join(&name)).2;
+        let b = common::png_pixels(&single.join(&name)).2;
         assert_eq!(a.len(), b.len());
         // A UNet batch of 3 and of 1 run different GEMM blockings, so float rounding may
         // differ in the last bits; that can flip a rare pixel by one level, never more.

@@ -1,13 +1,11 @@
 //! The `sdgen` binary end to end: golden pixels, regeneration from a PNG, the info/show/
 //! license commands, and bad input (clear message, non-zero exit, no file written).
 
+mod common;
+
 use assert_cmd::Command;
 use predicates::prelude::*;
 use std::path::{Path, PathBuf};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn sdgen() -> Command {
     let mut cmd = Command::cargo_bin("sdgen").expect("binary");
@@ -24,12 +22,7 @@ fn pngs(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn pixels(path: &Path) -> Vec<u8> {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).expect("png")));
-    let mut reader = decoder.read_info().expect("png header");
-    let mut buf = vec![0; reader.output_buffer_size().expect("png size")];
-    let info = reader.next_frame(&mut buf).expect("png frame");
-    buf.truncate(info.buffer_size());
-    buf
+    common::png_pixels(path).2
 }
 
 /// Every file (temporary ones too) left in a folder.
@@ -56,7 +49,7 @@ fn generate_seed_42_gives_the_golden_pixels_and_from_reproduces_them() {
         .args(["generate", "a photograph of an astronaut riding a horse", "--seed", "42", "--steps", "4"])
         .args(["--width", "64", "--height", "64", "--scheduler", "DDIM", "--guidance", "7.5", "--device", "cpu"])
         .arg("--model")
-        .arg(root().join("weights/tiny-sd"))
+        .arg(common::root().join("weights/tiny-sd"))
         .arg("--out")
         .arg(out.path())
         .assert()
@@ -66,7 +59,8 @@ fn generate_seed_42_gives_the_golden_pixels_and_from_reproduces_them() {
     let ours = pixels(&files[0]);
 
     let golden =
-        tch::Tensor::read_safetensors(root().join("tests/fixtures/goldens/plain_s42_64x64_ddim.safetensors")).unwrap();
+        tch::Tensor::read_safetensors(common::root().join("tests/fixtures/goldens/plain_s42_64x64_ddim.safetensors"))
+            .unwrap();
     let want =
         golden.iter().find(|(k, _)| k == "image_u8").map(|(_, t)| Vec::<u8>::try_from(t.view([-1])).unwrap()).unwrap();
     assert_eq!(ours.len(), want.len());
@@ -150,8 +144,8 @@ fn refuses(args: &[&str], model: &Path, message: &str) {
 
 #[test]
 fn bad_input_is_a_clear_error_with_nothing_written() {
-    let tiny = root().join("weights/tiny-sd");
-    refuses(&["a cat"], &root().join("weights/no-such-model"), "no such file or folder");
+    let tiny = common::root().join("weights/tiny-sd");
+    refuses(&["a cat"], &common::root().join("weights/no-such-model"), "no such file or folder");
     refuses(&["a cat", "--width", "65"], &tiny, "width 65 is not a positive multiple of 8");
     refuses(&["a cat", "--height", "0"], &tiny, "height 0 is not a positive multiple of 8");
     refuses(&["a cat", "--steps", "0"], &tiny, "steps must be at least 1");
@@ -196,7 +190,7 @@ fn unwritable_output_folder_is_a_clear_error() {
             "generate", "a cat", "--width", "64", "--height", "64", "--steps", "1", "--device", "cpu", "--seed", "1",
         ])
         .arg("--model")
-        .arg(root().join("weights/tiny-sd"))
+        .arg(common::root().join("weights/tiny-sd"))
         .arg("--out")
         .arg(file.join("sub"))
         .assert()

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests that compare sdgen with the diffusers goldens
 //! (`tests/fixtures/goldens*`, made by `tools/make_goldens.py`): loading goldens, and running
-//! every golden case through a pipeline with bounds on each stage.
+//! every golden case through a pipeline with bounds on each stage; reading PNG pixels.
 
 // Each test crate includes this module and uses a different part of it.
 #![allow(dead_code)]
@@ -166,4 +166,14 @@ pub fn check_cases(opts: &LoadOptions, folder: &str, goldens: &str, stride: usiz
     }
     assert!(failures.is_empty(), "{} checks failed (see above)", failures.len());
     m
+}
+
+/// Width, height and RGB bytes of a PNG file.
+pub fn png_pixels(path: &Path) -> (u32, u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).expect("png")));
+    let mut reader = decoder.read_info().expect("png header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("png size")];
+    let info = reader.next_frame(&mut buf).expect("png frame");
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
 }
