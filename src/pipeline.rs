@@ -373,6 +373,7 @@ impl Pipeline {
                     scheduler_config: denoised.scheduler_config.clone(),
                     device: device_name(self.device),
                     dtype: kind_name(self.kind).to_string(),
+                    offload: self.offload,
                 },
             })
             .collect())

@@ -96,5 +96,14 @@ pub struct Record {
     /// The scheduler config as used, with class-specific defaults filled in.
     pub scheduler_config: serde_json::Value,
     pub device: String,
+    /// The UNet's dtype.
     pub dtype: String,
+    /// `--offload`: the text encoder and the VAE ran on the CPU (in fp32 when the UNet ran
+    /// on a GPU), which changes the numbers, so regenerating needs it too.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub offload: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }

@@ -210,3 +210,25 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn offload_is_recorded_and_from_keeps_it() {
+    let out = tempfile::tempdir().unwrap();
+    sdgen()
+        .args(["generate", "a cat", "--seed", "3", "--steps", "2", "--width", "64", "--height", "64"])
+        .args(["--device", "cpu", "--offload", "--quiet"])
+        .arg("--model")
+        .arg(common::root().join("weights/tiny-sd"))
+        .arg("--out")
+        .arg(out.path())
+        .assert()
+        .success();
+    let first = &pngs(out.path())[0];
+    let show = |p: &Path| String::from_utf8(sdgen().arg("show").arg(p).output().unwrap().stdout).unwrap();
+    assert!(show(first).contains("\"offload\": true"), "{}", show(first));
+    let again = tempfile::tempdir().unwrap();
+    sdgen().args(["generate", "--quiet", "--from"]).arg(first).arg("--out").arg(again.path()).assert().success();
+    let second = &pngs(again.path())[0];
+    assert!(show(second).contains("\"offload\": true"));
+    assert_eq!(pixels(second), pixels(first));
+}

@@ -133,6 +133,7 @@ fn record(prompt: &str, negative: Option<&str>) -> Record {
         scheduler_config: serde_json::json!({"_class_name": "EulerAncestralDiscreteScheduler", "beta_end": 0.012}),
         device: "cpu".into(),
         dtype: "f32".into(),
+        offload: false,
     }
 }
 

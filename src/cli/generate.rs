@@ -75,6 +75,7 @@ pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
         args.model.model.get_or_insert_with(|| record.model.source.clone());
         args.model.device.get_or_insert(record.device.clone());
         args.model.dtype.get_or_insert(record.dtype.clone());
+        args.model.memory.offload |= record.offload;
         if args.prompt.is_none() {
             args.prompt = Some(record.request.prompt.clone());
         }
