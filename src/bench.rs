@@ -129,8 +129,11 @@ impl VramSampler {
             Device::Cuda(index) => {
                 let (stop, peak) = (stop.clone(), peak.clone());
                 Some(std::thread::spawn(move || {
+                    if !crate::info::bind_cuda_context(index) {
+                        return;
+                    }
                     while !stop.load(Ordering::Relaxed) {
-                        if let Some(used) = crate::info::cuda_used_memory(index) {
+                        if let Some(used) = crate::info::cuda_used_memory() {
                             peak.fetch_max(used, Ordering::Relaxed);
                         }
                         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -73,75 +73,86 @@ fn gpu_info(index: usize) -> GpuInfo {
     GpuInfo { index, name, total_memory_bytes }
 }
 
-/// Name and total memory of a device, read through the CUDA driver API.
+/// The few CUDA driver API calls sdgen uses, loaded once from `libcuda.so.1`.
 ///
-/// tch has no device-properties call. The driver API (`libcuda.so.1`) has a stable C ABI
-/// and numbers devices as the CUDA runtime does, so it is loaded at run time here.
+/// tch has no device-properties or memory-info call. The driver API has a stable C ABI and
+/// numbers devices as the CUDA runtime does, so it is loaded at run time here.
+struct Driver {
+    device_get: unsafe extern "C" fn(*mut i32, i32) -> i32,
+    device_get_name: unsafe extern "C" fn(*mut std::ffi::c_char, i32, i32) -> i32,
+    device_total_mem: unsafe extern "C" fn(*mut usize, i32) -> i32,
+    primary_ctx_retain: unsafe extern "C" fn(*mut *mut std::ffi::c_void, i32) -> i32,
+    ctx_set_current: unsafe extern "C" fn(*mut std::ffi::c_void) -> i32,
+    mem_get_info: unsafe extern "C" fn(*mut usize, *mut usize) -> i32,
+}
+
+fn driver() -> Option<&'static Driver> {
+    static DRIVER: std::sync::OnceLock<Option<Driver>> = std::sync::OnceLock::new();
+    DRIVER
+        .get_or_init(|| {
+            // SAFETY: the symbols are declared with the driver API's documented signatures.
+            // The library is leaked, so the function pointers stay valid for the process.
+            unsafe {
+                let lib: &'static libloading::Library =
+                    Box::leak(Box::new(libloading::Library::new("libcuda.so.1").ok()?));
+                let init: libloading::Symbol<unsafe extern "C" fn(u32) -> i32> = lib.get(b"cuInit").ok()?;
+                if init(0) != 0 {
+                    return None;
+                }
+                Some(Driver {
+                    device_get: *lib.get(b"cuDeviceGet").ok()?,
+                    device_get_name: *lib.get(b"cuDeviceGetName").ok()?,
+                    device_total_mem: *lib.get(b"cuDeviceTotalMem_v2").ok()?,
+                    primary_ctx_retain: *lib.get(b"cuDevicePrimaryCtxRetain").ok()?,
+                    ctx_set_current: *lib.get(b"cuCtxSetCurrent").ok()?,
+                    mem_get_info: *lib.get(b"cuMemGetInfo_v2").ok()?,
+                })
+            }
+        })
+        .as_ref()
+}
+
+fn cuda_device(d: &Driver, index: usize) -> Option<i32> {
+    let mut dev = 0i32;
+    // SAFETY: `dev` is a valid out-pointer.
+    (unsafe { (d.device_get)(&mut dev, index as i32) } == 0).then_some(dev)
+}
+
+/// Name and total memory of a device, read through the CUDA driver API.
 fn cuda_driver_props(index: usize) -> Option<(String, u64)> {
-    type CuInit = unsafe extern "C" fn(u32) -> i32;
-    type CuDeviceGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
-    type CuDeviceGetName = unsafe extern "C" fn(*mut std::ffi::c_char, i32, i32) -> i32;
-    type CuDeviceTotalMem = unsafe extern "C" fn(*mut usize, i32) -> i32;
-    // SAFETY: the symbols are declared with the signatures of the CUDA driver API, and the
-    // buffers passed are owned and sized as each call expects.
+    let d = driver()?;
+    let dev = cuda_device(d, index)?;
+    let mut buf = [0 as std::ffi::c_char; 256];
+    let mut bytes = 0usize;
+    // SAFETY: the name buffer is owned and its length passed; the driver writes a
+    // NUL-terminated string into it. `bytes` is a valid out-pointer.
     unsafe {
-        let lib = libloading::Library::new("libcuda.so.1").ok()?;
-        let init: libloading::Symbol<CuInit> = lib.get(b"cuInit").ok()?;
-        let get: libloading::Symbol<CuDeviceGet> = lib.get(b"cuDeviceGet").ok()?;
-        let get_name: libloading::Symbol<CuDeviceGetName> = lib.get(b"cuDeviceGetName").ok()?;
-        let total_mem: libloading::Symbol<CuDeviceTotalMem> = lib.get(b"cuDeviceTotalMem_v2").ok()?;
-        if init(0) != 0 {
-            return None;
-        }
-        let mut dev = 0i32;
-        if get(&mut dev, index as i32) != 0 {
-            return None;
-        }
-        let mut buf = [0 as std::ffi::c_char; 256];
-        if get_name(buf.as_mut_ptr(), buf.len() as i32, dev) != 0 {
+        if (d.device_get_name)(buf.as_mut_ptr(), buf.len() as i32, dev) != 0
+            || (d.device_total_mem)(&mut bytes, dev) != 0
+        {
             return None;
         }
         let name = std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
-        let mut bytes = 0usize;
-        if total_mem(&mut bytes, dev) != 0 {
-            return None;
-        }
         Some((name, bytes as u64))
     }
 }
 
-/// Device memory in use on CUDA device `index` (total − free, as nvidia-smi shows it), read
-/// through the CUDA driver API on the calling thread.
-pub fn cuda_used_memory(index: usize) -> Option<u64> {
-    type CuInit = unsafe extern "C" fn(u32) -> i32;
-    type CuDeviceGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
-    type CuRetain = unsafe extern "C" fn(*mut *mut std::ffi::c_void, i32) -> i32;
-    type CuSetCurrent = unsafe extern "C" fn(*mut std::ffi::c_void) -> i32;
-    type CuMemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
-    // SAFETY: driver API symbols with their documented signatures; the primary context is
-    // retained (never released while the process runs) so it stays valid for this thread.
-    unsafe {
-        let lib = libloading::Library::new("libcuda.so.1").ok()?;
-        let init: libloading::Symbol<CuInit> = lib.get(b"cuInit").ok()?;
-        let get: libloading::Symbol<CuDeviceGet> = lib.get(b"cuDeviceGet").ok()?;
-        let retain: libloading::Symbol<CuRetain> = lib.get(b"cuDevicePrimaryCtxRetain").ok()?;
-        let set_current: libloading::Symbol<CuSetCurrent> = lib.get(b"cuCtxSetCurrent").ok()?;
-        let mem_info: libloading::Symbol<CuMemGetInfo> = lib.get(b"cuMemGetInfo_v2").ok()?;
-        if init(0) != 0 {
-            return None;
-        }
-        let mut dev = 0i32;
-        if get(&mut dev, index as i32) != 0 {
-            return None;
-        }
-        let mut ctx = std::ptr::null_mut();
-        if retain(&mut ctx, dev) != 0 || set_current(ctx) != 0 {
-            return None;
-        }
-        let (mut free, mut total) = (0usize, 0usize);
-        if mem_info(&mut free, &mut total) != 0 {
-            return None;
-        }
-        Some((total - free) as u64)
-    }
+/// Makes device `index`'s primary context current on the calling thread, so that
+/// [`cuda_used_memory`] can be called from it. `false` when CUDA cannot be reached.
+pub fn bind_cuda_context(index: usize) -> bool {
+    let Some(d) = driver() else { return false };
+    let Some(dev) = cuda_device(d, index) else { return false };
+    let mut ctx = std::ptr::null_mut();
+    // SAFETY: `ctx` is a valid out-pointer; the retained primary context is never released
+    // while the process runs, so it stays valid for this thread.
+    unsafe { (d.primary_ctx_retain)(&mut ctx, dev) == 0 && (d.ctx_set_current)(ctx) == 0 }
+}
+
+/// Device memory in use (total − free, as nvidia-smi shows it) on the device whose context
+/// [`bind_cuda_context`] made current on this thread.
+pub fn cuda_used_memory() -> Option<u64> {
+    let d = driver()?;
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY: both are valid out-pointers, and the thread has a current context.
+    (unsafe { (d.mem_get_info)(&mut free, &mut total) } == 0).then(|| (total - free) as u64)
 }

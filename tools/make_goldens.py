@@ -132,11 +132,11 @@ def run_case(pipe, scheduler_cls, prompt, negative, seed, width, height, steps=S
     return tensors, config, float(pipe.scheduler.init_noise_sigma)
 
 
-def components(pipe):
+def components(pipe, prompts=(PROMPTS["plain"][0], PROMPTS["messy"][0])):
     """Per-model goldens: CLIP (plain and clip-skip), UNet at int/fractional timesteps, VAE."""
     t = {}
     tok = pipe.tokenizer
-    prompts = [PROMPTS["plain"][0], PROMPTS["messy"][0]]
+    prompts = list(prompts)
     ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     te = pipe.text_encoder
     with torch.no_grad():
@@ -183,8 +183,8 @@ def components(pipe):
     return {k: v.contiguous() for k, v in t.items()}
 
 
-def load_pipe():
-    """The tiny model's pipeline on CPU, fp32, one thread, deterministic, quiet; its original
+def load_pipe(model=MODEL):
+    """A tiny model's pipeline on CPU, fp32, one thread, deterministic, quiet; its original
     scheduler config is kept as `pipe.scheduler_base_config`."""
     from diffusers import StableDiffusionPipeline
     import diffusers
@@ -195,7 +195,7 @@ def load_pipe():
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()
-    pipe = StableDiffusionPipeline.from_pretrained(MODEL, torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler_base_config = pipe.scheduler.config
     return pipe
