@@ -28,6 +28,8 @@ pub struct BenchReport {
     pub first_step_s: f64,
     pub steps_per_s: f64,
     pub vae_decode_s: f64,
+    /// Peak resident memory of the whole run (load, denoising and decoding).
+    pub peak_rss_bytes: u64,
     pub peak_vram_bytes: Option<u64>,
 }
 
@@ -88,6 +90,7 @@ pub fn run(opts: &LoadOptions, req: &Request) -> Result<BenchReport> {
     sync(device);
     let vae_decode_s = t1.elapsed().as_secs_f64();
     let peak_vram = sampler.stop();
+    let peak_rss = proc_status_bytes("VmHWM");
 
     let first = stamps.first().map(|s| s.duration_since(start).as_secs_f64()).unwrap_or(0.0);
     let steps_per_s = match (stamps.first(), stamps.last()) {
@@ -109,6 +112,7 @@ pub fn run(opts: &LoadOptions, req: &Request) -> Result<BenchReport> {
         first_step_s: first,
         steps_per_s,
         vae_decode_s,
+        peak_rss_bytes: peak_rss,
         peak_vram_bytes: peak_vram,
     })
 }

@@ -7,6 +7,7 @@ use cli::{Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    sdgen::device::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => cli::generate::run(args).map(|()| true),

@@ -21,6 +21,7 @@
 use crate::device::{device_name, kind_name, DType, DeviceChoice};
 use crate::loading::{read_json, sha256_file_cached};
 use crate::models::clip::ClipTextModel;
+use crate::models::conv::ConvAlgo;
 use crate::models::unet::{UNet, UNetConfig};
 use crate::models::vae::{Vae, VaeTiling};
 use crate::noise::{NoiseSource, SeededNoise};
@@ -54,6 +55,9 @@ pub struct LoadOptions {
     pub offload: bool,
     /// Decode latents larger than one tile in overlapping, blended tiles.
     pub vae_tiling: Option<VaeTiling>,
+    /// How the UNet's convolutions run on the CPU in fp32: `Auto` is fastest, `Direct`
+    /// uses the least memory (see [`crate::models::conv`]).
+    pub conv: ConvAlgo,
 }
 
 /// Where the loop is, for progress displays and for inspecting the latents.
@@ -97,6 +101,7 @@ pub struct Pipeline {
     /// Where and in which dtype the text encoder and the VAE run.
     aux: Place,
     offload: bool,
+    conv: ConvAlgo,
     model: ModelRecord,
     model_dir: PathBuf,
     /// Recent prompt embeddings by (text, clip skip): batch files repeat prompts and negative
@@ -140,7 +145,7 @@ struct Parts {
     vae_source: VaeSource,
 }
 
-fn load_folder(dir: &Path, device: Device, kind: Kind, aux: Place) -> Result<Parts> {
+fn load_folder(dir: &Path, device: Device, kind: Kind, aux: Place, conv: ConvAlgo) -> Result<Parts> {
     for c in COMPONENTS {
         if !dir.join(c).is_dir() {
             return Err(Error::invalid(format!(
@@ -157,7 +162,7 @@ fn load_folder(dir: &Path, device: Device, kind: Kind, aux: Place) -> Result<Par
     let scheduler_config: SchedulerConfig = read_json(&scheduler_path)?;
     let tokenizer = Tokenizer::from_dir(&dir.join("tokenizer"))?;
     let text_encoder = ClipTextModel::load(&dir.join("text_encoder"), aux.device, aux.kind)?;
-    let unet = UNet::load(&dir.join("unet"), device, kind)?;
+    let unet = UNet::load_with(&dir.join("unet"), device, kind, conv)?;
     let vae = Vae::load(&dir.join("vae"), aux.device, aux.kind)?;
     let architecture = architecture_of(&unet.config);
     let hash_file = find_weights(&dir.join("unet"), "diffusion_pytorch_model", kind).ok_or_else(|| {
@@ -194,6 +199,7 @@ fn load_single_file(opts: &LoadOptions, device: Device, kind: Kind, aux: Place) 
     )?;
     w.finish()?;
     let w = file.weights(Component::Unet, device, kind)?;
+    w.set_conv_algo(opts.conv);
     let unet = UNet::new(&w, &UNetConfig::from_file(&dir.join("unet").join("config.json"))?)?;
     w.finish()?;
     let w = file.weights(Component::Vae, aux.device, aux.kind)?;
@@ -238,7 +244,7 @@ impl Pipeline {
         let mut parts = if path.is_file() {
             load_single_file(opts, device, kind, aux)?
         } else if path.is_dir() {
-            load_folder(path, device, kind, aux)?
+            load_folder(path, device, kind, aux, opts.conv)?
         } else {
             return Err(Error::invalid(format!(
                 "model {} does not exist; pass --model with a diffusers folder (model_index.json, unet/, vae/, \
@@ -280,6 +286,7 @@ impl Pipeline {
             kind,
             aux,
             offload: opts.offload,
+            conv: opts.conv,
             model,
             model_dir: path.clone(),
             embed_cache: Default::default(),
@@ -374,6 +381,7 @@ impl Pipeline {
                     device: device_name(self.device),
                     dtype: kind_name(self.kind).to_string(),
                     offload: self.offload,
+                    conv: self.conv,
                 },
             })
             .collect())

@@ -102,6 +102,9 @@ pub struct Record {
     /// on a GPU), which changes the numbers, so regenerating needs it too.
     #[serde(default, skip_serializing_if = "is_false")]
     pub offload: bool,
+    /// `--cpu-conv` when not `auto`: another convolution algorithm rounds differently.
+    #[serde(default, skip_serializing_if = "crate::models::conv::ConvAlgo::is_auto")]
+    pub conv: crate::models::conv::ConvAlgo,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{check_cases, cpu_fp32, root, FP32};
+use common::{check_cases, cpu_fp32, root, Bounds, FP32};
+use sdgen::models::conv::ConvAlgo;
 use sdgen::pipeline::LoadOptions;
 
 #[test]
@@ -13,6 +14,18 @@ fn tiny_sd_matches_diffusers() {
         check_cases(&cpu_fp32("weights/tiny-sd"), "weights/tiny-sd", "tests/fixtures/goldens", 1, &FP32).cases,
         32
     );
+}
+
+#[test]
+fn tiny_sd_matches_diffusers_with_every_cpu_convolution_algorithm() {
+    // The default above runs tiny-sd's narrow layers through GEMM, im2col and libtorch; here
+    // every 3x3 layer runs as Winograd, then every layer through libtorch's convolution
+    // (which sums exactly as diffusers does, so the old absolute bound holds there).
+    let winograd = LoadOptions { conv: ConvAlgo::Winograd, ..cpu_fp32("weights/tiny-sd") };
+    assert_eq!(check_cases(&winograd, "weights/tiny-sd", "tests/fixtures/goldens", 2, &FP32).cases, 16);
+    let direct = LoadOptions { conv: ConvAlgo::Direct, ..cpu_fp32("weights/tiny-sd") };
+    let absolute = Bounds { relative: false, ..FP32 };
+    assert_eq!(check_cases(&direct, "weights/tiny-sd", "tests/fixtures/goldens", 4, &absolute).cases, 8);
 }
 
 #[test]

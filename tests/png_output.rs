@@ -134,6 +134,7 @@ fn record(prompt: &str, negative: Option<&str>) -> Record {
         device: "cpu".into(),
         dtype: "f32".into(),
         offload: false,
+        conv: Default::default(),
     }
 }
 

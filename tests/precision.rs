@@ -15,11 +15,11 @@ use tch::{Device, Kind, Tensor};
 /// fp16 against the fp32 goldens. Measured on libtorch 2.11 CPU (x86-64) over all 32 cases:
 /// embeddings ≤ 6.5e-3, latents ≤ 0.25 (Euler's early latents are ~15 in size, where an fp16
 /// step is 0.008), image ≤ 2/255; the bounds leave about 2× room.
-const FP16: Bounds = Bounds { embeds: 1.5e-2, latents: 0.5, image: 4 };
+const FP16: Bounds = Bounds { embeds: 1.5e-2, latents: 0.5, relative: false, image: 4 };
 
 /// bf16 (8 significant bits) against the fp32 goldens. Measured over all 32 cases:
 /// embeddings ≤ 3.4e-2, latents ≤ 1.68, image ≤ 17/255; the bounds leave about 2× room.
-const BF16: Bounds = Bounds { embeds: 7e-2, latents: 3.5, image: 32 };
+const BF16: Bounds = Bounds { embeds: 7e-2, latents: 3.5, relative: false, image: 32 };
 
 #[test]
 fn fp16_on_cpu_stays_near_diffusers_fp32() {

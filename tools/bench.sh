@@ -3,39 +3,60 @@
 # and threads; prints each figure with the ratio sdgen/diffusers.
 #
 #   tools/bench.sh MODEL_DIR [--width 512 --height 512 --steps 20 --dtype fp32 --device cpu]
+#                            [--threads N] [--repeat R] [-- extra sdgen bench options]
+#
+# With --repeat R (default 1) the two run alternately R times each, so that a busy machine
+# slows both alike; each figure is then the median of its R runs, and every run's steps/s is
+# printed too. Options after `--` go to `sdgen bench` only (e.g. `-- --cpu-conv direct`).
 #
 # SDGEN: the sdgen binary (default target/release/sdgen). PYTHON: a Python with torch 2.11
 # and diffusers (default .venv-ref/bin/python, made by tools/make_ref_env.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1; shift
-width=512 height=512 steps=20 dtype=fp32 device=cpu threads=${THREADS:-$(nproc)}
+width=512 height=512 steps=20 dtype=fp32 device=cpu threads=${THREADS:-$(nproc)} repeat=1
+extra=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --width) width=$2; shift 2;; --height) height=$2; shift 2;; --steps) steps=$2; shift 2;;
         --dtype) dtype=$2; shift 2;; --device) device=$2; shift 2;; --threads) threads=$2; shift 2;;
+        --repeat) repeat=$2; shift 2;;
+        --) shift; extra=("$@"); break;;
         *) echo "bench.sh: unknown option $1" >&2; exit 2;;
     esac
 done
 sdgen=${SDGEN:-target/release/sdgen}
 python=${PYTHON:-.venv-ref/bin/python}
 args=(--width "$width" --height "$height" --steps "$steps" --dtype "$dtype" --device "$device")
-echo "bench: $model ${width}x${height} ${steps} steps $dtype on $device, $threads threads" >&2
-ours=$(OMP_NUM_THREADS=$threads "$sdgen" bench --model "$model" "${args[@]}" --json)
-theirs=$(OMP_NUM_THREADS=$threads "$python" tools/bench_diffusers.py "$model" "${args[@]}" --threads "$threads")
-"$python" - "$ours" "$theirs" <<'PY'
-import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+echo "bench: $model ${width}x${height} ${steps} steps $dtype on $device, $threads threads, $repeat run(s) each" >&2
+ours=() theirs=()
+for ((i = 1; i <= repeat; i++)); do
+    ours+=("$(OMP_NUM_THREADS=$threads "$sdgen" bench --model "$model" "${args[@]}" "${extra[@]}" --json)")
+    theirs+=("$(OMP_NUM_THREADS=$threads "$python" tools/bench_diffusers.py "$model" "${args[@]}" --threads "$threads")")
+done
+"$python" - "$repeat" "${ours[@]}" "${theirs[@]}" <<'PY'
+import json, statistics, sys
+n = int(sys.argv[1])
+runs = [json.loads(a) for a in sys.argv[2:]]
+a_runs, b_runs = runs[:n], runs[n:]
+if n > 1:
+    print("steps/s per run   sdgen: " + ", ".join(f"{r['steps_per_s']:.3f}" for r in a_runs))
+    print("                  diffusers: " + ", ".join(f"{r['steps_per_s']:.3f}" for r in b_runs))
+def med(rs, key):
+    vals = [r.get(key) for r in rs]
+    return None if any(v is None for v in vals) else statistics.median(vals)
 rows = [("load time (s)", "load_s", 1), ("RSS before load (MiB)", "rss_before_load_bytes", 2**-20),
         ("peak RSS after load (MiB)", "load_peak_rss_bytes", 2**-20), ("weights on disk (MiB)", "weights_bytes", 2**-20),
         ("time to first step (s)", "first_step_s", 1), ("steps/s", "steps_per_s", 1),
-        ("VAE decode (s)", "vae_decode_s", 1), ("peak VRAM (MiB)", "peak_vram_bytes", 2**-20)]
-print(f"{'figure':28} {'sdgen':>12} {'diffusers':>12} {'sdgen/diffusers':>16}")
-for label, key, scale in rows:
-    x, y = a.get(key), b.get(key)
+        ("VAE decode (s)", "vae_decode_s", 1), ("peak RSS, whole run (MiB)", "peak_rss_bytes", 2**-20),
+        ("peak VRAM (MiB)", "peak_vram_bytes", 2**-20)]
+label = "median of %d" % n if n > 1 else ""
+print(f"{'figure':28} {'sdgen':>12} {'diffusers':>12} {'sdgen/diffusers':>16}  {label}")
+for name, key, scale in rows:
+    x, y = med(a_runs, key), med(b_runs, key)
     if x is None or y is None:
-        print(f"{label:28} {'-':>12} {'-':>12} {'-':>16}")
+        print(f"{name:28} {'-':>12} {'-':>12} {'-':>16}")
         continue
     ratio = f"{x / y:.3f}" if y else "-"
-    print(f"{label:28} {x * scale:12.3f} {y * scale:12.3f} {ratio:>16}")
+    print(f"{name:28} {x * scale:12.3f} {y * scale:12.3f} {ratio:>16}")
 PY

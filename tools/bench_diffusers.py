@@ -2,7 +2,7 @@
 
 Prints one JSON object with the same figures `sdgen bench --json` prints:
 load_s, rss_before_load_bytes, load_peak_rss_bytes, weights_bytes, first_step_s, steps_per_s,
-vae_decode_s, peak_vram_bytes (device memory in use, sampled every 5 ms, the same way sdgen
+vae_decode_s, peak_rss_bytes (the whole run), peak_vram_bytes (device memory in use, sampled every 5 ms, the same way sdgen
 samples it), plus torch's own max_memory_reserved for reference.
 
     python tools/bench_diffusers.py MODEL --width 512 --height 512 --steps 20 --dtype fp16 --device cuda
@@ -124,6 +124,7 @@ def main():
         "first_step_s": stamps[0] - start,
         "steps_per_s": steps_per_s,
         "vae_decode_s": decode_s,
+        "peak_rss_bytes": rss_bytes("VmHWM"),
         "peak_vram_bytes": vram.peak if device.type == "cuda" else None,
         "torch_max_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None,
     }

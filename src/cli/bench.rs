@@ -60,6 +60,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("first step      {:.3} s", r.first_step_s);
         println!("speed           {:.3} steps/s", r.steps_per_s);
         println!("VAE decode      {:.3} s", r.vae_decode_s);
+        println!("peak RSS, run   {:.1} MiB", mib(r.peak_rss_bytes));
         if let Some(v) = r.peak_vram_bytes {
             println!("peak VRAM       {:.1} MiB", mib(v));
         }

@@ -76,6 +76,9 @@ pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
         args.model.device.get_or_insert(record.device.clone());
         args.model.dtype.get_or_insert(record.dtype.clone());
         args.model.memory.offload |= record.offload;
+        if !record.conv.is_auto() {
+            args.model.memory.cpu_conv.get_or_insert_with(|| record.conv.name().to_string());
+        }
         if args.prompt.is_none() {
             args.prompt = Some(record.request.prompt.clone());
         }

@@ -80,6 +80,11 @@ pub struct MemoryArgs {
     /// whose VAE decode would not fit in memory.
     #[arg(long)]
     pub vae_tiling: bool,
+    /// How the UNet's convolutions run on the CPU in fp32: auto (Winograd for wide layers,
+    /// fastest; its weights take about 1.5 GB more for SD 1.5), direct (libtorch's
+    /// convolution, least memory) or winograd (every 3x3 layer) [default: auto].
+    #[arg(long, value_name = "ALGO")]
+    pub cpu_conv: Option<String>,
 }
 
 impl ModelArgs {
@@ -139,6 +144,10 @@ impl ModelArgs {
             prediction_type: self.prediction_type.clone(),
             offload: self.memory.offload,
             vae_tiling: self.memory.vae_tiling.then(sdgen::models::vae::VaeTiling::default),
+            conv: match &self.memory.cpu_conv {
+                Some(name) => sdgen::models::conv::ConvAlgo::parse(name)?,
+                None => Default::default(),
+            },
         })
     }
 }

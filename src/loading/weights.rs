@@ -1,6 +1,10 @@
 //! Memory-mapped safetensors weights, handed out by name with shape checks.
 //!
-//! Files are mapped, never read whole. Each tensor is copied out of the map into libtorch
+//! Files are mapped, never read whole. On the CPU, a tensor already stored in the run's
+//! dtype is not copied at all: the model's tensor borrows the mapped bytes (as diffusers'
+//! safetensors loading does), so loading costs no memory and pages come in from the page
+//! cache when first used. Models keep the mapping alive with the [`MapGuard`] they hold.
+//! Any other tensor (another dtype, or a GPU run) is copied out of the map into libtorch
 //! memory on the target device and dtype, then its pages are dropped from the mapping, so
 //! peak resident memory stays near one copy of the weights. Conversion to the run's dtype
 //! happens per tensor too, so a file stored in fp32 loaded as fp16 peaks at the fp16 model
@@ -13,11 +17,12 @@
 use crate::{Error, Result};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// Extensions of Python pickle checkpoints, which sdgen never opens.
@@ -55,7 +60,17 @@ pub struct TensorEntry {
 /// One mapped `.safetensors` file with its validated header.
 pub struct MappedFile {
     pub path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
+}
+
+/// Keeps weight files mapped for as long as a model whose tensors borrow their bytes lives.
+/// Models hold it as their last field, so it is dropped after their tensors.
+pub struct MapGuard(#[allow(dead_code)] Vec<Arc<Mmap>>);
+
+impl std::fmt::Debug for MapGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MapGuard({} mapped files)", self.0.len())
+    }
 }
 
 impl MappedFile {
@@ -90,7 +105,7 @@ impl MappedFile {
                 },
             ));
         }
-        Ok((MappedFile { path: path.to_path_buf(), mmap }, entries))
+        Ok((MappedFile { path: path.to_path_buf(), mmap: Arc::new(mmap) }, entries))
     }
 }
 
@@ -107,6 +122,15 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
         Dtype::BOOL => Kind::Bool,
         _ => return None,
     })
+}
+
+/// Row-major strides of `shape`, in elements.
+fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
+    let mut strides = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
 }
 
 /// How a requested name maps onto stored bytes: usually one-to-one, but converted
@@ -136,6 +160,7 @@ struct Store {
     used: RefCell<HashSet<String>>,
     device: Device,
     kind: Kind,
+    conv: Cell<crate::models::conv::ConvAlgo>,
 }
 
 /// A view of a set of weight files under a name prefix, like a folder path.
@@ -168,6 +193,7 @@ impl Weights {
                 used: RefCell::new(HashSet::new()),
                 device,
                 kind,
+                conv: Cell::new(Default::default()),
             }),
             prefix: String::new(),
         })
@@ -223,6 +249,16 @@ impl Weights {
         self.store.kind
     }
 
+    /// How convolutions built from these weights run on the CPU (see [`crate::models::conv`]).
+    pub fn conv_algo(&self) -> crate::models::conv::ConvAlgo {
+        self.store.conv.get()
+    }
+
+    /// Sets [`Weights::conv_algo`] for every view of this store; call it before building models.
+    pub fn set_conv_algo(&self, algo: crate::models::conv::ConvAlgo) {
+        self.store.conv.set(algo);
+    }
+
     fn full(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
@@ -264,7 +300,41 @@ impl Weights {
         }
     }
 
+    /// What a model built from these weights must hold (as its last field) while it lives:
+    /// its tensors may borrow the mapped files' bytes.
+    pub fn map_guard(&self) -> MapGuard {
+        MapGuard(self.store.files.iter().map(|f| f.mmap.clone()).collect())
+    }
+
+    /// For a tensor that is only read at load to make another one (which the model keeps
+    /// instead): hands [`Weights::get`]'s tensor to `make`, then drops the tensor's pages from
+    /// the mapping, so that only `make`'s result stays in memory.
+    pub fn transform<R>(&self, name: &str, shape: &[i64], make: impl FnOnce(&Tensor) -> R) -> Result<R> {
+        let t = self.get(name, shape)?;
+        let made = make(&t);
+        drop(t);
+        if let Some((_, entry)) = self.resolve(&self.full(name)) {
+            self.release(entry);
+        }
+        Ok(made)
+    }
+
+    /// Drops a tensor's pages from its file's mapping; they are read again if touched.
+    fn release(&self, entry: &TensorEntry) {
+        let file = &self.store.files[entry.file];
+        // SAFETY: the mapping is a read-only file mapping; DONTNEED only drops clean pages,
+        // which are read again from the file if touched later.
+        unsafe {
+            let _ = file.mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                entry.start & !4095,
+                entry.end - (entry.start & !4095),
+            );
+        }
+    }
+
     /// The tensor `name` with the given shape, on the store's device, in its float dtype.
+    /// On the CPU it may borrow the mapped file (read-only: never modify it in place).
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
         let full = self.full(name);
         let Some((src, entry)) = self.resolve(&full) else {
@@ -297,25 +367,31 @@ impl Weights {
             Error::weights(&file.path, format!("tensor '{}' has unsupported dtype {:?}", src.key, entry.dtype))
         })?;
         let bytes = &file.mmap[entry.start..entry.end];
+        let floating = matches!(kind, Kind::Half | Kind::Float | Kind::Double | Kind::BFloat16);
+        let target = if floating { self.store.kind } else { kind };
+        let aligned = (bytes.as_ptr() as usize) % kind.elt_size_in_bytes() == 0;
+        if self.store.device == Device::Cpu && target == kind && aligned {
+            let strides = contiguous_strides(&entry.shape);
+            // SAFETY: the bytes hold exactly shape × dtype (checked by safetensors when the
+            // file was opened), are aligned for the dtype, and stay mapped for as long as the
+            // tensor lives: every model built from these weights holds their MapGuard. The
+            // mapping is read-only and models never write to their weights.
+            let mut t = unsafe { Tensor::f_from_blob(bytes.as_ptr(), &entry.shape, &strides, kind, Device::Cpu)? };
+            if let Some((start, len)) = src.slice0 {
+                t = t.f_narrow(0, start, len)?;
+            }
+            return Ok(t);
+        }
         let mut t = Tensor::f_from_data_size(bytes, &entry.shape, kind)?;
         if let Some((start, len)) = src.slice0 {
             t = t.f_narrow(0, start, len)?.f_contiguous()?;
         }
-        let target = if t.is_floating_point() { self.store.kind } else { kind };
         // Convert on the CPU, then upload: only this one tensor ever exists in the stored
         // dtype (an fp32 file loaded as fp16 never has an fp32 copy of the model), and the
         // device receives the smaller dtype.
         let t = t.f_to_kind(target)?.f_to_device(self.store.device)?;
         // The bytes now live in libtorch memory; drop the mapped pages from our RSS.
-        // SAFETY: the mapping is a read-only file mapping; DONTNEED only drops clean pages,
-        // which are read again from the file if touched later.
-        unsafe {
-            let _ = file.mmap.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                entry.start & !4095,
-                entry.end - (entry.start & !4095),
-            );
-        }
+        self.release(entry);
         Ok(t)
     }
 

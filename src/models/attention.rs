@@ -217,27 +217,18 @@ impl Transformer2DModel {
     }
 
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
-        let size = x.size();
-        let (b, height, width) = (size[0], size[2], size[3]);
-        let to_tokens = |t: Tensor| {
-            let c = t.size()[1];
-            t.permute([0, 2, 3, 1]).reshape([b, height * width, c])
-        };
-        let to_image = |t: Tensor| {
-            let c = t.size()[2];
-            t.reshape([b, height, width, c]).permute([0, 3, 1, 2]).contiguous()
-        };
+        let (b, c, height, width) = x.size4().expect("transformer input is [batch, channels, height, width]");
         let h = self.norm.forward(x);
         let mut h = match &self.proj_in {
-            Projection::Conv(c) => to_tokens(c.forward(&h)),
-            Projection::Linear(l) => l.forward(&to_tokens(h)),
+            Projection::Conv(conv) => conv.forward_to_tokens(&h),
+            Projection::Linear(l) => l.forward(&h.permute([0, 2, 3, 1]).reshape([b, height * width, c])),
         };
         for block in &self.blocks {
             h = block.forward(&h, context);
         }
         let h = match &self.proj_out {
-            Projection::Conv(c) => c.forward(&to_image(h)),
-            Projection::Linear(l) => to_image(l.forward(&h)),
+            Projection::Conv(conv) => conv.forward_from_tokens(&h, height, width),
+            Projection::Linear(l) => l.forward(&h).reshape([b, height, width, c]).permute([0, 3, 1, 2]).contiguous(),
         };
         h + x
     }

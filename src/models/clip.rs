@@ -5,6 +5,7 @@
 //! self-attention, and a final layer norm. SD 1.x uses OpenAI's CLIP ViT-L/14 (`quick_gelu`);
 //! SD 2.x uses OpenCLIP ViT-H/14 converted to this layout (`gelu`).
 
+use crate::loading::weights::MapGuard;
 use crate::loading::{read_json, Weights};
 use crate::models::nn::{attention, LayerNorm, Linear};
 use crate::{Error, Result};
@@ -129,6 +130,8 @@ pub struct ClipTextModel {
     position_embedding: Tensor,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
+    /// Last: dropped after the tensors that may borrow the mapped weights.
+    _map: MapGuard,
 }
 
 impl ClipTextModel {
@@ -164,6 +167,7 @@ impl ClipTextModel {
             position_embedding: emb.pp("position_embedding").get("weight", &[cfg.max_position_embeddings, h])?,
             layers,
             final_layer_norm: LayerNorm::load(&tm.pp("final_layer_norm"), h, cfg.layer_norm_eps)?,
+            _map: w.map_guard(),
         })
     }
 

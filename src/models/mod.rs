@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod clip;
+pub mod conv;
 pub mod embeddings;
 pub mod nn;
 pub mod resnet;

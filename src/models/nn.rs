@@ -4,6 +4,7 @@
 //! the op sequence PyTorch runs for the same `nn.Module`.
 
 use crate::loading::Weights;
+pub use crate::models::conv::{Conv2d, ConvAlgo};
 use crate::Result;
 use tch::Tensor;
 
@@ -24,30 +25,6 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())
-    }
-}
-
-/// `nn.Conv2d` with square kernels, equal stride and padding on both axes.
-#[derive(Debug)]
-pub struct Conv2d {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-    pub stride: i64,
-    pub padding: i64,
-}
-
-impl Conv2d {
-    pub fn load(w: &Weights, in_ch: i64, out_ch: i64, kernel: i64, stride: i64, padding: i64) -> Result<Conv2d> {
-        Ok(Conv2d {
-            weight: w.get("weight", &[out_ch, in_ch, kernel, kernel])?,
-            bias: Some(w.get("bias", &[out_ch])?),
-            stride,
-            padding,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(&self.weight, self.bias.as_ref(), [self.stride], [self.padding], [1], 1)
     }
 }
 

@@ -1,10 +1,11 @@
 //! The denoising network: diffusers' `UNet2DConditionModel` as Stable Diffusion 1.x and 2.x
 //! use it, built from the `unet/config.json` of a diffusers folder.
 
+use crate::loading::weights::MapGuard;
 use crate::loading::{read_json, Weights};
 use crate::models::attention::TransformerSpec;
 use crate::models::embeddings::{TimestepEmbedding, Timesteps};
-use crate::models::nn::{Conv2d, GroupNorm};
+use crate::models::nn::{Conv2d, ConvAlgo, GroupNorm};
 use crate::models::unet_blocks::{BlockCommon, DownBlock, LevelSpec, MidBlock, UpBlock};
 use crate::{Error, Result};
 use serde::Deserialize;
@@ -417,6 +418,8 @@ pub struct UNet {
     conv_out: Conv2d,
     device: Device,
     kind: Kind,
+    /// Last: dropped after the tensors that may borrow the mapped weights.
+    _map: MapGuard,
 }
 
 /// `dir/diffusion_pytorch_model.safetensors`, or the `.fp16` variant when only that exists.
@@ -446,8 +449,14 @@ pub(crate) fn diffusers_weights_file(dir: &Path) -> Result<PathBuf> {
 impl UNet {
     /// Loads `dir/config.json` and the weights beside it; every stored tensor must be used.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<UNet> {
+        UNet::load_with(dir, device, kind, ConvAlgo::Auto)
+    }
+
+    /// [`UNet::load`] with the CPU convolution algorithm chosen.
+    pub fn load_with(dir: &Path, device: Device, kind: Kind, conv: ConvAlgo) -> Result<UNet> {
         let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
         let w = Weights::open(&[diffusers_weights_file(dir)?], device, kind)?;
+        w.set_conv_algo(conv);
         let unet = UNet::new(&w, &cfg)?;
         w.finish()?;
         Ok(unet)
@@ -544,6 +553,7 @@ impl UNet {
             conv_out: Conv2d::load(&w.pp("conv_out"), c0, cfg.out_channels, kout, 1, (kout - 1) / 2)?,
             device: w.device(),
             kind: w.kind(),
+            _map: w.map_guard(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! The image autoencoder: diffusers' `AutoencoderKL` (encoder, decoder, quant convs and the
 //! mid-block self-attention), built from `vae/config.json`.
 
+use crate::loading::weights::MapGuard;
 use crate::loading::{read_json, Weights};
 use crate::models::attention::Attention;
 use crate::models::nn::{Conv2d, GroupNorm};
@@ -415,6 +416,8 @@ pub struct Vae {
     post_quant_conv: Option<Conv2d>,
     device: Device,
     kind: Kind,
+    /// Last: dropped after the tensors that may borrow the mapped weights.
+    _map: MapGuard,
 }
 
 impl Vae {
@@ -449,6 +452,7 @@ impl Vae {
             },
             device: w.device(),
             kind: w.kind(),
+            _map: w.map_guard(),
         })
     }
 

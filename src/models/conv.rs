@@ -1,0 +1,580 @@
+//! `nn.Conv2d`, with faster CPU algorithms for the shapes where libtorch's own convolution
+//! is slow in fp32.
+//!
+//! libtorch runs every CPU convolution through oneDNN's direct algorithm. It reaches the
+//! GEMM speed of the machine on large feature maps with few channels (the UNet's 64×64×320
+//! level), but on small maps with many channels (the 16×16×1280 and 8×8×1280 levels) it
+//! runs at a third to a half of that. Measured on a 2-core Xeon (Sapphire Rapids) with
+//! `examples/conv_speed.rs`; the figures are in the notes of the change that added this file.
+//! On the CPU in fp32, sdgen therefore picks per layer:
+//!
+//! - 1×1 convolutions: one batched GEMM (`baddbmm`) on the `[channels, h·w]` view, with no
+//!   layout copies.
+//! - 3×3, stride 1, at least [`WINOGRAD_MIN_CHANNELS`] channels on one side and half that on
+//!   the other: Winograd's
+//!   F(2×2, 3×3) algorithm. Its 16 batched GEMMs do 4/9 of the multiplications of the
+//!   direct algorithm; the input and output transforms are additions only. The transformed
+//!   weights (`[16, out, in]`, 16/9 the size of the kernel) are computed once at load, in
+//!   f64 and rounded to f32, and replace the kernel.
+//! - Any other convolution whose output is at most [`IM2COL_MAX_POSITIONS`] positions:
+//!   im2col and one GEMM.
+//! - Everything else, and every convolution on a GPU or in fp16/bf16: libtorch's `conv2d`.
+//!
+//! All of these compute the same sums as the direct convolution, in a different order, so
+//! results agree with it to float rounding (the tests bound the difference); the choice is
+//! fixed per layer and input size, so a run repeats bit for bit.
+
+use crate::loading::Weights;
+use crate::Result;
+use tch::{Device, Kind, Tensor};
+
+/// 3×3 convolutions with at least this many input or output channels, and at least half as
+/// many on the other side, use Winograd on the CPU in fp32 ([`ConvAlgo::Auto`]). On narrower
+/// layers (the 320→320 ones of SD 1.5) the transforms cost more than the GEMM saves.
+pub const WINOGRAD_MIN_CHANNELS: i64 = 640;
+
+/// Convolutions (that are not Winograd's) with at most this many output positions per
+/// image run as im2col + GEMM on the CPU in fp32.
+pub const IM2COL_MAX_POSITIONS: i64 = 64;
+
+/// Which algorithm CPU fp32 convolutions use. GPU and half-precision runs always use
+/// libtorch's convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvAlgo {
+    /// Winograd for wide 3×3 layers, GEMM for 1×1 and small maps, libtorch otherwise.
+    /// The Winograd weights take 16/9 the memory of the kernels they replace.
+    #[default]
+    Auto,
+    /// libtorch's convolution everywhere: the least memory.
+    Direct,
+    /// Winograd for every 3×3 stride-1 convolution however narrow (for tests and
+    /// measurements), GEMM for 1×1.
+    Winograd,
+}
+
+impl ConvAlgo {
+    pub const NAMES: [&'static str; 3] = ["auto", "direct", "winograd"];
+
+    pub fn parse(s: &str) -> Result<ConvAlgo> {
+        match s {
+            "auto" => Ok(ConvAlgo::Auto),
+            "direct" => Ok(ConvAlgo::Direct),
+            "winograd" => Ok(ConvAlgo::Winograd),
+            other => Err(crate::Error::invalid(format!(
+                "unknown convolution algorithm '{other}'; use one of: {}",
+                ConvAlgo::NAMES.join(", ")
+            ))),
+        }
+    }
+
+    pub fn is_auto(&self) -> bool {
+        *self == ConvAlgo::Auto
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvAlgo::Auto => "auto",
+            ConvAlgo::Direct => "direct",
+            ConvAlgo::Winograd => "winograd",
+        }
+    }
+}
+
+/// The kernel in the form its algorithm wants.
+#[derive(Debug)]
+enum Kernel {
+    /// `[out, in, k, k]` for libtorch's convolution (and im2col on small maps).
+    Direct { weight: Tensor, gemm_small: bool },
+    /// A 1×1 kernel as an `[out, in]` matrix.
+    Pointwise(Tensor),
+    /// Winograd F(2×2, 3×3) weights `[16, out, in]`, index `4·a + b` for `G·w·Gᵀ[a, b]`.
+    Winograd(Tensor),
+}
+
+/// `nn.Conv2d` with square kernels, equal stride and padding on both axes.
+#[derive(Debug)]
+pub struct Conv2d {
+    kernel: Kernel,
+    bias: Option<Tensor>,
+    in_channels: i64,
+    out_channels: i64,
+    size: i64,
+    stride: i64,
+    padding: i64,
+}
+
+impl Conv2d {
+    pub fn load(w: &Weights, in_ch: i64, out_ch: i64, kernel: i64, stride: i64, padding: i64) -> Result<Conv2d> {
+        let shape = [out_ch, in_ch, kernel, kernel];
+        let bias = Some(w.get("bias", &[out_ch])?);
+        let cpu_fp32 = w.device() == Device::Cpu && w.kind() == Kind::Float;
+        if cpu_fp32 && use_winograd(w.conv_algo(), &shape, stride, padding) {
+            // The kernel is only read to make the transformed weights, which replace it.
+            let kernel = Kernel::Winograd(w.transform("weight", &shape, winograd_weights)?);
+            return Ok(Conv2d { kernel, bias, in_channels: in_ch, out_channels: out_ch, size: 3, stride, padding });
+        }
+        Ok(Conv2d::new(w.get("weight", &shape)?, bias, stride, padding, w.conv_algo()))
+    }
+
+    /// A convolution from a `[out, in, k, k]` kernel, with its algorithm chosen by `algo`,
+    /// the kernel's device and dtype, and its shape.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, stride: i64, padding: i64, algo: ConvAlgo) -> Conv2d {
+        let s = weight.size();
+        let (out_channels, in_channels, size) = (s[0], s[1], s[2]);
+        let cpu_fp32 = weight.device() == Device::Cpu && weight.kind() == Kind::Float;
+        let fast = cpu_fp32 && algo != ConvAlgo::Direct;
+        let kernel = if cpu_fp32 && use_winograd(algo, &s, stride, padding) {
+            Kernel::Winograd(winograd_weights(&weight))
+        } else if fast && size == 1 && s[3] == 1 && padding == 0 {
+            Kernel::Pointwise(weight.reshape([out_channels, in_channels]))
+        } else {
+            Kernel::Direct { weight, gemm_small: fast }
+        };
+        Conv2d { kernel, bias, in_channels, out_channels, size, stride, padding }
+    }
+
+    /// Which algorithm this layer runs on an input of `height × width` (for tests and the
+    /// speed example).
+    pub fn algorithm(&self, height: i64, width: i64) -> &'static str {
+        match &self.kernel {
+            Kernel::Winograd(_) => "winograd",
+            Kernel::Pointwise(_) => "gemm",
+            Kernel::Direct { gemm_small: true, .. } if self.small(height, width) => "im2col",
+            Kernel::Direct { .. } => "direct",
+        }
+    }
+
+    fn out_size(&self, n: i64) -> i64 {
+        (n + 2 * self.padding - self.size) / self.stride + 1
+    }
+
+    fn small(&self, height: i64, width: i64) -> bool {
+        self.out_size(height) * self.out_size(width) <= IM2COL_MAX_POSITIONS
+    }
+
+    /// `[n, in, h, w]` → `[n, out, h', w']`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let (n, _, h, w) = x.size4().expect("conv2d expects [batch, channels, height, width]");
+        match &self.kernel {
+            Kernel::Winograd(u) => winograd_conv(x, u, self.bias.as_ref()),
+            Kernel::Pointwise(m) => {
+                let y = self.pointwise(m, &x.reshape([n, self.in_channels, h * w]), false);
+                y.view([n, self.out_channels, h, w])
+            }
+            Kernel::Direct { weight, gemm_small } if *gemm_small && self.small(h, w) => {
+                let (oh, ow) = (self.out_size(h), self.out_size(w));
+                let k = [self.size, self.size];
+                let cols = x.im2col(k, [1, 1], [self.padding, self.padding], [self.stride, self.stride]);
+                let m = weight.view([self.out_channels, -1]);
+                self.pointwise(&m, &cols, false).view([n, self.out_channels, oh, ow])
+            }
+            Kernel::Direct { weight, .. } => {
+                x.conv2d(weight, self.bias.as_ref(), [self.stride], [self.padding], [1], 1)
+            }
+        }
+    }
+
+    /// `m · x[i] + bias` for each image: `x` is `[n, k, positions]` (or, with `tokens`,
+    /// `[n, positions, k]`, giving `[n, positions, out]`).
+    fn pointwise(&self, m: &Tensor, x: &Tensor, tokens: bool) -> Tensor {
+        let n = x.size()[0];
+        let out = self.out_channels;
+        if tokens {
+            let mt = m.tr().expand([n, -1, out], false);
+            match &self.bias {
+                Some(b) => b.view([1, 1, out]).baddbmm(x, &mt, 1, 1),
+                None => x.bmm(&mt),
+            }
+        } else {
+            let me = m.expand([n, out, -1], false);
+            match &self.bias {
+                Some(b) => b.view([1, out, 1]).baddbmm(&me, x, 1, 1),
+                None => me.bmm(x),
+            }
+        }
+    }
+
+    /// The 1×1 matrix, when this layer runs as a GEMM on the CPU.
+    fn matrix(&self) -> Option<&Tensor> {
+        match &self.kernel {
+            Kernel::Pointwise(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// A 1×1 convolution straight into token layout: `[n, in, h, w]` → `[n, h·w, out]`,
+    /// without the permute-and-copy that `forward` followed by a reshape would need.
+    pub fn forward_to_tokens(&self, x: &Tensor) -> Tensor {
+        let (n, c, h, w) = x.size4().expect("conv2d expects [batch, channels, height, width]");
+        match self.matrix() {
+            Some(m) => self.pointwise(m, &x.view([n, c, h * w]).transpose(1, 2), true),
+            None => self.forward(x).permute([0, 2, 3, 1]).reshape([n, h * w, self.out_channels]),
+        }
+    }
+
+    /// A 1×1 convolution from token layout: `[n, h·w, in]` → `[n, out, h, w]`.
+    pub fn forward_from_tokens(&self, t: &Tensor, h: i64, w: i64) -> Tensor {
+        let (n, _, c) = t.size3().expect("tokens are [batch, positions, channels]");
+        match self.matrix() {
+            Some(m) => self.pointwise(m, &t.transpose(1, 2), false).view([n, self.out_channels, h, w]),
+            None => self.forward(&t.reshape([n, h, w, c]).permute([0, 3, 1, 2]).contiguous()),
+        }
+    }
+}
+
+/// `G · v` for F(2×2, 3×3)'s kernel transform `G` = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]].
+fn g_times(v: [f64; 3]) -> [f64; 4] {
+    let even = v[0] + v[2];
+    [v[0], 0.5 * (even + v[1]), 0.5 * (even - v[1]), v[2]]
+}
+
+/// Whether a CPU fp32 convolution with this `[out, in, k, k]` kernel runs as Winograd.
+fn use_winograd(algo: ConvAlgo, shape: &[i64], stride: i64, padding: i64) -> bool {
+    let (narrow, wide) = (shape[0].min(shape[1]), shape[0].max(shape[1]));
+    let wide = narrow >= WINOGRAD_MIN_CHANNELS / 2 && wide >= WINOGRAD_MIN_CHANNELS;
+    shape[2] == 3
+        && shape[3] == 3
+        && stride == 1
+        && padding == 1
+        && match algo {
+            ConvAlgo::Auto => wide,
+            ConvAlgo::Direct => false,
+            ConvAlgo::Winograd => true,
+        }
+}
+
+/// `U[4a + b] = (G · w · Gᵀ)[a, b]` for every (out, in) pair: `[out, in, 3, 3]` → `[16, out, in]`
+/// in fp32 on the CPU, computed in f64 and rounded once.
+pub fn winograd_weights(weight: &Tensor) -> Tensor {
+    let s = weight.size();
+    assert!(s.len() == 4 && s[2] == 3 && s[3] == 3, "Winograd F(2x2, 3x3) needs a 3x3 kernel, got {s:?}");
+    let w = weight.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let pairs = (s[0] * s[1]) as usize;
+    let u = Tensor::empty([16, s[0], s[1]], (Kind::Float, Device::Cpu));
+    // SAFETY: `w` is a contiguous fp32 CPU tensor of pairs·9 elements and `u` a fresh one of
+    // 16·pairs; both outlive the slices, and nothing else aliases `u` yet.
+    let (src, dst) = unsafe {
+        (
+            std::slice::from_raw_parts(w.data_ptr() as *const f32, pairs * 9),
+            std::slice::from_raw_parts_mut(u.data_ptr() as *mut f32, pairs * 16),
+        )
+    };
+    // Two threads, each over its own range of (out, in) pairs; `dst` is shared by pointer
+    // because each pair writes one element in each of the 16 planes.
+    struct Planes(*mut f32);
+    // SAFETY: the threads write disjoint elements (their own pairs) and are joined below.
+    unsafe impl Sync for Planes {}
+    impl Planes {
+        /// SAFETY: `i..i + values.len()` must be inside `dst` and written by this thread only.
+        unsafe fn put(&self, i: usize, values: &[f32]) {
+            std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(i), values.len());
+        }
+    }
+    let planes = Planes(dst.as_mut_ptr());
+    const BLOCK: usize = 512;
+    let transform = |range: std::ops::Range<usize>| {
+        // A block of pairs at a time into a local buffer, then one contiguous run per plane.
+        let mut buf = vec![[0f32; BLOCK]; 16];
+        let mut start = range.start;
+        while start < range.end {
+            let len = BLOCK.min(range.end - start);
+            for q in 0..len {
+                let k = &src[9 * (start + q)..9 * (start + q) + 9];
+                let k = |i: usize, j: usize| f64::from(k[3 * i + j]);
+                // Columns of G·k (4×3), then each of its rows times Gᵀ.
+                let cols = [0, 1, 2].map(|j| g_times([k(0, j), k(1, j), k(2, j)]));
+                for a in 0..4 {
+                    let row = g_times([cols[0][a], cols[1][a], cols[2][a]]);
+                    for (b, v) in row.iter().enumerate() {
+                        buf[4 * a + b][q] = *v as f32;
+                    }
+                }
+            }
+            for (plane, values) in buf.iter().enumerate() {
+                // SAFETY: start + len <= pairs and plane < 16, so inside dst; the pairs
+                // start..start+len are this thread's.
+                unsafe { planes.put(plane * pairs + start, &values[..len]) };
+            }
+            start += len;
+        }
+    };
+    let half = pairs / 2;
+    std::thread::scope(|scope| {
+        scope.spawn(|| transform(0..half));
+        transform(half..pairs);
+    });
+    u.to_device(weight.device())
+}
+
+/// Winograd F(2×2, 3×3) convolution, padding 1, stride 1: `x` `[n, c, h, w]` (fp32, CPU),
+/// `u` from [`winograd_weights`], any `h` and `w` (odd sizes get one extra tile row or column).
+///
+/// The input transform writes each 4×4 tile's `Bᵀ·d·B` into 16 planes `[16, c, tiles]`, one
+/// batched GEMM with `u` gives `[16, out, tiles]`, and the output transform turns each tile's
+/// 16 values into its 2×2 outputs (`Aᵀ·m·A`, plus the bias) straight into the image. The two
+/// transforms are plain loops over the tensors' memory, one pass each, split over libtorch's
+/// intra-op threads.
+pub fn winograd_conv(x: &Tensor, u: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let (n, c, h, w) = x.size4().expect("conv2d expects [batch, channels, height, width]");
+    assert!(x.kind() == Kind::Float && x.device() == Device::Cpu, "Winograd runs on fp32 CPU tensors");
+    let o = u.size()[1];
+    let (th, tw) = ((h + 1) / 2, (w + 1) / 2);
+    let tiles = n * th * tw;
+    let x = x.contiguous();
+    let v = Tensor::empty([16, c, tiles], (Kind::Float, Device::Cpu));
+    let geometry = Geometry { n: n as usize, h: h as usize, w: w as usize, th: th as usize, tw: tw as usize };
+    // SAFETY: `x` is a contiguous fp32 CPU tensor of n·c·h·w elements and `v` a fresh one of
+    // 16·c·tiles; each thread writes only its own channels' elements of `v`.
+    unsafe { geometry.input_transform(x.data_ptr() as *const f32, c as usize, SharedMut(v.data_ptr() as *mut f32)) };
+    let m = u.bmm(&v);
+    drop(v);
+    let bias = bias.map(|b| b.to_kind(Kind::Float).contiguous());
+    let out = Tensor::empty([n, o, h, w], (Kind::Float, Device::Cpu));
+    let bias_values = bias.as_ref().map(|b| b.data_ptr() as *const f32);
+    // SAFETY: `m` is a contiguous fp32 CPU tensor of 16·o·tiles elements (fresh from bmm),
+    // `bias` has o elements, `out` is fresh with n·o·h·w; threads write disjoint channels.
+    unsafe {
+        geometry.output_transform(
+            m.data_ptr() as *const f32,
+            bias_values,
+            o as usize,
+            SharedMut(out.data_ptr() as *mut f32),
+        )
+    };
+    out
+}
+
+/// A pointer that threads write through at disjoint offsets.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: only used for writes to disjoint elements by scoped threads that are joined.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Runs `f` on `0..len` split into one contiguous range per intra-op thread.
+fn parallel(len: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    let threads = (tch::get_num_threads().max(1) as usize).min(len.max(1));
+    let chunk = len.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for t in 1..threads {
+            let f = &f;
+            scope.spawn(move || f(t * chunk..((t + 1) * chunk).min(len)));
+        }
+        f(0..chunk.min(len));
+    });
+}
+
+/// The tiling of one Winograd convolution: images, input size, tiles per column and row.
+struct Geometry {
+    n: usize,
+    h: usize,
+    w: usize,
+    th: usize,
+    tw: usize,
+}
+
+impl Geometry {
+    /// `v[4a + b][ch][tile] = (Bᵀ·d·B)[a][b]` for each 4×4 input tile `d` (zero outside the
+    /// image), `Bᵀ` = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
+    ///
+    /// Works a row of tiles at a time: the four input rows, zero-padded, are split into even
+    /// and odd columns so that every step is a unit-stride loop over the row's tiles.
+    ///
+    /// SAFETY: `x` holds n·channels·h·w floats; `v` 16·channels·tiles, written only here.
+    unsafe fn input_transform(&self, x: *const f32, channels: usize, v: SharedMut) {
+        let Geometry { n, h, w, th, tw } = *self;
+        let tiles = n * th * tw;
+        let x = std::slice::from_raw_parts(x, n * channels * h * w);
+        parallel(channels, |range| {
+            let len = tw + 1;
+            // even[i] / odd[i]: padded columns 2k and 2k + 1 of input row i of the tiles.
+            let mut even = vec![vec![0f32; len]; 4];
+            let mut odd = vec![vec![0f32; len]; 4];
+            // The same after Bᵀ down the columns: re[a], ro[a].
+            let mut re = vec![vec![0f32; len]; 4];
+            let mut ro = vec![vec![0f32; len]; 4];
+            for ch in range {
+                for img in 0..n {
+                    let plane = &x[(img * channels + ch) * h * w..][..h * w];
+                    for ty in 0..th {
+                        for i in 0..4 {
+                            let y = (2 * ty + i).wrapping_sub(1);
+                            let (e, o) = (&mut even[i], &mut odd[i]);
+                            e.fill(0.0);
+                            o.fill(0.0);
+                            if y < h {
+                                // Padded column p holds input column p - 1: odd[k] is input
+                                // column 2k, even[k + 1] input column 2k + 1.
+                                for (k, pair) in plane[y * w..(y + 1) * w].chunks(2).enumerate() {
+                                    o[k] = pair[0];
+                                    if let Some(&second) = pair.get(1) {
+                                        e[k + 1] = second;
+                                    }
+                                }
+                            }
+                        }
+                        for (src, dst) in [(&even, &mut re), (&odd, &mut ro)] {
+                            combine(&mut dst[0], &src[0], &src[2], |p, q| p - q);
+                            combine(&mut dst[1], &src[1], &src[2], |p, q| p + q);
+                            combine(&mut dst[2], &src[2], &src[1], |p, q| p - q);
+                            combine(&mut dst[3], &src[1], &src[3], |p, q| p - q);
+                        }
+                        let base = (img * th + ty) * tw;
+                        for a in 0..4 {
+                            let (e, o) = (&re[a], &ro[a]);
+                            let out = |b: usize| {
+                                let start = ((4 * a + b) * channels + ch) * tiles + base;
+                                std::slice::from_raw_parts_mut(v.ptr().add(start), tw)
+                            };
+                            combine(out(0), &e[..tw], &e[1..], |p, q| p - q);
+                            combine(out(1), &o[..tw], &e[1..], |p, q| p + q);
+                            combine(out(2), &e[1..], &o[..tw], |p, q| p - q);
+                            combine(out(3), &o[..tw], &o[1..], |p, q| p - q);
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// `out[img][ch][2ty + i][2tx + j] = (Aᵀ·m·A)[i][j] + bias[ch]` for each tile's 16
+    /// values `m[4a + b][ch][tile]`, `Aᵀ` = [[1, 1, 1, 0], [0, 1, -1, -1]]; outputs past an
+    /// odd edge are dropped. A row of tiles at a time, in unit-stride loops.
+    ///
+    /// SAFETY: `m` holds 16·channels·tiles floats, `bias` (if any) channels, `out`
+    /// n·channels·h·w, written only here.
+    unsafe fn output_transform(&self, m: *const f32, bias: Option<*const f32>, channels: usize, out: SharedMut) {
+        let Geometry { n, h, w, th, tw } = *self;
+        let tiles = n * th * tw;
+        let m = std::slice::from_raw_parts(m, 16 * channels * tiles);
+        let bias = bias.map(|b| std::slice::from_raw_parts(b, channels));
+        parallel(channels, |range| {
+            // s[i][b]: Aᵀ down the columns; y[i][j]: then ·A along the rows.
+            let mut s = vec![vec![0f32; tw]; 8];
+            let mut y = vec![vec![0f32; tw]; 4];
+            let mut tmp = vec![0f32; tw];
+            for ch in range {
+                let b0 = bias.map_or(0.0, |b| b[ch]);
+                for img in 0..n {
+                    let dst = out.ptr().add((img * channels + ch) * h * w);
+                    for ty in 0..th {
+                        let base = (img * th + ty) * tw;
+                        let p = |a: usize, b: usize| &m[((4 * a + b) * channels + ch) * tiles + base..][..tw];
+                        for b in 0..4 {
+                            combine(&mut tmp, p(0, b), p(1, b), |x, y| x + y);
+                            combine(&mut s[b], &tmp, p(2, b), |x, y| x + y);
+                            combine(&mut tmp, p(1, b), p(2, b), |x, y| x - y);
+                            combine(&mut s[4 + b], &tmp, p(3, b), |x, y| x - y);
+                        }
+                        for i in 0..2 {
+                            let si = &s[4 * i..4 * i + 4];
+                            combine(&mut tmp, &si[0], &si[1], |x, y| x + y);
+                            combine(&mut y[2 * i], &tmp, &si[2], |x, y| x + y + b0);
+                            combine(&mut tmp, &si[1], &si[2], |x, y| x - y);
+                            combine(&mut y[2 * i + 1], &tmp, &si[3], |x, y| x - y + b0);
+                        }
+                        for i in 0..2 {
+                            let row = 2 * ty + i;
+                            if row >= h {
+                                continue;
+                            }
+                            let dst_row = std::slice::from_raw_parts_mut(dst.add(row * w), w);
+                            let (lo, hi) = (&y[2 * i], &y[2 * i + 1]);
+                            let full = w / 2;
+                            for ((pair, &l), &r) in dst_row.chunks_exact_mut(2).zip(&lo[..full]).zip(&hi[..full]) {
+                                pair[0] = l;
+                                pair[1] = r;
+                            }
+                            if w % 2 == 1 {
+                                dst_row[w - 1] = lo[full];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// `dst[k] = f(a[k], b[k])` over `dst`'s length (a unit-stride loop the compiler vectorizes).
+#[inline(always)]
+fn combine(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    let (a, b) = (&a[..dst.len()], &b[..dst.len()]);
+    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        *d = f(x, y);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(n: i64, c: i64, o: i64, h: i64, w: i64, k: i64, stride: i64, pad: i64, algo: ConvAlgo) -> &'static str {
+        tch::manual_seed(n * 1000 + c * 7 + h);
+        let x = Tensor::randn([n, c, h, w], (Kind::Float, Device::Cpu));
+        let weight = Tensor::randn([o, c, k, k], (Kind::Float, Device::Cpu)) / ((c * k * k) as f64).sqrt();
+        let bias = Tensor::randn([o], (Kind::Float, Device::Cpu));
+        let want = x.conv2d(&weight, Some(&bias), [stride], [pad], [1], 1);
+        let conv = Conv2d::new(weight, Some(bias), stride, pad, algo);
+        let got = conv.forward(&x);
+        assert_eq!(got.size(), want.size(), "{c}->{o} k{k} s{stride} on {h}x{w}");
+        let err = (&got - &want).abs().max().double_value(&[]);
+        // The same sums in another order: float rounding of sums of c·k² terms of size ~1.
+        assert!(err < 2e-5 * ((c * k * k) as f64).sqrt(), "{c}->{o} k{k} s{stride} on {h}x{w}: max error {err}");
+        conv.algorithm(h, w)
+    }
+
+    #[test]
+    fn winograd_matches_direct_convolution_on_even_odd_and_tiny_maps() {
+        for (n, c, o, h, w) in [(2, 8, 12, 8, 8), (1, 5, 3, 7, 9), (3, 4, 4, 1, 1), (2, 16, 8, 2, 5), (1, 3, 6, 13, 6)]
+        {
+            assert_eq!(check(n, c, o, h, w, 3, 1, 1, ConvAlgo::Winograd), "winograd");
+        }
+    }
+
+    #[test]
+    fn auto_uses_winograd_only_for_wide_layers() {
+        assert_eq!(check(2, 640, 640, 6, 5, 3, 1, 1, ConvAlgo::Auto), "winograd");
+        assert_eq!(check(1, 640, 320, 6, 6, 3, 1, 1, ConvAlgo::Auto), "winograd");
+        assert_eq!(check(1, 160, 640, 6, 6, 3, 1, 1, ConvAlgo::Auto), "im2col");
+        assert_eq!(check(1, 320, 320, 12, 12, 3, 1, 1, ConvAlgo::Auto), "direct");
+    }
+
+    #[test]
+    fn gemm_paths_match_direct_convolution() {
+        assert_eq!(check(2, 12, 7, 5, 6, 1, 1, 0, ConvAlgo::Auto), "gemm");
+        assert_eq!(check(2, 12, 7, 5, 6, 1, 1, 0, ConvAlgo::Winograd), "gemm");
+        // Stride 2 on a map small enough for im2col, with and without padding.
+        assert_eq!(check(2, 6, 9, 9, 8, 3, 2, 1, ConvAlgo::Auto), "im2col");
+        assert_eq!(check(1, 6, 9, 10, 10, 3, 2, 0, ConvAlgo::Auto), "im2col");
+        assert_eq!(check(1, 6, 9, 10, 10, 3, 1, 1, ConvAlgo::Direct), "direct");
+    }
+
+    #[test]
+    fn token_layout_projections_match_forward() {
+        tch::manual_seed(3);
+        let x = Tensor::randn([2, 6, 3, 5], (Kind::Float, Device::Cpu));
+        let weight = Tensor::randn([4, 6, 1, 1], (Kind::Float, Device::Cpu));
+        let bias = Tensor::randn([4], (Kind::Float, Device::Cpu));
+        for algo in [ConvAlgo::Auto, ConvAlgo::Direct] {
+            let conv = Conv2d::new(weight.shallow_clone(), Some(bias.shallow_clone()), 1, 0, algo);
+            let image = conv.forward(&x);
+            let tokens = conv.forward_to_tokens(&x);
+            let want = image.permute([0, 2, 3, 1]).reshape([2, 15, 4]);
+            assert!((&tokens - &want).abs().max().double_value(&[]) < 1e-5);
+            let back_conv = Conv2d::new(Tensor::randn([6, 4, 1, 1], (Kind::Float, Device::Cpu)), None, 1, 0, algo);
+            let back = back_conv.forward_from_tokens(&tokens, 3, 5);
+            let want = back_conv.forward(&image);
+            assert!((&back - &want).abs().max().double_value(&[]) < 1e-5);
+        }
+    }
+}
