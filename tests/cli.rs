@@ -153,6 +153,7 @@ fn bad_input_is_a_clear_error_with_nothing_written() {
     refuses(&["a cat", "--scheduler", "warp-drive"], &tiny, "Euler a");
     refuses(&["a cat", "--scheduler", "DDIM Karras"], &tiny, "does not support");
     refuses(&["a cat", "--dtype", "fp8"], &tiny, "unknown dtype");
+    refuses(&["a cat", "--cpu-conv", "fast"], &tiny, "unknown convolution algorithm 'fast'; use one of: auto, direct");
     if !tch::Cuda::is_available() {
         refuses(&["a cat", "--device", "cuda"], &tiny, "CUDA is not available");
     }
@@ -231,4 +232,36 @@ fn offload_is_recorded_and_from_keeps_it() {
     let second = &pngs(again.path())[0];
     assert!(show(second).contains("\"offload\": true"));
     assert_eq!(pixels(second), pixels(first));
+}
+
+#[test]
+fn cpu_conv_is_recorded_when_not_auto_and_from_keeps_it() {
+    let tiny = common::root().join("weights/tiny-sd");
+    let run = |extra: &[&str], out: &Path| {
+        sdgen()
+            .args(["generate", "a cat", "--seed", "5", "--steps", "2", "--width", "64", "--height", "64"])
+            .args(["--device", "cpu", "--dtype", "fp32", "--quiet"])
+            .args(extra)
+            .arg("--model")
+            .arg(&tiny)
+            .arg("--out")
+            .arg(out)
+            .assert()
+            .success();
+        pngs(out)[0].clone()
+    };
+    let show = |p: &Path| String::from_utf8(sdgen().arg("show").arg(p).output().unwrap().stdout).unwrap();
+    let (auto_dir, wino_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let auto = run(&[], auto_dir.path());
+    assert!(!show(&auto).contains("\"conv\""), "{}", show(&auto));
+    let wino = run(&["--cpu-conv", "winograd"], wino_dir.path());
+    assert!(show(&wino).contains("\"conv\": \"winograd\""), "{}", show(&wino));
+    // Another algorithm rounds differently, but only at float level: within one 8-bit step.
+    let (a, w) = (pixels(&auto), pixels(&wino));
+    assert!(a.iter().zip(&w).all(|(x, y)| x.abs_diff(*y) <= 1));
+    let again = tempfile::tempdir().unwrap();
+    sdgen().args(["generate", "--quiet", "--from"]).arg(&wino).arg("--out").arg(again.path()).assert().success();
+    let second = &pngs(again.path())[0];
+    assert!(show(second).contains("\"conv\": \"winograd\""));
+    assert_eq!(pixels(second), w);
 }
