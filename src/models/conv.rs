@@ -54,18 +54,13 @@ pub enum ConvAlgo {
 }
 
 impl ConvAlgo {
-    pub const NAMES: [&'static str; 3] = ["auto", "direct", "winograd"];
+    pub const ALL: [ConvAlgo; 3] = [ConvAlgo::Auto, ConvAlgo::Direct, ConvAlgo::Winograd];
 
     pub fn parse(s: &str) -> Result<ConvAlgo> {
-        match s {
-            "auto" => Ok(ConvAlgo::Auto),
-            "direct" => Ok(ConvAlgo::Direct),
-            "winograd" => Ok(ConvAlgo::Winograd),
-            other => Err(crate::Error::invalid(format!(
-                "unknown convolution algorithm '{other}'; use one of: {}",
-                ConvAlgo::NAMES.join(", ")
-            ))),
-        }
+        ConvAlgo::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = ConvAlgo::ALL.iter().map(|a| a.name()).collect();
+            crate::Error::invalid(format!("unknown convolution algorithm '{s}'; use one of: {}", names.join(", ")))
+        })
     }
 
     pub fn is_auto(&self) -> bool {
@@ -108,13 +103,13 @@ impl Conv2d {
     pub fn load(w: &Weights, in_ch: i64, out_ch: i64, kernel: i64, stride: i64, padding: i64) -> Result<Conv2d> {
         let shape = [out_ch, in_ch, kernel, kernel];
         let bias = Some(w.get("bias", &[out_ch])?);
-        let cpu_fp32 = w.device() == Device::Cpu && w.kind() == Kind::Float;
-        if cpu_fp32 && use_winograd(w.conv_algo(), &shape, stride, padding) {
+        let algo = w.conv_algo();
+        let build = |weight: &Tensor| Conv2d::new(weight.shallow_clone(), bias, stride, padding, algo);
+        if w.device() == Device::Cpu && w.kind() == Kind::Float && use_winograd(algo, &shape, stride, padding) {
             // The kernel is only read to make the transformed weights, which replace it.
-            let kernel = Kernel::Winograd(w.transform("weight", &shape, winograd_weights)?);
-            return Ok(Conv2d { kernel, bias, in_channels: in_ch, out_channels: out_ch, size: 3, stride, padding });
+            return w.transform("weight", &shape, build);
         }
-        Ok(Conv2d::new(w.get("weight", &shape)?, bias, stride, padding, w.conv_algo()))
+        Ok(build(&w.get("weight", &shape)?))
     }
 
     /// A convolution from a `[out, in, k, k]` kernel, with its algorithm chosen by `algo`,
@@ -231,8 +226,8 @@ fn g_times(v: [f64; 3]) -> [f64; 4] {
 
 /// Whether a CPU fp32 convolution with this `[out, in, k, k]` kernel runs as Winograd.
 fn use_winograd(algo: ConvAlgo, shape: &[i64], stride: i64, padding: i64) -> bool {
-    let (narrow, wide) = (shape[0].min(shape[1]), shape[0].max(shape[1]));
-    let wide = narrow >= WINOGRAD_MIN_CHANNELS / 2 && wide >= WINOGRAD_MIN_CHANNELS;
+    let (fewer, more) = (shape[0].min(shape[1]), shape[0].max(shape[1]));
+    let wide = fewer >= WINOGRAD_MIN_CHANNELS / 2 && more >= WINOGRAD_MIN_CHANNELS;
     shape[2] == 3
         && shape[3] == 3
         && stride == 1
@@ -252,28 +247,13 @@ pub fn winograd_weights(weight: &Tensor) -> Tensor {
     let w = weight.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
     let pairs = (s[0] * s[1]) as usize;
     let u = Tensor::empty([16, s[0], s[1]], (Kind::Float, Device::Cpu));
-    // SAFETY: `w` is a contiguous fp32 CPU tensor of pairs·9 elements and `u` a fresh one of
-    // 16·pairs; both outlive the slices, and nothing else aliases `u` yet.
-    let (src, dst) = unsafe {
-        (
-            std::slice::from_raw_parts(w.data_ptr() as *const f32, pairs * 9),
-            std::slice::from_raw_parts_mut(u.data_ptr() as *mut f32, pairs * 16),
-        )
-    };
-    // Two threads, each over its own range of (out, in) pairs; `dst` is shared by pointer
-    // because each pair writes one element in each of the 16 planes.
-    struct Planes(*mut f32);
-    // SAFETY: the threads write disjoint elements (their own pairs) and are joined below.
-    unsafe impl Sync for Planes {}
-    impl Planes {
-        /// SAFETY: `i..i + values.len()` must be inside `dst` and written by this thread only.
-        unsafe fn put(&self, i: usize, values: &[f32]) {
-            std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(i), values.len());
-        }
-    }
-    let planes = Planes(dst.as_mut_ptr());
+    // SAFETY: `w` is a contiguous fp32 CPU tensor of pairs·9 elements that outlives `src`.
+    let src = unsafe { std::slice::from_raw_parts(w.data_ptr() as *const f32, pairs * 9) };
+    // Each pair writes one element in each of the 16 planes of the fresh `u`, so threads
+    // share it by pointer and each writes only its own pairs.
+    let planes = SharedMut(u.data_ptr() as *mut f32);
     const BLOCK: usize = 512;
-    let transform = |range: std::ops::Range<usize>| {
+    parallel(pairs, |range| {
         // A block of pairs at a time into a local buffer, then one contiguous run per plane.
         let mut buf = vec![[0f32; BLOCK]; 16];
         let mut start = range.start;
@@ -292,17 +272,12 @@ pub fn winograd_weights(weight: &Tensor) -> Tensor {
                 }
             }
             for (plane, values) in buf.iter().enumerate() {
-                // SAFETY: start + len <= pairs and plane < 16, so inside dst; the pairs
+                // SAFETY: start + len <= pairs and plane < 16, so inside `u`; the pairs
                 // start..start+len are this thread's.
-                unsafe { planes.put(plane * pairs + start, &values[..len]) };
+                unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), planes.ptr().add(plane * pairs + start), len) };
             }
             start += len;
         }
-    };
-    let half = pairs / 2;
-    std::thread::scope(|scope| {
-        scope.spawn(|| transform(0..half));
-        transform(half..pairs);
     });
     u.to_device(weight.device())
 }
