@@ -12,10 +12,14 @@ fn main() -> anyhow::Result<()> {
     let [model, prompts, out] = args.as_slice() else {
         anyhow::bail!("usage: batch MODEL_DIR PROMPTS_FILE OUT_DIR");
     };
-    let pipeline = Pipeline::load(&LoadOptions { model: model.into(), ..LoadOptions::default() })?;
+    let load = LoadOptions { model: model.into(), ..LoadOptions::default() };
+    let pipeline = Pipeline::load(&load)?;
     let input = BatchInput::read(prompts.as_ref())?;
     let defaults = Request { steps: 20, width: 256, height: 256, scheduler: "Euler a".into(), ..Request::default() };
-    let mut opts = BatchOptions::new(out, Defaults { request: defaults, base_seed: 1234 });
+    let mut opts = BatchOptions::new(
+        out,
+        Defaults { request: defaults, base_seed: 1234, run_key: sdgen::plan::run_key(pipeline.spec(), &load)? },
+    );
     opts.batch_size = 4;
     opts.shard = Shard::select(None, None)?; // honours Slurm / Kubernetes array variables
     let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &pipeline })?;

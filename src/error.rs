@@ -1,5 +1,8 @@
-//! The library's error type: every way user input or model files can be wrong.
+//! The library's error type: every way user input or model files can be wrong, sorted into
+//! [`ErrorKind`]s so that the command line's exit codes and a server's HTTP statuses can be
+//! chosen without reading messages.
 
+use std::cell::Cell;
 use std::path::PathBuf;
 
 /// Everything that can go wrong in the library, each with enough context to act on.
@@ -24,11 +27,43 @@ pub enum Error {
     #[error("model: {0}")]
     Model(String),
 
+    /// Finding or downloading a model on the Hugging Face hub.
+    #[error("hub: {0}")]
+    Hub(String),
+
     #[error("device: {0}")]
     Device(String),
 
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+
+    /// libtorch failed inside a computation: out of memory, or shapes it cannot handle.
+    #[error("{0}")]
+    Compute(String),
+
+    /// The caller's progress callback asked to stop.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// What kind of failure an [`Error`] is, for exit codes and HTTP statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request or the command line asks for something impossible or unknown.
+    Request,
+    /// The model's files are missing, damaged or describe something sdgen cannot run.
+    Model,
+    /// The hub could not be reached or refused.
+    Hub,
+    /// Reading or writing a file failed.
+    Io,
+    /// The device is unavailable.
+    Device,
+    /// Memory ran out during a computation.
+    OutOfMemory,
+    /// libtorch failed in another way.
+    Compute,
+    Cancelled,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -48,5 +83,108 @@ impl Error {
 
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidInput(message.into())
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidInput(_) => ErrorKind::Request,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Config { .. } | Error::Weights { .. } | Error::Model(_) => ErrorKind::Model,
+            Error::Hub(_) => ErrorKind::Hub,
+            Error::Device(_) => ErrorKind::Device,
+            Error::Torch(e) if is_out_of_memory(&e.to_string()) => ErrorKind::OutOfMemory,
+            Error::Compute(m) if is_out_of_memory(m) => ErrorKind::OutOfMemory,
+            Error::Torch(_) | Error::Compute(_) => ErrorKind::Compute,
+            Error::Cancelled => ErrorKind::Cancelled,
+        }
+    }
+}
+
+fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("cannot allocate memory")
+}
+
+thread_local! {
+    /// How many [`catch_torch`] calls this thread is inside.
+    static GUARDED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether this thread is inside [`catch_torch`], whose panics become errors: a panic hook
+/// can stay quiet about those.
+pub fn panic_is_caught() -> bool {
+    GUARDED.with(|g| g.get() > 0)
+}
+
+/// Runs `f`, turning a libtorch failure into an `Err`. tch's tensor operations panic when
+/// libtorch throws (out of memory, impossible shapes); a run must fail with a message instead,
+/// so that a batch goes on with its next line and a server keeps serving.
+pub(crate) fn catch_torch<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    GUARDED.with(|g| g.set(g.get() + 1));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(g.get() - 1));
+    match outcome {
+        Ok(result) => result,
+        Err(payload) => {
+            let raw = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown failure");
+            Err(compute_error(what, raw))
+        }
+    }
+}
+
+/// A readable message from a tch panic: the libtorch text without tch's wrapping and
+/// libtorch's C++ backtrace, and advice when memory ran out.
+fn compute_error(what: &str, raw: &str) -> Error {
+    let mut text = raw;
+    for wrapper in ["called `Result::unwrap()` on an `Err` value: ", "Torch(\"", "Torch("] {
+        text = text.strip_prefix(wrapper).unwrap_or(text);
+    }
+    // libtorch appends where it threw and a C++ backtrace: neither helps a user.
+    let text =
+        ["Exception raised from", "frame #0", "\\n"].iter().fold(text, |t, cut| t.split(cut).next().unwrap_or(t));
+    let text = text.split(" (Cannot allocate memory)").next().unwrap_or(text);
+    let text = text.trim_end_matches(['"', ')', ' ', '\n', '.']).replace("\\\"", "\"");
+    let text = text.trim();
+    if is_out_of_memory(text) {
+        Error::Compute(format!(
+            "{what}: out of memory ({text}); use a smaller size or fewer images at once, or --offload / \
+             --vae-tiling on a GPU"
+        ))
+    } else {
+        Error::Compute(format!("{what} failed in libtorch: {text}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_inside_become_errors_with_the_libtorch_text() {
+        let e = catch_torch("the UNet", || -> Result<()> {
+            panic!("called `Result::unwrap()` on an `Err` value: Torch(\"DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes.\\nException raised from x at y\\nframe #0\")")
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::OutOfMemory);
+        let m = e.to_string();
+        assert!(m.starts_with("the UNet: out of memory (DefaultCPUAllocator: can't allocate memory"), "{m}");
+        assert!(!m.contains("Exception raised") && !m.contains("frame #0"), "{m}");
+        assert!(!panic_is_caught());
+    }
+
+    #[test]
+    fn real_libtorch_shape_errors_are_caught() {
+        let e = catch_torch("matmul", || {
+            let a = tch::Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
+            Ok(a.matmul(&a))
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Compute);
+        assert!(e.to_string().starts_with("matmul failed in libtorch: "), "{e}");
+        assert_eq!(catch_torch("ok", || Ok(3)).unwrap(), 3);
     }
 }

@@ -12,12 +12,13 @@ pub mod models;
 pub mod noise;
 pub mod output;
 pub mod pipeline;
+pub mod plan;
 pub mod request;
 pub mod save;
 pub mod schedulers;
 pub mod tokenizer;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use pipeline::{Generated, LoadOptions, Pipeline};
 pub use request::{Image, Record, Request};
 

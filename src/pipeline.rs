@@ -19,19 +19,19 @@
 //! CPU; `vae_tiling` decodes large images tile by tile.
 
 use crate::device::{device_name, kind_name, DType, DeviceChoice};
-use crate::loading::{read_json, sha256_file_cached};
+use crate::error::catch_torch;
 use crate::models::clip::ClipTextModel;
 use crate::models::conv::ConvAlgo;
-use crate::models::unet::{UNet, UNetConfig};
+use crate::models::unet::{Conditioning, UNet};
 use crate::models::vae::{Vae, VaeTiling};
 use crate::noise::{NoiseSource, SeededNoise};
+use crate::plan::{Arch, Layout, ModelOptions, ModelSpec, PredictionType, Sampler};
 use crate::request::{Image, ModelRecord, Record, Request};
-use crate::schedulers::{self, SchedulerConfig};
+use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Kind, Tensor};
 
 /// How to load a model.
@@ -45,10 +45,10 @@ pub struct LoadOptions {
     pub source_label: Option<String>,
     /// Single files: take configs and tokenizer from this diffusers folder.
     pub config_dir: Option<PathBuf>,
-    /// Single files: force `sd1` or `sd2` instead of detecting it from tensor shapes.
-    pub arch: Option<String>,
-    /// Override the scheduler config's `prediction_type` (epsilon, v_prediction).
-    pub prediction_type: Option<String>,
+    /// Single files: force the architecture instead of detecting it from tensor shapes.
+    pub arch: Option<Arch>,
+    /// Override the scheduler config's `prediction_type`.
+    pub prediction_type: Option<PredictionType>,
     /// Keep the text encoder and the VAE on the CPU (and run them there, in fp32 when the
     /// UNet runs on a GPU), so that GPU memory holds only the UNet and its activations. On a
     /// CPU-only run the components stay in the UNet's dtype and nothing changes.
@@ -60,20 +60,46 @@ pub struct LoadOptions {
     pub conv: ConvAlgo,
 }
 
-/// Where the loop is, for progress displays and for inspecting the latents.
+impl LoadOptions {
+    /// What the model says about itself (configs, files, hashes), read without loading
+    /// weights: what [`Pipeline::load`] will load, for planning and for `batch --merge`.
+    pub fn inspect(&self) -> Result<ModelSpec> {
+        let kind = self.dtype.resolve(self.device.resolve()?);
+        ModelSpec::inspect(
+            &self.model,
+            &ModelOptions {
+                config_dir: self.config_dir.as_deref(),
+                arch: self.arch,
+                prediction_type: self.prediction_type,
+                kind: Some(kind),
+            },
+        )
+    }
+}
+
+/// Where the loop is, for progress displays, for inspecting the latents, and for stopping.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress<'a> {
     /// Model evaluations done so far, and in all.
     pub step: usize,
     pub steps: usize,
-    /// The latents after this step, `[batch, 4, h/8, w/8]`, on the device.
+    /// The latents after this step, `[batch, channels, h/8, w/8]`, on the device.
     pub latents: &'a Tensor,
+    cancel: &'a Cell<bool>,
+}
+
+impl Progress<'_> {
+    /// Stops the run after this step: the call returns [`Error::Cancelled`].
+    pub fn cancel(&self) {
+        self.cancel.set(true);
+    }
 }
 
 /// The latents after the loop, before decoding.
 pub struct Denoised {
     pub latents: Tensor,
-    /// The scheduler's effective config, for records.
+    /// The sampler that ran and its effective config, for records.
+    pub sampler: Sampler,
     pub scheduler_config: serde_json::Value,
 }
 
@@ -84,7 +110,8 @@ pub struct Generated {
     pub record: Record,
 }
 
-/// A loaded model, ready to generate.
+/// A loaded model, ready to generate. It holds no reference to other threads' state, so one
+/// worker thread can own it (`Pipeline: Send`).
 pub struct Pipeline {
     tokenizer: Tokenizer,
     text_encoder: ClipTextModel,
@@ -92,9 +119,10 @@ pub struct Pipeline {
     vae: Vae,
     /// An fp32 VAE for when the fp16 one overflows; built on first need.
     vae_fp32: OnceCell<Vae>,
-    vae_source: VaeSource,
+    /// Set once the fp32 fallback has been announced, so a batch warns only once.
+    warned_vae_upcast: Cell<bool>,
     vae_tiling: Option<VaeTiling>,
-    scheduler_config: SchedulerConfig,
+    spec: ModelSpec,
     /// Where and in which dtype the UNet runs (and the latents live).
     device: Device,
     kind: Kind,
@@ -103,7 +131,8 @@ pub struct Pipeline {
     offload: bool,
     conv: ConvAlgo,
     model: ModelRecord,
-    model_dir: PathBuf,
+    /// `--prediction-type`, when it overrode the model's.
+    prediction_override: Option<PredictionType>,
     /// Recent prompt embeddings by (text, clip skip): batch files repeat prompts and negative
     /// prompts, and each is encoded once.
     embed_cache: std::cell::RefCell<std::collections::HashMap<(String, Option<usize>), Tensor>>,
@@ -119,115 +148,86 @@ struct Place {
     kind: Kind,
 }
 
-/// Where the VAE's weights came from, to load them again in fp32.
-enum VaeSource {
-    Folder(PathBuf),
-    SingleFile(Box<crate::loading::single_file::SingleFile>),
-}
-
-/// Set once the fp32 fallback has been announced, so a batch warns only once.
-static WARNED_VAE_UPCAST: AtomicBool = AtomicBool::new(false);
-
-const COMPONENTS: [&str; 5] = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
-
-/// What a model source yields, before it becomes a [`Pipeline`].
+/// The loaded models of a [`ModelSpec`].
 struct Parts {
     tokenizer: Tokenizer,
     text_encoder: ClipTextModel,
     unet: UNet,
     vae: Vae,
-    scheduler_config: SchedulerConfig,
-    architecture: &'static str,
-    license: crate::request::LicenseRecord,
-    /// The file whose sha256 is the "Model hash" (A1111 hashes the checkpoint; for a
-    /// folder, the UNet weights).
-    hash_file: PathBuf,
-    vae_source: VaeSource,
 }
 
-fn load_folder(dir: &Path, device: Device, kind: Kind, aux: Place, conv: ConvAlgo) -> Result<Parts> {
-    for c in COMPONENTS {
-        if !dir.join(c).is_dir() {
-            return Err(Error::invalid(format!(
-                "model folder {} has no {c}/ folder; a diffusers Stable Diffusion folder needs {}",
-                dir.display(),
-                COMPONENTS.map(|c| format!("{c}/")).join(", ")
-            )));
-        }
-    }
-    let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
-    if !scheduler_path.is_file() {
-        return Err(Error::invalid(format!("model folder is missing {}", scheduler_path.display())));
-    }
-    let scheduler_config: SchedulerConfig = read_json(&scheduler_path)?;
+/// Loads exactly the files the spec lists, so that what is recorded is what ran.
+fn load_folder(spec: &ModelSpec, device: Device, kind: Kind, aux: Place, conv: ConvAlgo) -> Result<Parts> {
+    let dir = &spec.path;
+    let file = |component: &str| -> Result<&Path> {
+        spec.files
+            .iter()
+            .find(|f| f.component == component)
+            .map(|f| f.path.as_path())
+            .ok_or_else(|| Error::Model(format!("no {component} weights were planned for {}", dir.display())))
+    };
     let tokenizer = Tokenizer::from_dir(&dir.join("tokenizer"))?;
-    let text_encoder = ClipTextModel::load(&dir.join("text_encoder"), aux.device, aux.kind)?;
-    let unet = UNet::load_with(&dir.join("unet"), device, kind, conv)?;
-    let vae = Vae::load(&dir.join("vae"), aux.device, aux.kind)?;
-    let architecture = architecture_of(&unet.config);
-    let hash_file = find_weights(&dir.join("unet"), "diffusion_pytorch_model", kind).ok_or_else(|| {
-        Error::invalid(format!("{} has no diffusion_pytorch_model.safetensors", dir.join("unet").display()))
-    })?;
-    let license = crate::output::license::detect(Some(dir), architecture);
-    let vae_source = VaeSource::Folder(dir.join("vae"));
-    Ok(Parts { tokenizer, text_encoder, unet, vae, scheduler_config, architecture, license, hash_file, vae_source })
+    let w = crate::loading::Weights::open(&[file("text_encoder")?.to_path_buf()], aux.device, aux.kind)?;
+    let text_encoder = ClipTextModel::new(&w, &spec.text_encoder)?;
+    w.finish()?;
+    let w = crate::loading::Weights::open(&[file("unet")?.to_path_buf()], device, kind)?;
+    w.set_conv_algo(conv);
+    let unet = UNet::new(&w, &spec.unet)?;
+    w.finish()?;
+    let vae = load_vae(spec, aux.device, aux.kind)?;
+    Ok(Parts { tokenizer, text_encoder, unet, vae })
 }
 
-fn load_single_file(opts: &LoadOptions, device: Device, kind: Kind, aux: Place) -> Result<Parts> {
-    use crate::loading::single_file::{self, Component};
-    let arch = opts.arch.as_deref().map(single_file::Arch::parse).transpose()?;
-    let prepared = single_file::prepare(
-        &opts.model,
-        &single_file::Options {
-            arch,
-            config_dir: opts.config_dir.as_deref(),
-            prediction_type: opts.prediction_type.as_deref(),
-        },
-    )?;
+fn load_single_file(spec: &ModelSpec, device: Device, kind: Kind, aux: Place, conv: ConvAlgo) -> Result<Parts> {
+    use crate::loading::single_file::Component;
+    let prepared = spec.prepared.as_ref().ok_or_else(|| Error::Model("the checkpoint was not inspected".into()))?;
     // The tokenizer reads files; give it the configs as a diffusers-style folder.
     let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     prepared.configs.write_to(tmp.path())?;
-    let dir = tmp.path();
-    let scheduler_config: SchedulerConfig = read_json(&dir.join("scheduler").join("scheduler_config.json"))?;
-    let tokenizer = Tokenizer::from_dir(&dir.join("tokenizer"))?;
+    let tokenizer = Tokenizer::from_dir(&tmp.path().join("tokenizer"))?;
     let file = &prepared.file;
-
     let w = file.weights(Component::TextEncoder, aux.device, aux.kind)?;
-    let text_encoder = ClipTextModel::new(
-        &w,
-        &crate::models::clip::ClipTextConfig::load(&dir.join("text_encoder").join("config.json"))?,
-    )?;
+    let text_encoder = ClipTextModel::new(&w, &spec.text_encoder)?;
     w.finish()?;
     let w = file.weights(Component::Unet, device, kind)?;
-    w.set_conv_algo(opts.conv);
-    let unet = UNet::new(&w, &UNetConfig::from_file(&dir.join("unet").join("config.json"))?)?;
+    w.set_conv_algo(conv);
+    let unet = UNet::new(&w, &spec.unet)?;
     w.finish()?;
-    let w = file.weights(Component::Vae, aux.device, aux.kind)?;
-    let vae = Vae::new(&w, &crate::models::VaeConfig::from_file(&dir.join("vae").join("config.json"))?)?;
-    w.finish()?;
+    let vae = load_vae(spec, aux.device, aux.kind)?;
+    Ok(Parts { tokenizer, text_encoder, unet, vae })
+}
 
-    let architecture = file.arch.name();
-    let mut license = crate::output::license::detect(opts.config_dir.as_deref(), architecture);
-    if opts.config_dir.is_none() {
-        license.source = format!("default for a single-file {} checkpoint (the file carries no licence)", file.arch);
-    }
-    Ok(Parts {
-        tokenizer,
-        text_encoder,
-        unet,
-        vae,
-        scheduler_config,
-        architecture,
-        license,
-        hash_file: opts.model.clone(),
-        vae_source: VaeSource::SingleFile(Box::new(file.clone())),
-    })
+/// The VAE of a spec in any dtype (the fp32 fallback loads it a second time).
+fn load_vae(spec: &ModelSpec, device: Device, kind: Kind) -> Result<Vae> {
+    let w = match (&spec.prepared, spec.layout) {
+        (Some(p), Layout::SingleFile) => p.file.weights(crate::loading::single_file::Component::Vae, device, kind)?,
+        _ => {
+            let f = spec
+                .files
+                .iter()
+                .find(|f| f.component == "vae")
+                .ok_or_else(|| Error::Model(format!("no VAE weights were planned for {}", spec.path.display())))?;
+            crate::loading::Weights::open(std::slice::from_ref(&f.path), device, kind)?
+        }
+    };
+    let vae = Vae::new(&w, &spec.vae)?;
+    w.finish()?;
+    Ok(vae)
 }
 
 impl Pipeline {
     /// Loads a model onto the chosen device: a diffusers folder, or a single-file checkpoint
     /// (original LDM layout) with shipped or given configs.
     pub fn load(opts: &LoadOptions) -> Result<Pipeline> {
+        catch_torch("loading the model", || Pipeline::load_inner(opts, None))
+    }
+
+    /// [`Pipeline::load`] for a model already inspected with [`LoadOptions::inspect`].
+    pub fn from_spec(opts: &LoadOptions, spec: ModelSpec) -> Result<Pipeline> {
+        catch_torch("loading the model", || Pipeline::load_inner(opts, Some(spec)))
+    }
+
+    fn load_inner(opts: &LoadOptions, spec: Option<ModelSpec>) -> Result<Pipeline> {
         let device = opts.device.resolve()?;
         let kind = opts.dtype.resolve(device);
         if let Some(t) = &opts.vae_tiling {
@@ -240,26 +240,15 @@ impl Pipeline {
             (true, true) => Place { device: Device::Cpu, kind: Kind::Float },
             (true, false) => Place { device: Device::Cpu, kind },
         };
-        let path = &opts.model;
-        let mut parts = if path.is_file() {
-            load_single_file(opts, device, kind, aux)?
-        } else if path.is_dir() {
-            load_folder(path, device, kind, aux, opts.conv)?
-        } else {
-            return Err(Error::invalid(format!(
-                "model {} does not exist; pass --model with a diffusers folder (model_index.json, unet/, vae/, \
-                 text_encoder/, tokenizer/, scheduler/) or a .safetensors checkpoint",
-                path.display()
-            )));
+        let spec = match spec {
+            Some(s) => s,
+            None => opts.inspect()?,
         };
-        if let Some(p) = &opts.prediction_type {
-            if !matches!(p.as_str(), "epsilon" | "v_prediction" | "sample") {
-                return Err(Error::invalid(format!(
-                    "unknown prediction type '{p}': use epsilon, v_prediction or sample"
-                )));
-            }
-            parts.scheduler_config.prediction_type = Some(p.clone());
-        }
+        let parts = match spec.layout {
+            Layout::SingleFile => load_single_file(&spec, device, kind, aux, opts.conv)?,
+            Layout::Folder => load_folder(&spec, device, kind, aux, opts.conv)?,
+        };
+        let path = &opts.model;
         let name = opts.source_label.as_deref().map(hub_model_name).unwrap_or_else(|| {
             path.canonicalize()
                 .ok()
@@ -269,9 +258,12 @@ impl Pipeline {
         let model = ModelRecord {
             source: opts.source_label.clone().unwrap_or_else(|| path.display().to_string()),
             name,
-            hash: Some(sha256_file_cached(&parts.hash_file)?),
-            architecture: parts.architecture.to_string(),
-            license: parts.license,
+            hash: Some(spec.hash().to_string()),
+            architecture: spec.arch,
+            license: spec.license.clone(),
+            files: spec.files.clone(),
+            config_dir: spec.config_dir.clone(),
+            arch_forced: spec.arch_forced,
         };
         Ok(Pipeline {
             tokenizer: parts.tokenizer,
@@ -279,16 +271,16 @@ impl Pipeline {
             unet: parts.unet,
             vae: parts.vae,
             vae_fp32: OnceCell::new(),
-            vae_source: parts.vae_source,
+            warned_vae_upcast: Cell::new(false),
             vae_tiling: opts.vae_tiling,
-            scheduler_config: parts.scheduler_config,
+            spec,
             device,
             kind,
             aux,
             offload: opts.offload,
             conv: opts.conv,
             model,
-            model_dir: path.clone(),
+            prediction_override: opts.prediction_type,
             embed_cache: Default::default(),
         })
     }
@@ -320,28 +312,37 @@ impl Pipeline {
         &self.model
     }
 
+    /// What the model files say: configs, files and hashes.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
     pub fn model_dir(&self) -> &Path {
-        &self.model_dir
+        &self.spec.path
     }
 
     pub fn scheduler_config(&self) -> &SchedulerConfig {
-        &self.scheduler_config
+        &self.spec.scheduler_config
     }
 
-    /// The scheduler the model folder names (`_class_name`), if sdgen has it, else Euler.
+    /// The name of the scheduler the model's own config describes (`_class_name`, its
+    /// algorithm and sigma schedule), if sdgen has it, else Euler.
     pub fn default_scheduler(&self) -> String {
-        self.scheduler_config
-            .class_name
-            .as_deref()
-            .filter(|c| schedulers::resolve(c).is_ok())
-            .unwrap_or("EulerDiscreteScheduler")
-            .to_string()
+        self.spec.default_sampler().name()
     }
 
     /// Checks a request against this model without running anything.
     pub fn check(&self, req: &Request) -> Result<()> {
         check_request(req)?;
-        schedulers::resolve(&req.scheduler)?;
+        self.spec.sampler(&req.scheduler)?;
+        let scale = self.spec.vae_scale_factor();
+        for (what, v) in [("width", req.width), ("height", req.height)] {
+            if v % scale != 0 {
+                return Err(Error::invalid(format!(
+                    "{what} {v} is not a multiple of {scale}, this model's VAE scale factor"
+                )));
+            }
+        }
         if let Some(skip) = req.clip_skip {
             let layers = self.text_encoder.config().num_hidden_layers;
             if skip == 0 || skip > layers {
@@ -363,11 +364,13 @@ impl Pipeline {
 
     /// Makes one image per request, all in one UNet batch. The requests must share size,
     /// steps, scheduler, guidance and clip skip; each keeps its own prompt and seed, and the
-    /// result equals running them one at a time.
+    /// result equals running them one at a time. A libtorch failure (out of memory) is an
+    /// `Err`, and so is a cancel from `on_step`.
     pub fn generate_many(&self, reqs: &[Request], on_step: &mut dyn FnMut(Progress)) -> Result<Vec<Generated>> {
         let Some(denoised) = self.denoise(reqs, on_step)? else { return Ok(Vec::new()) };
         // 6. Decode.
         let images = self.decode(&denoised.latents)?;
+        let latent_shape = denoised.latents.size()[1..].to_vec();
         Ok(reqs
             .iter()
             .zip(images)
@@ -375,13 +378,17 @@ impl Pipeline {
                 image,
                 record: Record {
                     sdgen_version: crate::VERSION.to_string(),
-                    request: r.clone(),
+                    request: Request { scheduler: denoised.sampler.name(), ..r.clone() },
                     model: self.model.clone(),
+                    sampler: Some(denoised.sampler.into()),
                     scheduler_config: denoised.scheduler_config.clone(),
+                    prediction_type: self.prediction_override,
+                    latent_shape: latent_shape.clone(),
                     device: device_name(self.device),
                     dtype: kind_name(self.kind).to_string(),
                     offload: self.offload,
                     conv: self.conv,
+                    vae_tiling: self.vae_tiling,
                 },
             })
             .collect())
@@ -390,14 +397,19 @@ impl Pipeline {
     /// Steps 1 to 5: the final latents for a batch of requests (see [`Pipeline::generate_many`]),
     /// or `None` for an empty batch.
     pub fn denoise(&self, reqs: &[Request], on_step: &mut dyn FnMut(Progress)) -> Result<Option<Denoised>> {
+        catch_torch("denoising", || self.denoise_inner(reqs, on_step))
+    }
+
+    fn denoise_inner(&self, reqs: &[Request], on_step: &mut dyn FnMut(Progress)) -> Result<Option<Denoised>> {
         // 1. Check the inputs.
         let Some(first) = reqs.first() else { return Ok(None) };
+        let sampler = self.spec.sampler(&first.scheduler)?;
         for r in reqs {
             self.check(r)?;
             let same = r.width == first.width
                 && r.height == first.height
                 && r.steps == first.steps
-                && r.scheduler == first.scheduler
+                && self.spec.sampler(&r.scheduler)? == sampler
                 && r.guidance == first.guidance
                 && r.clip_skip == first.clip_skip;
             if !same {
@@ -412,31 +424,34 @@ impl Pipeline {
 
         // 2. Encode the prompt and the negative prompt (unconditional first, as diffusers).
         let cond: Vec<Tensor> = reqs.iter().map(|r| self.encode_text(&r.prompt, r.clip_skip)).collect::<Result<_>>()?;
-        let mut embeds = Tensor::cat(&cond, 0);
+        let mut cond = Conditioning::text(Tensor::cat(&cond, 0));
         if guided {
             let uncond: Vec<Tensor> = reqs
                 .iter()
                 .map(|r| self.encode_text(r.negative_prompt.as_deref().unwrap_or(""), r.clip_skip))
                 .collect::<Result<_>>()?;
-            embeds = Tensor::cat(&[Tensor::cat(&uncond, 0), embeds], 0);
+            cond = Conditioning::cat(&Conditioning::text(Tensor::cat(&uncond, 0)), &cond);
         }
 
         // 3. Prepare the timesteps.
-        let (_, schedule) = schedulers::resolve(&first.scheduler)?;
-        let mut scheduler = schedulers::build(&first.scheduler, schedule, &self.scheduler_config, first.steps)?;
+        let mut scheduler = sampler.info.build(Some(sampler.schedule), &self.spec.scheduler_config, first.steps)?;
         let timesteps = scheduler.timesteps().to_vec();
 
-        // 4. Prepare the latents: CPU fp32 noise per seed, scaled, then the model's dtype.
-        let (h, w) = (first.height as i64 / 8, first.width as i64 / 8);
+        // 4. Prepare the latents: CPU fp32 noise per seed, scaled, then the model's dtype. Their
+        //    channels are the VAE's latent channels (the UNet's inputs, checked at load).
+        let scale = i64::from(self.spec.vae_scale_factor());
+        let (h, w) = (i64::from(first.height) / scale, i64::from(first.width) / scale);
+        let channels = self.spec.latent_channels();
         let mut noise = BatchNoise { streams: reqs.iter().map(|r| SeededNoise::new(r.seed)).collect() };
-        let latents = noise.randn(&[n, 4, h, w], self.device, Kind::Float) * scheduler.init_noise_sigma();
+        let latents = noise.randn(&[n, channels, h, w], self.device, Kind::Float) * scheduler.init_noise_sigma();
         let mut latents = latents.to_kind(self.kind);
 
         // 5. The denoising loop, with classifier-free guidance when guidance > 1.
+        let cancel = Cell::new(false);
         for (i, &t) in timesteps.iter().enumerate() {
             let x = if guided { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
             let x = scheduler.scale_model_input(&x, i);
-            let out = self.unet.forward(&x, t, &embeds);
+            let out = self.unet.forward_cond(&x, t, &cond)?;
             let eps = if guided {
                 let parts = out.chunk(2, 0);
                 &parts[0] + (&parts[1] - &parts[0]) * first.guidance
@@ -444,9 +459,12 @@ impl Pipeline {
                 out
             };
             latents = scheduler.step(&eps, i, &latents, &mut noise)?;
-            on_step(Progress { step: i + 1, steps: timesteps.len(), latents: &latents });
+            on_step(Progress { step: i + 1, steps: timesteps.len(), latents: &latents, cancel: &cancel });
+            if cancel.get() {
+                return Err(Error::Cancelled);
+            }
         }
-        Ok(Some(Denoised { latents, scheduler_config: scheduler.config_json() }))
+        Ok(Some(Denoised { latents, sampler, scheduler_config: scheduler.config_json() }))
     }
 
     /// Text → embeddings `[1, 77, hidden]`, warning when the prompt was cut. `clip_skip`
@@ -456,7 +474,7 @@ impl Pipeline {
         if let Some(hit) = self.embed_cache.borrow().get(&key) {
             return Ok(hit.shallow_clone());
         }
-        let embeds = self.encode_text_uncached(text, clip_skip)?;
+        let embeds = catch_torch("encoding the prompt", || self.encode_text_uncached(text, clip_skip))?;
         let mut cache = self.embed_cache.borrow_mut();
         if cache.len() >= EMBED_CACHE_SIZE {
             cache.clear();
@@ -468,10 +486,10 @@ impl Pipeline {
     fn encode_text_uncached(&self, text: &str, clip_skip: Option<usize>) -> Result<Tensor> {
         let enc = self.tokenizer.encode(text);
         if enc.truncated {
-            eprintln!(
-                "warning: the prompt is longer than CLIP's {} tokens; this part was cut off: {}",
+            log::warn!(
+                "the prompt is longer than CLIP's {} tokens; the rest was cut off: {}",
                 self.tokenizer.max_length(),
-                enc.removed_text
+                summarize_cut(&enc.removed_text)
             );
         }
         let ids = Tensor::from_slice(&enc.ids).view([1, -1]).to_device(self.aux.device);
@@ -486,15 +504,19 @@ impl Pipeline {
     /// diffusers 0.36's `StableDiffusionPipeline` decodes in the VAE's dtype and ignores the
     /// VAE config's `force_upcast` (only the SDXL pipelines read it), so sdgen does too: an
     /// fp16 decode that stays finite equals diffusers'. One that overflows is redone in fp32
-    /// (with a warning, once per process) instead of giving a black image.
+    /// (with a warning, once per pipeline) instead of giving a black image.
     pub fn decode(&self, latents: &Tensor) -> Result<Vec<Image>> {
+        catch_torch("decoding the image", || self.decode_inner(latents))
+    }
+
+    fn decode_inner(&self, latents: &Tensor) -> Result<Vec<Image>> {
         let _guard = tch::no_grad_guard();
         let z = latents.to_device(self.aux.device).to_kind(self.aux.kind) / self.vae.scaling_factor();
         let mut x = self.run_vae(&self.vae, &z)?;
         if self.aux.kind != Kind::Float && !bool::try_from(x.isfinite().all())? {
-            if !WARNED_VAE_UPCAST.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "warning: the {} VAE decoded to non-finite values (it overflows in half precision); \
+            if !self.warned_vae_upcast.replace(true) {
+                log::warn!(
+                    "the {} VAE decoded to non-finite values (it overflows in half precision); \
                      decoding again in fp32, which keeps an fp32 copy of the VAE in memory",
                     kind_name(self.aux.kind)
                 );
@@ -526,16 +548,7 @@ impl Pipeline {
         if let Some(v) = self.vae_fp32.get() {
             return Ok(v);
         }
-        let device = self.aux.device;
-        let vae = match &self.vae_source {
-            VaeSource::Folder(dir) => Vae::load(dir, device, Kind::Float)?,
-            VaeSource::SingleFile(file) => {
-                let w = file.weights(crate::loading::single_file::Component::Vae, device, Kind::Float)?;
-                let vae = Vae::new(&w, &self.vae.config)?;
-                w.finish()?;
-                vae
-            }
-        };
+        let vae = load_vae(&self.spec, self.aux.device, Kind::Float)?;
         Ok(self.vae_fp32.get_or_init(|| vae))
     }
 }
@@ -546,25 +559,15 @@ fn hub_model_name(label: &str) -> String {
     repo.rsplit('/').next().unwrap_or(repo).to_string()
 }
 
-/// `sd2` for SD 2.x-style UNets (1024-wide cross-attention or linear projections), else `sd1`.
-pub fn architecture_of(unet: &UNetConfig) -> &'static str {
-    let wide = match &unet.cross_attention_dim {
-        crate::models::unet::PerLevel::One(d) => *d == 1024,
-        crate::models::unet::PerLevel::List(ds) => ds.contains(&1024),
-    };
-    if wide || unet.use_linear_projection {
-        "sd2"
-    } else {
-        "sd1"
+/// A cut-off part of a prompt for a warning: its first words and how many there are, so a
+/// pasted essay does not flood the terminal.
+fn summarize_cut(removed: &str) -> String {
+    const SHOWN: usize = 12;
+    let words: Vec<&str> = removed.split_whitespace().collect();
+    if words.len() <= SHOWN {
+        return format!("\"{}\"", words.join(" "));
     }
-}
-
-/// `<stem>.safetensors` in `dir`, or its fp16 variant (preferred when running in fp16).
-pub fn find_weights(dir: &Path, stem: &str, kind: Kind) -> Option<PathBuf> {
-    let plain = dir.join(format!("{stem}.safetensors"));
-    let half = dir.join(format!("{stem}.fp16.safetensors"));
-    let order = if kind == Kind::Half { [half, plain] } else { [plain, half] };
-    order.into_iter().find(|p| p.is_file())
+    format!("\"{} …\" ({} words)", words[..SHOWN].join(" "), words.len())
 }
 
 /// The checks that need no model.

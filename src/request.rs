@@ -3,6 +3,7 @@
 //! These are plain data with no tch types, so the output and batch code can use them
 //! without knowing about libtorch.
 
+use crate::plan::Arch;
 use serde::{Deserialize, Serialize};
 
 /// One text-to-image job. `num_images` images are made, image `i` from seed `seed + i`.
@@ -81,9 +82,17 @@ pub struct ModelRecord {
     pub name: String,
     /// Full sha256 hex of the UNet weights (single-file checkpoints: the whole file).
     pub hash: Option<String>,
-    /// `sd1` or `sd2`.
-    pub architecture: String,
+    pub architecture: Arch,
     pub license: LicenseRecord,
+    /// Every weights file that was loaded, with its sha256 (UNet or checkpoint first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::plan::ModelFile>,
+    /// Single files: the folder the configs came from (`--config-dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_dir: Option<std::path::PathBuf>,
+    /// Single files: `architecture` was forced (`--arch`) rather than detected.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub arch_forced: bool,
 }
 
 /// Everything needed to make an image again, bit for bit on the same device.
@@ -93,8 +102,18 @@ pub struct Record {
     /// The request for this one image: `seed` is the image's own seed and `num_images` is 1.
     pub request: Request,
     pub model: ModelRecord,
+    /// The sampler as run: table row and sigma schedule (absent in records before 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<crate::plan::SamplerRecord>,
     /// The scheduler config as used, with class-specific defaults filled in.
     pub scheduler_config: serde_json::Value,
+    /// `prediction_type` as run (also in `scheduler_config`); set when it was overridden.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction_type: Option<crate::plan::PredictionType>,
+    /// The initial latents' shape `[channels, height, width]`: the UNet's input channels and
+    /// the image size over the VAE's scale factor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latent_shape: Vec<i64>,
     pub device: String,
     /// The UNet's dtype.
     pub dtype: String,
@@ -105,6 +124,9 @@ pub struct Record {
     /// `--cpu-conv` when not `auto`: another convolution algorithm rounds differently.
     #[serde(default, skip_serializing_if = "crate::models::conv::ConvAlgo::is_auto")]
     pub conv: crate::models::conv::ConvAlgo,
+    /// `--vae-tiling`: tiled decoding blends tiles, which changes pixels of large images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae_tiling: Option<crate::models::vae::VaeTiling>,
 }
 
 fn is_false(b: &bool) -> bool {

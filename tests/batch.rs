@@ -72,6 +72,7 @@ fn defaults() -> Defaults {
             ..Request::default()
         },
         base_seed: 42,
+        run_key: String::new(),
     }
 }
 
@@ -84,7 +85,6 @@ fn known_schedulers(name: &str) -> Result<(), String> {
 
 fn options(dir: &Path) -> BatchOptions<'static> {
     let mut opts = BatchOptions::new(dir, defaults());
-    opts.quiet = true;
     opts.validate_scheduler = &known_schedulers;
     opts
 }

@@ -47,7 +47,7 @@ fn int_list(v: &Value, field: &str) -> Result<Vec<i64>, Box<dyn Error>> {
 }
 
 /// Opens one component's weights and checks every declared tensor's shape, then that all
-/// stored tensors are float32 and load through `Weights::get` with nothing left over.
+/// stored tensors are float32 and load through `Weights::get_owned` with nothing left over.
 fn check_component(file: &Path, expected: &[(String, Vec<i64>)], absent: &[String]) -> TestResult {
     let w = Weights::open(&[file.to_path_buf()], Device::Cpu, Kind::Float)?;
     for (name, shape) in expected {
@@ -64,7 +64,7 @@ fn check_component(file: &Path, expected: &[(String, Vec<i64>)], absent: &[Strin
     }
     for name in w.names() {
         let shape = w.shape_of(&name).ok_or("name vanished")?;
-        let t = w.get(&name, &shape)?;
+        let t = w.get_owned(&name, &shape)?;
         assert_eq!(t.kind(), Kind::Float);
         let finite = t.isfinite().all().int64_value(&[]);
         assert_eq!(finite, 1, "{}: '{name}' has non-finite values", file.display());

@@ -5,7 +5,7 @@
 //! `etag`, `x-linked-etag` for LFS files, `content-range`). Each test logs the requests, so
 //! it can tell exactly which files were fetched. The real hub is never contacted.
 
-use sdgen::loading::hub::{fetch_with, HubConfig};
+use sdgen::loading::hub::{fetch_with, HubConfig, NoProgress};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -265,7 +265,7 @@ fn downloads_only_what_is_needed_then_works_offline() {
     let cache = tmp.path().join("hub");
     let online = config(&server.endpoint, &cache, false);
 
-    let got = fetch_with(&online, "tiny/sd", None, false, false).unwrap();
+    let got = fetch_with(&online, "tiny/sd", None, false, &mut NoProgress).unwrap();
     let repo_dir = cache.join("models--tiny--sd");
     let snapshot = repo_dir.join("snapshots").join(SHA);
     assert_eq!(got, snapshot);
@@ -281,7 +281,7 @@ fn downloads_only_what_is_needed_then_works_offline() {
 
     // Everything cached: only the listing is asked for.
     server.clear();
-    assert_eq!(fetch_with(&online, "tiny/sd", Some("main"), false, false).unwrap(), snapshot);
+    assert_eq!(fetch_with(&online, "tiny/sd", Some("main"), false, &mut NoProgress).unwrap(), snapshot);
     assert_eq!(
         server.requests(),
         vec![Seen { method: "GET".into(), path: "/api/models/tiny/sd/revision/main".into() }]
@@ -291,10 +291,10 @@ fn downloads_only_what_is_needed_then_works_offline() {
     server.clear();
     server.stop();
     let offline = config(&server.endpoint, &cache, true);
-    assert_eq!(fetch_with(&offline, "tiny/sd", None, false, false).unwrap(), snapshot);
-    assert_eq!(fetch_with(&offline, "tiny/sd", Some(SHA), false, false).unwrap(), snapshot);
+    assert_eq!(fetch_with(&offline, "tiny/sd", None, false, &mut NoProgress).unwrap(), snapshot);
+    assert_eq!(fetch_with(&offline, "tiny/sd", Some(SHA), false, &mut NoProgress).unwrap(), snapshot);
     // Online but unreachable: falls back to the cache too.
-    assert_eq!(fetch_with(&online, "tiny/sd", None, false, false).unwrap(), snapshot);
+    assert_eq!(fetch_with(&online, "tiny/sd", None, false, &mut NoProgress).unwrap(), snapshot);
     assert!(server.requests().is_empty());
 
     // A blob deleted from under its link is fetched again.
@@ -304,14 +304,14 @@ fn downloads_only_what_is_needed_then_works_offline() {
         let online = config(&server.endpoint, &cache, false);
         let blob = snapshot.join("unet/config.json").canonicalize().unwrap();
         std::fs::remove_file(&blob).unwrap();
-        assert_eq!(fetch_with(&online, "tiny/sd", None, false, false).unwrap(), snapshot);
+        assert_eq!(fetch_with(&online, "tiny/sd", None, false, &mut NoProgress).unwrap(), snapshot);
         assert_eq!(resolve_paths(&server.requests(), "tiny/sd"), BTreeSet::from(["unet/config.json".to_string()]));
         assert_eq!(read_tree(&snapshot), tiny());
     }
 
     // A file gone from the cache is named in the error.
     std::fs::remove_file(snapshot.join("vae/config.json")).unwrap();
-    let msg = fetch_with(&offline, "tiny/sd", None, false, false).unwrap_err().to_string();
+    let msg = fetch_with(&offline, "tiny/sd", None, false, &mut NoProgress).unwrap_err().to_string();
     assert!(msg.contains("incomplete") && msg.contains("vae/config.json"), "{msg}");
 }
 
@@ -325,7 +325,7 @@ fn fp16_variant_is_preferred_when_asked_and_present() {
     let server = Server::start(hosted(vec![("tiny/sd", files.clone(), None)]));
     let tmp = tempfile::tempdir().unwrap();
     // With progress bars on: they draw only on a terminal, so this also checks they stay quiet.
-    let got = fetch_with(&config(&server.endpoint, tmp.path(), false), "tiny/sd", None, true, true).unwrap();
+    let got = fetch_with(&config(&server.endpoint, tmp.path(), false), "tiny/sd", None, true, &mut NoProgress).unwrap();
 
     let mut want: BTreeSet<String> = tiny().keys().cloned().collect();
     want.remove("unet/diffusion_pytorch_model.safetensors");
@@ -348,7 +348,8 @@ fn offline_with_an_empty_cache_says_what_to_do() {
     let server = Server::start(hosted(vec![("tiny/sd", tiny(), None)]));
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("hub");
-    let err = fetch_with(&config(&server.endpoint, &cache, true), "tiny/sd", Some("v1"), false, false).unwrap_err();
+    let err =
+        fetch_with(&config(&server.endpoint, &cache, true), "tiny/sd", Some("v1"), false, &mut NoProgress).unwrap_err();
     let msg = err.to_string();
     for part in [
         "HF_HUB_OFFLINE",
@@ -369,7 +370,8 @@ fn offline_with_an_empty_cache_says_what_to_do() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let msg = fetch_with(&config(&closed, &cache, false), "tiny/sd", None, true, false).unwrap_err().to_string();
+    let msg =
+        fetch_with(&config(&closed, &cache, false), "tiny/sd", None, true, &mut NoProgress).unwrap_err().to_string();
     assert!(
         msg.contains("cannot be reached") && msg.contains("unet/diffusion_pytorch_model.fp16.safetensors"),
         "{msg}"
@@ -382,26 +384,26 @@ fn gated_repos_ask_for_a_token_and_bad_names_are_reported() {
     let server = Server::start(hosted(vec![("gated/sd", tiny(), Some("hf_secret"))]));
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(&server.endpoint, tmp.path(), false);
-    let msg = fetch_with(&cfg, "gated/sd", None, false, false).unwrap_err().to_string();
+    let msg = fetch_with(&cfg, "gated/sd", None, false, &mut NoProgress).unwrap_err().to_string();
     assert!(msg.contains("HF_TOKEN") && msg.contains("gated") && msg.contains("gated/sd@main"), "{msg}");
     assert!(!tmp.path().join("models--gated--sd").join("snapshots").exists());
 
     cfg.token = Some("hf_wrong".into());
-    let msg = fetch_with(&cfg, "gated/sd", None, false, false).unwrap_err().to_string();
+    let msg = fetch_with(&cfg, "gated/sd", None, false, &mut NoProgress).unwrap_err().to_string();
     assert!(msg.contains("token in use"), "{msg}");
 
     cfg.token = Some("hf_secret".into());
-    let got = fetch_with(&cfg, "gated/sd", None, false, false).unwrap();
+    let got = fetch_with(&cfg, "gated/sd", None, false, &mut NoProgress).unwrap();
     assert_eq!(read_tree(&got), tiny());
 
     for (repo, rev) in [("../etc", None), ("gated/sd", Some("../../x"))] {
-        let msg = fetch_with(&cfg, repo, rev, false, false).unwrap_err().to_string();
+        let msg = fetch_with(&cfg, repo, rev, false, &mut NoProgress).unwrap_err().to_string();
         assert!(msg.contains("is not a"), "{msg}");
     }
 
-    let msg = fetch_with(&cfg, "no/such", None, false, false).unwrap_err().to_string();
+    let msg = fetch_with(&cfg, "no/such", None, false, &mut NoProgress).unwrap_err().to_string();
     assert!(msg.contains("not found") && msg.contains("no/such@main"), "{msg}");
-    let msg = fetch_with(&cfg, "gated/sd", Some("nope"), false, false).unwrap_err().to_string();
+    let msg = fetch_with(&cfg, "gated/sd", Some("nope"), false, &mut NoProgress).unwrap_err().to_string();
     assert!(msg.contains("not found") && msg.contains("gated/sd@nope"), "{msg}");
 }
 
@@ -432,11 +434,12 @@ fn a_cache_python_filled_is_used_without_downloading() {
     let server = Server::start(hosted(vec![("tiny/sd", tiny_with_junk(), None)]));
     let tmp = tempfile::tempdir().unwrap();
     let snapshot = python_style_cache(tmp.path(), "models--tiny--sd", &tiny());
-    let got = fetch_with(&config(&server.endpoint, tmp.path(), false), "tiny/sd", None, false, false).unwrap();
+    let got =
+        fetch_with(&config(&server.endpoint, tmp.path(), false), "tiny/sd", None, false, &mut NoProgress).unwrap();
     assert_eq!(got, snapshot);
     assert!(resolve_paths(&server.requests(), "tiny/sd").is_empty());
     assert_eq!(
-        fetch_with(&config(&server.endpoint, tmp.path(), true), "tiny/sd", None, false, false).unwrap(),
+        fetch_with(&config(&server.endpoint, tmp.path(), true), "tiny/sd", None, false, &mut NoProgress).unwrap(),
         snapshot
     );
 }
@@ -454,14 +457,18 @@ fn a_single_checkpoint_repo_gives_the_file() {
     .collect();
     let server = Server::start(hosted(vec![("one/file", files, None)]));
     let tmp = tempfile::tempdir().unwrap();
-    let got = fetch_with(&config(&server.endpoint, tmp.path(), false), "one/file", None, false, false).unwrap();
+    let got =
+        fetch_with(&config(&server.endpoint, tmp.path(), false), "one/file", None, false, &mut NoProgress).unwrap();
     assert_eq!(got, tmp.path().join("models--one--file").join("snapshots").join(SHA).join("model.safetensors"));
     assert_eq!(std::fs::read(&got).unwrap(), unet);
     assert_eq!(
         resolve_paths(&server.requests(), "one/file"),
         ["model.safetensors", "README.md"].map(String::from).into_iter().collect()
     );
-    assert_eq!(fetch_with(&config(&server.endpoint, tmp.path(), true), "one/file", None, false, false).unwrap(), got);
+    assert_eq!(
+        fetch_with(&config(&server.endpoint, tmp.path(), true), "one/file", None, false, &mut NoProgress).unwrap(),
+        got
+    );
 }
 
 /// The cache works both ways with Python's huggingface_hub and diffusers: sdgen reads what
@@ -499,12 +506,12 @@ fn the_cache_is_shared_with_python() {
         false,
         &format!("import huggingface_hub as h; print(h.snapshot_download('tiny/sd', allow_patterns={patterns}))"),
     );
-    let got = fetch_with(&config(&server.endpoint, &py_cache, true), "tiny/sd", None, false, false).unwrap();
+    let got = fetch_with(&config(&server.endpoint, &py_cache, true), "tiny/sd", None, false, &mut NoProgress).unwrap();
     assert_eq!(got, PathBuf::from(py_snapshot));
 
     // sdgen downloads; diffusers loads it with the network off and finds the same files.
     let rs_cache = tmp.path().join("rs");
-    let got = fetch_with(&config(&server.endpoint, &rs_cache, false), "tiny/sd", None, false, false).unwrap();
+    let got = fetch_with(&config(&server.endpoint, &rs_cache, false), "tiny/sd", None, false, &mut NoProgress).unwrap();
     let code = "import huggingface_hub as h, diffusers\n\
                 p = h.snapshot_download('tiny/sd')\n\
                 pipe = diffusers.StableDiffusionPipeline.from_pretrained('tiny/sd', safety_checker=None)\n\
@@ -525,8 +532,8 @@ fn hub_models_produce_the_golden_images() {
     let mut server = Server::start(hosted(vec![("sdgen/tiny-sd", tiny(), None), ("sdgen/tiny-sd2", sd2, None)]));
     let cache = tempfile::tempdir().unwrap();
     let cfg = config(&server.endpoint, cache.path(), false);
-    let sd1 = fetch_with(&cfg, "sdgen/tiny-sd", None, false, false).expect("fetch tiny-sd");
-    let sd2 = fetch_with(&cfg, "sdgen/tiny-sd2", None, false, false).expect("fetch tiny-sd2");
+    let sd1 = fetch_with(&cfg, "sdgen/tiny-sd", None, false, &mut NoProgress).expect("fetch tiny-sd");
+    let sd2 = fetch_with(&cfg, "sdgen/tiny-sd2", None, false, &mut NoProgress).expect("fetch tiny-sd2");
     server.stop();
     for (snapshot, folder, goldens) in
         [(sd1, "weights/tiny-sd", "tests/fixtures/goldens"), (sd2, "weights/tiny-sd2", "tests/fixtures/goldens-sd2")]

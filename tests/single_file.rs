@@ -52,8 +52,8 @@ fn assert_same_as_folder(model: &str) {
         assert_eq!(mapped_names, names, "{model} {c:?}: mapped names differ from the folder's");
         for name in &names {
             let shape = folder.shape_of(name).unwrap();
-            let want = folder.get(name, &shape).unwrap();
-            let got = mapped.get(name, &shape).unwrap();
+            let want = folder.get_owned(name, &shape).unwrap();
+            let got = mapped.get_owned(name, &shape).unwrap();
             assert!(got.equal(&want), "{model} {c:?}: '{name}' differs");
         }
         folder.finish().unwrap();

@@ -20,7 +20,7 @@ pub mod shard;
 
 pub use manifest::{sha256_hex, ManifestEntry, ManifestStatus};
 pub use parse::{derive_seed, output_name, BatchInput, Defaults, Format, LineError, Plan, PlannedLine, KNOWN_KEYS};
-pub use run::{group_jobs, run, BatchOptions, Failure, Summary};
+pub use run::{group_jobs, run, BatchOptions, Event, Failure, Summary};
 pub use shard::{merge, status, FailedImage, Shard, StatusReport, SHARD_COUNT_ENV};
 
 use crate::Request;
@@ -52,18 +52,24 @@ pub struct Job {
 }
 
 impl Job {
-    /// A short fingerprint of everything that decides the image's content, so that a manifest
-    /// record from an edited line is not mistaken for this job's.
-    pub fn key(&self) -> String {
-        request_key(&self.request)
+    /// A short fingerprint of everything that decides the image's content (the request and
+    /// the run's `run_key`: model, precision, options), so that a manifest record from an
+    /// edited line or another model is not mistaken for this job's.
+    pub fn key(&self, run_key: &str) -> String {
+        request_key(&self.request, run_key)
     }
 }
 
-/// Hex of the first 8 bytes of sha256 over the request's JSON form. serde_json writes fields in
-/// declaration order and floats in their shortest exact form, so the text is stable.
-pub(crate) fn request_key(request: &Request) -> String {
+/// Hex of the first 8 bytes of sha256 over the request's JSON form and the run key. serde_json
+/// writes fields in declaration order and floats in their shortest exact form, so the text is
+/// stable. An empty run key gives the keys of earlier versions.
+pub(crate) fn request_key(request: &Request, run_key: &str) -> String {
     use sha2::{Digest, Sha256};
-    let text = serde_json::to_string(request).unwrap_or_default();
+    let mut text = serde_json::to_string(request).unwrap_or_default();
+    if !run_key.is_empty() {
+        text.push('\n');
+        text.push_str(run_key);
+    }
     let digest = Sha256::digest(text.as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

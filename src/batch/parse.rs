@@ -120,13 +120,17 @@ impl BatchInput {
 }
 
 /// The values every line starts from: the command line's request and base seed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Defaults {
     /// Prompt, negative, steps, guidance, size, scheduler, num_images and clip_skip for lines
     /// that do not set them. Its `seed` is not used: see `base_seed`.
     pub request: Request,
     /// Lines without a seed get [`derive_seed`]`(base_seed, index)`.
     pub base_seed: u64,
+    /// What besides the request decides an image: the model's files, precision and options
+    /// (`sdgen::plan::run_key`). Part of every job's resume key, so a rerun with another
+    /// model renders again.
+    pub run_key: String,
 }
 
 /// One problem with one line.

@@ -5,11 +5,9 @@
 //! manifest is locked) stop the run.
 
 use std::collections::{HashMap, HashSet};
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde::Serialize;
 
 use super::manifest::{self, sha256_hex, ManifestEntry, ManifestStatus, ManifestWriter};
@@ -29,9 +27,9 @@ pub struct BatchOptions<'a> {
     pub shard: Shard,
     /// Run the valid lines even if others are invalid (they are listed in the summary).
     pub skip_invalid: bool,
-    /// No progress bars: one line per finished image on stderr instead (as when stderr is not
-    /// a terminal).
-    pub quiet: bool,
+    /// Hears how the run goes (what starts, each step, each finished image), to draw
+    /// progress; the library prints nothing itself.
+    pub on_event: &'a dyn Fn(Event<'_>),
     /// Checks a scheduler name; `Err` says what is wrong (e.g. lists the known names).
     pub validate_scheduler: &'a dyn Fn(&str) -> std::result::Result<(), String>,
 }
@@ -41,7 +39,7 @@ fn any_scheduler(_: &str) -> std::result::Result<(), String> {
 }
 
 impl<'a> BatchOptions<'a> {
-    /// Batch size 1, the whole file, invalid lines stop the run, progress bars on a terminal,
+    /// Batch size 1, the whole file, invalid lines stop the run, no progress reports,
     /// and every scheduler name accepted (set `validate_scheduler` to check them).
     pub fn new(out_dir: impl Into<PathBuf>, defaults: Defaults) -> BatchOptions<'a> {
         BatchOptions {
@@ -50,10 +48,25 @@ impl<'a> BatchOptions<'a> {
             batch_size: 1,
             shard: Shard::ALL,
             skip_invalid: false,
-            quiet: false,
+            on_event: &|_| {},
             validate_scheduler: &any_scheduler,
         }
     }
+}
+
+/// What a run reports as it goes, through [`BatchOptions::on_event`].
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'e> {
+    /// The run starts: this shard's images, those already done, those to render.
+    Start { input: &'e str, shard: Shard, images: usize, skipped: usize, pending: usize },
+    /// A group of jobs goes to the backend as one batch.
+    Group { jobs: &'e [Job] },
+    /// The current group's denoising step.
+    Step { done: usize, total: usize },
+    /// One image is written (or failed) and recorded.
+    Finished { job: &'e Job, entry: &'e ManifestEntry },
+    /// The run is over.
+    End,
 }
 
 /// An image whose render failed.
@@ -156,24 +169,17 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
     let jobs = plan.jobs(opts.shard);
     let images = jobs.len();
     let lines = plan.lines.iter().filter(|l| opts.shard.contains(l.index)).count();
-    let (pending, skipped) = pending_jobs(jobs, &opts.out_dir)?;
+    let (pending, skipped) = pending_jobs(jobs, &opts.out_dir, &opts.defaults.run_key)?;
 
-    let progress = Progress::new(pending.len(), skipped, opts.quiet);
-    if progress.bars.is_none() {
-        eprintln!(
-            "{}: shard {}: {images} images, {skipped} already done, {} to render",
-            input.name,
-            opts.shard,
-            pending.len()
-        );
-    }
+    let report = opts.on_event;
+    report(Event::Start { input: &input.name, shard: opts.shard, images, skipped, pending: pending.len() });
     let mut done = 0;
     let mut failures = Vec::new();
     for group in group_jobs(&pending, opts.batch_size) {
         let group: Vec<Job> = group.into_iter().cloned().collect();
-        progress.start_group(&group);
+        report(Event::Group { jobs: &group });
         let render_started = Instant::now();
-        let mut results = backend.render(&group, &mut |step, total| progress.step(step, total));
+        let mut results = backend.render(&group, &mut |done, total| report(Event::Step { done, total }));
         let per_image = render_started.elapsed().as_secs_f64() / group.len() as f64;
         if results.len() != group.len() {
             let message = format!("the backend returned {} results for {} jobs", results.len(), group.len());
@@ -191,7 +197,7 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
                 Ok(bytes) => {
                     manifest::write_atomically(&opts.out_dir, &job.file_name, &bytes, opts.shard)?;
                     done += 1;
-                    record(job, opts.shard, per_image, Ok(&bytes))
+                    record(job, &opts.defaults.run_key, opts.shard, per_image, Ok(&bytes))
                 }
                 Err(error) => {
                     failures.push(Failure {
@@ -200,14 +206,14 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
                         file: job.file_name.clone(),
                         error: error.clone(),
                     });
-                    record(job, opts.shard, per_image, Err(error))
+                    record(job, &opts.defaults.run_key, opts.shard, per_image, Err(error))
                 }
             };
             writer.append(&entry)?;
-            progress.finished(job, &entry);
+            report(Event::Finished { job, entry: &entry });
         }
     }
-    progress.clear();
+    report(Event::End);
 
     let seconds = started.elapsed().as_secs_f64();
     let rendered = done + failures.len();
@@ -230,7 +236,13 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
 
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
-fn record(job: &Job, shard: Shard, duration_s: f64, result: std::result::Result<&[u8], String>) -> ManifestEntry {
+fn record(
+    job: &Job,
+    run_key: &str,
+    shard: Shard,
+    duration_s: f64,
+    result: std::result::Result<&[u8], String>,
+) -> ManifestEntry {
     let (status, sha256, bytes, error) = match result {
         Ok(png) => (ManifestStatus::Ok, Some(sha256_hex(png)), Some(png.len() as u64), None),
         Err(e) => (ManifestStatus::Failed, None, None, Some(e)),
@@ -241,7 +253,7 @@ fn record(job: &Job, shard: Shard, duration_s: f64, result: std::result::Result<
         image: job.image,
         seed: job.request.seed,
         file: job.file_name.clone(),
-        key: job.key(),
+        key: job.key(run_key),
         status,
         sha256,
         bytes,
@@ -256,7 +268,7 @@ fn record(job: &Job, shard: Shard, duration_s: f64, result: std::result::Result<
 /// manifest (of any shard, so a change of shard count loses nothing) has an ok record for the
 /// same file and request key whose sha256 matches the file now on disk. A missing or altered
 /// file, a failed record or no record means the job runs again.
-fn pending_jobs(jobs: Vec<Job>, out_dir: &std::path::Path) -> Result<(Vec<Job>, usize)> {
+fn pending_jobs(jobs: Vec<Job>, out_dir: &std::path::Path, run_key: &str) -> Result<(Vec<Job>, usize)> {
     let set = manifest::read_all(out_dir)?;
     let mut ok: HashMap<(&str, &str), HashSet<&str>> = HashMap::new();
     for e in &set.entries {
@@ -267,7 +279,7 @@ fn pending_jobs(jobs: Vec<Job>, out_dir: &std::path::Path) -> Result<(Vec<Job>, 
     let mut pending = Vec::new();
     let mut skipped = 0;
     for job in jobs {
-        let key = job.key();
+        let key = job.key(run_key);
         let done = match ok.get(&(job.file_name.as_str(), key.as_str())) {
             None => false,
             Some(hashes) => match std::fs::read(out_dir.join(&job.file_name)) {
@@ -305,99 +317,4 @@ pub fn group_jobs(jobs: &[Job], batch_size: usize) -> Vec<Vec<&Job>> {
     groups.extend(open.into_values().filter(|g| !g.is_empty()));
     groups.sort_by_key(|g| g[0]);
     groups.into_iter().map(|g| g.into_iter().map(|i| &jobs[i]).collect()).collect()
-}
-
-const OVERALL_TEMPLATE: &str = "{bar:30.cyan/blue} {pos}/{len} images  {per_min}  ETA {eta}  {msg}";
-const STEP_TEMPLATE: &str = "{bar:30.green} step {pos}/{len}  {msg}";
-
-/// Progress on stderr: an overall bar and a step bar on a terminal, else one line per image.
-struct Progress {
-    bars: Option<(MultiProgress, ProgressBar, ProgressBar)>,
-    total: usize,
-    started: Instant,
-    count: std::cell::Cell<usize>,
-}
-
-impl Progress {
-    fn new(total: usize, skipped: usize, quiet: bool) -> Progress {
-        let bars = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            let overall = multi.add(ProgressBar::new(total as u64));
-            let per_minute = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.1}/min", state.per_sec() * 60.0);
-            };
-            let style = ProgressStyle::with_template(OVERALL_TEMPLATE)
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .with_key("per_min", per_minute);
-            overall.set_style(style);
-            if skipped > 0 {
-                overall.set_message(format!("({skipped} already done)"));
-            }
-            let step = multi.add(ProgressBar::new(0));
-            step.set_style(
-                ProgressStyle::with_template(STEP_TEMPLATE).unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            overall.enable_steady_tick(Duration::from_millis(500));
-            (multi, overall, step)
-        });
-        Progress { bars, total, started: Instant::now(), count: std::cell::Cell::new(0) }
-    }
-
-    fn start_group(&self, group: &[Job]) {
-        if let Some((_, _, step)) = &self.bars {
-            step.reset();
-            step.set_position(0);
-            let lines: Vec<String> = group.iter().map(|j| j.line.to_string()).collect();
-            let prompt: String = group[0].request.prompt.chars().take(50).collect();
-            step.set_message(format!("line {}: {prompt}", lines.join(",")));
-        }
-    }
-
-    fn step(&self, done: usize, total: usize) {
-        if let Some((_, _, step)) = &self.bars {
-            step.set_length(total as u64);
-            step.set_position(done as u64);
-        }
-    }
-
-    fn finished(&self, job: &Job, entry: &ManifestEntry) {
-        let n = self.count.get() + 1;
-        self.count.set(n);
-        let outcome = match &entry.error {
-            None => format!("{} ({:.1}s)", job.file_name, entry.duration_s),
-            Some(e) => format!("FAILED {}: {e}", job.file_name),
-        };
-        match &self.bars {
-            Some((multi, overall, _)) => {
-                if entry.error.is_some() {
-                    let _ = multi.println(format!("line {}: {outcome}", job.line));
-                }
-                overall.inc(1);
-            }
-            None => {
-                let minutes = self.started.elapsed().as_secs_f64() / 60.0;
-                let rate = if minutes > 0.0 { n as f64 / minutes } else { 0.0 };
-                eprintln!("[{n}/{}] line {}: {outcome}  {rate:.1} images/min", self.total, job.line);
-            }
-        }
-    }
-
-    fn clear(&self) {
-        if let Some((multi, overall, step)) = &self.bars {
-            step.finish_and_clear();
-            overall.finish_and_clear();
-            let _ = multi.clear();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn progress_templates_parse() {
-        assert!(ProgressStyle::with_template(OVERALL_TEMPLATE).is_ok());
-        assert!(ProgressStyle::with_template(STEP_TEMPLATE).is_ok());
-    }
 }

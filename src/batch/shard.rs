@@ -306,7 +306,7 @@ fn collect(input: &BatchInput, opts: &BatchOptions<'_>) -> Result<(StatusReport,
         let mut any_missing = false;
         for job in line.jobs() {
             report.images += 1;
-            let key = job.key();
+            let key = job.key(&opts.defaults.run_key);
             let records: Vec<&ManifestEntry> =
                 by_file.get(job.file_name.as_str()).into_iter().flatten().copied().filter(|e| e.key == key).collect();
             let size = std::fs::metadata(opts.out_dir.join(&job.file_name)).ok().map(|m| m.len());

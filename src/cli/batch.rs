@@ -4,8 +4,8 @@ use super::{GenerationArgs, ModelArgs};
 use anyhow::bail;
 use clap::Args;
 use sdgen::batch::{self, BatchInput, BatchOptions, Defaults, Shard};
+use sdgen::plan::{run_key, Settings};
 use sdgen::save::PipelineBackend;
-use sdgen::Request;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -53,14 +53,22 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let base = Request { prompt: String::new(), negative_prompt: None, seed: 0, ..Request::default() };
-    let mut request = super::generate::build_request(None, &args.gen, args.num_images, base);
+    let settings = Settings { num_images: args.num_images, ..args.gen.settings().or(args.model.settings()?) };
     let input = BatchInput::read(&args.file)?;
     let validate = |name: &str| sdgen::schedulers::resolve(name).map(|_| ()).map_err(|e| e.to_string());
     let shard = Shard::select(args.shard.as_deref(), args.shard_count)?;
 
+    // The defaults every line starts from, and the key of this model and precision, come from
+    // the model's own files; --merge reads them the same way without loading any weights.
+    let load = super::load_options(&settings, args.quiet)?;
+    let spec = load.inspect()?;
+    let (mut request, _) = Settings { seed: Some(0), ..settings.clone() }.resolve_request(&spec, 0)?;
+    request.prompt = String::new();
+    request.negative_prompt = settings.negative_prompt.clone().filter(|s| !s.is_empty());
+    let defaults = Defaults { request, base_seed: args.gen.seed.unwrap_or(0), run_key: run_key(&spec, &load)? };
+
     if args.merge {
-        let opts = options(&args, Defaults { request, base_seed: args.gen.seed.unwrap_or(0) }, shard, &validate);
+        let opts = options(&args, defaults, shard, &validate);
         let report = batch::merge(&input, &opts)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -70,11 +78,11 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
         return Ok(report.is_complete());
     }
 
-    let pipe = sdgen::Pipeline::load(&args.model.resolve(args.quiet)?)?;
-    if args.gen.scheduler.is_none() {
-        request.scheduler = pipe.default_scheduler();
-    }
-    let opts = options(&args, Defaults { request, base_seed: args.gen.seed.unwrap_or(0) }, shard, &validate);
+    let pipe = sdgen::Pipeline::from_spec(&load, spec)?;
+    let renderer = super::progress::BatchRenderer::new(args.quiet);
+    let on_event = |e: batch::Event<'_>| renderer.handle(e);
+    let mut opts = options(&args, defaults, shard, &validate);
+    opts.on_event = &on_event;
     let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &pipe })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -94,7 +102,6 @@ fn options<'a>(
     opts.batch_size = args.batch_size;
     opts.shard = shard;
     opts.skip_invalid = args.skip_invalid;
-    opts.quiet = args.quiet;
     opts.validate_scheduler = validate;
     opts
 }

@@ -25,7 +25,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let opts = args.model.resolve(true)?;
+    let opts = super::load_options(&args.model.settings()?, true)?;
     let req = Request {
         prompt: "a photo of an astronaut riding a horse".into(),
         seed: 0,

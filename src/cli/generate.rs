@@ -5,6 +5,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sdgen::pipeline::Pipeline;
+use sdgen::plan::Settings;
 use sdgen::Request;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -28,27 +29,6 @@ pub struct GenerateArgs {
     pub output: OutputArgs,
 }
 
-/// The request the flags describe, on top of `base` (defaults, or a record from --from).
-pub fn build_request(
-    prompt: Option<String>,
-    gen: &GenerationArgs,
-    num_images: Option<usize>,
-    base: Request,
-) -> Request {
-    Request {
-        prompt: prompt.unwrap_or(base.prompt),
-        negative_prompt: gen.negative.clone().or(base.negative_prompt).filter(|s| !s.is_empty()),
-        seed: gen.seed.unwrap_or(base.seed),
-        steps: gen.steps.unwrap_or(base.steps),
-        guidance: gen.guidance.unwrap_or(base.guidance),
-        width: gen.width.unwrap_or(base.width),
-        height: gen.height.unwrap_or(base.height),
-        scheduler: gen.scheduler.clone().unwrap_or(base.scheduler),
-        num_images: num_images.unwrap_or(base.num_images),
-        clip_skip: gen.clip_skip.or(base.clip_skip),
-    }
-}
-
 pub fn progress_bar(quiet: bool) -> ProgressBar {
     let target = if quiet || !std::io::stderr().is_terminal() {
         ProgressDrawTarget::hidden()
@@ -64,37 +44,31 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
     bar
 }
 
-pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
-    let mut base = Request { seed: rand::random::<u32>() as u64, ..Request::default() };
-    let mut seed_given = args.gen.seed.is_some();
-    if let Some(from) = &args.from {
-        let record = sdgen::output::read_record(from)
-            .with_context(|| format!("reading the sdgen record from {}", from.display()))?;
-        base = record.request.clone();
-        seed_given = true;
-        args.model.model.get_or_insert_with(|| record.model.source.clone());
-        args.model.device.get_or_insert(record.device.clone());
-        args.model.dtype.get_or_insert(record.dtype.clone());
-        args.model.memory.offload |= record.offload;
-        if !record.conv.is_auto() {
-            args.model.memory.cpu_conv.get_or_insert_with(|| record.conv.name().to_string());
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    // Precedence, decided here once: flags, then the --from record, then the model's and
+    // sdgen's defaults (in `Settings::resolve_request`).
+    let flags = Settings {
+        prompt: args.prompt.clone(),
+        num_images: args.num_images,
+        ..args.gen.settings().or(args.model.settings()?)
+    };
+    let settings = match &args.from {
+        Some(from) => {
+            let record = sdgen::output::read_record(from)
+                .with_context(|| format!("reading the sdgen record from {}", from.display()))?;
+            flags.or(Settings::from_record(&record))
         }
-        if args.prompt.is_none() {
-            args.prompt = Some(record.request.prompt.clone());
-        }
-        if args.gen.scheduler.is_none() {
-            args.gen.scheduler = Some(record.request.scheduler.clone());
-        }
-    }
-    if args.prompt.is_none() {
+        None => flags,
+    };
+    if settings.prompt.is_none() {
         bail!("no prompt given: sdgen generate \"a prompt\" (or --from IMAGE.png)");
     }
-    let mut req = build_request(args.prompt.clone(), &args.gen, args.num_images, base);
+    let seed_given = settings.seed.is_some();
+    let opts = super::load_options(&settings, args.output.quiet)?;
+    let spec = opts.inspect()?;
+    let (req, _) = settings.resolve_request(&spec, rand::random::<u32>() as u64)?;
     sdgen::pipeline::check_request(&req)?;
-    let pipe = Pipeline::load(&args.model.resolve(args.output.quiet)?)?;
-    if args.gen.scheduler.is_none() {
-        req.scheduler = pipe.default_scheduler();
-    }
+    let pipe = Pipeline::from_spec(&opts, spec)?;
     pipe.check(&req)?;
     if !seed_given {
         eprintln!("seed: {}", req.seed);

@@ -5,10 +5,12 @@ pub mod bench;
 pub mod generate;
 pub mod info;
 pub mod license;
+pub mod progress;
 pub mod schedulers;
 pub mod show;
 
 use clap::{Args, Parser, Subcommand};
+use sdgen::plan::{PredictionType, Settings};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -88,68 +90,66 @@ pub struct MemoryArgs {
 }
 
 impl ModelArgs {
-    pub fn device(&self) -> sdgen::Result<sdgen::device::DeviceChoice> {
-        self.device.as_deref().unwrap_or("auto").parse()
-    }
-
-    pub fn dtype(&self) -> sdgen::Result<sdgen::device::DType> {
-        self.dtype.as_deref().unwrap_or("auto").parse()
-    }
-
-    /// Resolves `--model` (or its defaults) to something on disk, downloading a hub model
-    /// into the Hugging Face cache when needed, and returns the library's load options.
-    pub fn resolve(&self, quiet: bool) -> anyhow::Result<sdgen::LoadOptions> {
-        use sdgen::loading::source::{ModelSource, Origin};
-        use std::io::IsTerminal;
-        let choice = ModelSource::choose(self.model.as_deref())?;
-        if !matches!(choice.origin, Origin::Flag) && !quiet {
-            eprintln!("model: {} (from {})", choice.source, choice.origin);
-        }
-        let dtype = self.dtype()?;
-        let device = self.device()?;
-        // Whether the run will be in fp16 decides which hub weights to fetch; resolving the
-        // device here only reads CUDA availability.
-        let fp16 = device.resolve().map(|d| dtype.resolve(d) == tch::Kind::Half).unwrap_or(false);
-        let path = choice.source.materialize(fp16, !quiet && std::io::stderr().is_terminal())?;
-        // Hub models are recorded as repo@commit (the snapshot folder's name), so --from
-        // finds exactly these weights again.
-        let label = match &choice.source {
-            ModelSource::Hub { repo, .. } => {
-                let commit = path
-                    .ancestors()
-                    .find(|p| p.parent().and_then(|q| q.file_name()).is_some_and(|n| n == "snapshots"))
-                    .and_then(|p| p.file_name())
-                    .map(|c| c.to_string_lossy().into_owned());
-                Some(match commit {
-                    Some(c) => format!("{repo}@{c}"),
-                    None => choice.source.to_string(),
-                })
-            }
-            _ => None,
-        };
-        let mut opts = self.load_options(path)?;
-        opts.source_label = label;
-        Ok(opts)
-    }
-
-    /// The library's load options for the model at `path`.
-    pub fn load_options(&self, path: PathBuf) -> sdgen::Result<sdgen::LoadOptions> {
-        Ok(sdgen::LoadOptions {
-            model: path,
-            device: self.device()?,
-            dtype: self.dtype()?,
-            source_label: None,
+    /// The model-level settings these flags give (unset where a flag is absent).
+    pub fn settings(&self) -> sdgen::Result<Settings> {
+        Ok(Settings {
+            model: self.model.clone(),
+            device: self.device.as_deref().map(str::parse).transpose()?,
+            dtype: self.dtype.as_deref().map(str::parse).transpose()?,
+            prediction_type: self.prediction_type.as_deref().map(PredictionType::parse).transpose()?,
             config_dir: self.config_dir.clone(),
-            arch: self.arch.clone(),
-            prediction_type: self.prediction_type.clone(),
-            offload: self.memory.offload,
+            arch: self.arch.as_deref().map(sdgen::plan::Arch::parse).transpose()?,
+            offload: self.memory.offload.then_some(true),
             vae_tiling: self.memory.vae_tiling.then(sdgen::models::vae::VaeTiling::default),
-            conv: match &self.memory.cpu_conv {
-                Some(name) => sdgen::models::conv::ConvAlgo::parse(name)?,
-                None => Default::default(),
-            },
+            conv: self.memory.cpu_conv.as_deref().map(sdgen::models::conv::ConvAlgo::parse).transpose()?,
+            ..Settings::default()
         })
     }
+}
+
+/// Resolves the model in `settings` (or its defaults: `$SDGEN_MODEL`, the config file, the
+/// built-in default) to something on disk, downloading a hub model into the Hugging Face cache
+/// when needed, and returns the library's load options.
+pub fn load_options(settings: &Settings, quiet: bool) -> anyhow::Result<sdgen::LoadOptions> {
+    use sdgen::loading::source::{ModelSource, Origin};
+    let choice = ModelSource::choose(settings.model.as_deref())?;
+    if !matches!(choice.origin, Origin::Flag) && !quiet {
+        eprintln!("model: {} (from {})", choice.source, choice.origin);
+    }
+    let dtype = settings.dtype.unwrap_or_default();
+    let device = settings.device.unwrap_or_default();
+    // Whether the run will be in fp16 decides which hub weights to fetch; resolving the
+    // device here only reads CUDA availability.
+    let fp16 = device.resolve().map(|d| dtype.resolve(d) == tch::Kind::Half).unwrap_or(false);
+    let path = choice.source.materialize(fp16, &mut progress::DownloadBar::new(quiet))?;
+    // Hub models are recorded as repo@commit (the snapshot folder's name), so --from
+    // finds exactly these weights again.
+    let label = match &choice.source {
+        ModelSource::Hub { repo, .. } => {
+            let commit = path
+                .ancestors()
+                .find(|p| p.parent().and_then(|q| q.file_name()).is_some_and(|n| n == "snapshots"))
+                .and_then(|p| p.file_name())
+                .map(|c| c.to_string_lossy().into_owned());
+            Some(match commit {
+                Some(c) => format!("{repo}@{c}"),
+                None => choice.source.to_string(),
+            })
+        }
+        _ => None,
+    };
+    Ok(sdgen::LoadOptions {
+        model: path,
+        device,
+        dtype,
+        source_label: label,
+        config_dir: settings.config_dir.clone(),
+        arch: settings.arch,
+        prediction_type: settings.prediction_type,
+        offload: settings.offload.unwrap_or(false),
+        vae_tiling: settings.vae_tiling,
+        conv: settings.conv.unwrap_or_default(),
+    })
 }
 
 /// What to generate; every field is optional so `--from` and batch files can fill the rest.
@@ -180,6 +180,23 @@ pub struct GenerationArgs {
     /// Use the output of an earlier CLIP layer (2 = skip the last layer, as A1111).
     #[arg(long, value_name = "N")]
     pub clip_skip: Option<usize>,
+}
+
+impl GenerationArgs {
+    /// The request settings these flags give (unset where a flag is absent).
+    pub fn settings(&self) -> Settings {
+        Settings {
+            negative_prompt: self.negative.clone(),
+            seed: self.seed,
+            steps: self.steps,
+            guidance: self.guidance,
+            width: self.width,
+            height: self.height,
+            scheduler: self.scheduler.clone(),
+            clip_skip: self.clip_skip,
+            ..Settings::default()
+        }
+    }
 }
 
 /// Where and how images are written.

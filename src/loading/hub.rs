@@ -13,7 +13,6 @@ use crate::loading::source::{check_repo_id, check_revision};
 use crate::{Error, Result};
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -89,7 +88,12 @@ impl HubConfig {
 }
 
 /// Fetches a hub model with settings from the environment; see [`fetch_with`].
-pub fn fetch(repo: &str, revision: Option<&str>, prefer_fp16: bool, progress: bool) -> Result<PathBuf> {
+pub fn fetch(
+    repo: &str,
+    revision: Option<&str>,
+    prefer_fp16: bool,
+    progress: &mut dyn DownloadProgress,
+) -> Result<PathBuf> {
     fetch_with(&HubConfig::from_env(), repo, revision, prefer_fp16, progress)
 }
 
@@ -98,13 +102,13 @@ pub fn fetch(repo: &str, revision: Option<&str>, prefer_fp16: bool, progress: bo
 /// single checkpoint instead (no `model_index.json`), returns that `.safetensors` file.
 ///
 /// `prefer_fp16` picks the `.fp16.safetensors` variants where the repo has them; `progress`
-/// shows a bar per downloaded file on stderr (drawn only when stderr is a terminal).
+/// hears about each downloaded file (the library draws nothing itself).
 pub fn fetch_with(
     config: &HubConfig,
     repo: &str,
     revision: Option<&str>,
     prefer_fp16: bool,
-    progress: bool,
+    progress: &mut dyn DownloadProgress,
 ) -> Result<PathBuf> {
     let revision = revision.unwrap_or("main");
     // Both become paths in the cache, so they are checked here too, not only by the parser.
@@ -121,7 +125,7 @@ pub fn fetch_with(
         .with_retries(2)
         .with_user_agent("sdgen", crate::VERSION)
         .build()
-        .map_err(|e| Error::Model(format!("cannot set up a connection to {}: {e}", config.endpoint)))?;
+        .map_err(|e| Error::Hub(format!("cannot set up a connection to {}: {e}", config.endpoint)))?;
     let listing = match list(&api, repo, revision) {
         Ok(listing) => listing,
         // As huggingface_hub does: no connection is not an error while the cache has the model.
@@ -140,7 +144,7 @@ pub fn fetch_with(
         Err(ListError::Failed(e)) => return Err(e.into_error(config, repo, revision)),
     };
     let plan = plan(&listing.files, prefer_fp16).map_err(|why| {
-        Error::Model(format!("{repo}@{revision} on {} has no model sdgen can load: {why}", config.endpoint))
+        Error::Hub(format!("{repo}@{revision} on {} has no model sdgen can load: {why}", config.endpoint))
     })?;
 
     let repo_dir = config.repo_dir(repo);
@@ -153,14 +157,11 @@ pub fn fetch_with(
         if snapshot.join(file).is_file() {
             continue;
         }
-        let got = if progress {
-            handle.download_with_progress(file, Bar::new())
-        } else {
-            handle.download_with_progress(file, ())
-        }
-        .map_err(|e| download_error(config, repo, revision, file, e))?;
+        let got = handle
+            .download_with_progress(file, Relay(&mut *progress))
+            .map_err(|e| download_error(config, repo, revision, file, e))?;
         if got != snapshot.join(file) {
-            return Err(Error::Model(format!(
+            return Err(Error::Hub(format!(
                 "{repo}@{revision}: {} sent {file} from another commit than the listing ({}); run again",
                 config.endpoint, listing.sha
             )));
@@ -204,7 +205,7 @@ enum Failure {
 impl Failure {
     fn into_error(self, config: &HubConfig, repo: &str, revision: &str) -> Error {
         let page = format!("{}/{repo}", config.endpoint);
-        Error::Model(match self {
+        Error::Hub(match self {
             Failure::Status(401 | 403, what) => {
                 let token = if config.token.is_some() {
                     "The token in use (HF_TOKEN or the token file) has no access to it: check it on the hub, or set HF_TOKEN to another."
@@ -261,20 +262,19 @@ fn download_error(config: &HubConfig, repo: &str, revision: &str, file: &str, er
     match err {
         ApiError::RequestError(e) => match classify(*e) {
             ListError::Failed(f) => f.into_error(config, repo, revision),
-            ListError::Unreachable(why) => Error::Model(format!(
+            ListError::Unreachable(why) => Error::Hub(format!(
                 "downloading {file} of {repo}@{revision} from {} failed ({why}); run again to resume",
                 config.endpoint
             )),
         },
-        ApiError::MissingHeader(_) | ApiError::InvalidHeader(_) => Error::Model(format!(
+        ApiError::MissingHeader(_) | ApiError::InvalidHeader(_) => Error::Hub(format!(
             "downloading {file} of {repo}@{revision}: {} did not answer as a Hugging Face hub does ({err}); \
              check HF_ENDPOINT",
             config.endpoint
         )),
-        other => Error::Model(format!(
-            "downloading {file} of {repo}@{revision} into {}: {other}",
-            config.cache_dir.display()
-        )),
+        other => {
+            Error::Hub(format!("downloading {file} of {repo}@{revision} into {}: {other}", config.cache_dir.display()))
+        }
     }
 }
 
@@ -479,7 +479,7 @@ fn not_cached(config: &HubConfig, repo: &str, revision: &str, prefer_fp16: bool,
     } else {
         "check the network connection and proxy settings (HTTPS_PROXY)"
     };
-    Error::Model(format!(
+    Error::Hub(format!(
         "{cause}, and {found}.\nTo fix it, either:\n  \
          - on a machine with internet, fetch what sdgen needs with \
          `huggingface-cli download {repo} --revision {revision} --include {include}`, \
@@ -491,27 +491,35 @@ fn not_cached(config: &HubConfig, repo: &str, revision: &str, prefer_fp16: bool,
     ))
 }
 
-/// A progress bar for one file, on stderr.
-struct Bar(ProgressBar);
-
-impl Bar {
-    fn new() -> Bar {
-        Bar(ProgressBar::new(0))
-    }
+/// Hears how downloads go, one file at a time; the command line draws bars from it.
+pub trait DownloadProgress {
+    /// A file of `size` bytes starts downloading.
+    fn start(&mut self, file: &str, size: u64);
+    /// `bytes` more arrived.
+    fn advance(&mut self, bytes: u64);
+    /// The file is complete.
+    fn finish(&mut self);
 }
 
-impl hf_hub::api::Progress for Bar {
+/// Downloads in silence.
+pub struct NoProgress;
+
+impl DownloadProgress for NoProgress {
+    fn start(&mut self, _: &str, _: u64) {}
+    fn advance(&mut self, _: u64) {}
+    fn finish(&mut self) {}
+}
+
+/// hf-hub's progress calls, passed on to a [`DownloadProgress`].
+struct Relay<'a>(&'a mut dyn DownloadProgress);
+
+impl hf_hub::api::Progress for Relay<'_> {
     fn init(&mut self, size: usize, filename: &str) {
-        let style = ProgressStyle::with_template("{msg:40} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-        self.0.set_style(style.progress_chars("=> "));
-        self.0.set_length(size as u64);
-        self.0.set_position(0);
-        self.0.set_message(filename.to_string());
+        self.0.start(filename, size as u64);
     }
 
     fn update(&mut self, size: usize) {
-        self.0.inc(size as u64);
+        self.0.advance(size as u64);
     }
 
     fn finish(&mut self) {

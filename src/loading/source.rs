@@ -73,7 +73,7 @@ impl fmt::Display for ModelSource {
 impl ModelSource {
     /// A local path to load: the folder or file itself, or a hub model's snapshot folder in
     /// the Hugging Face cache (downloaded if needed; fp16 weights preferred when asked).
-    pub fn materialize(&self, prefer_fp16: bool, progress: bool) -> Result<PathBuf> {
+    pub fn materialize(&self, prefer_fp16: bool, progress: &mut dyn super::hub::DownloadProgress) -> Result<PathBuf> {
         match self {
             ModelSource::Folder(p) | ModelSource::SingleFile(p) => Ok(p.clone()),
             ModelSource::Hub { repo, revision } => super::hub::fetch(repo, revision.as_deref(), prefer_fp16, progress),

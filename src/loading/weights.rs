@@ -302,14 +302,14 @@ impl Weights {
 
     /// What a model built from these weights must hold (as its last field) while it lives:
     /// its tensors may borrow the mapped files' bytes.
-    pub fn map_guard(&self) -> MapGuard {
+    pub(crate) fn map_guard(&self) -> MapGuard {
         MapGuard(self.store.files.iter().map(|f| f.mmap.clone()).collect())
     }
 
     /// For a tensor that is only read at load to make another one (which the model keeps
     /// instead): hands [`Weights::get`]'s tensor to `make`, then drops the tensor's pages from
     /// the mapping, so that only `make`'s result stays in memory.
-    pub fn transform<R>(&self, name: &str, shape: &[i64], make: impl FnOnce(&Tensor) -> R) -> Result<R> {
+    pub(crate) fn transform<R>(&self, name: &str, shape: &[i64], make: impl FnOnce(&Tensor) -> R) -> Result<R> {
         let t = self.get(name, shape)?;
         let made = make(&t);
         drop(t);
@@ -333,9 +333,22 @@ impl Weights {
         }
     }
 
+    /// The tensor `name` with the given shape, on the store's device, in its float dtype, in
+    /// memory of its own (a copy where [`Weights::get`] would borrow the mapping).
+    pub fn get_owned(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let t = self.get(name, shape)?;
+        if self.store.device != Device::Cpu {
+            return Ok(t);
+        }
+        let mut owned = t.f_empty_like()?;
+        owned.f_copy_(&t)?;
+        Ok(owned)
+    }
+
     /// The tensor `name` with the given shape, on the store's device, in its float dtype.
-    /// On the CPU it may borrow the mapped file (read-only: never modify it in place).
-    pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
+    /// On the CPU it may borrow the mapped file (read-only: never modify it in place), so it
+    /// is crate-private: the model that keeps it must also keep [`Weights::map_guard`].
+    pub(crate) fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
         let full = self.full(name);
         let Some((src, entry)) = self.resolve(&full) else {
             return Err(Error::weights(

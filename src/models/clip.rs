@@ -215,7 +215,7 @@ impl ClipTextModel {
 }
 
 /// `model.safetensors`, or `model.fp16.safetensors` for fp16 loads when only that exists.
-fn weights_file(dir: &Path, kind: Kind) -> Result<PathBuf> {
+pub(crate) fn weights_file(dir: &Path, kind: Kind) -> Result<PathBuf> {
     let plain = dir.join("model.safetensors");
     if plain.is_file() {
         return Ok(plain);

@@ -241,7 +241,7 @@ fn use_winograd(algo: ConvAlgo, shape: &[i64], stride: i64, padding: i64) -> boo
 
 /// `U[4a + b] = (G · w · Gᵀ)[a, b]` for every (out, in) pair: `[out, in, 3, 3]` → `[16, out, in]`
 /// in fp32 on the CPU, computed in f64 and rounded once.
-pub fn winograd_weights(weight: &Tensor) -> Tensor {
+pub(crate) fn winograd_weights(weight: &Tensor) -> Tensor {
     let s = weight.size();
     assert!(s.len() == 4 && s[2] == 3 && s[3] == 3, "Winograd F(2x2, 3x3) needs a 3x3 kernel, got {s:?}");
     let w = weight.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
@@ -290,10 +290,16 @@ pub fn winograd_weights(weight: &Tensor) -> Tensor {
 /// 16 values into its 2×2 outputs (`Aᵀ·m·A`, plus the bias) straight into the image. The two
 /// transforms are plain loops over the tensors' memory, one pass each, split over libtorch's
 /// intra-op threads.
-pub fn winograd_conv(x: &Tensor, u: &Tensor, bias: Option<&Tensor>) -> Tensor {
+pub(crate) fn winograd_conv(x: &Tensor, u: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let (n, c, h, w) = x.size4().expect("conv2d expects [batch, channels, height, width]");
     assert!(x.kind() == Kind::Float && x.device() == Device::Cpu, "Winograd runs on fp32 CPU tensors");
-    let o = u.size()[1];
+    // The transforms below read raw memory: these checks keep every read inside its tensor.
+    let us = u.size();
+    assert!(us.len() == 3 && us[0] == 16 && us[2] == c, "Winograd weights {us:?} do not fit {c} input channels");
+    let o = us[1];
+    if let Some(b) = bias {
+        assert!(b.numel() == o as usize, "bias of {} values for {o} output channels", b.numel());
+    }
     let (th, tw) = ((h + 1) / 2, (w + 1) / 2);
     let tiles = n * th * tw;
     let x = x.contiguous();

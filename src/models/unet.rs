@@ -422,6 +422,38 @@ pub struct UNet {
     _map: MapGuard,
 }
 
+/// What the UNet is conditioned on, besides the noisy latents and the timestep: one value, so
+/// that a second text encoder or added conditioning changes no caller.
+#[derive(Debug)]
+pub struct Conditioning {
+    /// Cross-attention states `[batch, tokens, cross_attention_dim]`.
+    pub context: Tensor,
+    /// Pooled text embeddings `[batch, dim]` (SDXL-style added conditioning).
+    pub pooled: Option<Tensor>,
+    /// Added time ids `[batch, 6]` (original size, crop top-left, target size).
+    pub time_ids: Option<Tensor>,
+}
+
+impl Conditioning {
+    /// Cross-attention states alone, as SD 1.x and 2.x use.
+    pub fn text(context: Tensor) -> Conditioning {
+        Conditioning { context, pooled: None, time_ids: None }
+    }
+
+    /// Both halves for classifier-free guidance, unconditional first as diffusers stacks them.
+    pub fn cat(uncond: &Conditioning, cond: &Conditioning) -> Conditioning {
+        let both = |a: &Option<Tensor>, b: &Option<Tensor>| match (a, b) {
+            (Some(a), Some(b)) => Some(Tensor::cat(&[a, b], 0)),
+            _ => None,
+        };
+        Conditioning {
+            context: Tensor::cat(&[&uncond.context, &cond.context], 0),
+            pooled: both(&uncond.pooled, &cond.pooled),
+            time_ids: both(&uncond.time_ids, &cond.time_ids),
+        }
+    }
+}
+
 /// `dir/diffusion_pytorch_model.safetensors`, or the `.fp16` variant when only that exists.
 pub(crate) fn diffusers_weights_file(dir: &Path) -> Result<PathBuf> {
     let plain = dir.join("diffusion_pytorch_model.safetensors");
@@ -563,6 +595,19 @@ impl UNet {
 
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+
+    /// [`UNet::forward`] with the whole [`Conditioning`]. The pooled text embedding and the
+    /// added time ids are for UNets with added conditioning (`addition_embed_type`); a UNet
+    /// without it has nothing to add them to and refuses them rather than ignore them.
+    pub fn forward_cond(&self, sample: &Tensor, timestep: f64, cond: &Conditioning) -> Result<Tensor> {
+        if cond.pooled.is_some() || cond.time_ids.is_some() {
+            return Err(Error::invalid(
+                "this UNet has no added conditioning (its config sets no `addition_embed_type`), so it cannot take \
+                 pooled text embeddings or time ids",
+            ));
+        }
+        Ok(self.forward(sample, timestep, &cond.context))
     }
 
     /// Predicts the noise (or v) for `sample` `[batch, in_channels, h, w]` at `timestep`,

@@ -307,7 +307,7 @@ impl Decoder {
 
 /// How [`Vae::decode_tiled`] splits latents into tiles (sizes in latent pixels; the image
 /// tile is 8× larger for SD's VAE).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VaeTiling {
     /// Tile edge.
     pub tile: i64,

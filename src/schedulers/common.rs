@@ -390,9 +390,11 @@ pub fn spaced_timesteps(spacing: Spacing, num_train: usize, steps: usize, steps_
 }
 
 /// The sigma schedule a sampler runs on, beyond the model's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SigmaSchedule {
     /// The model's training sigmas at the spaced timesteps.
+    #[default]
     Default,
     /// Karras et al. 2022, ρ = 7.
     Karras,

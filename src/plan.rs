@@ -1,0 +1,487 @@
+//! The resolved plan: every setting that changes pixels, decided once and typed.
+//!
+//! A run goes request → [`Settings`] (flags, a `--from` record, environment and config file,
+//! merged by [`Settings::or`] in one order of precedence) → [`ModelSpec`] (what the model folder
+//! or checkpoint says about itself, read from its small JSON files without loading weights) →
+//! [`Plan`] (one image: the request with every default filled, the sampler, precision, device,
+//! memory options and the latent shape). The PNG's `sdgen` record is the serialized plan, so
+//! `--from` replays it; batch resume keys and `--merge` derive from the same values.
+
+use crate::device::{DType, DeviceChoice};
+use crate::loading::read_json;
+use crate::models::clip::ClipTextConfig;
+use crate::models::conv::ConvAlgo;
+use crate::models::unet::UNetConfig;
+use crate::models::vae::{VaeConfig, VaeTiling};
+use crate::request::{LicenseRecord, Request};
+use crate::schedulers::{self, SchedulerConfig, SchedulerInfo, SigmaSchedule};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub use crate::loading::single_file::Arch;
+
+/// What the model predicts, as `prediction_type` in a scheduler config says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictionType {
+    Epsilon,
+    VPrediction,
+    Sample,
+}
+
+impl PredictionType {
+    pub fn parse(s: &str) -> Result<PredictionType> {
+        match s.trim() {
+            "epsilon" => Ok(PredictionType::Epsilon),
+            "v_prediction" | "v" => Ok(PredictionType::VPrediction),
+            "sample" => Ok(PredictionType::Sample),
+            other => {
+                Err(Error::invalid(format!("unknown prediction type '{other}': use epsilon, v_prediction or sample")))
+            }
+        }
+    }
+
+    /// The name diffusers' configs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            PredictionType::Epsilon => "epsilon",
+            PredictionType::VPrediction => "v_prediction",
+            PredictionType::Sample => "sample",
+        }
+    }
+}
+
+/// How the model is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// A diffusers folder (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`).
+    Folder,
+    /// One `.safetensors` checkpoint in the original CompVis/A1111 layout.
+    SingleFile,
+}
+
+/// One weights file that is loaded, and its sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFile {
+    /// `unet`, `vae`, `text_encoder`, or `checkpoint` for a single file.
+    pub component: String,
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// What a model says about itself, read without loading its weights.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// Where it is on disk.
+    pub path: PathBuf,
+    pub layout: Layout,
+    pub arch: Arch,
+    /// The weights files the loaders will read, UNet (or checkpoint) first; their hashes.
+    pub files: Vec<ModelFile>,
+    /// The scheduler config, with a `--prediction-type` override applied.
+    pub scheduler_config: SchedulerConfig,
+    pub unet: UNetConfig,
+    pub vae: VaeConfig,
+    pub text_encoder: ClipTextConfig,
+    pub license: LicenseRecord,
+    /// Single files: where configs came from (None: sdgen's built-in ones).
+    pub config_dir: Option<PathBuf>,
+    /// Single files: the architecture was forced instead of detected.
+    pub arch_forced: bool,
+    /// Single files: the checkpoint, already inspected and with its configs.
+    pub(crate) prepared: Option<Box<crate::loading::single_file::Prepared>>,
+}
+
+/// The options that decide what [`ModelSpec::inspect`] finds.
+#[derive(Debug, Clone, Default)]
+pub struct ModelOptions<'a> {
+    pub config_dir: Option<&'a Path>,
+    pub arch: Option<Arch>,
+    pub prediction_type: Option<PredictionType>,
+    /// The UNet's dtype: decides between a plain and an fp16 weights file where both exist.
+    pub kind: Option<tch::Kind>,
+}
+
+impl ModelSpec {
+    /// Reads a model folder's or checkpoint's configs and picks its weights files, hashing
+    /// them (cached), without loading any tensor.
+    pub fn inspect(path: &Path, opts: &ModelOptions<'_>) -> Result<ModelSpec> {
+        let kind = opts.kind.unwrap_or(tch::Kind::Float);
+        let mut spec = if path.is_file() {
+            Self::inspect_single_file(path, opts)?
+        } else if path.is_dir() {
+            Self::inspect_folder(path, kind)?
+        } else {
+            return Err(Error::invalid(format!(
+                "model {} does not exist; pass --model with a diffusers folder (model_index.json, unet/, vae/, \
+                 text_encoder/, tokenizer/, scheduler/) or a .safetensors checkpoint",
+                path.display()
+            )));
+        };
+        if let Some(p) = opts.prediction_type {
+            spec.scheduler_config.prediction_type = Some(p.name().to_string());
+        }
+        spec.check_latents()?;
+        Ok(spec)
+    }
+
+    fn inspect_folder(dir: &Path, kind: tch::Kind) -> Result<ModelSpec> {
+        const COMPONENTS: [&str; 5] = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
+        for c in COMPONENTS {
+            if !dir.join(c).is_dir() {
+                return Err(Error::invalid(format!(
+                    "model folder {} has no {c}/ folder; a diffusers Stable Diffusion folder needs {}",
+                    dir.display(),
+                    COMPONENTS.map(|c| format!("{c}/")).join(", ")
+                )));
+            }
+        }
+        let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
+        if !scheduler_path.is_file() {
+            return Err(Error::invalid(format!("model folder is missing {}", scheduler_path.display())));
+        }
+        let scheduler_config: SchedulerConfig = read_json(&scheduler_path)?;
+        let unet = UNetConfig::from_file(&dir.join("unet").join("config.json"))?;
+        let vae = VaeConfig::from_file(&dir.join("vae").join("config.json"))?;
+        let text_encoder = ClipTextConfig::load(&dir.join("text_encoder").join("config.json"))?;
+        let arch = arch_of(&unet);
+        let files = vec![
+            hashed("unet", crate::models::unet::diffusers_weights_file(&dir.join("unet"))?)?,
+            hashed("text_encoder", crate::models::clip::weights_file(&dir.join("text_encoder"), kind)?)?,
+            hashed("vae", crate::models::unet::diffusers_weights_file(&dir.join("vae"))?)?,
+        ];
+        let license = crate::output::license::detect(Some(dir), arch.name());
+        Ok(ModelSpec {
+            path: dir.to_path_buf(),
+            layout: Layout::Folder,
+            arch,
+            files,
+            scheduler_config,
+            unet,
+            vae,
+            text_encoder,
+            license,
+            config_dir: None,
+            arch_forced: false,
+            prepared: None,
+        })
+    }
+
+    fn inspect_single_file(path: &Path, opts: &ModelOptions<'_>) -> Result<ModelSpec> {
+        use crate::loading::single_file;
+        let prepared = single_file::prepare(
+            path,
+            &single_file::Options {
+                arch: opts.arch,
+                config_dir: opts.config_dir,
+                prediction_type: opts.prediction_type.map(PredictionType::name),
+            },
+        )?;
+        let configs = &prepared.configs;
+        let scheduler_config: SchedulerConfig = configs.parse("scheduler/scheduler_config.json")?;
+        let unet: UNetConfig = configs.parse("unet/config.json")?;
+        let vae: VaeConfig = configs.parse("vae/config.json")?;
+        let text_encoder: ClipTextConfig = configs.parse("text_encoder/config.json")?;
+        let arch = prepared.file.arch;
+        let mut license = crate::output::license::detect(opts.config_dir, arch.name());
+        if opts.config_dir.is_none() {
+            license.source = format!("default for a single-file {arch} checkpoint (the file carries no licence)");
+        }
+        Ok(ModelSpec {
+            path: path.to_path_buf(),
+            layout: Layout::SingleFile,
+            arch,
+            files: vec![hashed("checkpoint", path.to_path_buf())?],
+            scheduler_config,
+            unet,
+            vae,
+            text_encoder,
+            license,
+            config_dir: opts.config_dir.map(Path::to_path_buf),
+            arch_forced: opts.arch.is_some(),
+            prepared: Some(Box::new(prepared)),
+        })
+    }
+
+    /// The "Model hash": sha256 of the UNet weights (single files: the whole checkpoint).
+    pub fn hash(&self) -> &str {
+        &self.files[0].sha256
+    }
+
+    /// How many latent channels the VAE makes, which text-to-image noise must have.
+    pub fn latent_channels(&self) -> i64 {
+        self.vae.latent_channels
+    }
+
+    /// Pixels per latent pixel along each side: 2^(VAE levels - 1), 8 for SD's VAE.
+    pub fn vae_scale_factor(&self) -> u32 {
+        1 << self.vae.block_out_channels.len().saturating_sub(1).min(16)
+    }
+
+    /// Text-to-image feeds the UNet the latents alone, so its inputs must be the VAE's
+    /// latent channels; an inpainting UNet (9 = latents + mask + masked image) needs more.
+    fn check_latents(&self) -> Result<()> {
+        let (unet_in, latent) = (self.unet.in_channels, self.vae.latent_channels);
+        if unet_in == latent {
+            return Ok(());
+        }
+        if unet_in == 2 * latent + 1 {
+            return Err(Error::invalid(format!(
+                "{} is an inpainting model: its UNet takes {unet_in} input channels (latents, mask and masked \
+                 image), so it cannot make images from text alone; use the model's text-to-image version",
+                self.path.display()
+            )));
+        }
+        Err(Error::invalid(format!(
+            "{}: the UNet takes {unet_in} input channels but the VAE makes {latent}-channel latents; these \
+             components do not belong together",
+            self.path.display()
+        )))
+    }
+
+    /// The scheduler row and sigma schedule the model's own scheduler config describes, if
+    /// sdgen has it; else Euler.
+    pub fn default_sampler(&self) -> Sampler {
+        sampler_from_config(&self.scheduler_config).unwrap_or_else(|| Sampler {
+            info: schedulers::resolve("EulerDiscreteScheduler").map(|(i, _)| i).unwrap_or(&schedulers::all()[0]),
+            schedule: SigmaSchedule::Default,
+        })
+    }
+
+    /// The sampler a request names, or the model's own when it names none (empty string).
+    pub fn sampler(&self, name: &str) -> Result<Sampler> {
+        if name.trim().is_empty() {
+            return Ok(self.default_sampler());
+        }
+        let (info, schedule) = schedulers::resolve(name)?;
+        // An explicit schedule wins; otherwise the config's `use_karras_sigmas` and
+        // `use_exponential_sigmas` decide, as they do when the scheduler is built.
+        let schedule = match schedule {
+            Some(s) if s != SigmaSchedule::Default => s,
+            _ => config_schedule(&self.scheduler_config).filter(|s| info.supports(*s)).unwrap_or_default(),
+        };
+        Ok(Sampler { info, schedule })
+    }
+}
+
+fn hashed(component: &str, path: PathBuf) -> Result<ModelFile> {
+    let sha256 = crate::loading::sha256_file_cached(&path)?;
+    Ok(ModelFile { component: component.to_string(), path, sha256 })
+}
+
+/// SD 2.x-style UNets have 1024-wide cross-attention or linear projections.
+pub fn arch_of(unet: &UNetConfig) -> Arch {
+    let wide = match &unet.cross_attention_dim {
+        crate::models::unet::PerLevel::One(d) => *d == 1024,
+        crate::models::unet::PerLevel::List(ds) => ds.contains(&1024),
+    };
+    if wide || unet.use_linear_projection {
+        Arch::Sd2
+    } else {
+        Arch::Sd1
+    }
+}
+
+/// A scheduler-table row with the sigma schedule it runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampler {
+    pub info: &'static SchedulerInfo,
+    pub schedule: SigmaSchedule,
+}
+
+impl PartialEq for Sampler {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.info, other.info) && self.schedule == other.schedule
+    }
+}
+
+impl Sampler {
+    /// The name that resolves back to this sampler: A1111's, with a non-default schedule
+    /// folded in ("DPM++ 2M Karras").
+    pub fn name(&self) -> String {
+        self.info.a1111_combined_name(Some(self.schedule))
+    }
+}
+
+/// Everything a user can set, each unset unless given. Layers combine with [`Settings::or`]:
+/// `flags.or(from_record).or(environment)`, and what is still unset takes the model's or
+/// sdgen's default in [`Settings::resolve_request`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    pub prompt: Option<String>,
+    pub negative_prompt: Option<String>,
+    pub seed: Option<u64>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub scheduler: Option<String>,
+    pub num_images: Option<usize>,
+    pub clip_skip: Option<usize>,
+    pub model: Option<String>,
+    pub device: Option<DeviceChoice>,
+    pub dtype: Option<DType>,
+    pub prediction_type: Option<PredictionType>,
+    pub config_dir: Option<PathBuf>,
+    pub arch: Option<Arch>,
+    pub offload: Option<bool>,
+    pub vae_tiling: Option<VaeTiling>,
+    pub conv: Option<ConvAlgo>,
+}
+
+macro_rules! layer {
+    ($a:ident, $b:ident, $($f:ident),*) => { Settings { $($f: $a.$f.or($b.$f)),* } };
+}
+
+impl Settings {
+    /// These settings, with `lower`'s filling the gaps.
+    pub fn or(self, lower: Settings) -> Settings {
+        layer!(
+            self,
+            lower,
+            prompt,
+            negative_prompt,
+            seed,
+            steps,
+            guidance,
+            width,
+            height,
+            scheduler,
+            num_images,
+            clip_skip,
+            model,
+            device,
+            dtype,
+            prediction_type,
+            config_dir,
+            arch,
+            offload,
+            vae_tiling,
+            conv
+        )
+    }
+
+    /// What a record says, as settings: `--from` puts these under the command line's flags.
+    /// The request's seed is the recorded image's own, and one image is made.
+    pub fn from_record(r: &Record) -> Settings {
+        let req = &r.request;
+        Settings {
+            prompt: Some(req.prompt.clone()),
+            negative_prompt: Some(req.negative_prompt.clone().unwrap_or_default()),
+            seed: Some(req.seed),
+            steps: Some(req.steps),
+            guidance: Some(req.guidance),
+            width: Some(req.width),
+            height: Some(req.height),
+            scheduler: Some(r.sampler.as_ref().map(|s| s.name.clone()).unwrap_or_else(|| req.scheduler.clone())),
+            num_images: Some(1),
+            clip_skip: req.clip_skip,
+            model: Some(r.model.source.clone()),
+            device: r.device.parse().ok(),
+            dtype: r.dtype.parse().ok(),
+            prediction_type: r.prediction_type.or_else(|| {
+                r.scheduler_config
+                    .get("prediction_type")
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| PredictionType::parse(s).ok())
+            }),
+            config_dir: r.model.config_dir.clone(),
+            arch: if r.model.arch_forced { Some(r.model.architecture) } else { None },
+            offload: Some(r.offload),
+            vae_tiling: r.vae_tiling,
+            conv: Some(r.conv),
+        }
+    }
+
+    /// The request these settings describe for `model`: what is unset takes the model's
+    /// default (its own scheduler) or sdgen's (20 steps, guidance 7.5, 512², one image).
+    /// `random_seed` is used when no seed was given.
+    pub fn resolve_request(&self, model: &ModelSpec, random_seed: u64) -> Result<(Request, Sampler)> {
+        let d = Request::default();
+        let sampler = model.sampler(self.scheduler.as_deref().unwrap_or(""))?;
+        let req = Request {
+            prompt: self.prompt.clone().unwrap_or_default(),
+            negative_prompt: self.negative_prompt.clone().filter(|s| !s.is_empty()),
+            seed: self.seed.unwrap_or(random_seed),
+            steps: self.steps.unwrap_or(d.steps),
+            guidance: self.guidance.unwrap_or(d.guidance),
+            width: self.width.unwrap_or(d.width),
+            height: self.height.unwrap_or(d.height),
+            scheduler: sampler.name(),
+            num_images: self.num_images.unwrap_or(1),
+            clip_skip: self.clip_skip,
+        };
+        Ok((req, sampler))
+    }
+}
+
+/// The sampler as recorded: the table row's names and the sigma schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplerRecord {
+    /// The name that resolves to this sampler again ("DPM++ 2M SDE Karras").
+    pub name: String,
+    /// The diffusers class that implements it.
+    pub class: String,
+    pub schedule: SigmaSchedule,
+}
+
+impl From<Sampler> for SamplerRecord {
+    fn from(s: Sampler) -> SamplerRecord {
+        SamplerRecord { name: s.name(), class: s.info.diffusers_name.to_string(), schedule: s.schedule }
+    }
+}
+
+pub use crate::request::Record;
+
+/// A short key for everything about a run, besides the request, that changes pixels: the
+/// model's weights files, its scheduler config (with overrides), prediction type, device,
+/// dtype, offload, VAE tiling and convolution algorithm. Batch resume keys include it, so a
+/// rerun with another model or precision renders again instead of skipping.
+pub fn run_key(spec: &ModelSpec, opts: &crate::LoadOptions) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let device = opts.device.resolve()?;
+    let subject = serde_json::json!({
+        "files": spec.files.iter().map(|f| &f.sha256).collect::<Vec<_>>(),
+        "scheduler_config": spec.scheduler_config,
+        "device": crate::device::device_name(device),
+        "dtype": crate::device::kind_name(opts.dtype.resolve(device)),
+        "offload": opts.offload,
+        "vae_tiling": opts.vae_tiling,
+        "conv": opts.conv,
+    });
+    let digest = Sha256::digest(subject.to_string().as_bytes());
+    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The sigma schedule a scheduler config's flags ask for.
+fn config_schedule(config: &SchedulerConfig) -> Option<SigmaSchedule> {
+    let flag = |k: &str| config.extra.get(k).and_then(serde_json::Value::as_bool).unwrap_or(false);
+    if flag("use_karras_sigmas") {
+        Some(SigmaSchedule::Karras)
+    } else if flag("use_exponential_sigmas") {
+        Some(SigmaSchedule::Exponential)
+    } else {
+        None
+    }
+}
+
+/// The scheduler row a model's `scheduler_config.json` describes: its `_class_name`, told
+/// apart by `algorithm_type` where one class implements several samplers, and the sigma
+/// schedule from `use_karras_sigmas` / `use_exponential_sigmas`.
+pub fn sampler_from_config(config: &SchedulerConfig) -> Option<Sampler> {
+    let class = config.class_name.as_deref()?;
+    let schedule = config_schedule(config).unwrap_or_default();
+    let algorithm = config.extra.get("algorithm_type").and_then(serde_json::Value::as_str);
+    let info = schedulers::all().iter().find(|i| {
+        i.diffusers_name == class
+            && match (class, algorithm) {
+                ("DPMSolverMultistepScheduler", Some("sde-dpmsolver++")) => i.a1111_name == "DPM++ 2M SDE",
+                ("DPMSolverMultistepScheduler", _) => i.a1111_name == "DPM++ 2M",
+                _ => true,
+            }
+    })?;
+    let schedule = if info.supports(schedule) { schedule } else { SigmaSchedule::Default };
+    Some(Sampler { info, schedule })
+}
