@@ -1,12 +1,14 @@
 //! The `sdgen` command line: parse, run, map errors to exit codes.
 
 mod cli;
+mod signals;
 
 use clap::Parser;
 use cli::{Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    signals::remove_temps_on_signal();
     sdgen::device::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -30,8 +32,14 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {e}");
+            // Messages often end with their cause's text already; print each reason once.
+            let mut previous = e.to_string();
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                if !previous.ends_with(&text) {
+                    eprintln!("  caused by: {text}");
+                }
+                previous = text;
             }
             ExitCode::FAILURE
         }

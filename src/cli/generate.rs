@@ -65,6 +65,7 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
 }
 
 pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
+    let started = std::time::SystemTime::now();
     let mut base = Request { seed: rand::random::<u32>() as u64, ..Request::default() };
     let mut seed_given = args.gen.seed.is_some();
     if let Some(from) = &args.from {
@@ -125,6 +126,7 @@ pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
+    sdgen::save::remove_stale_temps(&written, started);
     for p in written {
         println!("{}", p.display());
     }
