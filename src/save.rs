@@ -75,9 +75,10 @@ pub fn run_timestamp() -> String {
     naming::timestamp_now()
 }
 
-/// The batch engine's [`Backend`](crate::batch::Backend) on a loaded [`Pipeline`]: a group of
-/// jobs becomes one UNet batch; if the batch fails as a whole, its jobs are retried one at a
-/// time so one bad job (say, out of memory) does not fail the others.
+/// The batch engine's [`Backend`](crate::batch::Backend) on a loaded
+/// [`Pipeline`](crate::Pipeline): a group of jobs becomes one UNet batch; if the batch fails
+/// as a whole, its jobs are retried one at a time so one bad job (say, out of memory) does not
+/// fail the others.
 pub struct PipelineBackend<'a> {
     pub pipeline: &'a crate::pipeline::Pipeline,
 }

@@ -247,11 +247,12 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
 
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
-/// Writes a job's PNG. A file that a manifest records as written was made by this batch and is replaced
-/// (its line was edited, or its file damaged); so is any file with `overwrite`. Any other
-/// existing file is someone else's: the job fails with `Ok(Err(message))` and the file stays,
-/// unless it already holds exactly these bytes, which is this job's own image from a run
-/// killed between writing it and recording it. `Err` is a write failure that stops the run.
+/// Writes a job's PNG. A file that a manifest records as written was made by this batch and
+/// is replaced (its line was edited, or its file damaged); so is any file with `overwrite`.
+/// Any other existing file is someone else's: the job fails with `Ok(Err(message))` and the
+/// file stays, unless it already holds exactly these bytes, which is this job's own image from
+/// a run killed between writing it and recording it. `Err` is a write failure that stops the
+/// run.
 fn write_image(
     opts: &BatchOptions<'_>,
     listed: &HashSet<String>,
@@ -301,10 +302,10 @@ fn record(job: &Job, shard: Shard, duration_s: f64, result: std::result::Result<
 }
 
 /// Splits jobs into those still to do and a count of those done, and lists every file name
-/// the manifests record as written. A job is done when any manifest (of any shard, so a change of shard
-/// count loses nothing) has an ok record for the same file and request key whose sha256
-/// matches the file now on disk. A missing or altered file, a failed record or no record means
-/// the job runs again.
+/// the manifests record as written. A job is done when any manifest (of any shard, so a change
+/// of shard count loses nothing) has an ok record for the same file and request key whose
+/// sha256 matches the file now on disk. A missing or altered file, a failed record or no record
+/// means the job runs again.
 fn pending_jobs(jobs: Vec<Job>, out_dir: &std::path::Path) -> Result<(Vec<Job>, usize, HashSet<String>)> {
     let set = manifest::read_all(out_dir)?;
     // Only ok records prove this batch wrote a file; a failed one may be about someone else's.
