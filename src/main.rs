@@ -1,6 +1,7 @@
 //! The `sdgen` command line: parse, run, map errors to exit codes.
 
 mod cli;
+mod signals;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -27,6 +28,7 @@ impl log::Log for StderrLog {
 static LOGGER: StderrLog = StderrLog;
 
 fn main() -> ExitCode {
+    signals::remove_temps_on_signal();
     sdgen::device::keep_freed_memory();
     let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Warn));
     // libtorch failures inside a run panic in tch and come back from the library as errors
@@ -59,8 +61,14 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {e}");
+            // Messages often end with their cause's text already; print each reason once.
+            let mut previous = e.to_string();
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                if !previous.ends_with(&text) {
+                    eprintln!("  caused by: {text}");
+                }
+                previous = text;
             }
             ExitCode::FAILURE
         }

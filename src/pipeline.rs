@@ -182,7 +182,8 @@ fn load_single_file(spec: &ModelSpec, device: Device, kind: Kind, aux: Place, co
     use crate::loading::single_file::Component;
     let prepared = spec.prepared.as_ref().ok_or_else(|| Error::Model("the checkpoint was not inspected".into()))?;
     // The tokenizer reads files; give it the configs as a diffusers-style folder.
-    let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let tmp = tempfile::tempdir()
+        .map_err(|e| Error::io_op(crate::error::IoOp::CreateFolder, std::env::temp_dir(), e))?;
     prepared.configs.write_to(tmp.path())?;
     let tokenizer = Tokenizer::from_dir(&tmp.path().join("tokenizer"))?;
     let file = &prepared.file;

@@ -58,19 +58,36 @@ pub fn png_bytes(g: &Generated) -> Result<Vec<u8>> {
     output::encode_png(&g.image, &text)
 }
 
+/// Removes the temporary files that a killed earlier run left in the folders of the files this
+/// run `written` (only sdgen's own, and only those unchanged since this run `started`; see
+/// [`output::atomic::remove_stale_temps`]). Best effort: tidying up never fails a run that
+/// wrote its images. Returns how many were removed.
+pub fn remove_stale_temps(written: &[PathBuf], started: std::time::SystemTime) -> usize {
+    let mut folders: Vec<&Path> =
+        written.iter().map(|p| p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))).collect();
+    folders.sort();
+    folders.dedup();
+    folders.into_iter().map(|dir| output::remove_stale_temps(dir, output::Stale::OlderThan(started)).unwrap_or(0)).sum()
+}
+
 /// A timestamp shared by the images of one run.
 pub fn run_timestamp() -> String {
     naming::timestamp_now()
 }
 
-/// The batch engine's [`Backend`](crate::batch::Backend) on a loaded [`Pipeline`]: a group of
-/// jobs becomes one UNet batch; if the batch fails as a whole, its jobs are retried one at a
-/// time so one bad job (say, out of memory) does not fail the others.
+/// The batch engine's [`Backend`](crate::batch::Backend) on a loaded
+/// [`Pipeline`](crate::Pipeline): a group of jobs becomes one UNet batch; if the batch fails
+/// as a whole, its jobs are retried one at a time so one bad job (say, out of memory) does not
+/// fail the others.
 pub struct PipelineBackend<'a> {
     pub pipeline: &'a crate::pipeline::Pipeline,
 }
 
 impl crate::batch::Backend for PipelineBackend<'_> {
+    fn license(&self) -> Option<crate::request::LicenseRecord> {
+        Some(self.pipeline.model().license.clone())
+    }
+
     fn render(
         &mut self,
         jobs: &[crate::batch::Job],

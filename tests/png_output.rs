@@ -148,10 +148,14 @@ fn record(prompt: &str, negative: Option<&str>) -> Record {
 const EULER_A: SaveOptions<'static> =
     SaveOptions { sampler_a1111: "Euler a", schedule_type: Some("Karras"), on_existing: OnExisting::Fail };
 
-/// Files in `dir` whose names show they are leftover temporaries.
+/// Files in `dir` whose names show they are leftover temporaries: every hidden file.
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir)
-        .map(|rd| rd.map(|e| e.unwrap().path()).filter(|p| p.to_string_lossy().contains(".tmp-")).collect())
+        .map(|rd| {
+            rd.map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

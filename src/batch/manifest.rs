@@ -3,8 +3,8 @@
 //! Order of a finished image: PNG to a temp file in the output folder, fsync, rename into place,
 //! fsync the folder; only then one manifest line, appended with a single `write` on an
 //! `O_APPEND` file and fsynced. A crash therefore leaves at worst a stray temp file (removed by
-//! the next run of that shard), a PNG without a record (redone), or a torn last manifest line
-//! (ignored on read; the next writer starts a fresh line after it).
+//! the next run of that shard), a PNG without a record (redone; the same bytes are kept), or a
+//! torn last manifest line (ignored on read; the next writer starts a fresh line after it).
 //!
 //! Each shard writes only its own `manifest-shard-<i>-of-<n>.jsonl` and holds an exclusive lock
 //! on it while running, so two processes never append to one file and a second process on the
@@ -20,12 +20,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Shard;
+use crate::error::IoOp;
+use crate::output::atomic::{self, OnExisting, Stale};
 use crate::{Error, Result};
 
 pub(crate) const MANIFEST_PREFIX: &str = "manifest-shard-";
 /// The file [`merge`](super::merge) writes.
 pub(crate) const MERGED_NAME: &str = "manifest.jsonl";
-const TEMP_PREFIX: &str = ".sdgen-tmp-";
 
 /// How an image attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,10 +90,10 @@ pub(crate) fn read_all(dir: &Path) -> Result<ManifestSet> {
     let listing = match std::fs::read_dir(dir) {
         Ok(listing) => listing,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(set),
-        Err(e) => return Err(Error::io(dir, e)),
+        Err(e) => return Err(Error::io_op(IoOp::ListFolder, dir, e)),
     };
     for item in listing {
-        let item = item.map_err(|e| Error::io(dir, e))?;
+        let item = item.map_err(|e| Error::io_op(IoOp::ListFolder, dir, e))?;
         let name = item.file_name().to_string_lossy().into_owned();
         if name.starts_with(MANIFEST_PREFIX) && name.ends_with(".jsonl") {
             set.files.push(name);
@@ -127,8 +128,12 @@ impl ManifestWriter {
     /// Opens (creating) and locks the shard's manifest in `dir`.
     pub fn open(dir: &Path, shard: Shard) -> Result<ManifestWriter> {
         let path = dir.join(shard.manifest_name());
-        let mut file =
-            OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| Error::io_write(&path, e))?;
         if let Err(e) = file.try_lock_exclusive() {
             if e.kind() == fs2::lock_contended_error().kind() {
                 return Err(Error::invalid(format!(
@@ -149,7 +154,7 @@ impl ManifestWriter {
             let mut last = [0u8; 1];
             file.seek(SeekFrom::End(-1)).and_then(|_| file.read_exact(&mut last)).map_err(|e| Error::io(&path, e))?;
             if last[0] != b'\n' {
-                file.write_all(b"\n").and_then(|_| file.sync_all()).map_err(|e| Error::io(&path, e))?;
+                file.write_all(b"\n").and_then(|_| file.sync_all()).map_err(|e| Error::io_write(&path, e))?;
             }
         }
         Ok(ManifestWriter { file, path })
@@ -164,63 +169,39 @@ impl ManifestWriter {
         let mut line = serde_json::to_vec(entry)
             .map_err(|e| Error::invalid(format!("cannot encode a manifest record for {}: {e}", entry.file)))?;
         line.push(b'\n');
-        let written = self.file.write(&line).map_err(|e| Error::io(&self.path, e))?;
+        let written = self.file.write(&line).map_err(|e| Error::io_write(&self.path, e))?;
         if written != line.len() {
-            return Err(Error::io(
+            return Err(Error::io_write(
                 &self.path,
                 std::io::Error::new(std::io::ErrorKind::WriteZero, "short write (is the disk full?)"),
             ));
         }
-        self.file.sync_all().map_err(|e| Error::io(&self.path, e))
+        self.file.sync_all().map_err(|e| Error::io_write(&self.path, e))
     }
 }
 
-/// Writes `bytes` to `dir/name` through a temp file in `dir`: write, fsync, rename, fsync the
-/// folder. Readers see the old file or the whole new one, never a part.
-pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8], shard: Shard) -> Result<PathBuf> {
-    let target = dir.join(name);
-    let mut temp = tempfile::Builder::new()
-        .prefix(&temp_prefix(shard))
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    temp.write_all(bytes).and_then(|_| temp.as_file().sync_all()).map_err(|e| Error::io(temp.path(), e))?;
-    temp.persist(&target).map_err(|e| Error::io(&target, e.error))?;
-    sync_dir(dir)?;
-    Ok(target)
+/// Writes `bytes` to `dir/name` with the [atomic writer](crate::output::atomic), its temporary
+/// file tagged with the shard (see [`remove_stale_temps`]).
+pub(crate) fn write_atomically(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    shard: Shard,
+    on_existing: OnExisting,
+) -> Result<PathBuf> {
+    atomic::write_file_tagged(&dir.join(name), bytes, on_existing, Some(&temp_tag(shard)))
 }
 
 /// Temp files carry their shard so that a run removes only its own shard's leftovers: another
 /// shard's temp files may belong to a process that is still running.
-fn temp_prefix(shard: Shard) -> String {
-    format!("{TEMP_PREFIX}{}-of-{}-", shard.index, shard.count)
+fn temp_tag(shard: Shard) -> String {
+    format!("{}-of-{}", shard.index, shard.count)
 }
 
 /// Removes temp files a killed run of `shard` left in `dir`. Call it only while holding the
 /// shard's lock. Returns how many it removed.
 pub(crate) fn remove_stale_temps(dir: &Path, shard: Shard) -> Result<usize> {
-    let prefix = temp_prefix(shard);
-    let mut removed = 0;
-    for item in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let item = item.map_err(|e| Error::io(dir, e))?;
-        if item.file_name().to_string_lossy().starts_with(&prefix) {
-            let path = item.path();
-            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
-/// Makes a rename durable: on Unix the folder's entry is only safe once the folder is synced.
-fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    atomic::remove_stale_temps(dir, Stale::Tagged(&temp_tag(shard)))
 }
 
 #[cfg(test)]
@@ -296,7 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
         let mine = Shard { index: 0, count: 2 };
         let other = Shard { index: 1, count: 2 };
-        write_atomically(dir.path(), "x.png", b"png", mine)?;
+        write_atomically(dir.path(), "x.png", b"png", mine, OnExisting::Fail)?;
         let names = |d: &Path| -> Vec<String> {
             let mut v: Vec<String> = std::fs::read_dir(d)
                 .into_iter()
@@ -308,12 +289,12 @@ mod tests {
             v
         };
         assert_eq!(names(dir.path()), ["x.png"]);
-        std::fs::write(dir.path().join(format!("{}abc.part", temp_prefix(mine))), b"")
+        std::fs::write(dir.path().join(format!(".sdgen-tmp-{}-abc123.part", temp_tag(mine))), b"")
             .map_err(|e| Error::io("temp", e))?;
-        std::fs::write(dir.path().join(format!("{}abc.part", temp_prefix(other))), b"")
+        std::fs::write(dir.path().join(format!(".sdgen-tmp-{}-abc123.part", temp_tag(other))), b"")
             .map_err(|e| Error::io("temp", e))?;
         assert_eq!(remove_stale_temps(dir.path(), mine)?, 1);
-        assert_eq!(names(dir.path()), [format!("{}abc.part", temp_prefix(other)), "x.png".to_string()]);
+        assert_eq!(names(dir.path()), [format!(".sdgen-tmp-{}-abc123.part", temp_tag(other)), "x.png".to_string()]);
         Ok(())
     }
 }

@@ -33,6 +33,13 @@ pub trait Backend {
     /// PNG file bytes (metadata already embedded) or that job's error.
     /// `on_step(done_steps, total_steps)` reports progress.
     fn render(&mut self, jobs: &[Job], on_step: &mut dyn FnMut(usize, usize)) -> Vec<Result<Vec<u8>, String>>;
+
+    /// The licence of the model the images come from; when given, the run leaves its notice
+    /// file in the output folder, as `generate` does (see
+    /// [`ensure_notice_file`](crate::output::ensure_notice_file)).
+    fn license(&self) -> Option<crate::request::LicenseRecord> {
+        None
+    }
 }
 
 /// One image to make.

@@ -6,13 +6,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
 use super::manifest::{self, sha256_hex, ManifestEntry, ManifestStatus, ManifestWriter};
 use super::parse::{BatchInput, Defaults, LineError, Plan};
 use super::{Backend, Job, Shard};
+use crate::output::atomic::{self, OnExisting, Stale};
 use crate::{Error, Result};
 
 /// How a batch runs. Build it with [`BatchOptions::new`] and set the fields that differ.
@@ -32,6 +33,10 @@ pub struct BatchOptions<'a> {
     pub on_event: &'a dyn Fn(Event<'_>),
     /// Checks a scheduler name; `Err` says what is wrong (e.g. lists the known names).
     pub validate_scheduler: &'a dyn Fn(&str) -> std::result::Result<(), String>,
+    /// Replace existing files that no manifest in the folder lists. Without it such a file is
+    /// left alone and its job fails (files an earlier run of a batch made are replaced when
+    /// their job runs again, as always).
+    pub overwrite: bool,
 }
 
 fn any_scheduler(_: &str) -> std::result::Result<(), String> {
@@ -39,8 +44,9 @@ fn any_scheduler(_: &str) -> std::result::Result<(), String> {
 }
 
 impl<'a> BatchOptions<'a> {
-    /// Batch size 1, the whole file, invalid lines stop the run, no progress reports,
-    /// and every scheduler name accepted (set `validate_scheduler` to check them).
+    /// Batch size 1, the whole file, invalid lines stop the run, no progress reports, every
+    /// scheduler name accepted (set `validate_scheduler` to check them), and files that no
+    /// manifest lists never replaced.
     pub fn new(out_dir: impl Into<PathBuf>, defaults: Defaults) -> BatchOptions<'a> {
         BatchOptions {
             out_dir: out_dir.into(),
@@ -50,6 +56,7 @@ impl<'a> BatchOptions<'a> {
             skip_invalid: false,
             on_event: &|_| {},
             validate_scheduler: &any_scheduler,
+            overwrite: false,
         }
     }
 }
@@ -162,14 +169,18 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
         return Err(Error::invalid("the batch size must be at least 1"));
     }
 
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
+    let started_at = SystemTime::now();
+    atomic::create_folder(&opts.out_dir)?;
     let mut writer = ManifestWriter::open(&opts.out_dir, opts.shard)?;
     manifest::remove_stale_temps(&opts.out_dir, opts.shard)?;
+    if let Some(license) = backend.license() {
+        crate::output::ensure_notice_file(&opts.out_dir, &license)?;
+    }
 
     let jobs = plan.jobs(opts.shard);
     let images = jobs.len();
     let lines = plan.lines.iter().filter(|l| opts.shard.contains(l.index)).count();
-    let (pending, skipped) = pending_jobs(jobs, &opts.out_dir, &opts.defaults.run_key)?;
+    let (pending, skipped, listed) = pending_jobs(jobs, &opts.out_dir, &opts.defaults.run_key)?;
 
     let report = opts.on_event;
     report(Event::Start { input: &input.name, shard: opts.shard, images, skipped, pending: pending.len() });
@@ -193,9 +204,12 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
                     Err(format!("the backend returned {} bytes that are not a PNG file", bytes.len()))
                 }
             });
+            let result = match result {
+                Ok(bytes) => write_image(opts, &listed, job, &bytes)?.map(|()| bytes),
+                Err(error) => Err(error),
+            };
             let entry = match result {
                 Ok(bytes) => {
-                    manifest::write_atomically(&opts.out_dir, &job.file_name, &bytes, opts.shard)?;
                     done += 1;
                     record(job, &opts.defaults.run_key, opts.shard, per_image, Ok(&bytes))
                 }
@@ -214,6 +228,9 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
         }
     }
     report(Event::End);
+    // Other shards' and older versions' leftovers: any that has not changed since this run
+    // started belongs to a process that is gone. Failing to tidy up does not fail the run.
+    let _ = atomic::remove_stale_temps(&opts.out_dir, Stale::OlderThan(started_at));
 
     let seconds = started.elapsed().as_secs_f64();
     let rendered = done + failures.len();
@@ -235,6 +252,38 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
 }
 
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// Writes a job's PNG. A file that a manifest records as written was made by this batch and
+/// is replaced (its line was edited, or its file damaged); so is any file with `overwrite`.
+/// Any other existing file is someone else's: the job fails with `Ok(Err(message))` and the
+/// file stays, unless it already holds exactly these bytes, which is this job's own image from
+/// a run killed between writing it and recording it. `Err` is a write failure that stops the
+/// run.
+fn write_image(
+    opts: &BatchOptions<'_>,
+    listed: &HashSet<String>,
+    job: &Job,
+    bytes: &[u8],
+) -> Result<std::result::Result<(), String>> {
+    let on_existing =
+        if opts.overwrite || listed.contains(&job.file_name) { OnExisting::Overwrite } else { OnExisting::Fail };
+    match manifest::write_atomically(&opts.out_dir, &job.file_name, bytes, opts.shard, on_existing) {
+        Ok(_) => Ok(Ok(())),
+        Err(e) if atomic::is_already_exists(&e) => {
+            let path = opts.out_dir.join(&job.file_name);
+            if std::fs::read(&path).is_ok_and(|existing| existing == bytes) {
+                return Ok(Ok(()));
+            }
+            Ok(Err(format!(
+                "{} already exists and no manifest in {} lists it, so it was not made by this batch; it was \
+                 left alone: move it away, choose another filename, or pass --overwrite to replace it",
+                path.display(),
+                opts.out_dir.display()
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
 
 fn record(
     job: &Job,
@@ -264,12 +313,20 @@ fn record(
     }
 }
 
-/// Splits jobs into those still to do and a count of those done. A job is done when any
-/// manifest (of any shard, so a change of shard count loses nothing) has an ok record for the
-/// same file and request key whose sha256 matches the file now on disk. A missing or altered
-/// file, a failed record or no record means the job runs again.
-fn pending_jobs(jobs: Vec<Job>, out_dir: &std::path::Path, run_key: &str) -> Result<(Vec<Job>, usize)> {
+/// Splits jobs into those still to do and a count of those done, and lists every file name
+/// the manifests record as written. A job is done when any manifest (of any shard, so a change
+/// of shard count loses nothing) has an ok record for the same file and request key whose
+/// sha256 matches the file now on disk. A missing or altered file, a failed record or no record
+/// means the job runs again.
+fn pending_jobs(
+    jobs: Vec<Job>,
+    out_dir: &std::path::Path,
+    run_key: &str,
+) -> Result<(Vec<Job>, usize, HashSet<String>)> {
     let set = manifest::read_all(out_dir)?;
+    // Only ok records prove this batch wrote a file; a failed one may be about someone else's.
+    let listed: HashSet<String> =
+        set.entries.iter().filter(|e| e.status == ManifestStatus::Ok).map(|e| e.file.clone()).collect();
     let mut ok: HashMap<(&str, &str), HashSet<&str>> = HashMap::new();
     for e in &set.entries {
         if let (ManifestStatus::Ok, Some(sha)) = (e.status, &e.sha256) {
@@ -294,7 +351,7 @@ fn pending_jobs(jobs: Vec<Job>, out_dir: &std::path::Path, run_key: &str) -> Res
             pending.push(job);
         }
     }
-    Ok((pending, skipped))
+    Ok((pending, skipped, listed))
 }
 
 /// Groups jobs that can share one UNet batch: equal width, height, steps, scheduler, guidance

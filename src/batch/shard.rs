@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::manifest::{self, ManifestEntry, ManifestStatus};
 use super::parse::{BatchInput, LineError, Plan};
 use super::run::BatchOptions;
+use crate::output::atomic::{self, OnExisting};
 use crate::{Error, Result};
 
 /// The variable that gives the shard count next to `JOB_COMPLETION_INDEX`.
@@ -263,15 +264,26 @@ pub fn status(input: &BatchInput, opts: &BatchOptions<'_>) -> Result<StatusRepor
 
 /// [`status`], and also writes `manifest.jsonl` in the output folder: one record per image of
 /// the file, in file order: its ok record if done, else its last failed record; missing images
-/// have none. It replaces an earlier `manifest.jsonl` atomically.
+/// have none. It replaces an earlier `manifest.jsonl` atomically. Before any run (no folder, or
+/// no shard manifest in it) there is nothing to merge: the report says 0 done and no file is
+/// written.
 pub fn merge(input: &BatchInput, opts: &BatchOptions<'_>) -> Result<StatusReport> {
     let (mut report, records) = collect(input, opts)?;
+    if report.manifests.is_empty() {
+        return Ok(report);
+    }
     let mut text = String::new();
     for r in &records {
         text.push_str(&serde_json::to_string(r).map_err(|e| Error::invalid(format!("manifest record: {e}")))?);
         text.push('\n');
     }
-    let path = manifest::write_atomically(&opts.out_dir, manifest::MERGED_NAME, text.as_bytes(), Shard::ALL)?;
+    // Its own temp tag: a shard run removes its shard's temps, which may not be ours.
+    let path = atomic::write_file_tagged(
+        &opts.out_dir.join(manifest::MERGED_NAME),
+        text.as_bytes(),
+        OnExisting::Overwrite,
+        Some("merge"),
+    )?;
     report.merged = Some(path);
     Ok(report)
 }

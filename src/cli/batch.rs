@@ -37,6 +37,10 @@ pub struct BatchArgs {
     /// Run the valid lines even when some lines are invalid.
     #[arg(long)]
     pub skip_invalid: bool,
+    /// Replace existing files that no manifest in the output folder lists (a line's
+    /// "filename" naming a file already there); without it that line fails.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Report what is done, failed and missing across all shards' manifests; render nothing.
     #[arg(long)]
     pub merge: bool,
@@ -102,6 +106,7 @@ fn options<'a>(
     opts.batch_size = args.batch_size;
     opts.shard = shard;
     opts.skip_invalid = args.skip_invalid;
+    opts.overwrite = args.overwrite;
     opts.validate_scheduler = validate;
     opts
 }

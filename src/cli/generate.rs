@@ -45,6 +45,7 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let started = std::time::SystemTime::now();
     // Precedence, decided here once: flags, then the --from record, then the model's and
     // sdgen's defaults (in `Settings::resolve_request`).
     let flags = Settings {
@@ -99,6 +100,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
+    sdgen::save::remove_stale_temps(&written, started);
     for p in written {
         println!("{}", p.display());
     }

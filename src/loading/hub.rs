@@ -294,8 +294,8 @@ fn write_refs(repo_dir: &Path, revision: &str, sha: &str) -> Result<()> {
         return Ok(());
     }
     let dir = path.parent().unwrap_or(&refs);
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    std::fs::write(&path, sha).map_err(|e| Error::io(&path, e))
+    std::fs::create_dir_all(dir).map_err(|e| Error::io_op(crate::error::IoOp::CreateFolder, dir, e))?;
+    std::fs::write(&path, sha).map_err(|e| Error::io_write(&path, e))
 }
 
 /// Which files to fetch from a repo, given its listing.

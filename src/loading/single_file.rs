@@ -480,9 +480,10 @@ impl ConfigSet {
         for (rel, text) in all {
             let path = dir.join(rel);
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io_op(crate::error::IoOp::CreateFolder, parent, e))?;
             }
-            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+            std::fs::write(&path, text).map_err(|e| Error::io_write(&path, e))?;
         }
         Ok(())
     }

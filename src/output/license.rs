@@ -6,12 +6,11 @@
 //! The licence texts live in data/licenses/ and are embedded at build time.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
-use super::png::{write_atomic, OnExisting};
+use super::atomic::{write_file, OnExisting};
 use crate::request::LicenseRecord;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Name of the notice file written once into each output folder.
 pub const NOTICE_FILE_NAME: &str = "LICENSE-NOTICE.txt";
@@ -271,10 +270,7 @@ pub fn ensure_notice_file(out_dir: &Path, license: &LicenseRecord) -> Result<()>
         license.source,
         full_text(license)
     );
-    let written = write_atomic(&path, OnExisting::Fail, |w| {
-        w.write_all(body.as_bytes()).map_err(|e| Error::invalid(format!("cannot write {}: {e}", path.display())))
-    });
-    match written {
+    match write_file(&path, body.as_bytes(), OnExisting::Fail) {
         Ok(_) => Ok(()),
         // Another process wrote it between our check and our rename: that one stands.
         Err(_) if path.exists() => Ok(()),

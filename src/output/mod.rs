@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod atomic;
 pub mod license;
 pub mod metadata;
 pub mod naming;
@@ -22,14 +23,15 @@ pub mod png;
 
 use std::path::{Path, PathBuf};
 
+pub use atomic::{create_folder, remove_stale_temps, write_file, OnExisting, Stale};
 pub use license::{ensure_notice_file, full_text, NOTICE_FILE_NAME};
 pub use metadata::{
     parameters_text, parse_parameters, read_record, ParsedParameters, LICENSE_KEY, PARAMETERS_KEY, RECORD_KEY,
 };
 pub use naming::{NameFields, Template, DEFAULT_TEMPLATE};
-pub use png::{encode_png, read_text_chunks, write_png, OnExisting};
+pub use png::{encode_png, read_text_chunks, write_png};
 
-use crate::{Error, Image, Record, Result};
+use crate::{Image, Record, Result};
 
 /// How [`save_png`] writes one image.
 #[derive(Debug, Clone, Copy)]
@@ -66,8 +68,7 @@ pub fn save_png(path: &Path, image: &Image, record: &Record, options: &SaveOptio
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::invalid(format!("cannot create the output folder {}: {e}", dir.display())))?;
+    create_folder(dir)?;
     ensure_notice_file(dir, &record.model.license)?;
 
     let text = chunks.each_ref().map(|(k, v)| (*k, v.as_str()));
