@@ -350,7 +350,13 @@ impl Pipeline {
                 )));
             }
         }
-        Ok(())
+        crate::limits::check_decode_memory(
+            req,
+            &self.vae.config,
+            self.aux.device,
+            self.aux.kind,
+            self.vae_tiling.is_some(),
+        )
     }
 
     /// Makes `req.num_images` images, image `i` from seed `req.seed + i`.
@@ -446,6 +452,7 @@ impl Pipeline {
             latents = scheduler.step(&eps, i, &latents, &mut noise)?;
             on_step(Progress { step: i + 1, steps: timesteps.len(), latents: &latents });
         }
+        crate::finite::check(&latents, crate::finite::Component::DenoisingLoop)?;
         Ok(Some(Denoised { latents, scheduler_config: scheduler.config_json() }))
     }
 
@@ -471,12 +478,13 @@ impl Pipeline {
             eprintln!(
                 "warning: the prompt is longer than CLIP's {} tokens; this part was cut off: {}",
                 self.tokenizer.max_length(),
-                enc.removed_text
+                crate::limits::excerpt(&enc.removed_text, 12)
             );
         }
         let ids = Tensor::from_slice(&enc.ids).view([1, -1]).to_device(self.aux.device);
         // Requests count clip skip as A1111 does (1 = last layer); diffusers counts skipped layers.
         let embeds = self.text_encoder.forward(&ids, clip_skip.map(|n| n.saturating_sub(1)))?;
+        crate::finite::check(&embeds, crate::finite::Component::TextEncoder)?;
         // With offload the encoder ran on the CPU: bring its output to the UNet.
         Ok(embeds.to_device(self.device).to_kind(self.kind))
     }
@@ -503,6 +511,7 @@ impl Pipeline {
             let z = latents.to_device(self.aux.device).to_kind(Kind::Float) / vae.scaling_factor();
             x = self.run_vae(vae, &z)?;
         }
+        crate::finite::check(&x, crate::finite::Component::VaeDecoder)?;
         let x = (x / 2.0 + 0.5).clamp(0.0, 1.0).to_kind(Kind::Float).to_device(Device::Cpu);
         let u8s = (x.permute([0, 2, 3, 1]) * 255.0).round().to_kind(Kind::Uint8).contiguous();
         let (b, h, w, _) = u8s.size4()?;
@@ -583,7 +592,7 @@ pub fn check_request(req: &Request) -> Result<()> {
     if req.num_images == 0 {
         return Err(Error::invalid("num_images must be at least 1"));
     }
-    Ok(())
+    crate::limits::check_request(req)
 }
 
 /// One independent generator per image in a batch, as diffusers does with a list of

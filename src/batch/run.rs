@@ -34,6 +34,8 @@ pub struct BatchOptions<'a> {
     pub quiet: bool,
     /// Checks a scheduler name; `Err` says what is wrong (e.g. lists the known names).
     pub validate_scheduler: &'a dyn Fn(&str) -> std::result::Result<(), String>,
+    /// The text encoder's layer count, when known: lines with a larger `clip_skip` are invalid.
+    pub clip_layers: Option<usize>,
 }
 
 fn any_scheduler(_: &str) -> std::result::Result<(), String> {
@@ -52,6 +54,7 @@ impl<'a> BatchOptions<'a> {
             skip_invalid: false,
             quiet: false,
             validate_scheduler: &any_scheduler,
+            clip_layers: None,
         }
     }
 }
@@ -132,19 +135,7 @@ impl Summary {
 /// [`Summary::is_success`].
 pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backend) -> Result<Summary> {
     let started = Instant::now();
-    let plan = Plan::new(input, &opts.defaults, opts.validate_scheduler);
-    if plan.entries == 0 && plan.problems.is_empty() {
-        return Err(Error::invalid(format!(
-            "{} has no prompts (blank lines and lines starting with # are skipped)",
-            input.name
-        )));
-    }
-    if !plan.problems.is_empty() && !opts.skip_invalid {
-        return Err(Error::invalid(format!(
-            "{}\nNothing was rendered. Fix these lines, or pass --skip-invalid to run the valid ones.",
-            plan.report(100)
-        )));
-    }
+    let plan = validate(input, opts)?;
     if opts.batch_size == 0 {
         return Err(Error::invalid("the batch size must be at least 1"));
     }
@@ -226,6 +217,29 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
         seconds,
         images_per_minute: if seconds > 0.0 { rendered as f64 * 60.0 / seconds } else { 0.0 },
     })
+}
+
+/// Parses and validates the whole of `input` as [`run`] does, without touching the output
+/// folder or a model: callers run it before loading the model, so a bad line 9,000 is
+/// reported in a second. Errors as [`run`] does; with `skip_invalid`, the plan lists them.
+pub fn validate(input: &BatchInput, opts: &BatchOptions<'_>) -> Result<Plan> {
+    let mut plan = Plan::new(input, &opts.defaults, opts.validate_scheduler);
+    if let Some(layers) = opts.clip_layers {
+        plan.check_clip_skip(layers);
+    }
+    if plan.entries == 0 && plan.problems.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} has no prompts (blank lines and lines starting with # are skipped)",
+            input.name
+        )));
+    }
+    if !plan.problems.is_empty() && !opts.skip_invalid {
+        return Err(Error::invalid(format!(
+            "{}\nNothing was rendered. Fix these lines, or pass --skip-invalid to run the valid ones.",
+            plan.report(100)
+        )));
+    }
+    Ok(plan)
 }
 
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";

@@ -1,6 +1,6 @@
 //! `sdgen batch FILE`: many prompts from a file, resumable and shardable.
 
-use super::{GenerationArgs, ModelArgs};
+use super::{GenerationArgs, LimitArgs, ModelArgs};
 use anyhow::bail;
 use clap::Args;
 use sdgen::batch::{self, BatchInput, BatchOptions, Defaults, Shard};
@@ -46,6 +46,8 @@ pub struct BatchArgs {
     /// No progress bars.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Runs the batch; `Ok(false)` when some lines failed (the exit code says so).
@@ -53,6 +55,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    args.limits.apply();
     let base = Request { prompt: String::new(), negative_prompt: None, seed: 0, ..Request::default() };
     let mut request = super::generate::build_request(None, &args.gen, args.num_images, base);
     let input = BatchInput::read(&args.file)?;
@@ -70,11 +73,23 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
         return Ok(report.is_complete());
     }
 
-    let pipe = sdgen::Pipeline::load(&args.model.resolve(args.quiet)?)?;
+    // The whole file is validated before the model is fetched or loaded, then once more
+    // against the model's text encoder (clip_skip), which needs only its config.
+    sdgen::preflight::check_output_dir(&args.out)?;
+    let defaults = Defaults { request: request.clone(), base_seed: args.gen.seed.unwrap_or(0) };
+    let mut opts = options(&args, defaults, shard, &validate);
+    batch::validate(&input, &opts)?;
+    let load = args.model.resolve(args.quiet)?;
+    let clip_layers = sdgen::preflight::text_encoder_layers(&load)?;
+    opts.clip_layers = Some(clip_layers);
+    batch::validate(&input, &opts)?;
+
+    let pipe = sdgen::Pipeline::load(&load)?;
     if args.gen.scheduler.is_none() {
         request.scheduler = pipe.default_scheduler();
     }
-    let opts = options(&args, Defaults { request, base_seed: args.gen.seed.unwrap_or(0) }, shard, &validate);
+    let mut opts = options(&args, Defaults { request, base_seed: args.gen.seed.unwrap_or(0) }, shard, &validate);
+    opts.clip_layers = Some(clip_layers);
     let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &pipe })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

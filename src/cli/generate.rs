@@ -1,6 +1,6 @@
 //! `sdgen generate`: one prompt to PNG files.
 
-use super::{GenerationArgs, ModelArgs, OutputArgs};
+use super::{GenerationArgs, LimitArgs, ModelArgs, OutputArgs};
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -26,6 +26,8 @@ pub struct GenerateArgs {
     pub num_images: Option<usize>,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// The request the flags describe, on top of `base` (defaults, or a record from --from).
@@ -65,6 +67,7 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
 }
 
 pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
+    args.limits.apply();
     let mut base = Request { seed: rand::random::<u32>() as u64, ..Request::default() };
     let mut seed_given = args.gen.seed.is_some();
     if let Some(from) = &args.from {
@@ -91,7 +94,11 @@ pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
     }
     let mut req = build_request(args.prompt.clone(), &args.gen, args.num_images, base);
     sdgen::pipeline::check_request(&req)?;
-    let pipe = Pipeline::load(&args.model.resolve(args.output.quiet)?)?;
+    sdgen::preflight::check_output_dir(&args.output.out)?;
+    sdgen::preflight::check_names(&args.output.out, args.output.name.as_deref(), &req, args.output.overwrite)?;
+    let load = args.model.resolve(args.output.quiet)?;
+    sdgen::preflight::check_clip_skip(req.clip_skip, sdgen::preflight::text_encoder_layers(&load)?)?;
+    let pipe = Pipeline::load(&load)?;
     if args.gen.scheduler.is_none() {
         req.scheduler = pipe.default_scheduler();
     }
