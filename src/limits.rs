@@ -186,8 +186,9 @@ pub fn estimate_peak_bytes(width: u32, height: u32, images: usize, m: &MemoryMod
     pixels.saturating_mul(per_pixel).saturating_mul(m.vae_elem_bytes).saturating_mul(images.max(1) as u64)
 }
 
-/// [`check_memory`] for a pipeline: only CPU runs are checked (GPU memory is not cheap to
-/// query here and libtorch reports its exhaustion as an error anyway).
+/// [`check_memory`] for one image of `req` on a pipeline (callers may make a request's images
+/// one at a time, so its `num_images` is not multiplied in). Only CPU runs are checked: GPU
+/// memory is not cheap to query here.
 pub fn check_decode_memory(
     req: &Request,
     vae: &crate::models::VaeConfig,
@@ -204,7 +205,7 @@ pub fn check_decode_memory(
         vae_channels: (channel(0).max(0) as u64, channel(1).max(0) as u64),
         tiled,
     };
-    check_memory(req.width, req.height, req.num_images, &m)
+    check_memory(req.width, req.height, 1, &m)
 }
 
 /// The memory the system reports as available for new allocations (`MemAvailable` in

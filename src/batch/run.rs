@@ -227,10 +227,16 @@ pub fn validate(input: &BatchInput, opts: &BatchOptions<'_>) -> Result<Plan> {
     if let Some(layers) = opts.clip_layers {
         plan.check_clip_skip(layers);
     }
+    accept(plan, opts)
+}
+
+/// The verdict on a validated plan: an error when the file has no prompts, or has problems
+/// and `skip_invalid` is off; else the plan.
+pub fn accept(plan: Plan, opts: &BatchOptions<'_>) -> Result<Plan> {
     if plan.entries == 0 && plan.problems.is_empty() {
         return Err(Error::invalid(format!(
             "{} has no prompts (blank lines and lines starting with # are skipped)",
-            input.name
+            plan.input
         )));
     }
     if !plan.problems.is_empty() && !opts.skip_invalid {

@@ -73,16 +73,16 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
         return Ok(report.is_complete());
     }
 
-    // The whole file is validated before the model is fetched or loaded, then once more
-    // against the model's text encoder (clip_skip), which needs only its config.
+    // The whole file is validated before the model is fetched or loaded, then its clip_skip
+    // values against the model's text encoder, which needs only its config.
     sdgen::preflight::check_output_dir(&args.out)?;
     let defaults = Defaults { request: request.clone(), base_seed: args.gen.seed.unwrap_or(0) };
-    let mut opts = options(&args, defaults, shard, &validate);
-    batch::validate(&input, &opts)?;
+    let opts = options(&args, defaults, shard, &validate);
+    let mut plan = batch::validate(&input, &opts)?;
     let load = args.model.resolve(args.quiet)?;
     let clip_layers = sdgen::preflight::text_encoder_layers(&load)?;
-    opts.clip_layers = Some(clip_layers);
-    batch::validate(&input, &opts)?;
+    plan.check_clip_skip(clip_layers);
+    batch::accept(plan, &opts)?;
 
     let pipe = sdgen::Pipeline::load(&load)?;
     if args.gen.scheduler.is_none() {
