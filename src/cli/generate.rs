@@ -114,7 +114,13 @@ pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
         let single = Request { seed: req.image_seed(i), num_images: 1, ..req.clone() };
         bar.set_prefix(format!("image {}/{}", i + 1, req.num_images));
         bar.reset();
+        let started = std::time::Instant::now();
         let out = pipe.generate(&single, &mut |p| {
+            if i == 0 && p.step == 1 && !args.output.quiet {
+                if let Some(note) = sdgen::limits::slow_notice(started.elapsed(), p.steps, req.num_images) {
+                    bar.suspend(|| eprintln!("{note}"));
+                }
+            }
             bar.set_length(p.steps as u64);
             bar.set_position(p.step as u64);
         })?;
