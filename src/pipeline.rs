@@ -352,7 +352,13 @@ impl Pipeline {
                 )));
             }
         }
-        Ok(())
+        crate::limits::check_decode_memory(
+            req,
+            &self.vae.config,
+            self.aux.device,
+            self.aux.kind,
+            self.vae_tiling.is_some(),
+        )
     }
 
     /// Makes `req.num_images` images, image `i` from seed `req.seed + i`.
@@ -465,6 +471,7 @@ impl Pipeline {
                 return Err(Error::Cancelled);
             }
         }
+        crate::finite::check(&latents, crate::finite::Component::DenoisingLoop)?;
         Ok(Some(Denoised { latents, sampler, scheduler_config: scheduler.config_json() }))
     }
 
@@ -490,12 +497,13 @@ impl Pipeline {
             log::warn!(
                 "the prompt is longer than CLIP's {} tokens; the rest was cut off: {}",
                 self.tokenizer.max_length(),
-                summarize_cut(&enc.removed_text)
+                crate::limits::excerpt(&enc.removed_text, 12)
             );
         }
         let ids = Tensor::from_slice(&enc.ids).view([1, -1]).to_device(self.aux.device);
         // Requests count clip skip as A1111 does (1 = last layer); diffusers counts skipped layers.
         let embeds = self.text_encoder.forward(&ids, clip_skip.map(|n| n.saturating_sub(1)))?;
+        crate::finite::check(&embeds, crate::finite::Component::TextEncoder)?;
         // With offload the encoder ran on the CPU: bring its output to the UNet.
         Ok(embeds.to_device(self.device).to_kind(self.kind))
     }
@@ -526,6 +534,7 @@ impl Pipeline {
             let z = latents.to_device(self.aux.device).to_kind(Kind::Float) / vae.scaling_factor();
             x = self.run_vae(vae, &z)?;
         }
+        crate::finite::check(&x, crate::finite::Component::VaeDecoder)?;
         let x = (x / 2.0 + 0.5).clamp(0.0, 1.0).to_kind(Kind::Float).to_device(Device::Cpu);
         let u8s = (x.permute([0, 2, 3, 1]) * 255.0).round().to_kind(Kind::Uint8).contiguous();
         let (b, h, w, _) = u8s.size4()?;
@@ -560,17 +569,6 @@ fn hub_model_name(label: &str) -> String {
     repo.rsplit('/').next().unwrap_or(repo).to_string()
 }
 
-/// A cut-off part of a prompt for a warning: its first words and how many there are, so a
-/// pasted essay does not flood the terminal.
-fn summarize_cut(removed: &str) -> String {
-    const SHOWN: usize = 12;
-    let words: Vec<&str> = removed.split_whitespace().collect();
-    if words.len() <= SHOWN {
-        return format!("\"{}\"", words.join(" "));
-    }
-    format!("\"{} …\" ({} words)", words[..SHOWN].join(" "), words.len())
-}
-
 /// The checks that need no model.
 pub fn check_request(req: &Request) -> Result<()> {
     for (what, v) in [("width", req.width), ("height", req.height)] {
@@ -587,7 +585,7 @@ pub fn check_request(req: &Request) -> Result<()> {
     if req.num_images == 0 {
         return Err(Error::invalid("num_images must be at least 1"));
     }
-    Ok(())
+    crate::limits::check_request(req)
 }
 
 /// One independent generator per image in a batch, as diffusers does with a list of

@@ -399,9 +399,15 @@ impl Settings {
     /// default (its own scheduler) or sdgen's (20 steps, guidance 7.5, 512², one image).
     /// `random_seed` is used when no seed was given.
     pub fn resolve_request(&self, model: &ModelSpec, random_seed: u64) -> Result<(Request, Sampler)> {
-        let d = Request::default();
         let sampler = model.sampler(self.scheduler.as_deref().unwrap_or(""))?;
-        let req = Request {
+        Ok((self.request(sampler.name(), random_seed), sampler))
+    }
+
+    /// The request with `scheduler` and sdgen's defaults for what is unset; checks that need
+    /// no model run on it before the model is resolved.
+    pub fn request(&self, scheduler: String, random_seed: u64) -> Request {
+        let d = Request::default();
+        Request {
             prompt: self.prompt.clone().unwrap_or_default(),
             negative_prompt: self.negative_prompt.clone().filter(|s| !s.is_empty()),
             seed: self.seed.unwrap_or(random_seed),
@@ -409,11 +415,10 @@ impl Settings {
             guidance: self.guidance.unwrap_or(d.guidance),
             width: self.width.unwrap_or(d.width),
             height: self.height.unwrap_or(d.height),
-            scheduler: sampler.name(),
+            scheduler,
             num_images: self.num_images.unwrap_or(1),
             clip_skip: self.clip_skip,
-        };
-        Ok((req, sampler))
+        }
     }
 }
 

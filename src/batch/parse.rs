@@ -233,6 +233,23 @@ impl Plan {
         Plan { input: input.name.clone(), entries: count, lines, problems }
     }
 
+    /// Turns every line whose `clip_skip` is more than the text encoder's `layers` into a
+    /// problem. The layer count comes from the model's config, so this runs once the model is
+    /// known but before anything is loaded or rendered.
+    pub fn check_clip_skip(&mut self, layers: usize) {
+        let (ok, bad): (Vec<PlannedLine>, Vec<PlannedLine>) =
+            std::mem::take(&mut self.lines).into_iter().partition(|l| l.request.clip_skip.is_none_or(|s| s <= layers));
+        for l in bad {
+            let skip = l.request.clip_skip.unwrap_or_default();
+            let message = format!(
+                "clip_skip {skip} is out of range: the model's text encoder has {layers} layers, so use 1..={layers}"
+            );
+            self.problems.push(LineError { line: l.line, index: Some(l.index), message });
+        }
+        self.lines = ok;
+        self.problems.sort_by_key(|p| p.line);
+    }
+
     /// The jobs of one shard, in file order.
     pub fn jobs(&self, shard: Shard) -> Vec<Job> {
         self.lines.iter().filter(|l| shard.contains(l.index)).flat_map(PlannedLine::jobs).collect()
@@ -348,7 +365,12 @@ fn parse_jsonl(text: &str) -> Vec<Entry> {
                 Entry { line, index, overrides: Overrides::default(), problems: Vec::new(), unreadable: false };
             match serde_json::from_str::<Value>(json) {
                 Ok(Value::Object(map)) => {
-                    for (key, value) in &map {
+                    let duplicate = duplicate_key(json);
+                    if let Some(key) = &duplicate {
+                        entry.unreadable = true;
+                        entry.problems.push(format!("key \"{key}\" appears more than once; set each key once"));
+                    }
+                    for (key, value) in map.iter().filter(|_| duplicate.is_none()) {
                         if let Err(message) = apply(&mut entry.overrides, key, Raw::Json(value)) {
                             entry.problems.push(message);
                         }
@@ -368,6 +390,33 @@ fn parse_jsonl(text: &str) -> Vec<Entry> {
             entry
         })
         .collect()
+}
+
+/// The first key that a JSON object sets twice. serde_json keeps the last value silently,
+/// which would run a line other than the one its author reads.
+fn duplicate_key(json: &str) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Option<String>, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut duplicate = None;
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if duplicate.is_none() && seen.contains(&key) {
+                    duplicate = Some(key);
+                } else {
+                    seen.insert(key);
+                }
+            }
+            Ok(duplicate)
+        }
+    }
+    serde_json::Deserializer::from_str(json).deserialize_map(Keys).ok().flatten()
 }
 
 /// CSV rows become entries; a bad header makes the whole file invalid, reported on its line.
@@ -567,13 +616,20 @@ fn resolve(
     if let Err(message) = validate_scheduler(&request.scheduler) {
         problems.push(format!("scheduler \"{}\": {message}", request.scheduler));
     }
+    if let Err(message) =
+        crate::limits::current().check_values(request.steps, request.num_images, request.width, request.height)
+    {
+        // Nothing below may allocate per image for a count over the limit.
+        problems.push(message);
+        return Err(problems);
+    }
     let file_names = match &o.filename {
         Some(name) => match check_filename(name) {
             Ok(name) if request.num_images == 1 => vec![name],
             Ok(name) => {
                 // check_filename guarantees a `.png` ending.
                 let stem = &name[..name.len() - 4];
-                (0..request.num_images).map(|k| format!("{stem}-{k}.png")).collect()
+                names(request.num_images, |k| format!("{stem}-{k}.png"), &mut problems)
             }
             Err(message) => {
                 problems.push(message);
@@ -581,7 +637,7 @@ fn resolve(
             }
         },
         None if request.num_images == 1 => vec![output_name(index, request.seed, None)],
-        None => (0..request.num_images).map(|k| output_name(index, request.seed, Some(k))).collect(),
+        None => names(request.num_images, |k| output_name(index, request.seed, Some(k)), &mut problems),
     };
 
     if problems.is_empty() {
@@ -589,6 +645,18 @@ fn resolve(
     } else {
         Err(problems)
     }
+}
+
+/// `count` names, or a problem when there is no memory for them (possible only with the
+/// limits lifted).
+fn names(count: usize, name: impl Fn(usize) -> String, problems: &mut Vec<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    if out.try_reserve_exact(count).is_err() {
+        problems.push(format!("num_images {count}: not enough memory to plan that many images"));
+        return out;
+    }
+    out.extend((0..count).map(name));
+    out
 }
 
 /// A `filename` must name a file directly inside the output folder: no separators, no `..`,
@@ -653,6 +721,42 @@ mod tests {
         assert!(check_filename(".hidden.png").is_err());
         assert!(check_filename("cat.jpg").is_err());
         assert!(check_filename("").is_err());
+    }
+
+    fn plan(text: &str) -> Plan {
+        let defaults =
+            Defaults { request: Request { prompt: String::new(), ..Request::default() }, base_seed: 0, run_key: String::new() };
+        Plan::new(&BatchInput::from_text("in", text, None), &defaults, &|_| Ok(()))
+    }
+
+    #[test]
+    fn duplicate_json_keys_are_refused_with_the_line() {
+        let p = plan("{\"prompt\": \"a\"}\n{\"prompt\": \"b\", \"seed\": 1, \"seed\": 2}\n");
+        assert_eq!(p.lines.len(), 1);
+        assert_eq!(p.problems.len(), 1);
+        assert_eq!(p.problems[0].line, 2);
+        assert!(p.problems[0].message.contains("\"seed\" appears more than once"), "{:?}", p.problems);
+        assert_eq!(duplicate_key(r#"{"a": {"x": 1, "x": 2}, "b": 1}"#), None, "only top-level keys count");
+    }
+
+    #[test]
+    fn limits_apply_to_lines_before_anything_is_allocated() {
+        let started = std::time::Instant::now();
+        let p = plan("{\"prompt\": \"a\", \"num_images\": 1000000000}\n{\"prompt\": \"b\", \"steps\": 1000000000}\n");
+        assert!(started.elapsed().as_secs() < 2);
+        assert!(p.lines.is_empty());
+        assert!(p.problems[0].message.contains("--max-images"), "{:?}", p.problems);
+        assert!(p.problems[1].message.contains("--max-steps"), "{:?}", p.problems);
+    }
+
+    #[test]
+    fn clip_skip_over_the_layer_count_becomes_a_problem() {
+        let mut p = plan("{\"prompt\": \"a\", \"clip_skip\": 2}\n{\"prompt\": \"b\", \"clip_skip\": 99}\n");
+        assert_eq!(p.lines.len(), 2);
+        p.check_clip_skip(12);
+        assert_eq!(p.lines.len(), 1);
+        assert_eq!(p.problems[0].line, 2);
+        assert!(p.problems[0].message.contains("1..=12"), "{:?}", p.problems);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct BatchOptions<'a> {
     /// left alone and its job fails (files an earlier run of a batch made are replaced when
     /// their job runs again, as always).
     pub overwrite: bool,
+    /// The text encoder's layer count, when known: lines with a larger `clip_skip` are invalid.
+    pub clip_layers: Option<usize>,
 }
 
 fn any_scheduler(_: &str) -> std::result::Result<(), String> {
@@ -57,6 +59,7 @@ impl<'a> BatchOptions<'a> {
             on_event: &|_| {},
             validate_scheduler: &any_scheduler,
             overwrite: false,
+            clip_layers: None,
         }
     }
 }
@@ -152,19 +155,7 @@ impl Summary {
 /// [`Summary::is_success`].
 pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backend) -> Result<Summary> {
     let started = Instant::now();
-    let plan = Plan::new(input, &opts.defaults, opts.validate_scheduler);
-    if plan.entries == 0 && plan.problems.is_empty() {
-        return Err(Error::invalid(format!(
-            "{} has no prompts (blank lines and lines starting with # are skipped)",
-            input.name
-        )));
-    }
-    if !plan.problems.is_empty() && !opts.skip_invalid {
-        return Err(Error::invalid(format!(
-            "{}\nNothing was rendered. Fix these lines, or pass --skip-invalid to run the valid ones.",
-            plan.report(100)
-        )));
-    }
+    let plan = validate(input, opts)?;
     if opts.batch_size == 0 {
         return Err(Error::invalid("the batch size must be at least 1"));
     }
@@ -249,6 +240,35 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
         seconds,
         images_per_minute: if seconds > 0.0 { rendered as f64 * 60.0 / seconds } else { 0.0 },
     })
+}
+
+/// Parses and validates the whole of `input` as [`run`] does, without touching the output
+/// folder or a model: callers run it before loading the model, so a bad line 9,000 is
+/// reported in a second. Errors as [`run`] does; with `skip_invalid`, the plan lists them.
+pub fn validate(input: &BatchInput, opts: &BatchOptions<'_>) -> Result<Plan> {
+    let mut plan = Plan::new(input, &opts.defaults, opts.validate_scheduler);
+    if let Some(layers) = opts.clip_layers {
+        plan.check_clip_skip(layers);
+    }
+    accept(plan, opts)
+}
+
+/// The verdict on a validated plan: an error when the file has no prompts, or has problems
+/// and `skip_invalid` is off; else the plan.
+pub fn accept(plan: Plan, opts: &BatchOptions<'_>) -> Result<Plan> {
+    if plan.entries == 0 && plan.problems.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} has no prompts (blank lines and lines starting with # are skipped)",
+            plan.input
+        )));
+    }
+    if !plan.problems.is_empty() && !opts.skip_invalid {
+        return Err(Error::invalid(format!(
+            "{}\nNothing was rendered. Fix these lines, or pass --skip-invalid to run the valid ones.",
+            plan.report(100)
+        )));
+    }
+    Ok(plan)
 }
 
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";

@@ -1,11 +1,12 @@
 //! `sdgen batch FILE`: many prompts from a file, resumable and shardable.
 
-use super::{GenerationArgs, ModelArgs};
+use super::{GenerationArgs, LimitArgs, ModelArgs};
 use anyhow::bail;
 use clap::Args;
 use sdgen::batch::{self, BatchInput, BatchOptions, Defaults, Shard};
 use sdgen::plan::{run_key, Settings};
 use sdgen::save::PipelineBackend;
+use sdgen::Request;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -50,6 +51,8 @@ pub struct BatchArgs {
     /// No progress bars.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Runs the batch; `Ok(false)` when some lines failed (the exit code says so).
@@ -57,19 +60,35 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    args.limits.apply();
     let settings = Settings { num_images: args.num_images, ..args.gen.settings().or(args.model.settings()?) };
     let input = BatchInput::read(&args.file)?;
     let validate = |name: &str| sdgen::schedulers::resolve(name).map(|_| ()).map_err(|e| e.to_string());
     let shard = Shard::select(args.shard.as_deref(), args.shard_count)?;
+    let base_seed = args.gen.seed.unwrap_or(0);
+    let line_defaults = |request: Request, run_key: String| {
+        let request = Request {
+            prompt: String::new(),
+            negative_prompt: settings.negative_prompt.clone().filter(|s| !s.is_empty()),
+            ..request
+        };
+        Defaults { request, base_seed, run_key }
+    };
+
+    if !args.merge {
+        // The whole file is validated before the model is fetched or loaded (the default
+        // scheduler only needs to be a valid name here).
+        sdgen::preflight::check_output_dir(&args.out)?;
+        let early = settings.request(settings.scheduler.clone().unwrap_or_else(|| "euler".into()), 0);
+        batch::validate(&input, &options(&args, line_defaults(early, String::new()), shard, &validate))?;
+    }
 
     // The defaults every line starts from, and the key of this model and precision, come from
     // the model's own files; --merge reads them the same way without loading any weights.
     let load = super::load_options(&settings, args.quiet)?;
     let spec = load.inspect()?;
-    let (mut request, _) = Settings { seed: Some(0), ..settings.clone() }.resolve_request(&spec, 0)?;
-    request.prompt = String::new();
-    request.negative_prompt = settings.negative_prompt.clone().filter(|s| !s.is_empty());
-    let defaults = Defaults { request, base_seed: args.gen.seed.unwrap_or(0), run_key: run_key(&spec, &load)? };
+    let (request, _) = Settings { seed: Some(0), ..settings.clone() }.resolve_request(&spec, 0)?;
+    let defaults = line_defaults(request, run_key(&spec, &load)?);
 
     if args.merge {
         let opts = options(&args, defaults, shard, &validate);
@@ -82,11 +101,14 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
         return Ok(report.is_complete());
     }
 
-    let pipe = sdgen::Pipeline::from_spec(&load, spec)?;
     let renderer = super::progress::BatchRenderer::new(args.quiet);
     let on_event = |e: batch::Event<'_>| renderer.handle(e);
     let mut opts = options(&args, defaults, shard, &validate);
+    // clip_skip against the text encoder's config, still before any weights load.
+    opts.clip_layers = Some(spec.text_encoder.num_hidden_layers);
+    batch::validate(&input, &opts)?;
     opts.on_event = &on_event;
+    let pipe = sdgen::Pipeline::from_spec(&load, spec)?;
     let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &pipe })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

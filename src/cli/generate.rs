@@ -1,6 +1,6 @@
 //! `sdgen generate`: one prompt to PNG files.
 
-use super::{GenerationArgs, ModelArgs, OutputArgs};
+use super::{GenerationArgs, LimitArgs, ModelArgs, OutputArgs};
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -27,6 +27,8 @@ pub struct GenerateArgs {
     pub num_images: Option<usize>,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 pub fn progress_bar(quiet: bool) -> ProgressBar {
@@ -45,6 +47,7 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    args.limits.apply();
     let started = std::time::SystemTime::now();
     // Precedence, decided here once: flags, then the --from record, then the model's and
     // sdgen's defaults (in `Settings::resolve_request`).
@@ -65,10 +68,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         bail!("no prompt given: sdgen generate \"a prompt\" (or --from IMAGE.png)");
     }
     let seed_given = settings.seed.is_some();
+    let random_seed = rand::random::<u32>() as u64;
+    // Everything that needs no model is checked before it is downloaded or loaded.
+    let early = settings.request(settings.scheduler.clone().unwrap_or_default(), random_seed);
+    sdgen::pipeline::check_request(&early)?;
+    sdgen::preflight::check_output_dir(&args.output.out)?;
+    sdgen::preflight::check_names(&args.output.out, args.output.name.as_deref(), &early, args.output.overwrite)?;
     let opts = super::load_options(&settings, args.output.quiet)?;
     let spec = opts.inspect()?;
-    let (req, _) = settings.resolve_request(&spec, rand::random::<u32>() as u64)?;
-    sdgen::pipeline::check_request(&req)?;
+    let (req, _) = settings.resolve_request(&spec, random_seed)?;
+    sdgen::preflight::check_clip_skip(req.clip_skip, spec.text_encoder.num_hidden_layers)?;
     let pipe = Pipeline::from_spec(&opts, spec)?;
     pipe.check(&req)?;
     if !seed_given {
@@ -82,7 +91,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let single = Request { seed: req.image_seed(i), num_images: 1, ..req.clone() };
         bar.set_prefix(format!("image {}/{}", i + 1, req.num_images));
         bar.reset();
+        let image_started = std::time::Instant::now();
         let out = pipe.generate(&single, &mut |p| {
+            if i == 0 && p.step == 1 && !args.output.quiet {
+                if let Some(note) = sdgen::limits::slow_notice(image_started.elapsed(), p.steps, req.num_images) {
+                    bar.suspend(|| eprintln!("{note}"));
+                }
+            }
             bar.set_length(p.steps as u64);
             bar.set_position(p.step as u64);
         })?;

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct LicenseArgs {
-    /// Read the licence from this model folder (model card or LICENSE file) [default:
-    /// CreativeML OpenRAIL-M, the licence of Stable Diffusion 1.x].
+    /// Read the licence from this model folder (model card or LICENSE file), or give a
+    /// single-file checkpoint its architecture's licence [default: CreativeML OpenRAIL-M,
+    /// the licence of Stable Diffusion 1.x].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// The licence of SD 2.x / SDXL (CreativeML OpenRAIL++-M) instead.
@@ -17,8 +18,10 @@ pub struct LicenseArgs {
 
 pub fn run(args: &LicenseArgs) -> anyhow::Result<()> {
     let arch = if args.sd2 { "sd2" } else { "sd1" };
-    let model = args.model.as_deref().filter(|p| p.is_dir());
-    let license = sdgen::output::license::detect(model, arch);
+    let license = match &args.model {
+        Some(path) => sdgen::output::license::for_model_path(path, arch)?,
+        None => sdgen::output::license::detect(None, arch),
+    };
     println!("{}", sdgen::output::full_text(&license));
     Ok(())
 }

@@ -199,6 +199,45 @@ impl GenerationArgs {
     }
 }
 
+/// Limits on what one request may ask for (see `sdgen::limits`), and the NaN guard.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Most denoising steps a request may ask for [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<usize>,
+    /// Most images one request (or batch line) may ask for [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_images: Option<usize>,
+    /// Most pixels (width × height) per image [default: 16777216, 4096×4096].
+    #[arg(long, value_name = "N")]
+    pub max_pixels: Option<u64>,
+    /// Largest width or height [default: 8192].
+    #[arg(long, value_name = "PX")]
+    pub max_side: Option<u32>,
+    /// Lift all the limits above, and the check of the image size against available memory.
+    #[arg(long)]
+    pub no_limits: bool,
+    /// Write images even when a component produces NaN or infinite values (they come out
+    /// black); without it such an image is an error naming the component.
+    #[arg(long)]
+    pub allow_nan: bool,
+}
+
+impl LimitArgs {
+    /// Puts these limits in force for the whole process.
+    pub fn apply(&self) {
+        let base = if self.no_limits { sdgen::limits::Limits::none() } else { sdgen::limits::Limits::default() };
+        sdgen::limits::set(sdgen::limits::Limits {
+            max_steps: self.max_steps.unwrap_or(base.max_steps),
+            max_images: self.max_images.unwrap_or(base.max_images),
+            max_pixels: self.max_pixels.unwrap_or(base.max_pixels),
+            max_side: self.max_side.unwrap_or(base.max_side),
+            allow_non_finite: self.allow_nan,
+            ..base
+        });
+    }
+}
+
 /// Where and how images are written.
 #[derive(Args, Debug, Clone)]
 pub struct OutputArgs {

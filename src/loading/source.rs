@@ -112,6 +112,12 @@ impl ModelSource {
                 path.display()
             )));
         }
+        if let Some(what) = not_a_model(&path) {
+            return Err(Error::invalid(format!(
+                "{}: {what}; give a diffusers folder or a .safetensors file",
+                path.display()
+            )));
+        }
         if has_extension(&path, "safetensors") || looks_like_path(spec) {
             return Err(Error::invalid(format!(
                 "no such file or folder: {} (a hub repo id looks like owner/name or owner/name@revision)",
@@ -203,6 +209,42 @@ fn read_config_model(path: &Path) -> Result<Option<String>> {
             format!("\"model\" must be a string (a folder, a .safetensors file or owner/name), not {other}"),
         )),
     }
+}
+
+/// What a path that exists but is neither a folder nor a regular file is: a symlink loop, a
+/// dangling link, a FIFO, a socket or a device (which would hang or mislead a loader), or a
+/// path that cannot be looked at. `None` when nothing is there at all.
+fn not_a_model(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Some(format!("is {}, not a model", special_kind(&meta.file_type()))),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            Some("is a symbolic link loop (links that end up pointing at themselves)".into())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::read_link(path) {
+            Ok(target) => Some(format!("is a symbolic link to {}, which does not exist", target.display())),
+            Err(_) => None,
+        },
+        Err(e) => Some(format!("cannot be examined ({e})")),
+    }
+}
+
+#[cfg(unix)]
+fn special_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file or folder"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &std::fs::FileType) -> &'static str {
+    "not a regular file or folder"
 }
 
 fn home_dir() -> Option<PathBuf> {
@@ -313,6 +355,25 @@ mod tests {
         // The weights loader says the same.
         let loader = crate::loading::weights::MappedFile::open(Path::new("/nowhere/model.pth")).err().unwrap();
         assert!(loader.to_string().contains(&pickle_refusal("pth")), "{loader}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_say_what_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        assert!(err(a.to_str().unwrap()).contains("symbolic link loop"), "{}", err(a.to_str().unwrap()));
+        let dangling = dir.path().join("gone.safetensors");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(err(dangling.to_str().unwrap()).contains("which does not exist"));
+        let fifo = dir.path().join("pipe");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(err(fifo.to_str().unwrap()).contains("named pipe (FIFO)"), "{}", err(fifo.to_str().unwrap()));
     }
 
     #[test]

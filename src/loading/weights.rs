@@ -124,6 +124,29 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
     })
 }
 
+/// Buffers that checkpoints store as integers and models read only to account for them
+/// (CLIP's `position_ids`); every other tensor a model asks for is a floating-point weight.
+const INTEGER_BUFFERS: &[&str] = &["position_ids"];
+
+/// Refuses a weight stored in an integer or boolean dtype: its bytes would be read as
+/// integers and the model would fail deep inside libtorch (a file whose header was edited,
+/// or not a Stable Diffusion checkpoint at all).
+fn check_dtype(path: &Path, name: &str, key: &str, dtype: Dtype) -> Result<()> {
+    let floating = matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64);
+    let buffer = INTEGER_BUFFERS.iter().any(|b| name.rsplit('.').next() == Some(b));
+    if floating || buffer {
+        return Ok(());
+    }
+    let stored = if key == name { format!("'{name}'") } else { format!("'{name}' (stored as '{key}')") };
+    Err(Error::weights(
+        path,
+        format!(
+            "tensor {stored} has dtype {dtype:?}, but model weights must be floating point (F32, F16, BF16 or \
+             F64); the file is damaged or is not a Stable Diffusion checkpoint"
+        ),
+    ))
+}
+
 /// Row-major strides of `shape`, in elements.
 fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
     let mut strides = vec![1; shape.len()];
@@ -369,6 +392,7 @@ impl Weights {
         if !shape_ok {
             return Err(Error::weights(path, format!("tensor '{full}' has shape {found:?}, expected {shape:?}")));
         }
+        check_dtype(path, &full, &src.key, entry.dtype)?;
         let t = self.load(&src, entry)?;
         self.store.used.borrow_mut().insert(src.key.clone());
         Ok(if found == shape { t } else { t.reshape(shape) })
@@ -432,5 +456,23 @@ impl Weights {
     /// Every stored tensor name (for diagnostics and tests).
     pub fn names(&self) -> Vec<String> {
         self.store.entries.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_weights_are_an_error_naming_file_tensor_and_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let ints = Tensor::from_slice(&[1i32, 2, 3]);
+        let pos = Tensor::from_slice(&[0i64, 1, 2]);
+        Tensor::write_safetensors(&[("bias", &ints), ("position_ids", &pos)], &path).unwrap();
+        let w = Weights::open(std::slice::from_ref(&path), Device::Cpu, Kind::Float).unwrap();
+        let e = w.get("bias", &[3]).unwrap_err().to_string();
+        assert!(e.contains("w.safetensors") && e.contains("'bias'") && e.contains("I32"), "{e}");
+        assert!(w.get("position_ids", &[3]).is_ok(), "integer buffers stay readable");
     }
 }

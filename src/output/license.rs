@@ -124,6 +124,37 @@ pub fn detect(model_dir: Option<&Path>, architecture: &str) -> LicenseRecord {
     })
 }
 
+/// The licence of the model at `path`, for `sdgen license --model`: a diffusers folder is read
+/// as in [`detect`] (its architecture from `unet/config.json`, else `fallback_arch`); a
+/// single `.safetensors` checkpoint gets the default of the architecture its tensor shapes
+/// show. A path that does not exist, or is neither, is an error.
+pub fn for_model_path(path: &Path, fallback_arch: &str) -> crate::Result<LicenseRecord> {
+    let meta = fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            crate::Error::invalid(format!("no such model folder or file: {}", path.display()))
+        }
+        _ => crate::Error::io(path, e),
+    })?;
+    if meta.is_dir() {
+        let unet = path.join("unet").join("config.json");
+        let arch = crate::models::unet::UNetConfig::from_file(&unet)
+            .map(|c| crate::plan::arch_of(&c).name())
+            .unwrap_or(fallback_arch);
+        return Ok(detect(Some(path), arch));
+    }
+    let is_safetensors = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    if !meta.is_file() || !is_safetensors {
+        return Err(crate::Error::invalid(format!(
+            "{} is neither a model folder nor a .safetensors checkpoint",
+            path.display()
+        )));
+    }
+    let arch = crate::loading::single_file::inspect(path)?.arch;
+    let mut license = detect(None, arch.name());
+    license.source = format!("default for a single-file {arch} checkpoint (the file carries no licence)");
+    Ok(license)
+}
+
 /// What a model card's front matter says about the licence.
 struct CardLicense {
     /// `license:`, lowercased.

@@ -20,6 +20,7 @@ pub mod license;
 pub mod metadata;
 pub mod naming;
 pub mod png;
+pub mod png_text;
 
 use std::path::{Path, PathBuf};
 

@@ -8,9 +8,6 @@ use std::path::{Path, PathBuf};
 pub use super::atomic::{with_suffix, OnExisting};
 use crate::{Error, Image, Result};
 
-/// Largest text chunk we decompress when reading, against zip bombs.
-const MAX_TEXT_BYTES: usize = 64 << 20;
-
 /// Writes `image` as an 8-bit RGB PNG at `path` with the text chunks `text` (key, value), in
 /// that order, before the image data. Values that are all Latin-1 go in `tEXt` chunks, any
 /// other in UTF-8 `iTXt` chunks, so nothing is ever lost. The parent folder must exist.
@@ -87,33 +84,11 @@ fn encode<W: Write>(w: W, image: &Image, text: &[(&str, &str)]) -> Result<()> {
 }
 
 /// All text chunks of a PNG as (key, text): `tEXt` first, then `zTXt`, then `iTXt`, each in
-/// file order, compressed ones decompressed. Chunks after the image data are included.
+/// file order, compressed ones decompressed. Chunks after the image data are included; the
+/// image itself is never decoded (see [`super::png_text`]).
 pub fn read_text_chunks(path: &Path) -> Result<Vec<(String, String)>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let bad = |e: png::DecodingError| Error::invalid(format!("{} is not a readable PNG: {e}", path.display()));
-    let mut reader = png::Decoder::new(BufReader::new(file)).read_info().map_err(bad)?;
-    // Text chunks may follow the image data, so the image has to be read through.
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| Error::invalid(format!("{}: image too large to read", path.display())))?;
-    let mut buf = vec![0; size];
-    reader.next_frame(&mut buf).map_err(bad)?;
-    reader.finish().map_err(bad)?;
-
-    let info = reader.info();
-    let mut out: Vec<(String, String)> =
-        info.uncompressed_latin1_text.iter().map(|c| (c.keyword.clone(), c.text.clone())).collect();
-    for chunk in &info.compressed_latin1_text {
-        let mut chunk = chunk.clone();
-        chunk.decompress_text_with_limit(MAX_TEXT_BYTES).map_err(bad)?;
-        out.push((chunk.keyword.clone(), chunk.get_text().map_err(bad)?));
-    }
-    for chunk in &info.utf8_text {
-        let mut chunk = chunk.clone();
-        chunk.decompress_text_with_limit(MAX_TEXT_BYTES).map_err(bad)?;
-        out.push((chunk.keyword.clone(), chunk.get_text().map_err(bad)?));
-    }
-    Ok(out)
+    super::png_text::read_text_chunks_from(BufReader::new(file), &path.display().to_string())
 }
 
 #[cfg(test)]
