@@ -502,7 +502,7 @@ impl Pipeline {
         }
         let ids = Tensor::from_slice(&enc.ids).view([1, -1]).to_device(self.aux.device);
         // Requests count clip skip as A1111 does (1 = last layer); diffusers counts skipped layers.
-        let embeds = self.text_encoder.forward(&ids, clip_skip.map(|n| n.saturating_sub(1)))?;
+        let embeds = self.text_encoder.forward(&ids, clip_skip.map(|n| n.saturating_sub(1)))?.hidden;
         crate::finite::check(&embeds, crate::finite::Component::TextEncoder)?;
         // With offload the encoder ran on the CPU: bring its output to the UNet.
         Ok(embeds.to_device(self.device).to_kind(self.kind))

@@ -12,7 +12,13 @@
 //! 3. cut words with CLIP's pattern (`'s|'t|…|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+`), map each
 //!    UTF-8 byte to a printable symbol (`bytes_to_unicode`) and apply the BPE merges, the last
 //!    symbol of a word carrying `</w>`;
-//! 4. look the symbols up in `vocab.json`, unknown ones becoming the unk token.
+//! 4. look the symbols up in the vocabulary, unknown ones becoming the unk token.
+//!
+//! The vocabulary and merges come from `vocab.json` and `merges.txt` (what transformers 4
+//! saves) or, when those are absent, from the `model` section of `tokenizer.json` (all that
+//! transformers 5 saves, beside `tokenizer_config.json`). Both hold the same tables, so the
+//! ids do not depend on which files a folder has; the cleaning above stays the slow
+//! tokenizer's, which diffusers' goldens were made with.
 //!
 //! [`Tokenizer::encode`] then does what diffusers' `encode_prompt` asks of the tokenizer:
 //! truncate to `model_max_length`, wrap in BOS/EOS and pad.
@@ -178,18 +184,17 @@ fn read_optional_json<T: Default + serde::de::DeserializeOwned>(path: &Path) -> 
 }
 
 impl Tokenizer {
-    /// Loads `vocab.json`, `merges.txt` and the optional `tokenizer_config.json` and
-    /// `special_tokens_map.json` from a tokenizer folder.
+    /// Loads a tokenizer folder: `vocab.json` and `merges.txt`, or `tokenizer.json` when
+    /// those are absent, and the optional `tokenizer_config.json` and
+    /// `special_tokens_map.json`.
     ///
     /// Special tokens resolve as in transformers: `tokenizer_config.json` first; values in
     /// `special_tokens_map.json` override it unless the config carries `added_tokens_decoder`;
     /// missing ones default to CLIP's (`<|startoftext|>`, and `<|endoftext|>` for eos, unk and
-    /// pad). A missing `model_max_length` means CLIP's 77.
+    /// pad). `tokenizer.json`'s `added_tokens` count as added tokens too. A missing
+    /// `model_max_length` means CLIP's 77.
     pub fn from_dir(dir: &Path) -> Result<Tokenizer> {
-        let vocab_path = dir.join("vocab.json");
-        let vocab: HashMap<String, i64> = parse_json(&vocab_path, &read_text(&vocab_path)?)?;
-        let merges_path = dir.join("merges.txt");
-        let merge_ranks = parse_merges(&merges_path, &read_text(&merges_path)?)?;
+        let Bpe { vocab, merge_ranks, added: file_added, source: vocab_path } = Bpe::load(dir)?;
 
         let config_path = dir.join("tokenizer_config.json");
         let config: TokenizerConfig = read_optional_json(&config_path)?;
@@ -233,6 +238,11 @@ impl Tokenizer {
             for (id, spec) in entries {
                 let (lstrip, rstrip, single_word) = spec.flags();
                 added.push(AddedToken { content: spec.content().to_string(), id, lstrip, rstrip, single_word });
+            }
+        }
+        for t in file_added {
+            if !added.iter().any(|a| a.content == t.content) {
+                added.push(t);
             }
         }
         let mut resolve = |field: &str, spec: Option<&TokenSpec>, default: &str| -> Result<i64> {
@@ -485,6 +495,148 @@ impl Tokenizer {
 enum Piece {
     Added(i64),
     Text(String),
+}
+
+/// The BPE tables of a tokenizer folder, from whichever files it has.
+struct Bpe {
+    vocab: HashMap<String, i64>,
+    merge_ranks: HashMap<(String, String), usize>,
+    /// `tokenizer.json`'s `added_tokens`; empty for `vocab.json` folders.
+    added: Vec<AddedToken>,
+    /// The file the vocabulary came from, for messages.
+    source: PathBuf,
+}
+
+/// `tokenizer.json` as the `tokenizers` library writes it; only what CLIP's BPE needs.
+#[derive(Deserialize)]
+struct TokenizerJson {
+    #[serde(default)]
+    added_tokens: Vec<JsonAddedToken>,
+    model: JsonBpeModel,
+}
+
+#[derive(Deserialize)]
+struct JsonAddedToken {
+    id: i64,
+    content: String,
+    #[serde(default)]
+    single_word: bool,
+    #[serde(default)]
+    lstrip: bool,
+    #[serde(default)]
+    rstrip: bool,
+}
+
+#[derive(Deserialize)]
+struct JsonBpeModel {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    vocab: HashMap<String, i64>,
+    merges: Vec<JsonMerge>,
+    end_of_word_suffix: Option<String>,
+    continuing_subword_prefix: Option<String>,
+}
+
+/// A merge in `tokenizer.json`: `"a b"` in older files, `["a", "b"]` in newer ones.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JsonMerge {
+    Text(String),
+    Pair(String, String),
+}
+
+impl Bpe {
+    /// `vocab.json` + `merges.txt` when both are there (transformers 4 folders, and what
+    /// the goldens were made from), otherwise `tokenizer.json` (transformers 5 folders).
+    fn load(dir: &Path) -> Result<Bpe> {
+        let vocab_path = dir.join("vocab.json");
+        let merges_path = dir.join("merges.txt");
+        let json_path = dir.join("tokenizer.json");
+        let (has_vocab, has_merges) = (vocab_path.is_file(), merges_path.is_file());
+        if (has_vocab && has_merges) || !json_path.is_file() {
+            if has_vocab != has_merges {
+                let (have, lack) = if has_vocab { ("vocab.json", "merges.txt") } else { ("merges.txt", "vocab.json") };
+                return Err(Error::config(dir, format!("has {have} but no {lack} (and no tokenizer.json)")));
+            }
+            if !has_vocab && dir.is_dir() {
+                return Err(Error::config(
+                    dir,
+                    "not a CLIP tokenizer folder: it needs vocab.json and merges.txt (as transformers 4 saves \
+                     them) or tokenizer.json (transformers 5)",
+                ));
+            }
+            // Unreadable files (or a missing folder) are reported by the read itself.
+            let vocab = parse_json(&vocab_path, &read_text(&vocab_path)?)?;
+            let merge_ranks = parse_merges(&merges_path, &read_text(&merges_path)?)?;
+            return Ok(Bpe { vocab, merge_ranks, added: Vec::new(), source: vocab_path });
+        }
+        let file: TokenizerJson = parse_json(&json_path, &read_text(&json_path)?)?;
+        let model = file.model;
+        let wrong = |what: String| {
+            Error::config(&json_path, format!("{what}; sdgen reads CLIP's byte-level BPE tokenizer only"))
+        };
+        if let Some(kind) = model.kind.as_deref().filter(|k| *k != "BPE") {
+            return Err(wrong(format!("field 'model.type': the tokenizer is {kind:?}, not \"BPE\"")));
+        }
+        // CLIP marks word ends with `</w>` and nothing else; other BPE files split words
+        // differently, and reading them as CLIP would give wrong ids silently.
+        if model.end_of_word_suffix.as_deref() != Some("</w>") {
+            return Err(wrong(format!(
+                "field 'model.end_of_word_suffix' is {:?}, CLIP's is \"</w>\"",
+                model.end_of_word_suffix
+            )));
+        }
+        if model.continuing_subword_prefix.as_deref().is_some_and(|p| !p.is_empty()) {
+            return Err(wrong(format!(
+                "field 'model.continuing_subword_prefix' is {:?}, CLIP has none",
+                model.continuing_subword_prefix
+            )));
+        }
+        let mut merge_ranks = HashMap::new();
+        for (rank, merge) in model.merges.into_iter().enumerate() {
+            let pair = match merge {
+                JsonMerge::Pair(a, b) => (a, b),
+                JsonMerge::Text(line) => {
+                    let mut it = line.split(' ');
+                    match (it.next(), it.next(), it.next()) {
+                        (Some(a), Some(b), None) => (a.to_string(), b.to_string()),
+                        _ => {
+                            return Err(Error::config(
+                                &json_path,
+                                format!(
+                                "field 'model.merges[{rank}]': expected two space-separated symbols, found {line:?}"
+                            ),
+                            ))
+                        }
+                    }
+                }
+            };
+            if pair.0.is_empty() || pair.1.is_empty() {
+                return Err(Error::config(
+                    &json_path,
+                    format!("field 'model.merges[{rank}]': empty symbol in {pair:?}"),
+                ));
+            }
+            // As in `tokenizers`, a repeated pair keeps its last rank.
+            merge_ranks.insert(pair, rank);
+        }
+        if merge_ranks.is_empty() {
+            return Err(Error::config(&json_path, "field 'model.merges': no BPE merges; is this CLIP's tokenizer?"));
+        }
+        let mut added: Vec<AddedToken> = file
+            .added_tokens
+            .into_iter()
+            .map(|t| AddedToken {
+                content: t.content,
+                id: t.id,
+                lstrip: t.lstrip,
+                rstrip: t.rstrip,
+                single_word: t.single_word,
+            })
+            .collect();
+        added.sort_by_key(|t| t.id);
+        Ok(Bpe { vocab: model.vocab, merge_ranks, added, source: json_path })
+    }
 }
 
 /// Reads BPE merges the way transformers does: strip the file, skip the `#version` line,

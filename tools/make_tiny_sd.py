@@ -7,8 +7,14 @@ checked instead of trusted.
 
     /work/main/.venv-ref/bin/python tools/make_tiny_sd.py [OUT_DIR]   # default weights/tiny-sd
 
-Needs torch, diffusers, transformers, safetensors and (for the tokenizer files) the PyPI
+Needs torch, diffusers, transformers 4, safetensors and (for the tokenizer files) the PyPI
 package clip-anytorch; nothing is downloaded.
+
+The same model as transformers 5 saves it (weights/tiny-sd-tf5: text encoder without the
+`text_model.` prefix, tokenizer as tokenizer.json) needs a Python with transformers 5;
+`--tf5-python PY` runs tools/make_tiny_sd_tf5.py with it after the build:
+
+    /work/refenv/bin/python tools/make_tiny_sd.py --tf5-python /work/refenv5/bin/python
 """
 
 import argparse
@@ -168,6 +174,8 @@ def scale_for_contrast(vae):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", nargs="?", default=os.path.join(REPO, "weights", "tiny-sd"))
+    ap.add_argument("--tf5-python", help="a Python with transformers 5: also write the transformers-5 layout")
+    ap.add_argument("--tf5-out", help="where the transformers-5 layout goes (default: OUT with -tf5 appended)")
     args = ap.parse_args()
     out = args.out
     torch.set_num_threads(1)
@@ -197,6 +205,12 @@ def main():
     with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
         f.write(MODEL_CARD)
     print(f"wrote {out} (vae decoder conv_out scaled by {factor})")
+    if args.tf5_python:
+        tf5_out = args.tf5_out or out.rstrip("/") + "-tf5"
+        subprocess.run(
+            [args.tf5_python, os.path.join(REPO, "tools", "make_tiny_sd_tf5.py"), out, tf5_out],
+            check=True,
+        )
 
 
 if __name__ == "__main__":

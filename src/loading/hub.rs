@@ -24,7 +24,10 @@ pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const MODELS: [(&str, &str); 3] =
     [("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")];
 const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
-const TOKENIZER_REQUIRED: [&str; 2] = ["tokenizer/vocab.json", "tokenizer/merges.txt"];
+/// The BPE files of a transformers 4 tokenizer folder; transformers 5 saves only
+/// [`TOKENIZER_JSON`] (beside `tokenizer_config.json`), which holds the same tables.
+const TOKENIZER_BPE: [&str; 2] = ["tokenizer/vocab.json", "tokenizer/merges.txt"];
+const TOKENIZER_JSON: &str = "tokenizer/tokenizer.json";
 /// The model card (for the licence) and the licence files `output::license` looks for.
 const OPTIONAL: [&str; 5] = ["README.md", "LICENSE", "LICENSE.md", "LICENSE-MODEL", "LICENSE.txt"];
 
@@ -348,10 +351,9 @@ fn plan(listing: &[String], prefer_fp16: bool) -> std::result::Result<Plan, Stri
     } else {
         missing.push(SCHEDULER_CONFIG.to_string());
     }
-    for need in TOKENIZER_REQUIRED {
-        if !has.contains(need) {
-            missing.push(need.to_string());
-        }
+    let lacking: Vec<&str> = TOKENIZER_BPE.iter().copied().filter(|f| !has.contains(f)).collect();
+    if !lacking.is_empty() && !has.contains(TOKENIZER_JSON) {
+        missing.push(format!("{} (or {TOKENIZER_JSON})", lacking.join(", ")));
     }
     // The whole tokenizer folder, not a fixed list: it is small, and which files a
     // tokenizer comes with varies.
@@ -605,6 +607,18 @@ mod tests {
         assert!(why.contains("missing unet/diffusion_pytorch_model.safetensors") && why.contains("pickle"), "{why}");
         let no_vocab: Vec<&str> = SD.iter().copied().filter(|f| *f != "tokenizer/vocab.json").collect();
         assert!(plan(&names(&no_vocab), false).unwrap_err().contains("tokenizer/vocab.json"));
+    }
+
+    #[test]
+    fn plan_takes_a_transformers5_tokenizer() {
+        let mut tf5: Vec<&str> = SD.iter().copied().filter(|f| !f.starts_with("tokenizer/")).collect();
+        tf5.extend(["tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"]);
+        let files = plan(&names(&tf5), false).unwrap().files;
+        assert!(files.iter().any(|f| f == "tokenizer/tokenizer.json"), "{files:?}");
+        assert!(files.iter().any(|f| f == "tokenizer/tokenizer_config.json"), "{files:?}");
+        tf5.retain(|f| *f != "tokenizer/tokenizer.json");
+        let why = plan(&names(&tf5), false).unwrap_err();
+        assert!(why.contains("tokenizer/vocab.json, tokenizer/merges.txt (or tokenizer/tokenizer.json)"), "{why}");
     }
 
     #[test]

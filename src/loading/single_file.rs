@@ -243,6 +243,10 @@ pub const CONFIG_FILES: [&str; 8] = [
     "tokenizer/merges.txt",
 ];
 
+/// A transformers 5 tokenizer folder has this instead of `vocab.json` and `merges.txt`
+/// (and no `special_tokens_map.json`); a config folder may have either kind.
+pub const TOKENIZER_JSON: &str = "tokenizer/tokenizer.json";
+
 const SCHEDULER: &str = "scheduler/scheduler_config.json";
 
 macro_rules! data {
@@ -278,7 +282,7 @@ fn standard_files(arch: Arch) -> [&'static str; 8] {
 }
 
 /// The configs and tokenizer files that turn a single file into the equivalent of a
-/// diffusers folder (all of [`CONFIG_FILES`]).
+/// diffusers folder ([`CONFIG_FILES`], or a transformers 5 tokenizer: see [`ConfigSet::from_dir`]).
 #[derive(Debug, Clone)]
 pub struct ConfigSet {
     /// Where the files came from, used as the directory in messages.
@@ -293,15 +297,36 @@ impl ConfigSet {
         ConfigSet { origin: PathBuf::from(format!("<built-in {} configs>", arch.name())), files: files.collect() }
     }
 
-    /// The configs of a diffusers folder (its weights are not read).
+    /// The configs of a diffusers folder (its weights are not read). The tokenizer may be
+    /// saved by transformers 4 (all of [`CONFIG_FILES`]) or 5 ([`TOKENIZER_JSON`] instead of
+    /// `vocab.json`, `merges.txt` and `special_tokens_map.json`, which the tokenizer does
+    /// without).
     pub fn from_dir(dir: &Path) -> Result<ConfigSet> {
+        let has_json = dir.join(TOKENIZER_JSON).is_file();
         let mut files = BTreeMap::new();
-        for rel in CONFIG_FILES {
+        for rel in CONFIG_FILES.into_iter().chain([TOKENIZER_JSON]) {
+            let optional = match rel {
+                TOKENIZER_JSON | "tokenizer/special_tokens_map.json" => true,
+                "tokenizer/vocab.json" | "tokenizer/merges.txt" => has_json,
+                _ => false,
+            };
             let path = dir.join(rel);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                Error::config(&path, format!("cannot read it ({e}); a config folder needs {}", CONFIG_FILES.join(", ")))
-            })?;
-            files.insert(rel, Cow::Owned(text));
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    files.insert(rel, Cow::Owned(text));
+                }
+                Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::config(
+                        &path,
+                        format!(
+                            "cannot read it ({e}); a config folder needs {} (or {TOKENIZER_JSON} instead of the \
+                             tokenizer's vocab.json and merges.txt)",
+                            CONFIG_FILES.join(", ")
+                        ),
+                    ))
+                }
+            }
         }
         Ok(ConfigSet { origin: dir.to_path_buf(), files })
     }
@@ -311,7 +336,7 @@ impl ConfigSet {
         &self.origin
     }
 
-    /// The text of one of [`CONFIG_FILES`].
+    /// The text of one of [`CONFIG_FILES`] (or [`TOKENIZER_JSON`]); `None` when the folder lacks it.
     pub fn text(&self, rel: &str) -> Option<&str> {
         self.files.get(rel).map(|t| t.as_ref())
     }

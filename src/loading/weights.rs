@@ -316,7 +316,8 @@ impl Weights {
         Some(shape)
     }
 
-    fn file_label(&self) -> PathBuf {
+    /// The weight file (or files) behind this store, for messages.
+    pub(crate) fn file_label(&self) -> PathBuf {
         match self.store.files.as_slice() {
             [one] => one.path.clone(),
             many => PathBuf::from(many.iter().map(|f| f.path.display().to_string()).collect::<Vec<_>>().join(", ")),

@@ -3,7 +3,13 @@
 //!
 //! Token and position embeddings, a stack of pre-norm transformer layers with causal
 //! self-attention, and a final layer norm. SD 1.x uses OpenAI's CLIP ViT-L/14 (`quick_gelu`);
-//! SD 2.x uses OpenCLIP ViT-H/14 converted to this layout (`gelu`).
+//! SD 2.x uses OpenCLIP ViT-H/14 converted to this layout (`gelu`). The pooled output (the
+//! state at the end-of-text token, projected when the model is a
+//! `CLIPTextModelWithProjection`) is what SDXL's second encoder adds to the conditioning.
+//!
+//! Weight files name the tensors in one of two layouts, told apart by the tensor names:
+//! `text_model.embeddings.…` (transformers 4, and `CLIPTextModelWithProjection` in both) or
+//! `embeddings.…` at the top (a `CLIPTextModel` built and saved by transformers 5).
 
 use crate::loading::weights::MapGuard;
 use crate::loading::{read_json, Weights};
@@ -35,6 +41,33 @@ pub struct ClipTextConfig {
     pub max_position_embeddings: i64,
     pub hidden_act: Activation,
     pub layer_norm_eps: f64,
+    /// Picks the pooled token: the first of these ids, or with transformers' legacy value 2
+    /// (old configs, SD 1.5's among them) the largest id, which is CLIP's end-of-text token.
+    #[serde(default = "default_eos_token_id")]
+    pub eos_token_id: i64,
+    /// Width of `text_projection`, for models that have one.
+    #[serde(default = "default_projection_dim")]
+    pub projection_dim: i64,
+}
+
+/// transformers' `CLIPTextConfig` defaults, for configs that omit the fields.
+fn default_eos_token_id() -> i64 {
+    2
+}
+
+fn default_projection_dim() -> i64 {
+    512
+}
+
+/// What the text encoder computes for a batch of token ids.
+#[derive(Debug)]
+pub struct TextEncoderOutput {
+    /// `[batch, seq, hidden]`: the states the UNet attends to, after `clip_skip`.
+    pub hidden: Tensor,
+    /// `[batch, hidden]`, or `[batch, projection_dim]` with a projection: the final layer's
+    /// normed state at the end-of-text token (transformers' `pooler_output` / `text_embeds`).
+    /// Always from the last layer, whatever `clip_skip` is, as in transformers.
+    pub pooled: Tensor,
 }
 
 impl ClipTextConfig {
@@ -53,6 +86,7 @@ impl ClipTextConfig {
             ("num_hidden_layers", self.num_hidden_layers as i64),
             ("num_attention_heads", self.num_attention_heads),
             ("max_position_embeddings", self.max_position_embeddings),
+            ("projection_dim", self.projection_dim),
         ];
         for (field, value) in positive {
             if value <= 0 {
@@ -122,7 +156,12 @@ impl EncoderLayer {
     }
 }
 
-/// transformers' `CLIPTextModel` (the text transformer, without pooling or projection).
+/// The tensor names that tell the two layouts apart.
+const PREFIXED_KEY: &str = "text_model.embeddings.token_embedding.weight";
+const BARE_KEY: &str = "embeddings.token_embedding.weight";
+
+/// transformers' `CLIPTextModel`, or `CLIPTextModelWithProjection` when the weights hold
+/// `text_projection.weight`.
 #[derive(Debug)]
 pub struct ClipTextModel {
     config: ClipTextConfig,
@@ -130,6 +169,7 @@ pub struct ClipTextModel {
     position_embedding: Tensor,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
+    text_projection: Option<Linear>,
     /// Last: dropped after the tensors that may borrow the mapped weights.
     _map: MapGuard,
 }
@@ -147,10 +187,24 @@ impl ClipTextModel {
         Ok(model)
     }
 
-    /// Builds the model from tensors named as in transformers (`text_model.…`). Does not call
+    /// Builds the model from tensors named as transformers 4 or 5 save them (see the file's
+    /// header), with `text_projection.weight` when there is one. Does not call
     /// [`Weights::finish`]: the caller may share the store with other components.
     pub fn new(w: &Weights, cfg: &ClipTextConfig) -> Result<ClipTextModel> {
-        let tm = w.pp("text_model");
+        let tm = if w.contains(PREFIXED_KEY) {
+            w.pp("text_model")
+        } else if w.contains(BARE_KEY) {
+            w.clone()
+        } else {
+            return Err(Error::weights(
+                w.file_label(),
+                format!(
+                    "not a CLIP text encoder: expected '{PREFIXED_KEY}' (transformers 4 layout, and \
+                     CLIPTextModelWithProjection) or '{BARE_KEY}' (CLIPTextModel saved by transformers 5), \
+                     found neither"
+                ),
+            ));
+        };
         let emb = tm.pp("embeddings");
         let h = cfg.hidden_size;
         // A buffer saved by older transformers versions; it is always arange(max_positions),
@@ -167,6 +221,12 @@ impl ClipTextModel {
             position_embedding: emb.pp("position_embedding").get("weight", &[cfg.max_position_embeddings, h])?,
             layers,
             final_layer_norm: LayerNorm::load(&tm.pp("final_layer_norm"), h, cfg.layer_norm_eps)?,
+            // At the top in both layouts: it belongs to the wrapper, not to `text_model`.
+            text_projection: if w.contains("text_projection.weight") {
+                Some(Linear::load(&w.pp("text_projection"), h, cfg.projection_dim, false)?)
+            } else {
+                None
+            },
             _map: w.map_guard(),
         })
     }
@@ -175,15 +235,22 @@ impl ClipTextModel {
         &self.config
     }
 
-    /// Encodes token ids `[batch, seq]` (int64) into hidden states `[batch, seq, hidden]`.
+    /// Whether the weights had `text_projection` (a `CLIPTextModelWithProjection`).
+    pub fn has_projection(&self) -> bool {
+        self.text_projection.is_some()
+    }
+
+    /// Encodes token ids `[batch, seq]` (int64) into hidden states `[batch, seq, hidden]`
+    /// and the pooled output (see [`TextEncoderOutput`]).
     ///
     /// `clip_skip` follows diffusers' `StableDiffusionPipeline.encode_prompt`: `None` returns
     /// `last_hidden_state` (all layers, then the final layer norm). `Some(n)` takes
     /// `hidden_states[-(n + 1)]` — the output of layer `num_layers - n`, where
     /// `hidden_states[0]` is the embeddings — and applies the final layer norm to it. So
     /// `Some(0)` equals `None`, `Some(1)` is the penultimate layer (A1111's "clip skip 2"),
-    /// and `n` may be at most `num_hidden_layers`.
-    pub fn forward(&self, ids: &Tensor, clip_skip: Option<usize>) -> Result<Tensor> {
+    /// and `n` may be at most `num_hidden_layers`. The pooled output needs every layer, so
+    /// all of them run whatever `clip_skip` is.
+    pub fn forward(&self, ids: &Tensor, clip_skip: Option<usize>) -> Result<TextEncoderOutput> {
         let n_layers = self.layers.len();
         let run = match clip_skip {
             None => n_layers,
@@ -207,10 +274,35 @@ impl ClipTextModel {
         let ids = ids.f_to_device(self.token_embedding.device())?.f_to_kind(Kind::Int64)?;
         let tokens = Tensor::f_embedding(&self.token_embedding, &ids, -1, false, false)?;
         let mut x = tokens + self.position_embedding.narrow(0, 0, seq).unsqueeze(0);
-        for layer in &self.layers[..run] {
+        let mut skipped = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i == run {
+                skipped = Some(self.final_layer_norm.forward(&x));
+            }
             x = layer.forward(&x, self.config.num_attention_heads, self.config.hidden_act);
         }
-        Ok(self.final_layer_norm.forward(&x))
+        let last = self.final_layer_norm.forward(&x);
+        let pooled = self.pool(&last, &ids)?;
+        Ok(TextEncoderOutput { hidden: skipped.unwrap_or(last), pooled })
+    }
+
+    /// transformers' `CLIPTextTransformer` pooling: the state at the first `eos_token_id`,
+    /// or at the largest id for legacy configs whose `eos_token_id` is 2; then the
+    /// projection, when the model has one. A row without the token pools its first state, as
+    /// `argmax` of an all-false row gives 0 there too.
+    fn pool(&self, last: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        let eos = self.config.eos_token_id;
+        let at = if eos == 2 {
+            ids.f_argmax(-1, false)?
+        } else {
+            ids.f_eq(eos)?.f_to_kind(Kind::Int)?.f_argmax(-1, false)?
+        };
+        let rows = Tensor::f_arange(ids.size()[0], (Kind::Int64, ids.device()))?;
+        let pooled = last.f_index(&[Some(rows), Some(at)])?;
+        Ok(match &self.text_projection {
+            Some(p) => p.forward(&pooled),
+            None => pooled,
+        })
     }
 }
 
