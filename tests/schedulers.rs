@@ -263,3 +263,39 @@ fn unsupported_config_values_name_the_field() {
     let e = err_text(schedulers::build("Euler", None, &cfg, 10), "bad prediction");
     assert!(e.contains("prediction_type"), "{e}");
 }
+
+/// Issue 13: DPM2 a on a cosine-schedule model wrote an all-black image on an AMD CPU (a NaN
+/// midpoint from σ_up rounding above σ_to). Every step count and schedule must stay finite,
+/// with v-prediction too, on whatever CPU runs this.
+#[test]
+fn dpm2_ancestral_runs_are_finite() {
+    let mut checked = 0;
+    for config in [
+        r#"{"beta_schedule": "squaredcos_cap_v2"}"#,
+        r#"{"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"}"#,
+        r#"{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}"#,
+        r#"{"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing"}"#,
+    ] {
+        let cfg: SchedulerConfig = serde_json::from_str(config).expect("cfg");
+        for schedule in [None, Some(SigmaSchedule::Karras), Some(SigmaSchedule::Exponential)] {
+            for steps in 1..=40 {
+                let mut s = schedulers::build("DPM2 a", schedule, &cfg, steps).expect("build");
+                assert!(
+                    s.timesteps().iter().all(|t| t.is_finite()),
+                    "{config} {schedule:?} {steps}: {:?}",
+                    s.timesteps()
+                );
+                let mut noise = SeededNoise::new(29);
+                let mut x = dummy_sample(&[1, 4, 8, 8]) * s.init_noise_sigma();
+                for (i, &t) in s.timesteps().to_vec().iter().enumerate() {
+                    let eps = dummy_model(&s.scale_model_input(&x, i), t);
+                    x = s.step(&eps, i, &x, &mut noise).expect("step");
+                }
+                let finite = x.isfinite().all().int64_value(&[]) == 1;
+                assert!(finite, "{config} {schedule:?} {steps} steps: non-finite latents");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 4 * 3 * 40);
+}

@@ -586,6 +586,14 @@ impl StepOrder {
     }
 }
 
+/// An evaluation index must name one of the `len` evaluations.
+pub fn check_index(i: usize, len: usize) -> Result<()> {
+    if i >= len {
+        return Err(Error::invalid(format!("scheduler step {i} does not exist: the scheduler has {len} steps")));
+    }
+    Ok(())
+}
+
 /// A begin index must name one of the `len` evaluations.
 pub fn check_begin(begin: usize, len: usize) -> Result<()> {
     if begin >= len {

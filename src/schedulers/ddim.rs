@@ -108,6 +108,7 @@ impl Scheduler for Ddim {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
         let t = *self.int_timesteps.get(i).ok_or_else(|| Error::invalid(format!("DDIM has no step {i}")))?;
         Ok(Noising::alpha_bar(self.train.alpha_cumprod_at(t)?).add_noise(original, noise))
     }

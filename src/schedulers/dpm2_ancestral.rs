@@ -116,6 +116,7 @@ impl Scheduler for Dpm2Ancestral {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
         Ok(Noising::Sigma(at(&self.sigmas, i)?).add_noise(original, noise))
     }
 

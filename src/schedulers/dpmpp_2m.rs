@@ -303,6 +303,7 @@ impl Scheduler for DpmSolverMultistep {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
         let sigma = sigmas::at(&self.sigmas, i)?;
         Ok(Noising::vp_from_sigma_f32(sigma).add_noise(original, noise))
     }

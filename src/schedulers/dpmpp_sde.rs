@@ -209,6 +209,7 @@ impl Scheduler for DpmSolverSde {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
         Ok(Noising::Sigma(sigmas::at(&self.sigmas, i)?).add_noise(original, noise))
     }
 

@@ -72,6 +72,7 @@ impl Scheduler for EulerAncestral {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
         Ok(Noising::Sigma(self.ladder.sigma(i)?).add_noise(original, noise))
     }
 

@@ -131,6 +131,7 @@ impl Scheduler for Heun {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
         Ok(Noising::Sigma(self.sigma(i)?).add_noise(original, noise))
     }
 

@@ -127,6 +127,7 @@ impl Scheduler for Lcm {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
         let t = *self.int_timesteps.get(i).ok_or_else(|| Error::invalid(format!("LCM has no step {i}")))?;
         Ok(Noising::alpha_bar(self.train.alpha_cumprod_at(t)?).add_noise(original, noise))
     }

@@ -378,6 +378,14 @@ mod tests {
         assert_eq!((c.a1111_name, s), ("DPM++ 2M SDE", Some(SigmaSchedule::Karras)));
     }
 
+    /// A pipeline keeps its scheduler as `Box<dyn Scheduler>` and may move it to a worker.
+    #[test]
+    fn schedulers_are_object_safe_and_send() {
+        fn send<T: Send>(_: &T) {}
+        let s: Box<dyn Scheduler> = build("Euler a", None, &SchedulerConfig::default(), 4).unwrap();
+        send(&s);
+    }
+
     #[test]
     fn unknown_and_unsupported_names_error() {
         let e = resolve("nonsense").unwrap_err().to_string();

@@ -193,6 +193,7 @@ impl Scheduler for Pndm {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
         let t = *self.all_timesteps.get(i).ok_or_else(|| Error::invalid(format!("PNDM has no step {i}")))?;
         Ok(Noising::alpha_bar(self.train.alpha_cumprod_at(t)?).add_noise(original, noise))
     }
