@@ -432,11 +432,6 @@ pub fn spaced_timesteps(spacing: Spacing, num_train: usize, steps: usize, steps_
     }
 }
 
-/// Rounds each value to float32 and back, as numpy's `.astype(np.float32)` does.
-pub fn as_f32(v: &[f64]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from(x as f32)).collect()
-}
-
 /// Dynamic thresholding (Imagen): clamp x̂₀ to the per-sample `ratio` quantile of |x̂₀|,
 /// clamped to [1, `max_value`], and rescale, as diffusers' `_threshold_sample`.
 pub fn threshold_sample(sample: &Tensor, ratio: f64, max_value: f64) -> Result<Tensor> {

@@ -13,8 +13,7 @@
 //! rounded), so the result is what an exact float32 kernel gives on any machine; numpy
 //! float64 work is mirrored in f64.
 
-use super::common::spaced_timesteps;
-use super::common::{interp, linspace, ClassConfig, Spacing, TrainSchedule};
+use super::common::{interp, linspace, spaced_timesteps, ClassConfig, Spacing, TrainSchedule};
 use crate::{Error, Result};
 use tch::Tensor;
 
