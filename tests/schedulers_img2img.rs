@@ -56,6 +56,10 @@ fn check(case: &Value, tensors: &HashMap<String, Tensor>) -> Result<(), String> 
     let begin = case["begin"].as_u64().unwrap() as usize;
     let golden = &tensors[&format!("{id}.run")];
     let mut sched = build()?;
+    let t_start = 4;
+    if begin != t_start * sched.order() {
+        return Err(format!("order {} does not give diffusers' begin index {begin}", sched.order()));
+    }
     sched.set_begin_index(begin).map_err(|e| e.to_string())?;
     let mut x = sched.add_noise(original, noise, begin).map_err(|e| e.to_string())?;
     let d = max_rel_diff(&x, &golden.get(0));

@@ -91,6 +91,10 @@ impl Scheduler for Dpm2 {
         }
     }
 
+    fn order(&self) -> usize {
+        2
+    }
+
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
         super::common::check_index(i, self.timesteps().len())?;
         Ok(Noising::Sigma(at(&self.sigmas, i)?).add_noise(original, noise))

@@ -208,6 +208,10 @@ impl Scheduler for DpmSolverSde {
         Ok(prev.to_kind(sample.kind()))
     }
 
+    fn order(&self) -> usize {
+        2
+    }
+
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
         super::common::check_index(i, self.timesteps().len())?;
         Ok(Noising::Sigma(sigmas::at(&self.sigmas, i)?).add_noise(original, noise))

@@ -130,6 +130,10 @@ impl Scheduler for Heun {
         }
     }
 
+    fn order(&self) -> usize {
+        2
+    }
+
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
         super::common::check_index(i, self.timesteps().len())?;
         Ok(Noising::Sigma(self.sigma(i)?).add_noise(original, noise))

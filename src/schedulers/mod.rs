@@ -72,6 +72,13 @@ pub trait Scheduler: Send {
     /// ladder's α_t, σ_t) for the variance-preserving classes.
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor>;
 
+    /// Model evaluations per inference step (diffusers' `scheduler.order`): 2 for the
+    /// samplers that evaluate twice per step (Heun, DPM2, DPM2 a, DPM++ SDE), else 1.
+    /// img2img begins at `t_start * order()`.
+    fn order(&self) -> usize {
+        1
+    }
+
     /// Begins sampling at evaluation `begin` instead of 0 (diffusers' `set_begin_index`, which
     /// img2img calls with `t_start * order`). Call it before the first step; samplers with
     /// history then start it there, as diffusers' do.
