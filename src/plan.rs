@@ -472,21 +472,8 @@ fn config_schedule(config: &SchedulerConfig) -> Option<SigmaSchedule> {
     }
 }
 
-/// The scheduler row a model's `scheduler_config.json` describes: its `_class_name`, told
-/// apart by `algorithm_type` where one class implements several samplers, and the sigma
-/// schedule from `use_karras_sigmas` / `use_exponential_sigmas`.
+/// The scheduler row and sigma schedule a model's `scheduler_config.json` describes (see
+/// [`schedulers::from_model_config`]), as a [`Sampler`].
 pub fn sampler_from_config(config: &SchedulerConfig) -> Option<Sampler> {
-    let class = config.class_name.as_deref()?;
-    let schedule = config_schedule(config).unwrap_or_default();
-    let algorithm = config.extra.get("algorithm_type").and_then(serde_json::Value::as_str);
-    let info = schedulers::all().iter().find(|i| {
-        i.diffusers_name == class
-            && match (class, algorithm) {
-                ("DPMSolverMultistepScheduler", Some("sde-dpmsolver++")) => i.a1111_name == "DPM++ 2M SDE",
-                ("DPMSolverMultistepScheduler", _) => i.a1111_name == "DPM++ 2M",
-                _ => true,
-            }
-    })?;
-    let schedule = if info.supports(schedule) { schedule } else { SigmaSchedule::Default };
-    Some(Sampler { info, schedule })
+    schedulers::from_model_config(config).map(|(info, schedule)| Sampler { info, schedule })
 }

@@ -1,17 +1,18 @@
-//! Pieces every scheduler shares: the training noise schedule (betas, ᾱ), inference
-//! timestep spacing, sigma schedules (model default, Karras, exponential) and the
-//! effective per-class config.
+//! Pieces every scheduler shares: the effective per-class config, the training noise
+//! schedule (betas, ᾱ), numpy's array helpers and inference timestep spacing, and the step
+//! bookkeeping of the samplers that keep history. Sigma ladders live in [`super::sigmas`],
+//! the prediction-type conversion in [`super::prediction`].
 //!
-//! diffusers computes these partly in torch float32 and partly in numpy float64, and the
-//! last bits of the result depend on which. Float32 tensor work is done here with the same
-//! libtorch kernels (through tch); numpy work is mirrored operation by operation in f64
-//! (`np.linspace`, `np.arange`, `np.interp`, round-half-to-even), so schedules agree to
-//! the bit with diffusers wherever the libm functions agree.
+//! diffusers computes these partly in torch float32 and partly in numpy float64. Both are
+//! mirrored here without libtorch: float32 tensor work as correctly rounded f32 operations
+//! (see [`super::sigmas`] for why), numpy work operation by operation in f64
+//! (`np.linspace`, `np.arange`, `np.interp`, round-half-to-even).
 
+use super::sigmas::SigmaSchedule;
 use super::SchedulerConfig;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// The effective config of one scheduler class: the file's values over the class's
 /// defaults, with typed accessors whose errors name the field.
@@ -147,6 +148,23 @@ pub fn base_defaults() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// The defaults both KDPM2 classes (DPM2, DPM2 a) share.
+pub fn kdpm2_defaults() -> Vec<(&'static str, Value)> {
+    use serde_json::json;
+    let mut d = base_defaults();
+    set_default(&mut d, "beta_start", json!(0.00085));
+    set_default(&mut d, "beta_end", json!(0.012));
+    d.extend([
+        ("use_karras_sigmas", json!(false)),
+        ("use_exponential_sigmas", json!(false)),
+        ("use_beta_sigmas", json!(false)),
+        ("prediction_type", json!("epsilon")),
+        ("timestep_spacing", json!("linspace")),
+        ("steps_offset", json!(0)),
+    ]);
+    d
+}
+
 /// Replaces one class default in a defaults list (classes differ on `beta_start`, ...).
 pub fn set_default(defaults: &mut [(&'static str, Value)], field: &str, value: Value) {
     if let Some(entry) = defaults.iter_mut().find(|(k, _)| *k == field) {
@@ -176,35 +194,38 @@ impl TrainSchedule {
         if n < 2 {
             return Err(cfg.bad("num_train_timesteps", "at least 2"));
         }
-        let opts = (Kind::Float, Device::Cpu);
-        let betas = if let Some(list) = cfg.opt_f64_list("trained_betas")? {
+        let betas: Vec<f32> = if let Some(list) = cfg.opt_f64_list("trained_betas")? {
             if list.len() != n {
                 return Err(Error::invalid(format!(
                     "scheduler_config.json: `trained_betas` has {} values but `num_train_timesteps` is {n}",
                     list.len()
                 )));
             }
-            let v: Vec<f32> = list.iter().map(|&b| b as f32).collect();
-            Tensor::from_slice(&v)
+            list.iter().map(|&b| b as f32).collect()
         } else {
             let start = cfg.f64("beta_start")?;
             let end = cfg.f64("beta_end")?;
             let mut allowed = vec!["linear", "scaled_linear", "squaredcos_cap_v2"];
             allowed.extend_from_slice(extra);
             match cfg.choice("beta_schedule", &allowed)?.as_str() {
-                "linear" => Tensor::linspace(start, end, n as i64, opts),
-                "scaled_linear" => Tensor::linspace(start.powf(0.5), end.powf(0.5), n as i64, opts).square(),
-                "exp" => Tensor::from_slice(&alpha_bar_betas(n, |t| (t * -12.0).exp())),
-                "sigmoid" => Tensor::linspace(-6.0, 6.0, n as i64, opts).sigmoid() * (end - start) + start,
-                _ => Tensor::from_slice(&alpha_bar_betas(n, |t| {
-                    ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2)
-                })),
+                "linear" => linspace_f32(start, end, n),
+                // torch.linspace(√start, √end, n, float32) ** 2: squared in float32.
+                "scaled_linear" => linspace_f32(start.sqrt(), end.sqrt(), n).into_iter().map(|b| b * b).collect(),
+                "exp" => alpha_bar_betas(n, |t| (t * -12.0).exp()),
+                "sigmoid" => {
+                    let (scale, offset) = ((end - start) as f32, start as f32);
+                    linspace_f32(-6.0, 6.0, n)
+                        .into_iter()
+                        .map(|x| (1.0 / (1.0 + (-f64::from(x)).exp())) as f32 * scale + offset)
+                        .collect()
+                }
+                _ => alpha_bar_betas(n, |t| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2)),
             }
         };
         let betas = if rescale_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas };
-        let alphas = betas.neg() + 1.0;
-        let alphas_cumprod = alphas.cumprod(0, Kind::Float);
-        Ok(TrainSchedule { betas: to_vec(&betas)?, alphas: to_vec(&alphas)?, alphas_cumprod: to_vec(&alphas_cumprod)? })
+        let alphas: Vec<f32> = betas.iter().map(|&b| 1.0 - b).collect();
+        let alphas_cumprod = cumprod(&alphas);
+        Ok(TrainSchedule { betas, alphas, alphas_cumprod })
     }
 
     pub fn len(&self) -> usize {
@@ -232,8 +253,32 @@ impl TrainSchedule {
     }
 }
 
-fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous())?)
+/// `torch.linspace(start, end, n, dtype=float32)` as libtorch's CPU kernel computes it: in
+/// float32, `start + step·i` for the first half and `end − step·(n − 1 − i)` for the second,
+/// each a fused multiply-add (the AVX2 and AVX-512 kernels are compiled with FMA
+/// contraction). `f32::mul_add` rounds once on every CPU, so this is exact and portable.
+pub fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
+    let (start, end) = (start as f32, end as f32);
+    if n < 2 {
+        return vec![start; n];
+    }
+    let step = (end - start) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n)
+        .map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((n - 1 - i) as f32, end) })
+        .collect()
+}
+
+/// `torch.cumprod` of a float32 tensor on the CPU: the running product is kept in f64 (ATen's
+/// accumulation type for float on the CPU) and each output rounded to float32.
+pub fn cumprod(v: &[f32]) -> Vec<f32> {
+    let mut acc = 1.0f64;
+    v.iter()
+        .map(|&x| {
+            acc *= f64::from(x);
+            acc as f32
+        })
+        .collect()
 }
 
 /// diffusers' `betas_for_alpha_bar`: β_i = min(1 − ᾱ((i+1)/n)/ᾱ(i/n), 0.999) in f64, then f32.
@@ -247,19 +292,17 @@ fn alpha_bar_betas(n: usize, alpha_bar: impl Fn(f64) -> f64) -> Vec<f32> {
         .collect()
 }
 
-/// Rescales betas to zero terminal SNR (arXiv 2305.08891, Algorithm 1), in float32 tensors.
-fn rescale_zero_terminal_snr(betas: &Tensor) -> Tensor {
-    let alphas = betas.neg() + 1.0;
-    let sqrt_ac = alphas.cumprod(0, Kind::Float).sqrt();
-    let first = sqrt_ac.get(0);
-    let last = sqrt_ac.get(-1);
-    let shifted = &sqrt_ac - &last;
-    let scaled = shifted * (&first / (&first - &last));
-    let ac = scaled.square();
-    let n = ac.size()[0];
-    let ratios = ac.narrow(0, 1, n - 1) / ac.narrow(0, 0, n - 1);
-    let alphas = Tensor::cat(&[ac.narrow(0, 0, 1), ratios], 0);
-    alphas.neg() + 1.0
+/// Rescales betas to zero terminal SNR (arXiv 2305.08891, Algorithm 1), in float32 as
+/// diffusers' tensor code does, with correctly rounded square roots.
+fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
+    let alphas: Vec<f32> = betas.iter().map(|&b| 1.0 - b).collect();
+    let sqrt_ac: Vec<f32> = cumprod(&alphas).into_iter().map(f32::sqrt).collect();
+    let (first, last) = (sqrt_ac[0], sqrt_ac[sqrt_ac.len() - 1]);
+    let scale = first / (first - last);
+    let ac: Vec<f32> = sqrt_ac.iter().map(|&s| (s - last) * scale).map(|s| s * s).collect();
+    let mut alphas = vec![ac[0]];
+    alphas.extend(ac.windows(2).map(|w| w[1] / w[0]));
+    alphas.into_iter().map(|a| 1.0 - a).collect()
 }
 
 /// `np.linspace(start, stop, num)` in float64, with numpy's arithmetic.
@@ -389,186 +432,6 @@ pub fn spaced_timesteps(spacing: Spacing, num_train: usize, steps: usize, steps_
     }
 }
 
-/// The sigma schedule a sampler runs on, beyond the model's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SigmaSchedule {
-    /// The model's training sigmas at the spaced timesteps.
-    #[default]
-    Default,
-    /// Karras et al. 2022, ρ = 7.
-    Karras,
-    /// Evenly spaced in log σ.
-    Exponential,
-}
-
-impl SigmaSchedule {
-    /// The label A1111 writes as "Schedule type" (its "Automatic" leaves the choice to the
-    /// sampler, which for sdgen is the model's own schedule).
-    pub fn a1111_label(self) -> &'static str {
-        match self {
-            SigmaSchedule::Default => "Automatic",
-            SigmaSchedule::Karras => "Karras",
-            SigmaSchedule::Exponential => "Exponential",
-        }
-    }
-
-    /// The short lowercase name used on the command line and in aliases.
-    pub fn short_name(self) -> &'static str {
-        match self {
-            SigmaSchedule::Default => "default",
-            SigmaSchedule::Karras => "karras",
-            SigmaSchedule::Exponential => "exponential",
-        }
-    }
-}
-
-/// Karras sigmas from `sigma_max` down to `sigma_min` (diffusers' `_convert_to_karras`), f64.
-pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
-    let rho = 7.0f64;
-    let min_inv_rho = sigma_min.powf(1.0 / rho);
-    let max_inv_rho = sigma_max.powf(1.0 / rho);
-    linspace(0.0, 1.0, steps).into_iter().map(|r| (max_inv_rho + r * (min_inv_rho - max_inv_rho)).powf(rho)).collect()
-}
-
-/// Sigmas evenly spaced in log from `sigma_max` to `sigma_min` (`_convert_to_exponential`).
-pub fn exponential_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
-    linspace(sigma_max.ln(), sigma_min.ln(), steps).into_iter().map(f64::exp).collect()
-}
-
-/// `np.log` of the float32 training sigmas (diffusers' `log_sigmas`, float32 values).
-///
-/// numpy's vectorised float32 log can differ from the correctly rounded value by one
-/// ulp, so timesteps derived from these can differ from diffusers' in the last float32 bit.
-pub fn log_sigmas(train_sigmas: &[f32]) -> Vec<f64> {
-    log_sigmas_f32(train_sigmas).into_iter().map(f64::from).collect()
-}
-
-/// `np.log` of float32 sigmas, kept in float32.
-pub fn log_sigmas_f32(sigmas: &[f32]) -> Vec<f32> {
-    sigmas.iter().map(|&s| (f64::from(s).ln()) as f32).collect()
-}
-
-/// diffusers' `_sigma_to_t`: the fractional training timestep whose log-sigma, linearly
-/// interpolated, equals log σ.
-pub fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
-    let n = log_sigmas.len();
-    let log_sigma = sigma.max(1e-10).ln();
-    // The last index with log_sigma ≥ log_sigmas[i] (argmax of the cumulative count), or 0.
-    let mut low = 0usize;
-    let mut best = 0usize;
-    let mut count = 0usize;
-    for (i, &ls) in log_sigmas.iter().enumerate() {
-        if log_sigma - ls >= 0.0 {
-            count += 1;
-            if count > best {
-                best = count;
-                low = i;
-            }
-        }
-    }
-    let low = low.min(n.saturating_sub(2));
-    let high = low + 1;
-    let lo = log_sigmas[low];
-    let hi = log_sigmas[high];
-    let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
-    (1.0 - w) * low as f64 + w * high as f64
-}
-
-/// `_sigma_to_t` as diffusers' KDPM2 classes call it, on float32 tensors: the log, the
-/// distances and the weight are float32, the final blend float64.
-pub fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f64 {
-    let n = log_sigmas.len();
-    let log_sigma = (f64::from(sigma.max(1e-10f32)).ln()) as f32;
-    let mut low = 0usize;
-    let mut best = 0usize;
-    let mut count = 0usize;
-    for (i, &ls) in log_sigmas.iter().enumerate() {
-        if log_sigma - ls >= 0.0 {
-            count += 1;
-            if count > best {
-                best = count;
-                low = i;
-            }
-        }
-    }
-    let low = low.min(n.saturating_sub(2));
-    let high = low + 1;
-    let (lo, hi) = (log_sigmas[low], log_sigmas[high]);
-    let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
-    f64::from(1.0 - w) * low as f64 + f64::from(w) * high as f64
-}
-
-/// The sigma ladder and matching timesteps of the Euler-family samplers' `set_timesteps`
-/// (linear interpolation of the training sigmas, then optional Karras / exponential).
-/// Returns (float64 sigmas without the final one, float64 timesteps) as numpy holds them.
-pub fn interpolated_sigmas(
-    train: &TrainSchedule,
-    spacing: Spacing,
-    steps: usize,
-    steps_offset: usize,
-    schedule: SigmaSchedule,
-    sigma_bounds: (Option<f64>, Option<f64>),
-) -> (Vec<f64>, Vec<f64>) {
-    let num_train = train.len();
-    // Timesteps are cast to float32 before interpolation, as diffusers does.
-    let timesteps: Vec<f64> =
-        spaced_timesteps(spacing, num_train, steps, steps_offset).into_iter().map(|t| f64::from(t as f32)).collect();
-    let train_sigmas = train.sigmas();
-    let xp: Vec<f64> = (0..num_train).map(|i| i as f64).collect();
-    let fp: Vec<f64> = train_sigmas.iter().map(|&s| f64::from(s)).collect();
-    let sigmas: Vec<f64> = timesteps.iter().map(|&t| interp(t, &xp, &fp)).collect();
-    let convert = |sigmas: Vec<f64>, f: fn(f64, f64, usize) -> Vec<f64>| {
-        let lo = sigma_bounds.0.unwrap_or(sigmas[sigmas.len() - 1]);
-        let hi = sigma_bounds.1.unwrap_or(sigmas[0]);
-        let s = f(lo, hi, steps);
-        let logs = log_sigmas(&train_sigmas);
-        let t = s.iter().map(|&x| sigma_to_t(x, &logs)).collect();
-        (s, t)
-    };
-    match schedule {
-        SigmaSchedule::Default => (sigmas, timesteps),
-        SigmaSchedule::Karras => convert(sigmas, karras_sigmas),
-        SigmaSchedule::Exponential => convert(sigmas, exponential_sigmas),
-    }
-}
-
-/// Rounds each value to float32 and back, as numpy's `.astype(np.float32)` does.
-pub fn as_f32(v: &[f64]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from(x as f32)).collect()
-}
-
-/// What the model predicts (`prediction_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prediction {
-    Epsilon,
-    Sample,
-    VPrediction,
-}
-
-impl Prediction {
-    /// Reads `prediction_type`, accepting only the values this class implements.
-    pub fn from_config(cfg: &ClassConfig, allowed: &[&str]) -> Result<Prediction> {
-        Ok(match cfg.choice("prediction_type", allowed)?.as_str() {
-            "epsilon" => Prediction::Epsilon,
-            "sample" => Prediction::Sample,
-            _ => Prediction::VPrediction,
-        })
-    }
-
-    /// (x̂₀, ε̂) from the model output for an ᾱ-parameterised step (DDIM, DDPM, LCM), with
-    /// diffusers' operation order: `alpha_t` is ᾱ_t, `beta_t` is 1 − ᾱ_t, both float32.
-    pub fn split(self, model_output: &Tensor, sample: &Tensor, alpha_t: f32, beta_t: f32) -> (Tensor, Tensor) {
-        let sa = f64::from(alpha_t.sqrt());
-        let sb = f64::from(beta_t.sqrt());
-        match self {
-            Prediction::Epsilon => ((sample - model_output * sb) / sa, model_output.shallow_clone()),
-            Prediction::Sample => ((model_output.shallow_clone()), (sample - model_output * sa) / sb),
-            Prediction::VPrediction => (sample * sa - model_output * sb, model_output * sa + sample * sb),
-        }
-    }
-}
-
 /// Dynamic thresholding (Imagen): clamp x̂₀ to the per-sample `ratio` quantile of |x̂₀|,
 /// clamped to [1, `max_value`], and rescale, as diffusers' `_threshold_sample`.
 pub fn threshold_sample(sample: &Tensor, ratio: f64, max_value: f64) -> Result<Tensor> {
@@ -614,21 +477,6 @@ pub fn apply_schedule(cfg: &mut ClassConfig, schedule: SigmaSchedule) -> Result<
     }
 }
 
-// ---- Shared by the multistep solvers (DPM-Solver++, UniPC) and DPMSolverSDE ----
-
-/// (α_t, σ_t) of the variance-preserving process at the sigma-ladder value σ:
-/// α = 1/sqrt(σ² + 1), σ_t = σ·α.
-pub fn alpha_sigma_t(sigma: f64) -> (f64, f64) {
-    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-    (alpha, sigma * alpha)
-}
-
-/// The half log-SNR λ = ln α_t − ln σ_t at the sigma-ladder value σ (+∞ at σ = 0).
-pub fn lambda(sigma: f64) -> f64 {
-    let (alpha, sigma_t) = alpha_sigma_t(sigma);
-    alpha.ln() - sigma_t.ln()
-}
-
 /// Inference timesteps of the multistep solvers' `set_timesteps` (DPMSolverMultistep,
 /// UniPC), numpy float64 values before their integer cast. These take n + 1 points and drop
 /// the last, unlike [`spaced_timesteps`]:
@@ -664,105 +512,111 @@ pub fn multistep_timesteps(
     }
 }
 
-/// Training sigmas interpolated at `timesteps` (float64, as `np.interp`), then optionally
-/// replaced by a Karras or exponential ladder between their ends. Returns (sigmas,
-/// timesteps), where converted ladders get fractional timesteps from [`sigma_to_t`].
-/// For samplers that keep float64 timesteps (DPMSolverSDE), unlike [`interpolated_sigmas`].
-pub fn ladder_at(
-    train: &TrainSchedule,
-    timesteps: &[f64],
-    schedule: SigmaSchedule,
-    steps: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let train_sigmas = train.sigmas();
-    let xp: Vec<f64> = (0..train.len()).map(|i| i as f64).collect();
-    let fp: Vec<f64> = train_sigmas.iter().map(|&s| f64::from(s)).collect();
-    let sigmas: Vec<f64> = timesteps.iter().map(|&t| interp(t, &xp, &fp)).collect();
-    let (Some(&hi), Some(&lo)) = (sigmas.first(), sigmas.last()) else {
-        return (sigmas, timesteps.to_vec());
-    };
-    let converted = match schedule {
-        SigmaSchedule::Default => return (sigmas, timesteps.to_vec()),
-        SigmaSchedule::Karras => karras_sigmas(lo, hi, steps),
-        SigmaSchedule::Exponential => exponential_sigmas(lo, hi, steps),
-    };
-    let logs = log_sigmas(&train_sigmas);
-    let t = converted.iter().map(|&s| sigma_to_t(s, &logs)).collect();
-    (converted, t)
+/// The training schedule of the classes with `rescale_betas_zero_snr`, with diffusers'
+/// clamp of the last ᾱ to 2⁻²⁴ so that the last sigma stays finite.
+pub fn train_schedule_zero_snr(cfg: &ClassConfig) -> Result<TrainSchedule> {
+    train_schedule_zero_snr_with(cfg, &[])
 }
 
-/// Where a multistep solver's sigma ladder ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinalSigma {
-    /// σ = 0: the last step lands on the clean sample.
-    Zero,
-    /// The smallest training sigma (σ at t = 0).
-    TrainMin,
-    /// The last value of a converted Karras / exponential ladder, else the smallest
-    /// training sigma (UniPC's `sigma_min`).
-    LadderMin,
+/// As [`train_schedule_zero_snr`], also accepting the class-specific `beta_schedule`s in `extra`.
+pub fn train_schedule_zero_snr_with(cfg: &ClassConfig, extra: &[&str]) -> Result<TrainSchedule> {
+    let rescale = cfg.bool("rescale_betas_zero_snr")?;
+    let mut train = TrainSchedule::with_schedules(cfg, rescale, extra)?;
+    if rescale {
+        if let Some(last) = train.alphas_cumprod.last_mut() {
+            *last = 2f32.powi(-24);
+        }
+    }
+    Ok(train)
 }
 
-/// The timesteps (integer-valued) and float32 sigmas (one more than timesteps) of the
-/// multistep solvers' `set_timesteps`, from the spaced integer `timesteps`.
-///
-/// Karras and exponential ladders span the training sigmas; their timesteps come from
-/// [`sigma_to_t`]; Karras ones are rounded half-to-even when `round_karras`, and all are then
-/// truncated toward zero by diffusers' int64 cast (so an unrounded 998.9999 becomes 998).
-pub fn multistep_ladder(
-    train: &TrainSchedule,
-    timesteps: &[f64],
-    schedule: SigmaSchedule,
-    round_karras: bool,
-    final_sigma: FinalSigma,
-) -> (Vec<f64>, Vec<f32>) {
-    let train_sigmas = train.sigmas();
-    let steps = timesteps.len();
-    let (sigmas, timesteps): (Vec<f64>, Vec<f64>) = match schedule {
-        SigmaSchedule::Default => {
-            let xp: Vec<f64> = (0..train.len()).map(|i| i as f64).collect();
-            let fp: Vec<f64> = train_sigmas.iter().map(|&s| f64::from(s)).collect();
-            let ts: Vec<f64> = timesteps.iter().map(|&t| t.trunc()).collect();
-            (ts.iter().map(|&t| interp(t, &xp, &fp)).collect(), ts)
+/// Integer timesteps for the DDPM-family classes (DDIM, PNDM, DDPM): linspace is rounded,
+/// trailing keeps numpy's length.
+pub fn integer_timesteps(spacing: Spacing, num_train: usize, steps: usize, offset: usize) -> Vec<i64> {
+    spaced_timesteps(spacing, num_train, steps, offset).into_iter().map(|t| t.round_ties_even() as i64).collect()
+}
+
+/// Rejects options whose non-default values sdgen does not implement.
+pub fn require_unsupported_off(cfg: &ClassConfig, fields: &[&str]) -> Result<()> {
+    for field in fields {
+        let default = if *field == "variance_type" { Value::Null } else { serde_json::json!(false) };
+        cfg.require(field, &default)?;
+    }
+    Ok(())
+}
+
+/// Where a sampler that keeps history expects its next step: evaluations come in order, each
+/// once, from the begin index (diffusers' `set_begin_index`) on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepOrder {
+    next: usize,
+    started: bool,
+}
+
+impl StepOrder {
+    /// Checks that evaluation `i` of `len` is the expected one and moves past it.
+    pub fn take(&mut self, i: usize, len: usize) -> Result<()> {
+        if i >= len {
+            return Err(Error::invalid(format!("scheduler step {i} is past the last of {len} steps")));
         }
-        SigmaSchedule::Karras | SigmaSchedule::Exponential => {
-            let lo = f64::from(train_sigmas[0]);
-            let hi = f64::from(train_sigmas[train_sigmas.len() - 1]);
-            let s = if schedule == SigmaSchedule::Karras {
-                karras_sigmas(lo, hi, steps)
-            } else {
-                exponential_sigmas(lo, hi, steps)
-            };
-            let logs = log_sigmas(&train_sigmas);
-            let ts = s
-                .iter()
-                .map(|&x| {
-                    let t = sigma_to_t(x, &logs);
-                    if round_karras && schedule == SigmaSchedule::Karras {
-                        t.round_ties_even()
-                    } else {
-                        t.trunc()
-                    }
-                })
-                .collect();
-            (s, ts)
+        if i != self.next {
+            return Err(Error::invalid(format!(
+                "scheduler step {i} taken out of order: this scheduler keeps history and expects step {}",
+                self.next
+            )));
         }
-    };
-    let last = match final_sigma {
-        FinalSigma::Zero => 0.0,
-        FinalSigma::LadderMin if schedule != SigmaSchedule::Default => {
-            sigmas.last().map_or(train_sigmas[0], |&s| s as f32)
+        self.next += 1;
+        self.started = true;
+        Ok(())
+    }
+
+    /// Starts at evaluation `begin` instead of 0; only before the first step.
+    pub fn begin_at(&mut self, begin: usize, len: usize) -> Result<()> {
+        check_begin(begin, len)?;
+        if self.started {
+            return Err(Error::invalid("the begin index of a scheduler must be set before its first step"));
         }
-        FinalSigma::TrainMin | FinalSigma::LadderMin => train_sigmas[0],
-    };
-    let mut out: Vec<f32> = sigmas.iter().map(|&s| s as f32).collect();
-    out.push(last);
-    (timesteps, out)
+        self.next = begin;
+        Ok(())
+    }
+}
+
+/// An evaluation index must name one of the `len` evaluations.
+pub fn check_index(i: usize, len: usize) -> Result<()> {
+    if i >= len {
+        return Err(Error::invalid(format!("scheduler step {i} does not exist: the scheduler has {len} steps")));
+    }
+    Ok(())
+}
+
+/// A begin index must name one of the `len` evaluations.
+pub fn check_begin(begin: usize, len: usize) -> Result<()> {
+    if begin >= len {
+        return Err(Error::invalid(format!("cannot begin at step {begin}: the scheduler has {len} steps")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Values of `torch.linspace(√0.00085, √0.012, 1000, dtype=float32)` from libtorch 2.11
+    /// (AVX2 kernel), bit for bit, and every value within an ulp of the exact one.
+    #[test]
+    fn linspace_f32_is_libtorchs_kernel() {
+        let v = linspace_f32(0.00085f64.sqrt(), 0.012f64.sqrt(), 1000);
+        let torch: [(usize, u32); 5] =
+            [(0, 0x3ceed5f6), (1, 0x3cef7eb8), (499, 0x3d8df216), (500, 0x3d8e1c46), (999, 0x3de058df)];
+        for (i, bits) in torch {
+            assert_eq!(v[i].to_bits(), bits, "index {i}: {}", v[i]);
+        }
+        let exact = linspace(0.00085f64.sqrt(), 0.012f64.sqrt(), 1000);
+        for (a, b) in v.iter().zip(&exact) {
+            assert!((f64::from(*a) - b).abs() <= f64::from(f32::EPSILON) * b.abs());
+        }
+        assert_eq!(cumprod(&[0.5, 0.5, 3.0]), [0.5, 0.25, 0.75]);
+    }
 
     #[test]
     fn linspace_ends_exactly() {
@@ -789,13 +643,5 @@ mod tests {
         // np.arange(1000, 0, -1000/61) has 62 values because of float rounding.
         assert_eq!(spaced_timesteps(Spacing::Trailing, 1000, 61, 0).len(), 62);
         assert_eq!(spaced_timesteps(Spacing::Trailing, 1000, 10, 0)[..2], [999.0, 899.0]);
-    }
-
-    #[test]
-    fn sigma_to_t_inverts_log_interpolation() {
-        let logs = [0.0f64.ln().max(-5.0), 1.0f64.ln(), 2.0f64.ln(), 4.0f64.ln()];
-        assert_eq!(sigma_to_t(2.0, &logs), 2.0);
-        assert!((sigma_to_t(2.0f64.sqrt(), &logs) - 1.5).abs() < 1e-12);
-        assert_eq!(sigma_to_t(100.0, &logs), 3.0);
     }
 }

@@ -1,8 +1,7 @@
 //! DDIM (Song et al. 2020) with eta = 0, as diffusers' `DDIMScheduler`.
 
-use super::common::{
-    base_defaults, spaced_timesteps, threshold_sample, ClassConfig, Prediction, Spacing, TrainSchedule,
-};
+use super::common::{base_defaults, integer_timesteps, threshold_sample, ClassConfig, Spacing, TrainSchedule};
+use super::prediction::{Noising, Prediction};
 use super::{Scheduler, SchedulerConfig, SigmaSchedule};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -40,12 +39,6 @@ pub fn defaults() -> Vec<(&'static str, serde_json::Value)> {
         ("rescale_betas_zero_snr", json!(false)),
     ]);
     d
-}
-
-/// Integer timesteps for the DDPM-family classes (DDIM, PNDM, DDPM, LCM-style spacing):
-/// linspace is rounded, trailing keeps numpy's length.
-pub fn integer_timesteps(spacing: Spacing, num_train: usize, steps: usize, offset: usize) -> Vec<i64> {
-    spaced_timesteps(spacing, num_train, steps, offset).into_iter().map(|t| t.round_ties_even() as i64).collect()
 }
 
 impl Ddim {
@@ -103,8 +96,7 @@ impl Scheduler for Ddim {
         let prev_t = t - self.stride;
         let alpha_t = self.train.alpha_cumprod_at(t)?;
         let alpha_prev = if prev_t >= 0 { self.train.alpha_cumprod_at(prev_t)? } else { self.final_alpha_cumprod };
-        let beta_t = 1.0 - alpha_t;
-        let (mut x0, eps) = self.prediction.split(model_output, sample, alpha_t, beta_t);
+        let (mut x0, eps) = self.prediction.split(model_output, sample, Noising::alpha_bar(alpha_t));
         if let Some((ratio, max)) = self.thresholding {
             x0 = threshold_sample(&x0, ratio, max)?;
         } else if let Some(r) = self.clip {
@@ -113,6 +105,12 @@ impl Scheduler for Ddim {
         // eta = 0: no variance term, so the direction coefficient is sqrt(1 - ᾱ_prev).
         let direction = eps * f64::from((1.0 - alpha_prev).sqrt());
         Ok(x0 * f64::from(alpha_prev.sqrt()) + direction)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
+        let t = *self.int_timesteps.get(i).ok_or_else(|| Error::invalid(format!("DDIM has no step {i}")))?;
+        Ok(Noising::alpha_bar(self.train.alpha_cumprod_at(t)?).add_noise(original, noise))
     }
 
     fn config_json(&self) -> serde_json::Value {

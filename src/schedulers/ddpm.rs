@@ -1,7 +1,8 @@
 //! DDPM ancestral sampling (Ho et al. 2020), as diffusers' `DDPMScheduler`.
 
-use super::common::{base_defaults, threshold_sample, ClassConfig, Prediction, Spacing, TrainSchedule};
-use super::ddim::integer_timesteps;
+use super::common::{base_defaults, integer_timesteps, threshold_sample, ClassConfig, Spacing, TrainSchedule};
+use super::prediction::{Noising, Prediction};
+use super::sigmas::{exp_f32, ln_f32};
 use super::{Scheduler, SchedulerConfig, SigmaSchedule};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -90,16 +91,16 @@ impl Scheduler for Ddpm {
         let prev_t = self.int_timesteps.get(i + 1).copied().unwrap_or(-1);
         let a_t = self.train.alpha_cumprod_at(t)?;
         let a_prev = if prev_t >= 0 { self.train.alpha_cumprod_at(prev_t)? } else { 1.0 };
-        let b_t = 1.0 - a_t;
         let b_prev = 1.0 - a_prev;
         let cur_alpha = a_t / a_prev;
         let cur_beta = 1.0 - cur_alpha;
-        let (mut x0, _) = self.prediction.split(model_output, sample, a_t, b_t);
+        let mut x0 = self.prediction.x0(model_output, sample, Noising::alpha_bar(a_t));
         if let Some((ratio, max)) = self.thresholding {
             x0 = threshold_sample(&x0, ratio, max)?;
         } else if let Some(r) = self.clip {
             x0 = x0.clamp(-r, r);
         }
+        let b_t = 1.0 - a_t;
         let x0_coeff = a_prev.sqrt() * cur_beta / b_t;
         let sample_coeff = cur_alpha.sqrt() * b_prev / b_t;
         let prev = x0 * f64::from(x0_coeff) + sample * f64::from(sample_coeff);
@@ -111,14 +112,17 @@ impl Scheduler for Ddpm {
         let variance = ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)).max(1e-20);
         let std = match self.variance {
             Variance::Small => variance.sqrt(),
-            // log then exp in float32, as torch computes it.
-            Variance::SmallLog => {
-                let log = Tensor::from(variance).log();
-                f32::try_from((log * 0.5).exp())?
-            }
+            // log then exp in float32, as torch computes it (correctly rounded here).
+            Variance::SmallLog => exp_f32(ln_f32(variance) * 0.5),
             Variance::Large => (1.0 - a_t / a_prev).sqrt(),
         };
         Ok(prev + z * f64::from(std))
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
+        let t = *self.int_timesteps.get(i).ok_or_else(|| Error::invalid(format!("DDPM has no step {i}")))?;
+        Ok(Noising::alpha_bar(self.train.alpha_cumprod_at(t)?).add_noise(original, noise))
     }
 
     fn config_json(&self) -> Value {

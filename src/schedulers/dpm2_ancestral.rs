@@ -2,8 +2,9 @@
 //! `KDPM2AncestralDiscreteScheduler`: the DPM2 midpoint step down to σ_down, then fresh
 //! noise of scale σ_up.
 
-use super::dpm2::{at, interleave, tensor, values, Base};
-use super::euler::denoised;
+use super::common::{apply_schedule, kdpm2_defaults, ClassConfig, TrainSchedule};
+use super::prediction::{Noising, Prediction};
+use super::sigmas::{at, interleave, scale_by_sigma, Kdpm2Ladder};
 use super::{Scheduler, SchedulerConfig, SigmaSchedule};
 use crate::noise::NoiseSource;
 use crate::Result;
@@ -12,41 +13,48 @@ use tch::Tensor;
 
 pub const CLASS: &str = "KDPM2AncestralDiscreteScheduler";
 
+/// The first half of a step, kept for the midpoint evaluation.
+struct Pending {
+    sample: Tensor,
+    derivative: Tensor,
+}
+
 pub struct Dpm2Ancestral {
-    base: Base,
+    cfg: ClassConfig,
+    prediction: Prediction,
+    init_noise_sigma: f32,
+    /// Per model evaluation, as diffusers interleaves them.
     sigmas: Vec<f32>,
     sigmas_interpol: Vec<f32>,
     sigmas_up: Vec<f32>,
     sigmas_down: Vec<f32>,
     timesteps: Vec<f64>,
-    pending: Option<Tensor>,
+    pending: Option<Pending>,
 }
 
 pub fn build(config: &SchedulerConfig, schedule: SigmaSchedule, steps: usize) -> Result<Box<dyn Scheduler>> {
-    let base = Base::new(CLASS, config, schedule, steps)?;
-    let s = tensor(&base.sigmas);
-    let n = base.sigmas.len() as i64;
-    let next = s.roll([-1], [0]);
-    let _ = next.get(n - 1).fill_(0.0);
-    let up = (next.square() * (s.square() - next.square()) / s.square()).sqrt();
-    let down = (next.square() - up.square()).sqrt();
-    let _ = down.get(n - 1).fill_(0.0);
-    let interpol = s.log().lerp(&down.log(), 0.5).exp();
-    let _ = interpol.narrow(0, n - 2, 2).fill_(0.0);
-    let interpol = values(&interpol)?;
-    let t_interpol = base.timesteps_for(&interpol);
-    let mut timesteps = vec![base.timesteps[0]];
+    let mut cfg = ClassConfig::new(CLASS, config, &kdpm2_defaults())?;
+    let schedule = apply_schedule(&mut cfg, schedule)?;
+    // diffusers raises NotImplementedError for "sample" at step time.
+    let prediction = Prediction::from_config(&cfg, &["epsilon", "v_prediction"])?;
+    let train = TrainSchedule::new(&cfg, false)?;
+    let ladder = Kdpm2Ladder::new(&cfg, &train, schedule, steps)?;
+    let (up, down, interpol) = ladder.ancestral_midpoints();
+    let t_interpol = ladder.timesteps_for(&interpol);
+    let mut timesteps = vec![ladder.timesteps[0]];
     // Each midpoint follows the step it belongs to: [t0, ti0, t1, ti1, t2, …].
-    for (ti, t) in t_interpol.iter().zip(&base.timesteps[1..]) {
+    for (ti, t) in t_interpol.iter().zip(&ladder.timesteps[1..]) {
         timesteps.extend([*ti, *t]);
     }
     Ok(Box::new(Dpm2Ancestral {
-        sigmas: interleave(&base.sigmas),
+        cfg,
+        prediction,
+        init_noise_sigma: ladder.init_noise_sigma(),
+        sigmas: interleave(&ladder.sigmas),
         sigmas_interpol: interleave(&interpol),
-        sigmas_up: interleave(&values(&up)?),
-        sigmas_down: interleave(&values(&down)?),
+        sigmas_up: interleave(&up),
+        sigmas_down: interleave(&down),
         timesteps,
-        base,
         pending: None,
     }))
 }
@@ -57,7 +65,7 @@ impl Scheduler for Dpm2Ancestral {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        f64::from(self.base.init_noise_sigma())
+        f64::from(self.init_noise_sigma)
     }
 
     fn scale_model_input(&self, sample: &Tensor, i: usize) -> Tensor {
@@ -66,8 +74,7 @@ impl Scheduler for Dpm2Ancestral {
             None => self.sigmas.get(i),
             Some(_) => i.checked_sub(1).and_then(|j| self.sigmas_interpol.get(j)),
         };
-        let s = s.copied().unwrap_or(0.0);
-        sample / f64::from((s * s + 1.0).sqrt())
+        scale_by_sigma(sample, s.copied().unwrap_or(0.0))
     }
 
     fn step(
@@ -77,31 +84,47 @@ impl Scheduler for Dpm2Ancestral {
         sample: &Tensor,
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        let prediction = self.base.prediction;
+        let prediction = self.prediction;
         match self.pending.take() {
             None => {
                 let sigma = at(&self.sigmas, i)?;
                 let sigma_interpol = at(&self.sigmas_interpol, i)?;
-                let x0 = denoised(prediction, model_output, sample, sigma);
+                let x0 = prediction.x0(model_output, sample, Noising::Sigma(sigma));
                 let derivative = (sample - x0) / f64::from(sigma);
-                self.pending = Some(sample.shallow_clone());
-                Ok(sample + derivative * f64::from(sigma_interpol - sigma))
+                let prev = sample + &derivative * f64::from(sigma_interpol - sigma);
+                self.pending = Some(Pending { sample: sample.shallow_clone(), derivative });
+                Ok(prev)
             }
             Some(start) => {
                 let sigma = at(&self.sigmas, i - 1)?;
                 let sigma_interpol = at(&self.sigmas_interpol, i - 1)?;
                 let sigma_up = at(&self.sigmas_up, i - 1)?;
                 let sigma_down = at(&self.sigmas_down, i - 1)?;
-                let x0 = denoised(prediction, model_output, sample, sigma_interpol);
-                let derivative = (sample - x0) / f64::from(sigma_interpol);
-                let prev = start + derivative * f64::from(sigma_down - sigma);
+                // A zero midpoint (σ_down = 0) would divide 0 by 0; k-diffusion takes a plain
+                // Euler step with the first derivative there, and so does sdgen.
+                let derivative = if sigma_interpol > 0.0 {
+                    let x0 = prediction.x0(model_output, sample, Noising::Sigma(sigma_interpol));
+                    (sample - x0) / f64::from(sigma_interpol)
+                } else {
+                    start.derivative
+                };
+                let prev = start.sample + derivative * f64::from(sigma_down - sigma);
                 let z = noise.randn(&model_output.size(), model_output.device(), model_output.kind());
                 Ok(prev + z * f64::from(sigma_up))
             }
         }
     }
 
+    fn order(&self) -> usize {
+        2
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
+        Ok(Noising::Sigma(at(&self.sigmas, i)?).add_noise(original, noise))
+    }
+
     fn config_json(&self) -> Value {
-        self.base.cfg.to_json()
+        self.cfg.to_json()
     }
 }

@@ -6,7 +6,9 @@
 //! the float32 sigmas (diffusers uses float32 0-dim tensors), which keeps results within a
 //! few float32 ulps of diffusers'.
 
-use super::common::{self, ClassConfig, FinalSigma, Prediction, SigmaSchedule, Spacing, TrainSchedule};
+use super::common::{self, require_unsupported_off, train_schedule_zero_snr, ClassConfig, Spacing, StepOrder};
+use super::prediction::{Noising, Prediction};
+use super::sigmas::{self, alpha_sigma_t, lambda, FinalSigma, SigmaSchedule};
 use super::{Scheduler, SchedulerConfig};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -61,28 +63,6 @@ fn defaults() -> Vec<(&'static str, Value)> {
     d
 }
 
-/// Rejects options whose non-default values sdgen does not implement.
-pub(crate) fn require_unsupported_off(cfg: &ClassConfig, fields: &[&str]) -> Result<()> {
-    for field in fields {
-        let default = if *field == "variance_type" { Value::Null } else { json!(false) };
-        cfg.require(field, &default)?;
-    }
-    Ok(())
-}
-
-/// The training schedule, with diffusers' zero-terminal-SNR clamp of the last ᾱ.
-pub(crate) fn train_schedule(cfg: &ClassConfig) -> Result<TrainSchedule> {
-    let rescale = cfg.bool("rescale_betas_zero_snr")?;
-    let mut train = TrainSchedule::new(cfg, rescale)?;
-    if rescale {
-        if let Some(last) = train.alphas_cumprod.last_mut() {
-            // A zero ᾱ would make the last sigma infinite.
-            *last = 2f32.powi(-24);
-        }
-    }
-    Ok(train)
-}
-
 #[derive(Debug)]
 pub struct DpmSolverMultistep {
     config: ClassConfig,
@@ -99,7 +79,7 @@ pub struct DpmSolverMultistep {
     /// The latest x₀ predictions, newest last, at most `order`.
     outputs: Vec<Tensor>,
     lower_order_nums: usize,
-    next_step: usize,
+    order_check: StepOrder,
 }
 
 impl DpmSolverMultistep {
@@ -162,7 +142,7 @@ impl DpmSolverMultistep {
         let steps_offset = cfg.usize("steps_offset")?;
         let lambda_min_clipped = cfg.opt_f64("lambda_min_clipped")?.unwrap_or(f64::NEG_INFINITY);
 
-        let train = train_schedule(&cfg)?;
+        let train = train_schedule_zero_snr(&cfg)?;
         let num_train = train.len();
         // λ decreases with t; timesteps whose λ falls below the clip are not used.
         let clipped = train
@@ -175,7 +155,7 @@ impl DpmSolverMultistep {
         let round =
             cfg.choice("beta_schedule", &["linear", "scaled_linear", "squaredcos_cap_v2"])? != "squaredcos_cap_v2";
         let final_sigma = if final_zero { FinalSigma::Zero } else { FinalSigma::TrainMin };
-        let (timesteps, sigmas) = common::multistep_ladder(&train, &spaced, schedule, round, final_sigma);
+        let (timesteps, sigmas) = sigmas::multistep_ladder(&train, &spaced, schedule, round, final_sigma);
 
         Ok(DpmSolverMultistep {
             timesteps,
@@ -189,7 +169,7 @@ impl DpmSolverMultistep {
             final_zero,
             outputs: Vec::with_capacity(order),
             lower_order_nums: 0,
-            next_step: 0,
+            order_check: StepOrder::default(),
             config: cfg,
         })
     }
@@ -205,19 +185,14 @@ impl DpmSolverMultistep {
 
     /// The x₀ prediction from the model output at step `i`.
     fn data_prediction(&self, model_output: &Tensor, sample: &Tensor, i: usize) -> Tensor {
-        let (alpha, sigma) = common::alpha_sigma_t(self.sigma(i));
-        match self.prediction {
-            Prediction::Epsilon => (sample - model_output * sigma) / alpha,
-            Prediction::Sample => model_output.shallow_clone(),
-            Prediction::VPrediction => sample * alpha - model_output * sigma,
-        }
+        self.prediction.x0(model_output, sample, Noising::vp_from_sigma(self.sigma(i)))
     }
 
     fn first_order(&self, i: usize, x: &Tensor, noise: Option<&Tensor>) -> Tensor {
         let m0 = &self.outputs[self.outputs.len() - 1];
-        let (alpha_t, sigma_t) = common::alpha_sigma_t(self.sigma(i + 1));
-        let (_, sigma_s) = common::alpha_sigma_t(self.sigma(i));
-        let h = common::lambda(self.sigma(i + 1)) - common::lambda(self.sigma(i));
+        let (alpha_t, sigma_t) = alpha_sigma_t(self.sigma(i + 1));
+        let (_, sigma_s) = alpha_sigma_t(self.sigma(i));
+        let h = lambda(self.sigma(i + 1)) - lambda(self.sigma(i));
         match noise {
             None => x * (sigma_t / sigma_s) - m0 * (alpha_t * ((-h).exp() - 1.0)),
             Some(z) => {
@@ -231,10 +206,9 @@ impl DpmSolverMultistep {
     fn second_order(&self, i: usize, x: &Tensor, noise: Option<&Tensor>) -> Tensor {
         let n = self.outputs.len();
         let (m0, m1) = (&self.outputs[n - 1], &self.outputs[n - 2]);
-        let (alpha_t, sigma_t) = common::alpha_sigma_t(self.sigma(i + 1));
-        let (_, sigma_s0) = common::alpha_sigma_t(self.sigma(i));
-        let (l_t, l_s0, l_s1) =
-            (common::lambda(self.sigma(i + 1)), common::lambda(self.sigma(i)), common::lambda(self.sigma(i - 1)));
+        let (alpha_t, sigma_t) = alpha_sigma_t(self.sigma(i + 1));
+        let (_, sigma_s0) = alpha_sigma_t(self.sigma(i));
+        let (l_t, l_s0, l_s1) = (lambda(self.sigma(i + 1)), lambda(self.sigma(i)), lambda(self.sigma(i - 1)));
         let (h, h_0) = (l_t - l_s0, l_s0 - l_s1);
         let r0 = h_0 / h;
         let d1 = (m0 - m1) * (1.0 / r0);
@@ -261,9 +235,9 @@ impl DpmSolverMultistep {
     fn third_order(&self, i: usize, x: &Tensor, noise: Option<&Tensor>) -> Tensor {
         let n = self.outputs.len();
         let (m0, m1, m2) = (&self.outputs[n - 1], &self.outputs[n - 2], &self.outputs[n - 3]);
-        let (alpha_t, sigma_t) = common::alpha_sigma_t(self.sigma(i + 1));
-        let (_, sigma_s0) = common::alpha_sigma_t(self.sigma(i));
-        let l = |k: usize| common::lambda(self.sigma(k));
+        let (alpha_t, sigma_t) = alpha_sigma_t(self.sigma(i + 1));
+        let (_, sigma_s0) = alpha_sigma_t(self.sigma(i));
+        let l = |k: usize| lambda(self.sigma(k));
         let (h, h_0, h_1) = (l(i + 1) - l(i), l(i) - l(i - 1), l(i - 1) - l(i - 2));
         let (r0, r1) = (h_0 / h, h_1 / h);
         let d1_0 = (m0 - m1) * (1.0 / r0);
@@ -300,7 +274,7 @@ impl Scheduler for DpmSolverMultistep {
         sample: &Tensor,
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_step(i, self.next_step, self.timesteps.len())?;
+        self.order_check.take(i, self.timesteps.len())?;
         let n = self.timesteps.len();
         let lower_order_final =
             i == n - 1 && (self.euler_at_final || (self.lower_order_final && n < 15) || self.final_zero);
@@ -325,26 +299,22 @@ impl Scheduler for DpmSolverMultistep {
             self.third_order(i, &x, z.as_ref())
         };
         self.lower_order_nums = (self.lower_order_nums + 1).min(self.order);
-        self.next_step += 1;
         Ok(prev.to_kind(model_output.kind()))
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
+        let sigma = sigmas::at(&self.sigmas, i)?;
+        Ok(Noising::vp_from_sigma_f32(sigma).add_noise(original, noise))
+    }
+
+    fn set_begin_index(&mut self, begin: usize) -> Result<()> {
+        self.order_check.begin_at(begin, self.timesteps.len())
     }
 
     fn config_json(&self) -> Value {
         self.config.to_json()
     }
-}
-
-/// Multistep solvers keep history, so steps must come in order, each once.
-pub(crate) fn check_step(i: usize, expected: usize, len: usize) -> Result<()> {
-    if i >= len {
-        return Err(Error::invalid(format!("scheduler step {i} is past the last of {len} steps")));
-    }
-    if i != expected {
-        return Err(Error::invalid(format!(
-            "scheduler step {i} taken out of order: this scheduler keeps history and expects step {expected}"
-        )));
-    }
-    Ok(())
 }
 
 /// The table's constructor for "DPM++ 2M" and the class name: the config's `algorithm_type`.

@@ -14,8 +14,9 @@
 //! increments are independent, as in the tree. `noise_sampler_seed` is therefore ignored.
 //! Everything else follows diffusers exactly.
 
-use super::common::{self, ClassConfig, Prediction, SigmaSchedule, Spacing, TrainSchedule};
-use super::dpmpp_2m::check_step;
+use super::common::{self, ClassConfig, Spacing, StepOrder, TrainSchedule};
+use super::prediction::{Noising, Prediction};
+use super::sigmas::{self, SigmaSchedule};
 use super::{Scheduler, SchedulerConfig};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -63,7 +64,7 @@ pub struct DpmSolverSde {
     init_noise_sigma: f64,
     prediction: Prediction,
     midpoint: Option<Midpoint>,
-    next_step: usize,
+    order_check: StepOrder,
 }
 
 impl DpmSolverSde {
@@ -85,14 +86,14 @@ impl DpmSolverSde {
         let train = TrainSchedule::new(&cfg, false)?;
 
         let spaced = common::spaced_timesteps(spacing, train.len(), steps, cfg.usize("steps_offset")?);
-        let (sigmas, timesteps) = common::ladder_at(&train, &spaced, schedule, steps);
-        let logs = common::log_sigmas(&train.sigmas());
+        let (sigmas, timesteps) = sigmas::ladder_at(&train, &spaced, schedule, steps);
+        let logs = sigmas::log_sigmas(&train.sigmas());
         // Midpoints in t = −log σ between consecutive sigmas.
         let mids: Vec<f64> = sigmas
             .windows(2)
             .map(|w| {
                 let (t0, t1) = (-w[0].ln(), -w[1].ln());
-                common::sigma_to_t((-(t0 + (t1 - t0) * 0.5)).exp(), &logs)
+                sigmas::sigma_to_t((-(t0 + (t1 - t0) * 0.5)).exp(), &logs)
             })
             .collect();
 
@@ -121,7 +122,7 @@ impl DpmSolverSde {
             init_noise_sigma,
             prediction,
             midpoint: None,
-            next_step: 0,
+            order_check: StepOrder::default(),
         })
     }
 
@@ -162,8 +163,7 @@ impl Scheduler for DpmSolverSde {
         sample: &Tensor,
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_step(i, self.next_step, self.timesteps.len())?;
-        self.next_step += 1;
+        self.order_check.take(i, self.timesteps.len())?;
         let first = self.midpoint.is_none();
         // Scalars in float32, as diffusers' 0-dim tensors: the dummy-model tests cancel
         // large terms, and f64 scalars alone drift past 1e-5 there.
@@ -173,13 +173,7 @@ impl Scheduler for DpmSolverSde {
         let t_next = -sigma_next.ln();
         let t_mid = t + (t_next - t) * 0.5;
         let sigma_in = if first { sigma } else { (-t_mid).exp() };
-        let x0 = match self.prediction {
-            Prediction::VPrediction => {
-                let var = sigma_in * sigma_in + 1.0;
-                model_output * f64::from(-sigma_in / var.sqrt()) + sample / f64::from(var)
-            }
-            _ => sample - model_output * f64::from(sigma_in),
-        };
+        let x0 = self.prediction.x0(model_output, sample, Noising::Sigma(sigma_in));
 
         if sigma_next == 0.0 {
             // The last step: a plain Euler step to σ = 0, no noise.
@@ -212,6 +206,19 @@ impl Scheduler for DpmSolverSde {
         let prev = &base * f64::from((-t_down).exp() / (-t).exp()) - x0 * f64::from((t - t_down).exp_m1())
             + w * f64::from(sigma_up);
         Ok(prev.to_kind(sample.kind()))
+    }
+
+    fn order(&self) -> usize {
+        2
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
+        Ok(Noising::Sigma(sigmas::at(&self.sigmas, i)?).add_noise(original, noise))
+    }
+
+    fn set_begin_index(&mut self, begin: usize) -> Result<()> {
+        self.order_check.begin_at(begin, self.timesteps.len())
     }
 
     fn config_json(&self) -> Value {

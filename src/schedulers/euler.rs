@@ -1,9 +1,9 @@
 //! Euler sampler on the sigma ladder (k-diffusion's `sample_euler` with s_churn = 0), as
 //! diffusers' `EulerDiscreteScheduler`.
 
-use super::common::{
-    apply_schedule, base_defaults, interpolated_sigmas, ClassConfig, Prediction, Spacing, TrainSchedule,
-};
+use super::common::{apply_schedule, base_defaults, train_schedule_zero_snr, ClassConfig};
+use super::prediction::{Noising, Prediction};
+use super::sigmas::Ladder;
 use super::{Scheduler, SchedulerConfig, SigmaSchedule};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -31,65 +31,6 @@ pub fn defaults() -> Vec<(&'static str, Value)> {
     d
 }
 
-/// Inference sigmas (with the final one appended) and timesteps, as the k-diffusion-style
-/// classes compute them in `set_timesteps`, plus diffusers' `init_noise_sigma`.
-#[derive(Debug, Clone)]
-pub struct Ladder {
-    /// float32 sigmas, one per timestep plus the final one.
-    pub sigmas: Vec<f32>,
-    /// Timesteps as float32 values.
-    pub timesteps: Vec<f64>,
-    pub init_noise_sigma: f32,
-}
-
-impl Ladder {
-    /// `final_sigma`: `None` for 0, or the value to append (`final_sigmas_type = sigma_min`).
-    pub fn new(
-        cfg: &ClassConfig,
-        train: &TrainSchedule,
-        steps: usize,
-        schedule: SigmaSchedule,
-        bounds: (Option<f64>, Option<f64>),
-        final_sigma: Option<f32>,
-    ) -> Result<Ladder> {
-        let spacing = Spacing::from_config(cfg)?;
-        let (sigmas, timesteps) =
-            interpolated_sigmas(train, spacing, steps, cfg.usize("steps_offset")?, schedule, bounds);
-        let mut sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
-        sigmas.push(final_sigma.unwrap_or(0.0));
-        let timesteps = timesteps.into_iter().map(|t| f64::from(t as f32)).collect();
-        let max = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let init_noise_sigma = match spacing {
-            Spacing::Linspace | Spacing::Trailing => max,
-            Spacing::Leading => (max * max + 1.0).sqrt(),
-        };
-        Ok(Ladder { sigmas, timesteps, init_noise_sigma })
-    }
-
-    pub fn sigma(&self, i: usize) -> Result<f32> {
-        self.sigmas.get(i).copied().ok_or_else(|| Error::invalid(format!("scheduler has no step {i}")))
-    }
-
-    /// x / sqrt(σ² + 1), the input scaling of every sigma-ladder sampler.
-    pub fn scale(&self, sample: &Tensor, i: usize) -> Tensor {
-        let s = self.sigmas.get(i).copied().unwrap_or(0.0);
-        sample / f64::from((s * s + 1.0).sqrt())
-    }
-}
-
-/// x̂₀ for sigma-parameterised samplers with diffusers' formulas: `sigma` is the step's σ
-/// (σ̂ for epsilon), float32.
-pub fn denoised(prediction: Prediction, model_output: &Tensor, sample: &Tensor, sigma: f32) -> Tensor {
-    match prediction {
-        Prediction::Epsilon => sample - model_output * f64::from(sigma),
-        Prediction::Sample => model_output.shallow_clone(),
-        Prediction::VPrediction => {
-            let c_out = -sigma / (sigma * sigma + 1.0).sqrt();
-            model_output * f64::from(c_out) + sample / f64::from(sigma * sigma + 1.0)
-        }
-    }
-}
-
 pub struct Euler {
     cfg: ClassConfig,
     ladder: Ladder,
@@ -109,14 +50,7 @@ impl Euler {
                 "scheduler_config.json: `timestep_type` = \"continuous\" with v_prediction is not supported by sdgen",
             ));
         }
-        let rescale = cfg.bool("rescale_betas_zero_snr")?;
-        let mut train = TrainSchedule::new(&cfg, rescale)?;
-        if rescale {
-            // diffusers keeps the last sigma finite this way.
-            if let Some(last) = train.alphas_cumprod.last_mut() {
-                *last = 2f32.powi(-24);
-            }
-        }
+        let train = train_schedule_zero_snr(&cfg)?;
         let final_sigma = match cfg.choice("final_sigmas_type", &["zero", "sigma_min"])?.as_str() {
             "zero" => None,
             _ => train.sigmas().first().copied(),
@@ -154,10 +88,15 @@ impl Scheduler for Euler {
         let sigma = self.ladder.sigma(i)?;
         let sigma_next = self.ladder.sigma(i + 1)?;
         let sample = sample.to_kind(Kind::Float);
-        let x0 = denoised(self.prediction, model_output, &sample, sigma);
+        let x0 = self.prediction.x0(model_output, &sample, Noising::Sigma(sigma));
         let derivative = (&sample - x0) / f64::from(sigma);
         let prev = sample + derivative * f64::from(sigma_next - sigma);
         Ok(prev.to_kind(model_output.kind()))
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
+        Ok(Noising::Sigma(self.ladder.sigma(i)?).add_noise(original, noise))
     }
 
     fn config_json(&self) -> Value {

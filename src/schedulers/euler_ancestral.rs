@@ -2,8 +2,9 @@
 //! diffusers' `EulerAncestralDiscreteScheduler`: an Euler step down to σ_down, then fresh
 //! noise of scale σ_up.
 
-use super::common::{base_defaults, ClassConfig, Prediction, TrainSchedule};
-use super::euler::{denoised, Ladder};
+use super::common::{base_defaults, train_schedule_zero_snr, ClassConfig};
+use super::prediction::{Noising, Prediction};
+use super::sigmas::{ancestral_step, Ladder};
 use super::{Scheduler, SchedulerConfig, SigmaSchedule};
 use crate::noise::NoiseSource;
 use crate::Result;
@@ -33,13 +34,7 @@ pub fn build(config: &SchedulerConfig, _schedule: SigmaSchedule, steps: usize) -
     let cfg = ClassConfig::new(CLASS, config, &defaults())?;
     // diffusers' class rejects "sample" at step time; sdgen rejects it up front.
     let prediction = Prediction::from_config(&cfg, &["epsilon", "v_prediction"])?;
-    let rescale = cfg.bool("rescale_betas_zero_snr")?;
-    let mut train = TrainSchedule::new(&cfg, rescale)?;
-    if rescale {
-        if let Some(last) = train.alphas_cumprod.last_mut() {
-            *last = 2f32.powi(-24);
-        }
-    }
+    let train = train_schedule_zero_snr(&cfg)?;
     let ladder = Ladder::new(&cfg, &train, steps, SigmaSchedule::Default, (None, None), None)?;
     Ok(Box::new(EulerAncestral { cfg, ladder, prediction }))
 }
@@ -67,14 +62,18 @@ impl Scheduler for EulerAncestral {
         let sigma = self.ladder.sigma(i)?;
         let sigma_to = self.ladder.sigma(i + 1)?;
         let sample = sample.to_kind(Kind::Float);
-        let x0 = denoised(self.prediction, model_output, &sample, sigma);
-        let sigma_up = (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma)).sqrt();
-        let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
+        let x0 = self.prediction.x0(model_output, &sample, Noising::Sigma(sigma));
+        let (sigma_up, sigma_down) = ancestral_step(sigma, sigma_to);
         let derivative = (&sample - x0) / f64::from(sigma);
         let prev = sample + derivative * f64::from(sigma_down - sigma);
         let z = noise.randn(&model_output.size(), model_output.device(), model_output.kind());
         let prev = prev + z * f64::from(sigma_up);
         Ok(prev.to_kind(model_output.kind()))
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
+        Ok(Noising::Sigma(self.ladder.sigma(i)?).add_noise(original, noise))
     }
 
     fn config_json(&self) -> Value {

@@ -1,11 +1,12 @@
 //! Heun's second-order sampler (k-diffusion's `sample_heun`), as diffusers'
 //! `HeunDiscreteScheduler`: every step but the last costs two model evaluations.
 
-use super::common::{apply_schedule, base_defaults, set_default, ClassConfig, Prediction, TrainSchedule};
-use super::euler::{denoised, Ladder};
+use super::common::{apply_schedule, base_defaults, set_default, ClassConfig, TrainSchedule};
+use super::prediction::{Noising, Prediction};
+use super::sigmas::{at, scale_by_sigma, Ladder};
 use super::{Scheduler, SchedulerConfig, SigmaSchedule};
 use crate::noise::NoiseSource;
-use crate::{Error, Result};
+use crate::Result;
 use serde_json::{json, Value};
 use tch::Tensor;
 
@@ -77,7 +78,7 @@ pub fn build(config: &SchedulerConfig, schedule: SigmaSchedule, steps: usize) ->
 
 impl Heun {
     fn sigma(&self, i: usize) -> Result<f32> {
-        self.sigmas.get(i).copied().ok_or_else(|| Error::invalid(format!("Heun has no step {i}")))
+        at(&self.sigmas, i)
     }
 }
 
@@ -91,8 +92,7 @@ impl Scheduler for Heun {
     }
 
     fn scale_model_input(&self, sample: &Tensor, i: usize) -> Tensor {
-        let s = self.sigmas.get(i).copied().unwrap_or(0.0);
-        sample / f64::from((s * s + 1.0).sqrt())
+        scale_by_sigma(sample, self.sigmas.get(i).copied().unwrap_or(0.0))
     }
 
     fn step(
@@ -106,7 +106,7 @@ impl Scheduler for Heun {
             None => {
                 let sigma = self.sigma(i)?;
                 let sigma_next = self.sigma(i + 1)?;
-                let mut x0 = denoised(self.prediction, model_output, sample, sigma);
+                let mut x0 = self.prediction.x0(model_output, sample, Noising::Sigma(sigma));
                 if let Some(r) = self.clip {
                     x0 = x0.clamp(-r, r);
                 }
@@ -119,7 +119,7 @@ impl Scheduler for Heun {
             Some(p) => {
                 // The second evaluation sits at σ_next of the first half.
                 let sigma_next = self.sigma(i)?;
-                let mut x0 = denoised(self.prediction, model_output, sample, sigma_next);
+                let mut x0 = self.prediction.x0(model_output, sample, Noising::Sigma(sigma_next));
                 if let Some(r) = self.clip {
                     x0 = x0.clamp(-r, r);
                 }
@@ -128,6 +128,15 @@ impl Scheduler for Heun {
                 Ok(p.sample + derivative * f64::from(p.dt))
             }
         }
+    }
+
+    fn order(&self) -> usize {
+        2
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
+        Ok(Noising::Sigma(self.sigma(i)?).add_noise(original, noise))
     }
 
     fn config_json(&self) -> Value {

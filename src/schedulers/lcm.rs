@@ -2,9 +2,8 @@
 //! `LCMScheduler`: each step predicts the clean latents, then re-noises them to the next
 //! timestep with fresh noise.
 
-use super::common::{
-    base_defaults, linspace_excl, set_default, threshold_sample, ClassConfig, Prediction, TrainSchedule,
-};
+use super::common::{base_defaults, linspace_excl, set_default, threshold_sample, ClassConfig, TrainSchedule};
+use super::prediction::{Noising, Prediction};
 use super::{Scheduler, SchedulerConfig, SigmaSchedule};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -106,7 +105,6 @@ impl Scheduler for Lcm {
         let prev_t = self.int_timesteps.get(i + 1).copied().unwrap_or(t);
         let a_t = self.train.alpha_cumprod_at(t)?;
         let a_prev = if prev_t >= 0 { self.train.alpha_cumprod_at(prev_t)? } else { self.final_alpha_cumprod };
-        let b_t = 1.0 - a_t;
         let b_prev = 1.0 - a_prev;
         // Consistency-model boundary scalings; diffusers computes them from the int64
         // timestep times a float, i.e. in float32.
@@ -114,7 +112,7 @@ impl Scheduler for Lcm {
         let sigma_data_sq = 0.25f32;
         let c_skip = sigma_data_sq / (scaled * scaled + sigma_data_sq);
         let c_out = scaled / (scaled * scaled + sigma_data_sq).sqrt();
-        let (mut x0, _) = self.prediction.split(model_output, sample, a_t, b_t);
+        let mut x0 = self.prediction.x0(model_output, sample, Noising::alpha_bar(a_t));
         if let Some((ratio, max)) = self.thresholding {
             x0 = threshold_sample(&x0, ratio, max)?;
         } else if let Some(r) = self.clip {
@@ -126,6 +124,12 @@ impl Scheduler for Lcm {
         }
         let z = noise.randn(&model_output.size(), model_output.device(), denoised.kind());
         Ok(denoised * f64::from(a_prev.sqrt()) + z * f64::from(b_prev.sqrt()))
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
+        let t = *self.int_timesteps.get(i).ok_or_else(|| Error::invalid(format!("LCM has no step {i}")))?;
+        Ok(Noising::alpha_bar(self.train.alpha_cumprod_at(t)?).add_noise(original, noise))
     }
 
     fn config_json(&self) -> Value {

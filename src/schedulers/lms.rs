@@ -5,8 +5,9 @@
 //! `scipy.integrate.quad`; the integrand is a polynomial of degree < 4, so a 3-point
 //! Gauss–Legendre rule (exact up to degree 5) gives the same coefficient to rounding.
 
-use super::common::{apply_schedule, base_defaults, ClassConfig, Prediction, TrainSchedule};
-use super::euler::{denoised, Ladder};
+use super::common::{apply_schedule, base_defaults, ClassConfig, TrainSchedule};
+use super::prediction::{Noising, Prediction};
+use super::sigmas::Ladder;
 use super::{Scheduler, SchedulerConfig, SigmaSchedule};
 use crate::noise::NoiseSource;
 use crate::Result;
@@ -84,7 +85,7 @@ impl Scheduler for Lms {
     ) -> Result<Tensor> {
         let sigma = self.ladder.sigma(i)?;
         self.ladder.sigma(i + 1)?;
-        let x0 = denoised(self.prediction, model_output, sample, sigma);
+        let x0 = self.prediction.x0(model_output, sample, Noising::Sigma(sigma));
         self.derivatives.push_back((sample - x0) / f64::from(sigma));
         if self.derivatives.len() > ORDER {
             self.derivatives.pop_front();
@@ -103,6 +104,11 @@ impl Scheduler for Lms {
             Some(s) => sample + s,
             None => sample.shallow_clone(),
         })
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
+        Ok(Noising::Sigma(self.ladder.sigma(i)?).add_noise(original, noise))
     }
 
     fn config_json(&self) -> Value {

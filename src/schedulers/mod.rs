@@ -3,8 +3,13 @@
 //! short alias) to its constructor.
 //!
 //! A scheduler sees tensors and step indices only; it knows nothing of models or files.
-//! Timesteps are fixed when a scheduler is built (diffusers' `set_timesteps`), so the
-//! trait has no mutable setup step.
+//! Timesteps are fixed when a scheduler is built (diffusers' `set_timesteps`); the only
+//! setup after that is where to begin (img2img's `set_begin_index`).
+//!
+//! Layout: [`sigmas`] builds sigma ladders (model default, Karras, exponential) and the
+//! per-family ladders; [`prediction`] holds the one conversion from the model's prediction
+//! type to x̂₀ / ε̂ and back (`add_noise`); [`common`] the config, training schedule and
+//! timestep spacing; each sampler file only samples.
 
 pub mod common;
 pub mod config;
@@ -20,10 +25,12 @@ pub mod heun;
 pub mod lcm;
 pub mod lms;
 pub mod pndm;
+pub mod prediction;
+pub mod sigmas;
 pub mod unipc;
 
-pub use common::SigmaSchedule;
 pub use config::SchedulerConfig;
+pub use sigmas::SigmaSchedule;
 
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -33,7 +40,10 @@ use tch::Tensor;
 ///
 /// The pipeline loop is, for `i in 0..timesteps().len()`:
 /// `x_in = scale_model_input(x, i)`, `eps = unet(x_in, timesteps()[i])`, `x = step(eps, i, x)`.
-pub trait Scheduler {
+///
+/// img2img begins late: `set_begin_index(b)`, `x = add_noise(image_latents, noise, b)`, then
+/// the same loop for `i in b..timesteps().len()`.
+pub trait Scheduler: Send {
     /// The timestep values passed to the UNet, one per model evaluation, in order.
     /// Integer-valued for most schedulers; fractional where diffusers passes floats.
     fn timesteps(&self) -> &[f64];
@@ -55,6 +65,26 @@ pub trait Scheduler {
     /// for latents `sample`. Stochastic samplers draw from `noise`.
     fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor, noise: &mut dyn NoiseSource)
         -> Result<Tensor>;
+
+    /// The clean latents `original` noised to the level of evaluation `i`, as diffusers'
+    /// `scheduler.add_noise(original, noise, timesteps[i])` after `set_begin_index(i)`:
+    /// `original + noise·σ_i` on a sigma ladder, `√ᾱ·original + √(1 − ᾱ)·noise` (or the
+    /// ladder's α_t, σ_t) for the variance-preserving classes.
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor>;
+
+    /// Model evaluations per inference step (diffusers' `scheduler.order`): 2 for the
+    /// samplers that evaluate twice per step (Heun, DPM2, DPM2 a, DPM++ SDE), else 1.
+    /// img2img begins at `t_start * order()`.
+    fn order(&self) -> usize {
+        1
+    }
+
+    /// Begins sampling at evaluation `begin` instead of 0 (diffusers' `set_begin_index`, which
+    /// img2img calls with `t_start * order`). Call it before the first step; samplers with
+    /// history then start it there, as diffusers' do.
+    fn set_begin_index(&mut self, begin: usize) -> Result<()> {
+        common::check_begin(begin, self.timesteps().len())
+    }
 
     /// The effective config, as diffusers' `scheduler.config` would hold it (the file's
     /// values over the class defaults, `_class_name` included), for records.
@@ -258,6 +288,35 @@ fn lookup(name: &str) -> Option<&'static SchedulerInfo> {
         .or_else(|| TABLE.iter().find(|i| i.diffusers_name.to_lowercase() == n))
 }
 
+/// The table row and sigma schedule that describe a model's own scheduler config (its
+/// `scheduler_config.json`): the row of its `_class_name`, where `DPMSolverMultistepScheduler`
+/// is "DPM++ 2M SDE" when `algorithm_type` is "sde-dpmsolver++" and "DPM++ 2M" otherwise,
+/// and the schedule its `use_karras_sigmas` / `use_exponential_sigmas` ask for (when the row
+/// supports it). `None` when the class is not one sdgen implements, or the config is one no
+/// row stands for (the deprecated "dpmsolver" algorithms).
+pub fn from_model_config(config: &SchedulerConfig) -> Option<(&'static SchedulerInfo, SigmaSchedule)> {
+    let class = config.class_name.as_deref()?.trim();
+    let flag = |key: &str| config.extra.get(key).and_then(serde_json::Value::as_bool).unwrap_or(false);
+    let mut rows = TABLE.iter().filter(|i| i.diffusers_name.eq_ignore_ascii_case(class));
+    let info = if class.eq_ignore_ascii_case(dpmpp_2m::CLASS) {
+        // The same algorithm choice as `DpmSolverMultistep::new`.
+        let wanted = match config.extra.get("algorithm_type").and_then(serde_json::Value::as_str) {
+            None | Some("dpmsolver++") | Some("deis") => "DPM++ 2M",
+            Some("sde-dpmsolver++") => "DPM++ 2M SDE",
+            Some(_) => return None,
+        };
+        rows.find(|i| i.a1111_name == wanted)?
+    } else {
+        rows.next()?
+    };
+    let schedule = match (flag("use_karras_sigmas"), flag("use_exponential_sigmas")) {
+        (true, false) => SigmaSchedule::Karras,
+        (false, true) => SigmaSchedule::Exponential,
+        _ => SigmaSchedule::Default,
+    };
+    Some((info, if info.supports(schedule) { schedule } else { SigmaSchedule::Default }))
+}
+
 /// Finds a scheduler by A1111 name, diffusers class name or alias (case-insensitive).
 /// A name that embeds a sigma schedule ("DPM++ 2M Karras", "dpmpp_2m_karras") also
 /// returns that schedule.
@@ -324,6 +383,14 @@ mod tests {
         assert!(std::ptr::eq(a, b));
         let (c, s) = resolve("DPM++ 2M SDE Karras").unwrap();
         assert_eq!((c.a1111_name, s), ("DPM++ 2M SDE", Some(SigmaSchedule::Karras)));
+    }
+
+    /// A pipeline keeps its scheduler as `Box<dyn Scheduler>` and may move it to a worker.
+    #[test]
+    fn schedulers_are_object_safe_and_send() {
+        fn send<T: Send>(_: &T) {}
+        let s: Box<dyn Scheduler> = build("Euler a", None, &SchedulerConfig::default(), 4).unwrap();
+        send(&s);
     }
 
     #[test]

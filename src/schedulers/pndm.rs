@@ -2,8 +2,8 @@
 //! `PNDMScheduler`: the PLMS linear multistep (A1111's "PLMS"; SD 1.x's default with
 //! `skip_prk_steps`), optionally warmed up with Runge–Kutta (PRK) steps.
 
-use super::common::{base_defaults, ClassConfig, Prediction, Spacing, TrainSchedule};
-use super::ddim::integer_timesteps;
+use super::common::{base_defaults, integer_timesteps, ClassConfig, Spacing, TrainSchedule};
+use super::prediction::{Noising, Prediction};
 use super::{Scheduler, SchedulerConfig, SigmaSchedule};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -28,7 +28,7 @@ pub struct Pndm {
     cfg: ClassConfig,
     train: TrainSchedule,
     final_alpha_cumprod: f32,
-    v_prediction: bool,
+    prediction: Prediction,
     /// `T // n`.
     ratio: i64,
     prk_timesteps: Vec<i64>,
@@ -44,7 +44,7 @@ pub struct Pndm {
 pub fn build(config: &SchedulerConfig, _schedule: SigmaSchedule, steps: usize) -> Result<Box<dyn Scheduler>> {
     let cfg = ClassConfig::new(CLASS, config, &defaults())?;
     let train = TrainSchedule::new(&cfg, false)?;
-    let v_prediction = Prediction::from_config(&cfg, &["epsilon", "v_prediction"])? == Prediction::VPrediction;
+    let prediction = Prediction::from_config(&cfg, &["epsilon", "v_prediction"])?;
     let num_train = train.len();
     let spacing = Spacing::from_config(&cfg)?;
     // Ascending, as diffusers' `_timesteps`.
@@ -90,7 +90,7 @@ pub fn build(config: &SchedulerConfig, _schedule: SigmaSchedule, steps: usize) -
         cfg,
         train,
         final_alpha_cumprod,
-        v_prediction,
+        prediction,
         ratio,
         counter: 0,
         ets: Vec::new(),
@@ -106,11 +106,7 @@ impl Pndm {
         let a_prev = if prev_t >= 0 { self.train.alpha_cumprod_at(prev_t)? } else { self.final_alpha_cumprod };
         let b_t = 1.0 - a_t;
         let b_prev = 1.0 - a_prev;
-        let eps = if self.v_prediction {
-            model_output * f64::from(a_t.sqrt()) + sample * f64::from(b_t.sqrt())
-        } else {
-            model_output.shallow_clone()
-        };
+        let eps = self.prediction.eps(model_output, sample, Noising::alpha_bar(a_t));
         let sample_coeff = (a_prev / a_t).sqrt();
         let denom = a_t * b_prev.sqrt() + (a_t * b_t * a_prev).sqrt();
         Ok(sample * f64::from(sample_coeff) - eps * f64::from(a_prev - a_t) / f64::from(denom))
@@ -194,6 +190,12 @@ impl Scheduler for Pndm {
         };
         self.counter += 1;
         Ok(out)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
+        let t = *self.all_timesteps.get(i).ok_or_else(|| Error::invalid(format!("PNDM has no step {i}")))?;
+        Ok(Noising::alpha_bar(self.train.alpha_cumprod_at(t)?).add_noise(original, noise))
     }
 
     fn config_json(&self) -> Value {

@@ -6,8 +6,9 @@
 //! As in [`super::dpmpp_2m`], scalar coefficients and the small linear systems for the
 //! higher-order weights are computed in f64 from the float32 sigmas.
 
-use super::common::{self, ClassConfig, FinalSigma, Prediction, SigmaSchedule, Spacing};
-use super::dpmpp_2m::{check_step, require_unsupported_off, train_schedule};
+use super::common::{self, require_unsupported_off, train_schedule_zero_snr, ClassConfig, Spacing, StepOrder};
+use super::prediction::{Noising, Prediction};
+use super::sigmas::{self, alpha_sigma_t, lambda, FinalSigma, SigmaSchedule};
 use super::{Scheduler, SchedulerConfig};
 use crate::noise::NoiseSource;
 use crate::{Error, Result};
@@ -70,7 +71,7 @@ pub struct UniPcMultistep {
     /// The predictor's input and order at the previous step, for the corrector.
     last_sample: Option<Tensor>,
     this_order: usize,
-    next_step: usize,
+    order_check: StepOrder,
 }
 
 /// The weights of one UniP / UniC update: h, the φ-function terms and the ρ solution.
@@ -120,10 +121,10 @@ impl UniPcMultistep {
             _ => FinalSigma::LadderMin,
         };
         let spacing = Spacing::from_config(&cfg)?;
-        let train = train_schedule(&cfg)?;
+        let train = train_schedule_zero_snr(&cfg)?;
         let num_train = train.len();
         let spaced = common::multistep_timesteps(spacing, num_train, num_train, steps, cfg.usize("steps_offset")?);
-        let (timesteps, sigmas) = common::multistep_ladder(&train, &spaced, schedule, true, final_sigma);
+        let (timesteps, sigmas) = sigmas::multistep_ladder(&train, &spaced, schedule, true, final_sigma);
         Ok(UniPcMultistep {
             timesteps,
             sigmas,
@@ -137,7 +138,7 @@ impl UniPcMultistep {
             lower_order_nums: 0,
             last_sample: None,
             this_order: 1,
-            next_step: 0,
+            order_check: StepOrder::default(),
             config: cfg,
         })
     }
@@ -153,22 +154,20 @@ impl UniPcMultistep {
 
     /// The model output as the solver integrates it: x₀ (`predict_x0`) or ε.
     fn convert(&self, model_output: &Tensor, sample: &Tensor, i: usize) -> Tensor {
-        let (alpha, sigma) = common::alpha_sigma_t(self.sigma(i));
-        match (self.predict_x0, self.prediction) {
-            (true, Prediction::Epsilon) => (sample - model_output * sigma) / alpha,
-            (true, Prediction::VPrediction) => sample * alpha - model_output * sigma,
-            (false, Prediction::Sample) => (sample - model_output * alpha) / sigma,
-            (false, Prediction::VPrediction) => model_output * alpha + sample * sigma,
-            (true, Prediction::Sample) | (false, Prediction::Epsilon) => model_output.shallow_clone(),
+        let at = Noising::vp_from_sigma(self.sigma(i));
+        if self.predict_x0 {
+            self.prediction.x0(model_output, sample, at)
+        } else {
+            self.prediction.eps(model_output, sample, at)
         }
     }
 
     /// h = λ(t) − λ(s0) and the φ-function right-hand side for `order`, with the ratios
     /// r_k = (λ(s_k) − λ(s0)) / h of the earlier points `prev` (nearest first).
     fn weights(&self, t: usize, s0: usize, prev: &[usize], order: usize) -> Weights {
-        let l_s0 = common::lambda(self.sigma(s0));
-        let h = common::lambda(self.sigma(t)) - l_s0;
-        let mut rks: Vec<f64> = prev.iter().map(|&s| (common::lambda(self.sigma(s)) - l_s0) / h).collect();
+        let l_s0 = lambda(self.sigma(s0));
+        let h = lambda(self.sigma(t)) - l_s0;
+        let mut rks: Vec<f64> = prev.iter().map(|&s| (lambda(self.sigma(s)) - l_s0) / h).collect();
         rks.push(1.0);
         let hh = if self.predict_x0 { -h } else { h };
         let h_phi_1 = hh.exp_m1();
@@ -189,8 +188,8 @@ impl UniPcMultistep {
 
     /// The order-0 part shared by predictor and corrector, stepping `x` from s0 to t.
     fn base(&self, t: usize, s0: usize, x: &Tensor, m0: &Tensor, w: &Weights) -> Tensor {
-        let (alpha_t, sigma_t) = common::alpha_sigma_t(self.sigma(t));
-        let (alpha_s0, sigma_s0) = common::alpha_sigma_t(self.sigma(s0));
+        let (alpha_t, sigma_t) = alpha_sigma_t(self.sigma(t));
+        let (alpha_s0, sigma_s0) = alpha_sigma_t(self.sigma(s0));
         if self.predict_x0 {
             x * (sigma_t / sigma_s0) - m0 * (alpha_t * w.h_phi_1)
         } else {
@@ -201,7 +200,7 @@ impl UniPcMultistep {
     /// α_t·B(h) (data prediction) or σ_t·B(h) (noise prediction): the weight of the
     /// higher-order correction.
     fn correction_scale(&self, t: usize, w: &Weights) -> f64 {
-        let (alpha_t, sigma_t) = common::alpha_sigma_t(self.sigma(t));
+        let (alpha_t, sigma_t) = alpha_sigma_t(self.sigma(t));
         if self.predict_x0 {
             alpha_t * w.b_h
         } else {
@@ -296,7 +295,7 @@ impl Scheduler for UniPcMultistep {
         sample: &Tensor,
         _noise: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        check_step(i, self.next_step, self.timesteps.len())?;
+        self.order_check.take(i, self.timesteps.len())?;
         let converted = self.convert(model_output, sample, i);
         let use_corrector = i > 0 && !self.disable_corrector.contains(&(i - 1));
         let sample = match (&self.last_sample, use_corrector) {
@@ -313,8 +312,17 @@ impl Scheduler for UniPcMultistep {
         let prev = self.predict(i, &sample, self.this_order)?.to_kind(sample.kind());
         self.last_sample = Some(sample);
         self.lower_order_nums = (self.lower_order_nums + 1).min(self.order);
-        self.next_step += 1;
         Ok(prev)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        super::common::check_index(i, self.timesteps().len())?;
+        let sigma = sigmas::at(&self.sigmas, i)?;
+        Ok(Noising::vp_from_sigma_f32(sigma).add_noise(original, noise))
+    }
+
+    fn set_begin_index(&mut self, begin: usize) -> Result<()> {
+        self.order_check.begin_at(begin, self.timesteps.len())
     }
 
     fn config_json(&self) -> Value {
