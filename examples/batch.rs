@@ -18,7 +18,12 @@ fn main() -> anyhow::Result<()> {
     let defaults = Request { steps: 20, width: 256, height: 256, scheduler: "Euler a".into(), ..Request::default() };
     let mut opts = BatchOptions::new(
         out,
-        Defaults { request: defaults, base_seed: 1234, run_key: sdgen::plan::run_key(pipeline.spec(), &load)? },
+        Defaults {
+            request: defaults,
+            base_seed: 1234,
+            run_key: sdgen::plan::run_key(pipeline.spec(), &load)?,
+            limits: Default::default(),
+        },
     );
     opts.batch_size = 4;
     opts.shard = Shard::select(None, None)?; // honours Slurm / Kubernetes array variables

@@ -1,13 +1,13 @@
 //! The NaN guard: a NaN or an infinity anywhere in the pipeline ends as an all-black image,
-//! written with exit 0 unless something looks. The pipeline calls [`check`] after each
+//! written with exit 0 unless something looks. The pipeline calls [`check_with`] after each
 //! component (text encoder, denoising loop, VAE decoder), so the error names the first one
 //! that produced non-finite values: damaged weights, an fp16 overflow, a scheduler bug.
 //!
 //! `--allow-nan` ([`crate::limits::Limits::allow_non_finite`]) turns the error into a warning
-//! (once per component per process) and the image is written as it comes out.
+//! (once per component per pipeline) and the image is written as it comes out.
 
 use crate::{Error, Result};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::cell::Cell;
 use tch::Tensor;
 
 /// The pipeline's components, in the order they run.
@@ -35,29 +35,23 @@ impl Component {
     }
 }
 
-/// Which components have already warned in this process (bit per [`Component`]).
-static WARNED: AtomicU8 = AtomicU8::new(0);
-
 /// Whether every element of `t` is finite.
 pub fn is_finite(t: &Tensor) -> Result<bool> {
     Ok(bool::try_from(t.f_isfinite()?.f_all()?)?)
 }
 
-/// Errors (or, when the limits in force allow non-finite values, warns once) if `t`, the
-/// output of `component`, holds a NaN or an infinity.
-pub fn check(t: &Tensor, component: Component) -> Result<()> {
-    check_with(t, component, crate::limits::current().allow_non_finite)
-}
-
-/// [`check`] with an explicit choice instead of the limits in force.
-pub fn check_with(t: &Tensor, component: Component, allow: bool) -> Result<()> {
+/// Errors if `t`, the output of `component`, holds a NaN or an infinity, unless `allow`
+/// (`--allow-nan`): then it warns, once per component for each `warned` set of flags (a
+/// pipeline keeps one).
+pub fn check_with(t: &Tensor, component: Component, allow: bool, warned: &Cell<u8>) -> Result<()> {
     if is_finite(t)? {
         return Ok(());
     }
     let what = component.describe();
     if allow {
-        if WARNED.fetch_or(component.bit(), Ordering::Relaxed) & component.bit() == 0 {
-            eprintln!("warning: {what} (NaN or infinity); the image will be black or damaged (--allow-nan)");
+        if warned.get() & component.bit() == 0 {
+            warned.set(warned.get() | component.bit());
+            log::warn!("{what} (NaN or infinity); the image will be black or damaged (--allow-nan)");
         }
         return Ok(());
     }
@@ -74,12 +68,15 @@ mod tests {
     #[test]
     fn names_the_component_and_the_flag() {
         let ok = Tensor::from_slice(&[1.0f32, 2.0]);
-        assert!(check_with(&ok, Component::TextEncoder, false).is_ok());
+        assert!(check_with(&ok, Component::TextEncoder, false, &Cell::new(0)).is_ok());
         let bad = Tensor::from_slice(&[1.0f32, f32::NAN]);
-        let e = check_with(&bad, Component::DenoisingLoop, false).unwrap_err().to_string();
+        let e = check_with(&bad, Component::DenoisingLoop, false, &Cell::new(0)).unwrap_err().to_string();
         assert!(e.contains("denoising loop") && e.contains("--allow-nan"), "{e}");
         let inf = Tensor::from_slice(&[f32::INFINITY]);
-        assert!(check_with(&inf, Component::VaeDecoder, false).unwrap_err().to_string().contains("VAE decoder"));
-        assert!(check_with(&bad, Component::VaeDecoder, true).is_ok());
+        assert!(check_with(&inf, Component::VaeDecoder, false, &Cell::new(0))
+            .unwrap_err()
+            .to_string()
+            .contains("VAE decoder"));
+        assert!(check_with(&bad, Component::VaeDecoder, true, &Cell::new(0)).is_ok());
     }
 }

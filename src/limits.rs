@@ -16,17 +16,16 @@
 //! top of the pixel limit because a 100000×64 image has few pixels but a latent 12500 wide,
 //! which runs for hours.
 //!
-//! The limits in force are process-wide ([`current`], set once by the command line with
-//! [`set`]), so every place that checks a request (the command line, `--from` records,
-//! batch lines, [`crate::pipeline::check_request`]) applies the same ones. A library caller
-//! who wants others calls [`set`] or [`Limits::check`] directly.
+//! The limits are a value, not process state: the command line builds one from its flags and
+//! hands it to the pipeline (`LoadOptions::limits`), to batch validation (`Defaults::limits`)
+//! and to [`crate::pipeline::check_request`], so `--from` records and batch lines meet the
+//! same ones. A server can give each caller its own.
 //!
 //! Memory: [`check_memory`] compares a cheap estimate of the largest activations of a
 //! request with the memory the system says is available (Linux, CPU runs), so a size that
 //! cannot fit is refused before minutes of denoising end in an allocation failure.
 
 use crate::{Error, Request, Result};
-use std::sync::RwLock;
 
 /// The limits a request is checked against. See the module documentation for the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,26 +65,6 @@ impl Default for Limits {
             allow_non_finite: false,
         }
     }
-}
-
-static CURRENT: RwLock<Limits> = RwLock::new(Limits {
-    max_steps: MAX_STEPS,
-    max_images: MAX_IMAGES,
-    max_pixels: MAX_PIXELS,
-    max_side: MAX_SIDE,
-    check_memory: true,
-    allow_non_finite: false,
-});
-
-/// The limits in force in this process ([`Limits::default`] unless [`set`] changed them).
-pub fn current() -> Limits {
-    // A poisoned lock still holds a valid `Limits` (it is `Copy` and written whole).
-    *CURRENT.read().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Replaces the limits in force in this process.
-pub fn set(limits: Limits) {
-    *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = limits;
 }
 
 impl Limits {
@@ -154,11 +133,6 @@ fn side_hint(pixels: u64) -> String {
     }
 }
 
-/// Checks a request against the limits in force ([`current`]).
-pub fn check_request(req: &Request) -> Result<()> {
-    current().check(req)
-}
-
 /// What the memory estimate needs to know about the model and the run.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryModel {
@@ -220,11 +194,8 @@ pub fn available_memory() -> Option<u64> {
 }
 
 /// Refuses a CPU run whose estimated peak memory exceeds the available memory (when the
-/// limits in force check memory and the system says how much is available).
+/// system says how much is available).
 pub fn check_memory(width: u32, height: u32, images: usize, m: &MemoryModel) -> Result<()> {
-    if !current().check_memory {
-        return Ok(());
-    }
     let Some(available) = available_memory() else { return Ok(()) };
     check_memory_against(width, height, images, m, available)
 }

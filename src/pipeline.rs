@@ -58,6 +58,8 @@ pub struct LoadOptions {
     /// How the UNet's convolutions run on the CPU in fp32: `Auto` is fastest, `Direct`
     /// uses the least memory (see [`crate::models::conv`]).
     pub conv: ConvAlgo,
+    /// What a request may ask for, and whether non-finite images are written.
+    pub limits: crate::limits::Limits,
 }
 
 impl LoadOptions {
@@ -121,6 +123,9 @@ pub struct Pipeline {
     vae_fp32: OnceCell<Vae>,
     /// Set once the fp32 fallback has been announced, so a batch warns only once.
     warned_vae_upcast: Cell<bool>,
+    limits: crate::limits::Limits,
+    /// Components whose non-finite output was already announced (with `allow_non_finite`).
+    warned_non_finite: Cell<u8>,
     vae_tiling: Option<VaeTiling>,
     spec: ModelSpec,
     /// Where and in which dtype the UNet runs (and the latents live).
@@ -182,8 +187,8 @@ fn load_single_file(spec: &ModelSpec, device: Device, kind: Kind, aux: Place, co
     use crate::loading::single_file::Component;
     let prepared = spec.prepared.as_ref().ok_or_else(|| Error::Model("the checkpoint was not inspected".into()))?;
     // The tokenizer reads files; give it the configs as a diffusers-style folder.
-    let tmp = tempfile::tempdir()
-        .map_err(|e| Error::io_op(crate::error::IoOp::CreateFolder, std::env::temp_dir(), e))?;
+    let tmp =
+        tempfile::tempdir().map_err(|e| Error::io_op(crate::error::IoOp::CreateFolder, std::env::temp_dir(), e))?;
     prepared.configs.write_to(tmp.path())?;
     let tokenizer = Tokenizer::from_dir(&tmp.path().join("tokenizer"))?;
     let file = &prepared.file;
@@ -273,6 +278,8 @@ impl Pipeline {
             vae: parts.vae,
             vae_fp32: OnceCell::new(),
             warned_vae_upcast: Cell::new(false),
+            limits: opts.limits,
+            warned_non_finite: Cell::new(0),
             vae_tiling: opts.vae_tiling,
             spec,
             device,
@@ -334,7 +341,7 @@ impl Pipeline {
 
     /// Checks a request against this model without running anything.
     pub fn check(&self, req: &Request) -> Result<()> {
-        check_request(req)?;
+        check_request(req, &self.limits)?;
         self.spec.sampler(&req.scheduler)?;
         let scale = self.spec.vae_scale_factor();
         for (what, v) in [("width", req.width), ("height", req.height)] {
@@ -351,6 +358,9 @@ impl Pipeline {
                     "clip skip {skip} is out of range: this text encoder has {layers} layers, so use 1..={layers}"
                 )));
             }
+        }
+        if !self.limits.check_memory {
+            return Ok(());
         }
         crate::limits::check_decode_memory(
             req,
@@ -471,7 +481,7 @@ impl Pipeline {
                 return Err(Error::Cancelled);
             }
         }
-        crate::finite::check(&latents, crate::finite::Component::DenoisingLoop)?;
+        self.finite(&latents, crate::finite::Component::DenoisingLoop)?;
         Ok(Some(Denoised { latents, sampler, scheduler_config: scheduler.config_json() }))
     }
 
@@ -503,7 +513,7 @@ impl Pipeline {
         let ids = Tensor::from_slice(&enc.ids).view([1, -1]).to_device(self.aux.device);
         // Requests count clip skip as A1111 does (1 = last layer); diffusers counts skipped layers.
         let embeds = self.text_encoder.forward(&ids, clip_skip.map(|n| n.saturating_sub(1)))?.hidden;
-        crate::finite::check(&embeds, crate::finite::Component::TextEncoder)?;
+        self.finite(&embeds, crate::finite::Component::TextEncoder)?;
         // With offload the encoder ran on the CPU: bring its output to the UNet.
         Ok(embeds.to_device(self.device).to_kind(self.kind))
     }
@@ -534,7 +544,7 @@ impl Pipeline {
             let z = latents.to_device(self.aux.device).to_kind(Kind::Float) / vae.scaling_factor();
             x = self.run_vae(vae, &z)?;
         }
-        crate::finite::check(&x, crate::finite::Component::VaeDecoder)?;
+        self.finite(&x, crate::finite::Component::VaeDecoder)?;
         let x = (x / 2.0 + 0.5).clamp(0.0, 1.0).to_kind(Kind::Float).to_device(Device::Cpu);
         let u8s = (x.permute([0, 2, 3, 1]) * 255.0).round().to_kind(Kind::Uint8).contiguous();
         let (b, h, w, _) = u8s.size4()?;
@@ -551,6 +561,11 @@ impl Pipeline {
             Some(t) => vae.decode_tiled(z, t),
             None => Ok(vae.decode(z)),
         }
+    }
+
+    /// Errors unless `t` is finite (or non-finite values are allowed, then warns once).
+    fn finite(&self, t: &Tensor, component: crate::finite::Component) -> Result<()> {
+        crate::finite::check_with(t, component, self.limits.allow_non_finite, &self.warned_non_finite)
     }
 
     /// The fp32 VAE on the VAE's device, loaded from the weights again the first time.
@@ -570,7 +585,7 @@ fn hub_model_name(label: &str) -> String {
 }
 
 /// The checks that need no model.
-pub fn check_request(req: &Request) -> Result<()> {
+pub fn check_request(req: &Request, limits: &crate::limits::Limits) -> Result<()> {
     for (what, v) in [("width", req.width), ("height", req.height)] {
         if v == 0 || v % 8 != 0 {
             return Err(Error::invalid(format!("{what} {v} is not a positive multiple of 8")));
@@ -585,7 +600,7 @@ pub fn check_request(req: &Request) -> Result<()> {
     if req.num_images == 0 {
         return Err(Error::invalid("num_images must be at least 1"));
     }
-    crate::limits::check_request(req)
+    limits.check(req)
 }
 
 /// One independent generator per image in a batch, as diffusers does with a list of

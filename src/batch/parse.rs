@@ -131,6 +131,8 @@ pub struct Defaults {
     /// (`sdgen::plan::run_key`). Part of every job's resume key, so a rerun with another
     /// model renders again.
     pub run_key: String,
+    /// What a line may ask for.
+    pub limits: crate::limits::Limits,
 }
 
 /// One problem with one line.
@@ -616,8 +618,7 @@ fn resolve(
     if let Err(message) = validate_scheduler(&request.scheduler) {
         problems.push(format!("scheduler \"{}\": {message}", request.scheduler));
     }
-    if let Err(message) =
-        crate::limits::current().check_values(request.steps, request.num_images, request.width, request.height)
+    if let Err(message) = defaults.limits.check_values(request.steps, request.num_images, request.width, request.height)
     {
         // Nothing below may allocate per image for a count over the limit.
         problems.push(message);
@@ -724,8 +725,12 @@ mod tests {
     }
 
     fn plan(text: &str) -> Plan {
-        let defaults =
-            Defaults { request: Request { prompt: String::new(), ..Request::default() }, base_seed: 0, run_key: String::new() };
+        let defaults = Defaults {
+            request: Request { prompt: String::new(), ..Request::default() },
+            base_seed: 0,
+            run_key: String::new(),
+            limits: Default::default(),
+        };
         Plan::new(&BatchInput::from_text("in", text, None), &defaults, &|_| Ok(()))
     }
 

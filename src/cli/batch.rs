@@ -60,7 +60,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    args.limits.apply();
+    let limits = args.limits.limits();
     let settings = Settings { num_images: args.num_images, ..args.gen.settings().or(args.model.settings()?) };
     let input = BatchInput::read(&args.file)?;
     let validate = |name: &str| sdgen::schedulers::resolve(name).map(|_| ()).map_err(|e| e.to_string());
@@ -72,7 +72,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
             negative_prompt: settings.negative_prompt.clone().filter(|s| !s.is_empty()),
             ..request
         };
-        Defaults { request, base_seed, run_key }
+        Defaults { request, base_seed, run_key, limits }
     };
 
     if !args.merge {
@@ -85,7 +85,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
 
     // The defaults every line starts from, and the key of this model and precision, come from
     // the model's own files; --merge reads them the same way without loading any weights.
-    let load = super::load_options(&settings, args.quiet)?;
+    let load = sdgen::LoadOptions { limits, ..super::load_options(&settings, args.quiet)? };
     let spec = load.inspect()?;
     let (request, _) = Settings { seed: Some(0), ..settings.clone() }.resolve_request(&spec, 0)?;
     let defaults = line_defaults(request, run_key(&spec, &load)?);

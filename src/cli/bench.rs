@@ -36,7 +36,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         scheduler: args.scheduler.clone(),
         ..Request::default()
     };
-    sdgen::pipeline::check_request(&req)?;
+    sdgen::pipeline::check_request(&req, &Default::default())?;
     let r = sdgen::bench::run(&opts, &req)?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);

@@ -47,7 +47,7 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    args.limits.apply();
+    let limits = args.limits.limits();
     let started = std::time::SystemTime::now();
     // Precedence, decided here once: flags, then the --from record, then the model's and
     // sdgen's defaults (in `Settings::resolve_request`).
@@ -71,10 +71,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let random_seed = rand::random::<u32>() as u64;
     // Everything that needs no model is checked before it is downloaded or loaded.
     let early = settings.request(settings.scheduler.clone().unwrap_or_default(), random_seed);
-    sdgen::pipeline::check_request(&early)?;
+    sdgen::pipeline::check_request(&early, &limits)?;
     sdgen::preflight::check_output_dir(&args.output.out)?;
     sdgen::preflight::check_names(&args.output.out, args.output.name.as_deref(), &early, args.output.overwrite)?;
-    let opts = super::load_options(&settings, args.output.quiet)?;
+    let opts = sdgen::LoadOptions { limits, ..super::load_options(&settings, args.output.quiet)? };
     let spec = opts.inspect()?;
     let (req, _) = settings.resolve_request(&spec, random_seed)?;
     sdgen::preflight::check_clip_skip(req.clip_skip, spec.text_encoder.num_hidden_layers)?;

@@ -149,6 +149,7 @@ pub fn load_options(settings: &Settings, quiet: bool) -> anyhow::Result<sdgen::L
         offload: settings.offload.unwrap_or(false),
         vae_tiling: settings.vae_tiling,
         conv: settings.conv.unwrap_or_default(),
+        limits: Default::default(),
     })
 }
 
@@ -224,17 +225,17 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
-    /// Puts these limits in force for the whole process.
-    pub fn apply(&self) {
+    /// The limits these flags ask for.
+    pub fn limits(&self) -> sdgen::limits::Limits {
         let base = if self.no_limits { sdgen::limits::Limits::none() } else { sdgen::limits::Limits::default() };
-        sdgen::limits::set(sdgen::limits::Limits {
+        sdgen::limits::Limits {
             max_steps: self.max_steps.unwrap_or(base.max_steps),
             max_images: self.max_images.unwrap_or(base.max_images),
             max_pixels: self.max_pixels.unwrap_or(base.max_pixels),
             max_side: self.max_side.unwrap_or(base.max_side),
             allow_non_finite: self.allow_nan,
             ..base
-        });
+        }
     }
 }
 
