@@ -20,7 +20,7 @@ pub fn check_output_dir(out: &Path) -> Result<()> {
             Ok(meta) if meta.is_dir() => return check_writable(probe, out),
             Ok(_) if probe == out => {
                 return Err(Error::invalid(format!(
-                    "the output folder {} is an existing file, not a folder; pass --out with a folder",
+                    "cannot create the folder {0}: {0} is a file, not a folder; pass --out with a folder",
                     out.display()
                 )))
             }
@@ -121,7 +121,7 @@ mod tests {
         assert!(check_output_dir(dir.path()).is_ok());
         assert!(check_output_dir(&dir.path().join("new/deeper")).is_ok());
         let e = check_output_dir(&file).unwrap_err().to_string();
-        assert!(e.contains("is an existing file"), "{e}");
+        assert!(e.contains("is a file, not a folder"), "{e}");
         let e = check_output_dir(&file.join("sub")).unwrap_err().to_string();
         assert!(e.contains("is a file"), "{e}");
     }

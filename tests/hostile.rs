@@ -41,6 +41,18 @@ fn generate(model: &Path, out: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
 /// Runs `cmd`, expecting exit 1 within `secs` with every piece of `parts` in stderr.
 fn fails_fast(mut cmd: Command, parts: &[&str], secs: u64) -> String {
     let started = Instant::now();
@@ -113,10 +125,17 @@ fn batch_lines_over_the_limits_or_bad_are_refused_before_the_model_loads() {
 #[test]
 fn batch_clip_skip_is_checked_against_the_text_encoder_config_before_loading() {
     let dir = tempfile::tempdir().unwrap();
-    // Only the text encoder's config: loading the model would fail, validating does not.
+    // Configs intact but every weights file garbage: loading the model would fail,
+    // validating (which reads configs only) does not.
     let model = dir.path().join("model");
-    std::fs::create_dir_all(model.join("text_encoder")).unwrap();
-    std::fs::copy(tiny().join("text_encoder/config.json"), model.join("text_encoder/config.json")).unwrap();
+    copy_tree(&tiny(), &model);
+    for file in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ] {
+        std::fs::write(model.join(file), b"not weights").unwrap();
+    }
     let prompts = dir.path().join("p.jsonl");
     std::fs::write(&prompts, "{\"prompt\": \"a\"}\n{\"prompt\": \"b\", \"clip_skip\": 99}\n").unwrap();
     let out = dir.path().join("out");
@@ -144,7 +163,7 @@ fn output_names_and_folders_are_checked_before_the_model_loads() {
     }
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    fails_fast(generate(&broken, &file, &[]), &["is an existing file, not a folder"], 10);
+    fails_fast(generate(&broken, &file, &[]), &["is a file, not a folder"], 10);
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("taken.png"), b"x").unwrap();
     fails_fast(generate(&broken, &out, &["--name", "taken"]), &["taken.png already exists", "--overwrite"], 10);

@@ -134,7 +134,19 @@ impl ManifestWriter {
             .create(true)
             .open(&path)
             .map_err(|e| Error::io_write(&path, e))?;
-        if let Err(e) = file.try_lock_exclusive() {
+        // A lock can be held for a moment by a process that is starting another program (a
+        // forked child keeps the descriptor until it execs), so contention is retried briefly.
+        let mut attempt = file.try_lock_exclusive();
+        for _ in 0..20 {
+            match &attempt {
+                Err(e) if e.kind() == fs2::lock_contended_error().kind() => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    attempt = file.try_lock_exclusive();
+                }
+                _ => break,
+            }
+        }
+        if let Err(e) = attempt {
             if e.kind() == fs2::lock_contended_error().kind() {
                 return Err(Error::invalid(format!(
                     "another sdgen batch is working on shard {shard} in {}; wait for it to finish, or run a \
