@@ -160,13 +160,13 @@ fn bad_input_is_a_clear_error_with_nothing_written() {
 
     // A folder without a component names it.
     let broken = tempfile::tempdir().unwrap();
-    copy_dir(&tiny, broken.path());
+    common::copy_dir(&tiny, broken.path());
     std::fs::remove_dir_all(broken.path().join("vae")).unwrap();
     refuses(&["a cat"], broken.path(), "vae/");
 
     // A config.json that can't be parsed names the file and the field.
     let bad = tempfile::tempdir().unwrap();
-    copy_dir(&tiny, bad.path());
+    common::copy_dir(&tiny, bad.path());
     let cfg = bad.path().join("unet/config.json");
     let text =
         std::fs::read_to_string(&cfg).unwrap().replace("\"layers_per_block\": 2", "\"layers_per_block\": \"two\"");
@@ -198,18 +198,6 @@ fn unwritable_output_folder_is_a_clear_error() {
         .failure()
         .stderr(predicate::str::contains("a-file"));
     assert_eq!(entries(dir.path()), vec!["a-file".to_string()]);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let dest = to.join(e.file_name());
-        if e.path().is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -41,18 +41,6 @@ fn generate(model: &Path, out: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let dest = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
 /// Runs `cmd`, expecting exit 1 within `secs` with every piece of `parts` in stderr.
 fn fails_fast(mut cmd: Command, parts: &[&str], secs: u64) -> String {
     let started = Instant::now();
@@ -128,7 +116,7 @@ fn batch_clip_skip_is_checked_against_the_text_encoder_config_before_loading() {
     // Configs intact but every weights file garbage: loading the model would fail,
     // validating (which reads configs only) does not.
     let model = dir.path().join("model");
-    copy_tree(&tiny(), &model);
+    common::copy_dir(&tiny(), &model);
     for file in [
         "unet/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.safetensors",

@@ -26,18 +26,6 @@ fn pngs(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let dest = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
 fn batch(prompts: &Path, out: &Path, model: &Path, extra: &[&str]) -> std::process::Output {
     sdgen()
         .arg("batch")
@@ -55,7 +43,7 @@ fn batch(prompts: &Path, out: &Path, model: &Path, extra: &[&str]) -> std::proce
 /// A copy of tiny-sd whose scheduler config names `class` (SD 1.5 ships PNDM).
 fn tiny_with_scheduler(dir: &Path, config: serde_json::Value) -> PathBuf {
     let model = dir.join("model");
-    copy_dir(&tiny("tiny-sd"), &model);
+    common::copy_dir(&tiny("tiny-sd"), &model);
     std::fs::write(model.join("scheduler/scheduler_config.json"), config.to_string()).unwrap();
     model
 }
@@ -107,7 +95,7 @@ fn rerunning_a_batch_with_another_model_renders_again() {
 fn the_recorded_hash_names_the_unet_file_that_was_loaded() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
-    copy_dir(&tiny("tiny-sd"), &model);
+    common::copy_dir(&tiny("tiny-sd"), &model);
     // An fp16 variant with other bytes beside the plain file: the plain one is loaded.
     let unet = model.join("unet");
     let mut other = std::fs::read(unet.join("diffusion_pytorch_model.safetensors")).unwrap();
@@ -254,7 +242,7 @@ fn a_dpm_solver_config_set_to_sde_is_named_dpmpp_2m_sde() {
 fn an_inpainting_folder_is_a_clear_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
-    copy_dir(&tiny("tiny-sd"), &model);
+    common::copy_dir(&tiny("tiny-sd"), &model);
     let cfg_path = model.join("unet/config.json");
     let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     cfg["in_channels"] = 9.into();
