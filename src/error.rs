@@ -146,10 +146,10 @@ thread_local! {
     static GUARDED: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Whether this thread is inside [`catch_torch`], whose panics become errors: a panic hook
-/// can stay quiet about those.
-pub fn panic_is_caught() -> bool {
-    GUARDED.with(|g| g.get() > 0)
+/// Whether a panic with this message, on this thread, becomes an error in [`catch_torch`]: a
+/// panic hook can stay quiet about those.
+pub fn panic_is_caught(message: &str) -> bool {
+    GUARDED.with(|g| g.get() > 0) && message.contains("Torch(")
 }
 
 /// Runs `f`, turning a libtorch failure into an `Err`. tch's tensor operations panic when
@@ -166,7 +166,12 @@ pub(crate) fn catch_torch<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Resul
                 .downcast_ref::<String>()
                 .map(String::as_str)
                 .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown failure");
+                .unwrap_or("");
+            // tch's panics carry a `TchError`; any other panic is a bug in sdgen, which must
+            // surface as one (with its location), not pass for a libtorch failure.
+            if !raw.contains("Torch(") {
+                std::panic::resume_unwind(payload);
+            }
             Err(compute_error(what, raw))
         }
     }
@@ -209,7 +214,9 @@ mod tests {
         let m = e.to_string();
         assert!(m.starts_with("the UNet: out of memory (DefaultCPUAllocator: can't allocate memory"), "{m}");
         assert!(!m.contains("Exception raised") && !m.contains("frame #0"), "{m}");
-        assert!(!panic_is_caught());
+        assert!(!panic_is_caught("Torch(\"x\")"));
+        let bug = std::panic::catch_unwind(|| catch_torch("x", || -> Result<()> { panic!("index out of bounds") }));
+        assert!(bug.is_err(), "a panic that is not libtorch's is not turned into an error");
     }
 
     #[test]

@@ -35,7 +35,13 @@ fn main() -> ExitCode {
     // (reported once, below); only other panics are bugs worth the default report.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if !sdgen::error::panic_is_caught() {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if !sdgen::error::panic_is_caught(message) {
             default_hook(info);
         }
     }));

@@ -254,7 +254,7 @@ impl Pipeline {
             Layout::SingleFile => load_single_file(&spec, device, kind, aux, opts.conv)?,
             Layout::Folder => load_folder(&spec, device, kind, aux, opts.conv)?,
         };
-        let path = &opts.model;
+        let path = &spec.path;
         let name = opts.source_label.as_deref().map(hub_model_name).unwrap_or_else(|| {
             path.canonicalize()
                 .ok()
@@ -453,6 +453,14 @@ impl Pipeline {
         // 3. Prepare the timesteps.
         let mut scheduler = sampler.info.build(Some(sampler.schedule), &self.spec.scheduler_config, first.steps)?;
         let timesteps = scheduler.timesteps().to_vec();
+        // One diffusers class can run several samplers (`algorithm_type`): record the one that
+        // its effective config runs, not only the row that was named.
+        let sampler = serde_json::from_value(scheduler.config_json())
+            .ok()
+            .and_then(|c: SchedulerConfig| crate::plan::sampler_from_config(&c))
+            .filter(|ran| ran.info.diffusers_name == sampler.info.diffusers_name)
+            .map(|ran| Sampler { info: ran.info, schedule: sampler.schedule })
+            .unwrap_or(sampler);
 
         // 4. Prepare the latents: CPU fp32 noise per seed, scaled, then the model's dtype. Their
         //    channels are the VAE's latent channels (the UNet's inputs, checked at load).

@@ -3,8 +3,8 @@
 //! A run goes request → [`Settings`] (flags, a `--from` record, environment and config file,
 //! merged by [`Settings::or`] in one order of precedence) → [`ModelSpec`] (what the model folder
 //! or checkpoint says about itself, read from its small JSON files without loading weights) →
-//! [`Plan`] (one image: the request with every default filled, the sampler, precision, device,
-//! memory options and the latent shape). The PNG's `sdgen` record is the serialized plan, so
+//! a `Record` (one image: the request with every default filled, the sampler, precision,
+//! device, memory options and the latent shape). The PNG's `sdgen` record is the serialized plan, so
 //! `--from` replays it; batch resume keys and `--merge` derive from the same values.
 
 use crate::device::{DType, DeviceChoice};
@@ -90,6 +90,8 @@ pub struct ModelSpec {
     pub config_dir: Option<PathBuf>,
     /// Single files: the architecture was forced instead of detected.
     pub arch_forced: bool,
+    /// sha256 over the UNet's, VAE's and text encoder's config texts: they change pixels too.
+    pub config_hash: String,
     /// Single files: the checkpoint, already inspected and with its configs.
     pub(crate) prepared: Option<Box<crate::loading::single_file::Prepared>>,
 }
@@ -153,7 +155,13 @@ impl ModelSpec {
             hashed("vae", crate::models::unet::diffusers_weights_file(&dir.join("vae"))?)?,
         ];
         let license = crate::output::license::detect(Some(dir), arch.name());
+        let mut texts = Vec::new();
+        for rel in CONFIGS {
+            let path = dir.join(rel);
+            texts.push(std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?);
+        }
         Ok(ModelSpec {
+            config_hash: hash_texts(&texts),
             path: dir.to_path_buf(),
             layout: Layout::Folder,
             arch,
@@ -189,7 +197,9 @@ impl ModelSpec {
         if opts.config_dir.is_none() {
             license.source = format!("default for a single-file {arch} checkpoint (the file carries no licence)");
         }
+        let texts: Vec<String> = CONFIGS.iter().map(|rel| configs.text(rel).unwrap_or_default().to_string()).collect();
         Ok(ModelSpec {
+            config_hash: hash_texts(&texts),
             path: path.to_path_buf(),
             layout: Layout::SingleFile,
             arch,
@@ -260,10 +270,25 @@ impl ModelSpec {
         // `use_exponential_sigmas` decide, as they do when the scheduler is built.
         let schedule = match schedule {
             Some(s) if s != SigmaSchedule::Default => s,
-            _ => config_schedule(&self.scheduler_config).filter(|s| info.supports(*s)).unwrap_or_default(),
+            _ => Some(schedulers::configured_schedule(&self.scheduler_config))
+                .filter(|s| info.supports(*s))
+                .unwrap_or_default(),
         };
         Ok(Sampler { info, schedule })
     }
+}
+
+/// The configs besides the scheduler's whose values change pixels.
+const CONFIGS: [&str; 3] = ["unet/config.json", "vae/config.json", "text_encoder/config.json"];
+
+fn hash_texts(texts: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for t in texts {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn hashed(component: &str, path: PathBuf) -> Result<ModelFile> {
@@ -306,8 +331,10 @@ impl Sampler {
 }
 
 /// Everything a user can set, each unset unless given. Layers combine with [`Settings::or`]:
-/// `flags.or(from_record).or(environment)`, and what is still unset takes the model's or
-/// sdgen's default in [`Settings::resolve_request`].
+/// the command line's flags over a `--from` record ([`Settings::over_record`]); the model
+/// itself, when unset, comes from `$SDGEN_MODEL` or the config file (`ModelSource::choose`),
+/// and what is still unset takes the model's or sdgen's default in
+/// [`Settings::resolve_request`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Settings {
     pub prompt: Option<String>,
@@ -363,6 +390,19 @@ impl Settings {
         )
     }
 
+    /// `--from`: these settings (the command line's) over what `record` says. When the flags
+    /// name another model, the record's model-specific settings (prediction type, config
+    /// folder, forced architecture) stay behind: they belong to the recorded model.
+    pub fn over_record(self, record: &Record) -> Settings {
+        let mut recorded = Settings::from_record(record);
+        if self.model.as_ref().is_some_and(|m| *m != record.model.source) {
+            recorded.prediction_type = None;
+            recorded.config_dir = None;
+            recorded.arch = None;
+        }
+        self.or(recorded)
+    }
+
     /// What a record says, as settings: `--from` puts these under the command line's flags.
     /// The request's seed is the recorded image's own, and one image is made.
     pub fn from_record(r: &Record) -> Settings {
@@ -381,10 +421,13 @@ impl Settings {
             model: Some(r.model.source.clone()),
             device: r.device.parse().ok(),
             dtype: r.dtype.parse().ok(),
+            // Records since the plan name an override only; older ones had no such field, so
+            // their scheduler config's value is the best guess of what ran.
             prediction_type: r.prediction_type.or_else(|| {
                 r.scheduler_config
                     .get("prediction_type")
                     .and_then(|v| v.as_str())
+                    .filter(|_| r.sampler.is_none())
                     .and_then(|s| PredictionType::parse(s).ok())
             }),
             config_dir: r.model.config_dir.clone(),
@@ -441,35 +484,30 @@ impl From<Sampler> for SamplerRecord {
 pub use crate::request::Record;
 
 /// A short key for everything about a run, besides the request, that changes pixels: the
-/// model's weights files, its scheduler config (with overrides), prediction type, device,
-/// dtype, offload, VAE tiling and convolution algorithm. Batch resume keys include it, so a
-/// rerun with another model or precision renders again instead of skipping.
+/// model's UNet (or checkpoint) weights and all its configs (with overrides), and the device,
+/// dtype, offload, VAE tiling and convolution options as asked for. Batch resume keys include
+/// it, so a rerun with another model or precision renders again instead of skipping.
+///
+/// The device and dtype enter as given (`auto`, `cuda`), not as resolved on this machine, so
+/// `batch --merge` on a CPU login node computes the keys that GPU shards wrote.
 pub fn run_key(spec: &ModelSpec, opts: &crate::LoadOptions) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let device = opts.device.resolve()?;
+    let device = match opts.device {
+        DeviceChoice::Cuda(_) => "cuda".to_string(),
+        other => other.to_string(),
+    };
     let subject = serde_json::json!({
-        "files": spec.files.iter().map(|f| &f.sha256).collect::<Vec<_>>(),
+        "weights": spec.hash(),
         "scheduler_config": spec.scheduler_config,
-        "device": crate::device::device_name(device),
-        "dtype": crate::device::kind_name(opts.dtype.resolve(device)),
+        "configs": spec.config_hash,
+        "device": device,
+        "dtype": opts.dtype,
         "offload": opts.offload,
         "vae_tiling": opts.vae_tiling,
         "conv": opts.conv,
     });
     let digest = Sha256::digest(subject.to_string().as_bytes());
     Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// The sigma schedule a scheduler config's flags ask for.
-fn config_schedule(config: &SchedulerConfig) -> Option<SigmaSchedule> {
-    let flag = |k: &str| config.extra.get(k).and_then(serde_json::Value::as_bool).unwrap_or(false);
-    if flag("use_karras_sigmas") {
-        Some(SigmaSchedule::Karras)
-    } else if flag("use_exponential_sigmas") {
-        Some(SigmaSchedule::Exponential)
-    } else {
-        None
-    }
 }
 
 /// The scheduler row and sigma schedule a model's `scheduler_config.json` describes (see

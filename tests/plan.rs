@@ -330,3 +330,62 @@ fn a_line_that_libtorch_cannot_allocate_fails_alone_and_the_batch_goes_on() {
     assert!(error.contains("out of memory") && !error.contains("frame #"), "{error}");
     assert!(out.join("small.png").is_file() && !out.join("huge.png").exists());
 }
+
+#[test]
+fn run_keys_use_the_device_asked_for_not_the_one_found() {
+    let spec = ModelSpec::inspect(&tiny("tiny-sd"), &ModelOptions::default()).unwrap();
+    let opts = |device: &str, dtype: &str| sdgen::LoadOptions {
+        model: tiny("tiny-sd"),
+        device: device.parse().unwrap(),
+        dtype: dtype.parse().unwrap(),
+        ..Default::default()
+    };
+    // No CUDA here: a key for CUDA shards is still computed (no device is resolved), and
+    // shards on different GPUs share it.
+    let cuda0 = sdgen::plan::run_key(&spec, &opts("cuda:0", "auto")).unwrap();
+    assert_eq!(cuda0, sdgen::plan::run_key(&spec, &opts("cuda:1", "auto")).unwrap());
+    assert_ne!(cuda0, sdgen::plan::run_key(&spec, &opts("cpu", "auto")).unwrap());
+    assert_ne!(
+        sdgen::plan::run_key(&spec, &opts("auto", "fp32")).unwrap(),
+        sdgen::plan::run_key(&spec, &opts("auto", "fp16")).unwrap()
+    );
+    // Another config (a VAE scaling factor) is another key, even with the same weights.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    common::copy_dir(&tiny("tiny-sd"), &model);
+    let cfg_path = model.join("vae/config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["scaling_factor"] = 0.5.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let edited = ModelSpec::inspect(&model, &ModelOptions::default()).unwrap();
+    assert_ne!(
+        sdgen::plan::run_key(&spec, &opts("cpu", "auto")).unwrap(),
+        sdgen::plan::run_key(&edited, &opts("cpu", "auto")).unwrap()
+    );
+}
+
+#[test]
+fn from_with_another_model_leaves_the_recorded_models_settings_behind() {
+    use sdgen::plan::Settings;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    sdgen()
+        .args(["generate", "a cat", "--seed", "3", "--steps", "1", "--width", "64", "--height", "64", "--quiet"])
+        .args(["--prediction-type", "v_prediction"])
+        .arg("--model")
+        .arg(tiny("tiny-sd"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let record = sdgen::output::read_record(&pngs(&out)[0]).unwrap();
+    let same = Settings::default().over_record(&record);
+    assert_eq!(same.prediction_type, Some(PredictionType::VPrediction));
+    assert_eq!(same.seed, Some(3));
+    let other = Settings { model: Some("weights/tiny-sd2".into()), ..Settings::default() }.over_record(&record);
+    assert_eq!(other.prediction_type, None);
+    assert_eq!(other.seed, Some(3), "the request itself is still replayed");
+    // A flag still wins over the record.
+    let flagged = Settings { steps: Some(7), ..Settings::default() }.over_record(&record);
+    assert_eq!(flagged.steps, Some(7));
+}

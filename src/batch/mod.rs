@@ -69,7 +69,7 @@ impl Job {
 
 /// Hex of the first 8 bytes of sha256 over the request's JSON form and the run key. serde_json
 /// writes fields in declaration order and floats in their shortest exact form, so the text is
-/// stable. An empty run key gives the keys of earlier versions.
+/// stable.
 pub(crate) fn request_key(request: &Request, run_key: &str) -> String {
     use sha2::{Digest, Sha256};
     let mut text = serde_json::to_string(request).unwrap_or_default();

@@ -289,7 +289,10 @@ pub fn merge(input: &BatchInput, opts: &BatchOptions<'_>) -> Result<StatusReport
 }
 
 fn collect(input: &BatchInput, opts: &BatchOptions<'_>) -> Result<(StatusReport, Vec<ManifestEntry>)> {
-    let plan = Plan::new(input, &opts.defaults, opts.validate_scheduler);
+    let mut plan = Plan::new(input, &opts.defaults, opts.validate_scheduler);
+    if let Some(layers) = opts.clip_layers {
+        plan.check_clip_skip(layers);
+    }
     let set = manifest::read_all(&opts.out_dir)?;
     let mut by_file: HashMap<&str, Vec<&ManifestEntry>> = HashMap::new();
     for e in &set.entries {

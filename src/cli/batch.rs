@@ -90,8 +90,10 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     let (request, _) = Settings { seed: Some(0), ..settings.clone() }.resolve_request(&spec, 0)?;
     let defaults = line_defaults(request, run_key(&spec, &load)?);
 
+    let clip_layers = Some(spec.text_encoder.num_hidden_layers);
     if args.merge {
-        let opts = options(&args, defaults, shard, &validate);
+        let mut opts = options(&args, defaults, shard, &validate);
+        opts.clip_layers = clip_layers;
         let report = batch::merge(&input, &opts)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -105,7 +107,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     let on_event = |e: batch::Event<'_>| renderer.handle(e);
     let mut opts = options(&args, defaults, shard, &validate);
     // clip_skip against the text encoder's config, still before any weights load.
-    opts.clip_layers = Some(spec.text_encoder.num_hidden_layers);
+    opts.clip_layers = clip_layers;
     batch::validate(&input, &opts)?;
     opts.on_event = &on_event;
     let pipe = sdgen::Pipeline::from_spec(&load, spec)?;

@@ -60,7 +60,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Some(from) => {
             let record = sdgen::output::read_record(from)
                 .with_context(|| format!("reading the sdgen record from {}", from.display()))?;
-            flags.or(Settings::from_record(&record))
+            flags.over_record(&record)
         }
         None => flags,
     };

@@ -27,6 +27,8 @@ pub fn read_text_chunks_from(mut r: impl Read, name: &str) -> Result<Vec<(String
     }
     let (mut plain, mut compressed, mut international) = (Vec::new(), Vec::new(), Vec::new());
     let mut first = true;
+    // All text kept, inflated: many small chunks must not add up to more than one may hold.
+    let mut total = 0usize;
     loop {
         let mut head = [0u8; 8];
         read_exact(&mut r, &mut head).map_err(|e| bad(e.unwrap_or_else(|| "it ends before its IEND chunk".into())))?;
@@ -68,12 +70,17 @@ pub fn read_text_chunks_from(mut r: impl Read, name: &str) -> Result<Vec<(String
                 if h.finalize() != crc {
                     return Err(bad(format!("chunk {kind_str} has a wrong CRC (the file is damaged)")));
                 }
-                let parsed = match &kind {
-                    b"tEXt" => parse_text(&data).map(|kv| plain.push(kv)),
-                    b"zTXt" => parse_ztxt(&data).map(|kv| compressed.push(kv)),
-                    _ => parse_itxt(&data).map(|kv| international.push(kv)),
+                let (list, parsed) = match &kind {
+                    b"tEXt" => (&mut plain, parse_text(&data)),
+                    b"zTXt" => (&mut compressed, parse_ztxt(&data)),
+                    _ => (&mut international, parse_itxt(&data)),
                 };
-                parsed.map_err(|why| bad(format!("chunk {kind_str}: {why}")))?;
+                let (key, value) = parsed.map_err(|why| bad(format!("chunk {kind_str}: {why}")))?;
+                total = total.saturating_add(key.len() + value.len());
+                list.push((key, value));
+                if total > MAX_TEXT_BYTES {
+                    return Err(bad(format!("its text chunks hold more than {MAX_TEXT_BYTES} bytes in all")));
+                }
             }
             _ => {
                 let skip = len as u64 + 4;
@@ -190,6 +197,23 @@ mod tests {
         assert!(png.len() < 120, "{}", png.len());
         let got = read_text_chunks_from(png.as_slice(), "x.png").unwrap();
         assert_eq!(got, vec![("parameters".to_string(), "a cat".to_string())]);
+    }
+
+    #[test]
+    fn many_text_chunks_cannot_add_up_past_the_limit() {
+        // Each zTXt inflates 8 MiB of zeros from a few KiB; ten of them exceed 64 MiB in all.
+        let value = vec![b'0'; 8 << 20];
+        let mut data = b"k\0\0".to_vec();
+        data.extend(fdeflate::compress_to_vec(&value));
+        let mut png = claimed(1, 1);
+        let end = png.len() - 12;
+        let tail = png.split_off(end);
+        for _ in 0..10 {
+            png.extend(chunk(b"zTXt", &data));
+        }
+        png.extend(tail);
+        let e = read_text_chunks_from(png.as_slice(), "x.png").unwrap_err().to_string();
+        assert!(e.contains("in all"), "{e}");
     }
 
     #[test]

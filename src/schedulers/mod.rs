@@ -296,7 +296,6 @@ fn lookup(name: &str) -> Option<&'static SchedulerInfo> {
 /// row stands for (the deprecated "dpmsolver" algorithms).
 pub fn from_model_config(config: &SchedulerConfig) -> Option<(&'static SchedulerInfo, SigmaSchedule)> {
     let class = config.class_name.as_deref()?.trim();
-    let flag = |key: &str| config.extra.get(key).and_then(serde_json::Value::as_bool).unwrap_or(false);
     let mut rows = TABLE.iter().filter(|i| i.diffusers_name.eq_ignore_ascii_case(class));
     let info = if class.eq_ignore_ascii_case(dpmpp_2m::CLASS) {
         // The same algorithm choice as `DpmSolverMultistep::new`.
@@ -309,12 +308,19 @@ pub fn from_model_config(config: &SchedulerConfig) -> Option<(&'static Scheduler
     } else {
         rows.next()?
     };
-    let schedule = match (flag("use_karras_sigmas"), flag("use_exponential_sigmas")) {
+    let schedule = configured_schedule(config);
+    Some((info, if info.supports(schedule) { schedule } else { SigmaSchedule::Default }))
+}
+
+/// The sigma schedule a config's `use_karras_sigmas` / `use_exponential_sigmas` flags ask for
+/// (`Default` when neither, or both, is set; building the scheduler refuses both).
+pub fn configured_schedule(config: &SchedulerConfig) -> SigmaSchedule {
+    let flag = |key: &str| config.extra.get(key).and_then(serde_json::Value::as_bool).unwrap_or(false);
+    match (flag("use_karras_sigmas"), flag("use_exponential_sigmas")) {
         (true, false) => SigmaSchedule::Karras,
         (false, true) => SigmaSchedule::Exponential,
         _ => SigmaSchedule::Default,
-    };
-    Some((info, if info.supports(schedule) { schedule } else { SigmaSchedule::Default }))
+    }
 }
 
 /// Finds a scheduler by A1111 name, diffusers class name or alias (case-insensitive).
