@@ -186,7 +186,9 @@ pub fn unet(h: &Header) -> Result<(UNetLayout, BTreeMap<String, Source>)> {
         } else if let Some(leaf) = rest.strip_prefix("out.2.") {
             format!("conv_out.{leaf}")
         } else if let Some((i, inner)) = rest.strip_prefix("input_blocks.").and_then(index) {
-            let (level, j) = ((i - 1) / per, (i - 1) % per);
+            // Block 0 is conv_in, matched above; anything else under it is unknown.
+            let Some(k) = i.checked_sub(1) else { return Err(bad()) };
+            let (level, j) = (k / per, k % per);
             let (sub, tail) = index(inner).ok_or_else(bad)?;
             match (j == lpb, sub) {
                 (true, 0) => match tail.strip_prefix("op.") {
@@ -556,7 +558,8 @@ fn open_clip(
     }
     // Blocks from `last` on are not part of the diffusers text encoder.
     let last = layers.unwrap_or(stored - 1);
-    if last + 1 < stored || last > stored || last == 0 {
+    // `stored - 1`, not `last + 1`: a caller's count may be anything, even usize::MAX.
+    if last < stored - 1 || last > stored || last == 0 {
         return Err(h.err(format!(
             "the text encoder config asks for {last} layers, but the file stores {stored} OpenCLIP blocks \
              (expected {stored} or {})",
@@ -587,10 +590,11 @@ fn open_clip(
                 let out = match inner {
                     "attn.in_proj_weight" | "attn.in_proj_bias" => {
                         let shape = h.shape(key)?;
-                        if shape.first() != Some(&(3 * width)) {
+                        // Checked: the width is read from the file, and 3 × it must not wrap.
+                        let rows = width.checked_mul(3).filter(|_| width > 0);
+                        if rows.is_none() || shape.first() != rows.as_ref() {
                             return Err(h.err(format!(
-                                "'{key}' has shape {shape:?}, expected {} rows (q, k, v of width {width})",
-                                3 * width
+                                "'{key}' has shape {shape:?}, expected 3 × {width} rows (q, k, v of width {width})"
                             )));
                         }
                         let leaf = if inner.ends_with("weight") { "weight" } else { "bias" };

@@ -94,19 +94,25 @@ impl MappedFile {
             let data = view.data();
             let start = data.as_ptr() as usize - base;
             debug_assert!(start >= data_start);
-            entries.push((
-                name,
-                TensorEntry {
-                    file: 0,
-                    dtype: view.dtype(),
-                    shape: view.shape().iter().map(|&d| d as i64).collect(),
-                    start,
-                    end: start + data.len(),
-                },
-            ));
+            let Some(shape) = checked_shape(view.shape()) else {
+                return Err(Error::weights(
+                    path,
+                    format!("tensor '{name}' has shape {:?}, too large to address", view.shape()),
+                ));
+            };
+            entries.push((name, TensorEntry { file: 0, dtype: view.dtype(), shape, start, end: start + data.len() }));
         }
         Ok((MappedFile { path: path.to_path_buf(), mmap: Arc::new(mmap) }, entries))
     }
+}
+
+/// The shape as libtorch sizes, if every dimension and the product of the non-zero ones fit
+/// in an i64. safetensors only checks that the element count matches the bytes, so an empty
+/// tensor may claim `[0, 2^40, 2^40]`, whose strides would overflow.
+fn checked_shape(shape: &[usize]) -> Option<Vec<i64>> {
+    let dims: Vec<i64> = shape.iter().map(|&d| i64::try_from(d).ok()).collect::<Option<_>>()?;
+    dims.iter().filter(|&&d| d != 0).try_fold(1i64, |acc, &d| acc.checked_mul(d))?;
+    Some(dims)
 }
 
 fn kind_of(dtype: Dtype) -> Option<Kind> {

@@ -1,0 +1,4 @@
+//! libFuzzer target `safetensors`: see `sdgen_fuzz::safetensors` (fuzz/src/lib.rs) for what it feeds where.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sdgen_fuzz::safetensors(data));
