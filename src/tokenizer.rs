@@ -69,6 +69,9 @@ struct AddedToken {
     single_word: bool,
 }
 
+/// Words whose BPE split [`Tokenizer`] remembers before it starts over.
+const BPE_CACHE_WORDS: usize = 50_000;
+
 /// CLIP's BPE tokenizer loaded from a diffusers `tokenizer/` folder.
 #[derive(Debug)]
 pub struct Tokenizer {
@@ -438,6 +441,8 @@ impl Tokenizer {
     }
 
     /// `CLIPTokenizer._tokenize` on text free of added tokens.
+    ///
+    /// Words' BPE results are cached (prompts repeat words), up to [`BPE_CACHE_WORDS`].
     fn tokenize_plain(&self, text: &str, ids: &mut Vec<i64>) {
         let cleaned = basic_clean(text);
         for m in self.pattern.find_iter(&cleaned) {
@@ -449,6 +454,10 @@ impl Tokenizer {
             let symbols: String = word.bytes().map(|b| self.byte_symbol[b as usize]).collect();
             // A panic elsewhere cannot leave a half-written entry, so a poisoned cache is still valid.
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: a long batch of varied prompts (or hostile text) must not grow it forever.
+            if cache.len() >= BPE_CACHE_WORDS && !cache.contains_key(&symbols) {
+                cache.clear();
+            }
             let pieces = cache.entry(symbols).or_insert_with_key(|s| self.bpe(s));
             ids.extend(pieces.iter().map(|p| self.vocab.get(p).copied().unwrap_or(self.unk_id)));
         }
