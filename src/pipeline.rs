@@ -351,14 +351,7 @@ impl Pipeline {
                 )));
             }
         }
-        if let Some(skip) = req.clip_skip {
-            let layers = self.text_encoder.config().num_hidden_layers;
-            if skip == 0 || skip > layers {
-                return Err(Error::invalid(format!(
-                    "clip skip {skip} is out of range: this text encoder has {layers} layers, so use 1..={layers}"
-                )));
-            }
-        }
+        crate::preflight::check_clip_skip(req.clip_skip, self.text_encoder.config().num_hidden_layers)?;
         if !self.limits.check_memory {
             return Ok(());
         }

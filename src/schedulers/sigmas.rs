@@ -78,25 +78,18 @@ pub fn log_sigmas_f32(sigmas: &[f32]) -> Vec<f32> {
     sigmas.iter().map(|&s| ln_f32(s)).collect()
 }
 
+/// The lower interpolation index of `_sigma_to_t`: the argmax of the cumulative count of
+/// `log σ ≥ log_sigmas[i]`, which is the last index where it holds (0 when none does),
+/// capped so that `low + 1` is still an index.
+fn low_index(n: usize, at_or_above: impl Fn(usize) -> bool) -> usize {
+    (0..n).rev().find(|&i| at_or_above(i)).unwrap_or(0).min(n.saturating_sub(2))
+}
+
 /// diffusers' `_sigma_to_t`: the fractional training timestep whose log-sigma, linearly
 /// interpolated, equals log σ.
 pub fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
-    let n = log_sigmas.len();
     let log_sigma = sigma.max(1e-10).ln();
-    // The last index with log_sigma ≥ log_sigmas[i] (argmax of the cumulative count), or 0.
-    let mut low = 0usize;
-    let mut best = 0usize;
-    let mut count = 0usize;
-    for (i, &ls) in log_sigmas.iter().enumerate() {
-        if log_sigma - ls >= 0.0 {
-            count += 1;
-            if count > best {
-                best = count;
-                low = i;
-            }
-        }
-    }
-    let low = low.min(n.saturating_sub(2));
+    let low = low_index(log_sigmas.len(), |i| log_sigma - log_sigmas[i] >= 0.0);
     let high = low + 1;
     let lo = log_sigmas[low];
     let hi = log_sigmas[high];
@@ -107,21 +100,8 @@ pub fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
 /// `_sigma_to_t` as diffusers' KDPM2 classes call it, on float32 tensors: the log, the
 /// distances and the weight are float32, the final blend float64.
 pub fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f64 {
-    let n = log_sigmas.len();
     let log_sigma = ln_f32(sigma.max(1e-10f32));
-    let mut low = 0usize;
-    let mut best = 0usize;
-    let mut count = 0usize;
-    for (i, &ls) in log_sigmas.iter().enumerate() {
-        if log_sigma - ls >= 0.0 {
-            count += 1;
-            if count > best {
-                best = count;
-                low = i;
-            }
-        }
-    }
-    let low = low.min(n.saturating_sub(2));
+    let low = low_index(log_sigmas.len(), |i| log_sigma - log_sigmas[i] >= 0.0);
     let high = low + 1;
     let (lo, hi) = (log_sigmas[low], log_sigmas[high]);
     let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
