@@ -117,6 +117,9 @@ pub struct Generated {
 pub struct Pipeline {
     tokenizer: Tokenizer,
     text_encoder: ClipTextModel,
+    /// SDXL's second tokenizer and text encoder (with projection).
+    tokenizer_2: Option<Tokenizer>,
+    text_encoder_2: Option<ClipTextModel>,
     unet: UNet,
     vae: Vae,
     /// An fp32 VAE for when the fp16 one overflows; built on first need.
@@ -138,9 +141,29 @@ pub struct Pipeline {
     model: ModelRecord,
     /// `--prediction-type`, when it overrode the model's.
     prediction_override: Option<PredictionType>,
-    /// Recent prompt embeddings by (text, clip skip): batch files repeat prompts and negative
+    /// Recent prompt embeddings by (text, layer): batch files repeat prompts and negative
     /// prompts, and each is encoded once.
-    embed_cache: std::cell::RefCell<std::collections::HashMap<(String, Option<usize>), Tensor>>,
+    embed_cache: std::cell::RefCell<std::collections::HashMap<(String, Option<usize>), TextEmbeds>>,
+}
+
+/// A prompt's encoding: the cross-attention states `[1, 77, dim]` and, for SDXL, the second
+/// encoder's pooled, projected embedding `[1, projection_dim]`; in the UNet's device and dtype.
+#[derive(Debug)]
+struct TextEmbeds {
+    context: Tensor,
+    pooled: Option<Tensor>,
+}
+
+impl TextEmbeds {
+    fn shallow_clone(&self) -> TextEmbeds {
+        TextEmbeds { context: self.context.shallow_clone(), pooled: self.pooled.as_ref().map(Tensor::shallow_clone) }
+    }
+
+    /// What diffusers' SDXL pipelines use for "no negative prompt" with
+    /// `force_zeros_for_empty_prompt`: zeros of the same shapes.
+    fn zeros_like(&self) -> TextEmbeds {
+        TextEmbeds { context: self.context.zeros_like(), pooled: self.pooled.as_ref().map(Tensor::zeros_like) }
+    }
 }
 
 /// Entries kept in [`Pipeline::encode_text`]'s cache before it is emptied.
@@ -157,6 +180,8 @@ struct Place {
 struct Parts {
     tokenizer: Tokenizer,
     text_encoder: ClipTextModel,
+    tokenizer_2: Option<Tokenizer>,
+    text_encoder_2: Option<ClipTextModel>,
     unet: UNet,
     vae: Vae,
 }
@@ -175,12 +200,22 @@ fn load_folder(spec: &ModelSpec, device: Device, kind: Kind, aux: Place, conv: C
     let w = crate::loading::Weights::open(&[file("text_encoder")?.to_path_buf()], aux.device, aux.kind)?;
     let text_encoder = ClipTextModel::new(&w, &spec.text_encoder)?;
     w.finish()?;
+    let (tokenizer_2, text_encoder_2) = match &spec.text_encoder_2 {
+        Some(cfg) => {
+            let tokenizer = Tokenizer::from_dir(&dir.join("tokenizer_2"))?;
+            let w = crate::loading::Weights::open(&[file("text_encoder_2")?.to_path_buf()], aux.device, aux.kind)?;
+            let model = ClipTextModel::new(&w, cfg)?;
+            w.finish()?;
+            (Some(tokenizer), Some(model))
+        }
+        None => (None, None),
+    };
     let w = crate::loading::Weights::open(&[file("unet")?.to_path_buf()], device, kind)?;
     w.set_conv_algo(conv);
     let unet = UNet::new(&w, &spec.unet)?;
     w.finish()?;
     let vae = load_vae(spec, aux.device, aux.kind)?;
-    Ok(Parts { tokenizer, text_encoder, unet, vae })
+    Ok(Parts { tokenizer, text_encoder, tokenizer_2, text_encoder_2, unet, vae })
 }
 
 fn load_single_file(spec: &ModelSpec, device: Device, kind: Kind, aux: Place, conv: ConvAlgo) -> Result<Parts> {
@@ -195,12 +230,22 @@ fn load_single_file(spec: &ModelSpec, device: Device, kind: Kind, aux: Place, co
     let w = file.weights(Component::TextEncoder, aux.device, aux.kind)?;
     let text_encoder = ClipTextModel::new(&w, &spec.text_encoder)?;
     w.finish()?;
+    let (tokenizer_2, text_encoder_2) = match &spec.text_encoder_2 {
+        Some(cfg) => {
+            let tokenizer = Tokenizer::from_dir(&tmp.path().join("tokenizer_2"))?;
+            let w = file.weights(Component::TextEncoder2, aux.device, aux.kind)?;
+            let model = ClipTextModel::new(&w, cfg)?;
+            w.finish()?;
+            (Some(tokenizer), Some(model))
+        }
+        None => (None, None),
+    };
     let w = file.weights(Component::Unet, device, kind)?;
     w.set_conv_algo(conv);
     let unet = UNet::new(&w, &spec.unet)?;
     w.finish()?;
     let vae = load_vae(spec, aux.device, aux.kind)?;
-    Ok(Parts { tokenizer, text_encoder, unet, vae })
+    Ok(Parts { tokenizer, text_encoder, tokenizer_2, text_encoder_2, unet, vae })
 }
 
 /// The VAE of a spec in any dtype (the fp32 fallback loads it a second time).
@@ -274,6 +319,8 @@ impl Pipeline {
         Ok(Pipeline {
             tokenizer: parts.tokenizer,
             text_encoder: parts.text_encoder,
+            tokenizer_2: parts.tokenizer_2,
+            text_encoder_2: parts.text_encoder_2,
             unet: parts.unet,
             vae: parts.vae,
             vae_fp32: OnceCell::new(),
@@ -432,16 +479,10 @@ impl Pipeline {
         let n = reqs.len() as i64;
         let guided = first.guidance > 1.0;
 
-        // 2. Encode the prompt and the negative prompt (unconditional first, as diffusers).
-        let cond: Vec<Tensor> = reqs.iter().map(|r| self.encode_text(&r.prompt, r.clip_skip)).collect::<Result<_>>()?;
-        let mut cond = Conditioning::text(Tensor::cat(&cond, 0));
-        if guided {
-            let uncond: Vec<Tensor> = reqs
-                .iter()
-                .map(|r| self.encode_text(r.negative_prompt.as_deref().unwrap_or(""), r.clip_skip))
-                .collect::<Result<_>>()?;
-            cond = Conditioning::cat(&Conditioning::text(Tensor::cat(&uncond, 0)), &cond);
-        }
+        // 2. Encode the prompt and the negative prompt (unconditional first, as diffusers),
+        //    with SDXL's pooled embeddings and size/crop ids.
+        let cond = self.conditioning(reqs, false)?;
+        let cond = if guided { Conditioning::cat(&self.conditioning(reqs, true)?, &cond) } else { cond };
 
         // 3. Prepare the timesteps.
         let mut scheduler = sampler.info.build(Some(sampler.schedule), &self.spec.scheduler_config, first.steps)?;
@@ -486,14 +527,77 @@ impl Pipeline {
         Ok(Some(Denoised { latents, sampler, scheduler_config: scheduler.config_json() }))
     }
 
+    /// The conditioning of one pass for a batch of requests: the prompts' (or, for the
+    /// unconditional pass, the negative prompts') encodings, and for SDXL the pooled
+    /// embeddings and the size/crop ids.
+    fn conditioning(&self, reqs: &[Request], negative: bool) -> Result<Conditioning> {
+        let sdxl = self.text_encoder_2.is_some();
+        let mut embeds = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let e = match (negative, r.negative_prompt.as_deref()) {
+                (false, _) => self.encode(&r.prompt, r.clip_skip, false)?,
+                // diffusers' SDXL pipelines: no negative prompt → zeros (force_zeros_for_empty_prompt).
+                (true, None) if sdxl && self.spec.force_zeros_for_empty_prompt => {
+                    self.encode(&r.prompt, r.clip_skip, false)?.zeros_like()
+                }
+                (true, text) => self.encode(text.unwrap_or(""), r.clip_skip, true)?,
+            };
+            embeds.push(e);
+        }
+        let contexts: Vec<&Tensor> = embeds.iter().map(|e| &e.context).collect();
+        let context = Tensor::cat(&contexts, 0);
+        if !self.unet.has_added_conditioning() {
+            if reqs.iter().any(|r| !r.size_conditioning.is_unset()) {
+                return Err(Error::invalid(
+                    "--original-size, --crop-coords and --target-size (and their negative forms) are SDXL's size \
+                     conditioning; this model's UNet has no added conditioning to take them",
+                ));
+            }
+            return Ok(Conditioning::text(context));
+        }
+        let pooled: Vec<Tensor> = embeds
+            .iter()
+            .map(|e| {
+                e.pooled.as_ref().map(Tensor::shallow_clone).ok_or_else(|| {
+                    Error::Model("this UNet needs a pooled text embedding, which needs SDXL's second text encoder".into())
+                })
+            })
+            .collect::<Result<_>>()?;
+        let ids: Vec<f32> = reqs
+            .iter()
+            .flat_map(|r| {
+                let c = &r.size_conditioning;
+                if negative { c.negative_time_ids(r.width, r.height) } else { c.time_ids(r.width, r.height) }
+            })
+            .map(|v| v as f32)
+            .collect();
+        let time_ids = Tensor::from_slice(&ids).view([reqs.len() as i64, 6]).to_device(self.device).to_kind(self.kind);
+        Ok(Conditioning { context, pooled: Some(Tensor::cat(&pooled, 0)), time_ids: Some(time_ids) })
+    }
+
     /// Text → embeddings `[1, 77, hidden]`, warning when the prompt was cut. `clip_skip`
-    /// counts as A1111 does: 1 (or `None`) is the last layer, 2 the one before.
+    /// counts as A1111 does: 1 (or `None`) is the last layer, 2 the one before. For SDXL the
+    /// states are both encoders' concatenated (see [`Pipeline::encode`]).
     pub fn encode_text(&self, text: &str, clip_skip: Option<usize>) -> Result<Tensor> {
-        let key = (text.to_string(), clip_skip);
+        Ok(self.encode(text, clip_skip, false)?.context)
+    }
+
+    /// [`Pipeline::encode_text`] with SDXL's pooled embedding, cached. For SDXL, as diffusers
+    /// encodes: each encoder's `hidden_states[-(k + 2)]` without the final layer norm, where `k`
+    /// is diffusers' clip skip (A1111's minus one, 0 when unset), concatenated along the width;
+    /// the pooled, projected output of the second. A negative prompt always uses
+    /// `hidden_states[-2]`, as diffusers ignores clip skip there.
+    fn encode(&self, text: &str, clip_skip: Option<usize>, negative: bool) -> Result<TextEmbeds> {
+        let layer = match (&self.text_encoder_2, negative) {
+            (None, _) => clip_skip,
+            (Some(_), true) => Some(2),
+            (Some(_), false) => Some(clip_skip.unwrap_or(1).max(1) + 1),
+        };
+        let key = (text.to_string(), layer);
         if let Some(hit) = self.embed_cache.borrow().get(&key) {
             return Ok(hit.shallow_clone());
         }
-        let embeds = catch_torch("encoding the prompt", || self.encode_text_uncached(text, clip_skip))?;
+        let embeds = catch_torch("encoding the prompt", || self.encode_uncached(text, layer))?;
         let mut cache = self.embed_cache.borrow_mut();
         if cache.len() >= EMBED_CACHE_SIZE {
             cache.clear();
@@ -502,21 +606,38 @@ impl Pipeline {
         Ok(embeds)
     }
 
-    fn encode_text_uncached(&self, text: &str, clip_skip: Option<usize>) -> Result<Tensor> {
-        let enc = self.tokenizer.encode(text);
-        if enc.truncated {
+    /// Token ids `[1, 77]` of `text` on the text encoders' device, warning when it was cut.
+    fn token_ids(&self, tokenizer: &Tokenizer, text: &str, warn: bool) -> Tensor {
+        let enc = tokenizer.encode(text);
+        if enc.truncated && warn {
             log::warn!(
                 "the prompt is longer than CLIP's {} tokens; the rest was cut off: {}",
-                self.tokenizer.max_length(),
+                tokenizer.max_length(),
                 crate::limits::excerpt(&enc.removed_text, 12)
             );
         }
-        let ids = Tensor::from_slice(&enc.ids).view([1, -1]).to_device(self.aux.device);
-        // Requests count clip skip as A1111 does (1 = last layer); diffusers counts skipped layers.
-        let embeds = self.text_encoder.forward(&ids, clip_skip.map(|n| n.saturating_sub(1)))?.hidden;
-        self.finite(&embeds, crate::finite::Component::TextEncoder)?;
-        // With offload the encoder ran on the CPU: bring its output to the UNet.
-        Ok(embeds.to_device(self.device).to_kind(self.kind))
+        Tensor::from_slice(&enc.ids).view([1, -1]).to_device(self.aux.device)
+    }
+
+    /// `layer`: SD 1.x/2.x, A1111's clip skip; SDXL, the hidden state counted from the end.
+    fn encode_uncached(&self, text: &str, layer: Option<usize>) -> Result<TextEmbeds> {
+        let ids = self.token_ids(&self.tokenizer, text, true);
+        let (context, pooled) = match (&self.text_encoder_2, &self.tokenizer_2) {
+            (Some(te2), Some(tok2)) => {
+                let from_end = layer.unwrap_or(2);
+                let first = self.text_encoder.hidden_state(&ids, from_end)?;
+                let second = te2.hidden_state(&self.token_ids(tok2, text, false), from_end)?;
+                (Tensor::cat(&[&first.hidden, &second.hidden.to_kind(first.hidden.kind())], -1), Some(second.pooled))
+            }
+            _ => {
+                // Requests count clip skip as A1111 does (1 = last layer); diffusers counts skipped layers.
+                (self.text_encoder.forward(&ids, layer.map(|n| n.saturating_sub(1)))?.hidden, None)
+            }
+        };
+        self.finite(&context, crate::finite::Component::TextEncoder)?;
+        // With offload the encoders ran on the CPU: bring their output to the UNet.
+        let to_unet = |t: Tensor| t.to_device(self.device).to_kind(self.kind);
+        Ok(TextEmbeds { context: to_unet(context), pooled: pooled.map(to_unet) })
     }
 
     /// Latents → 8-bit RGB images, as diffusers' `output_type="pil"` computes them.
@@ -531,9 +652,13 @@ impl Pipeline {
 
     fn decode_inner(&self, latents: &Tensor) -> Result<Vec<Image>> {
         let _guard = tch::no_grad_guard();
-        let z = latents.to_device(self.aux.device).to_kind(self.aux.kind) / self.vae.scaling_factor();
-        let mut x = self.run_vae(&self.vae, &z)?;
-        if self.aux.kind != Kind::Float && !bool::try_from(x.isfinite().all())? {
+        // diffusers' SDXL pipelines decode an fp16 VAE whose config says `force_upcast` in
+        // fp32 from the start (SDXL's VAE overflows in fp16); the SD pipeline does not.
+        let upcast = self.spec.arch == Arch::Sdxl && self.vae.config.force_upcast && self.aux.kind == Kind::Half;
+        let (vae, kind) = if upcast { (self.vae_fp32()?, Kind::Float) } else { (&self.vae, self.aux.kind) };
+        let z = unscale(vae, &latents.to_device(self.aux.device).to_kind(kind), self.spec.arch == Arch::Sdxl)?;
+        let mut x = self.run_vae(vae, &z)?;
+        if kind != Kind::Float && !bool::try_from(x.isfinite().all())? {
             if !self.warned_vae_upcast.replace(true) {
                 log::warn!(
                     "the {} VAE decoded to non-finite values (it overflows in half precision); \
@@ -542,7 +667,7 @@ impl Pipeline {
                 );
             }
             let vae = self.vae_fp32()?;
-            let z = latents.to_device(self.aux.device).to_kind(Kind::Float) / vae.scaling_factor();
+            let z = unscale(vae, &latents.to_device(self.aux.device).to_kind(Kind::Float), self.spec.arch == Arch::Sdxl)?;
             x = self.run_vae(vae, &z)?;
         }
         self.finite(&x, crate::finite::Component::VaeDecoder)?;
@@ -576,6 +701,34 @@ impl Pipeline {
         }
         let vae = load_vae(&self.spec, self.aux.device, Kind::Float)?;
         Ok(self.vae_fp32.get_or_init(|| vae))
+    }
+}
+
+/// The denoised latents as the VAE decodes them: divided by the scaling factor or, in SDXL
+/// pipelines (`mean_std`) with a VAE whose config gives per-channel `latents_mean` and
+/// `latents_std`, `latents · std / scaling_factor + mean`. diffusers' SD 1.x/2.x pipeline
+/// only divides.
+fn unscale(vae: &Vae, latents: &Tensor, mean_std: bool) -> Result<Tensor> {
+    let c = &vae.config;
+    match (&c.latents_mean, &c.latents_std) {
+        (Some(mean), Some(std)) if mean_std => {
+            let channels = latents.size().get(1).copied().unwrap_or(0);
+            if mean.len() as i64 != channels || std.len() as i64 != channels {
+                return Err(Error::config(
+                    &c.path,
+                    format!(
+                        "latents_mean and latents_std have {} and {} entries but the latents have {channels} channels",
+                        mean.len(),
+                        std.len()
+                    ),
+                ));
+            }
+            let per_channel = |v: &[f64]| {
+                Tensor::from_slice(v).view([1, -1, 1, 1]).to_kind(latents.kind()).to_device(latents.device())
+            };
+            Ok(latents * per_channel(std) / c.scaling_factor + per_channel(mean))
+        }
+        _ => Ok(latents / c.scaling_factor),
     }
 }
 

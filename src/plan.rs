@@ -13,7 +13,7 @@ use crate::models::clip::ClipTextConfig;
 use crate::models::conv::ConvAlgo;
 use crate::models::unet::UNetConfig;
 use crate::models::vae::{VaeConfig, VaeTiling};
-use crate::request::{LicenseRecord, Request};
+use crate::request::{LicenseRecord, Request, SizeConditioning};
 use crate::schedulers::{self, SchedulerConfig, SchedulerInfo, SigmaSchedule};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,12 @@ pub struct ModelSpec {
     pub unet: UNetConfig,
     pub vae: VaeConfig,
     pub text_encoder: ClipTextConfig,
+    /// SDXL: the second text encoder (`CLIPTextModelWithProjection`), whose pooled output
+    /// conditions the UNet.
+    pub text_encoder_2: Option<ClipTextConfig>,
+    /// SDXL: with no negative prompt, the unconditional embeddings are zeros instead of the
+    /// encoded empty prompt (`force_zeros_for_empty_prompt` in `model_index.json`, default true).
+    pub force_zeros_for_empty_prompt: bool,
     pub license: LicenseRecord,
     /// Single files: where configs came from (None: sdgen's built-in ones).
     pub config_dir: Option<PathBuf>,
@@ -126,6 +132,7 @@ impl ModelSpec {
             spec.scheduler_config.prediction_type = Some(p.name().to_string());
         }
         spec.check_latents()?;
+        spec.check_text()?;
         Ok(spec)
     }
 
@@ -149,17 +156,35 @@ impl ModelSpec {
         let vae = VaeConfig::from_file(&dir.join("vae").join("config.json"))?;
         let text_encoder = ClipTextConfig::load(&dir.join("text_encoder").join("config.json"))?;
         let arch = arch_of(&unet);
-        let files = vec![
+        let mut files = vec![
             hashed("unet", crate::models::unet::diffusers_weights_file(&dir.join("unet"))?)?,
             hashed("text_encoder", crate::models::clip::weights_file(&dir.join("text_encoder"), kind)?)?,
             hashed("vae", crate::models::unet::diffusers_weights_file(&dir.join("vae"))?)?,
         ];
+        let text_encoder_2 = if arch == Arch::Sdxl {
+            for c in ["text_encoder_2", "tokenizer_2"] {
+                if !dir.join(c).is_dir() {
+                    return Err(Error::invalid(format!(
+                        "model folder {} is an SDXL model (its UNet has added text/time conditioning) but has no \
+                         {c}/ folder; an SDXL diffusers folder needs text_encoder/, text_encoder_2/, tokenizer/ and \
+                         tokenizer_2/",
+                        dir.display()
+                    )));
+                }
+            }
+            let te2 = dir.join("text_encoder_2");
+            files.push(hashed("text_encoder_2", crate::models::clip::weights_file(&te2, kind)?)?);
+            Some(ClipTextConfig::load(&te2.join("config.json"))?)
+        } else {
+            None
+        };
         let license = crate::output::license::detect(Some(dir), arch.name());
         let mut texts = Vec::new();
-        for rel in CONFIGS {
+        for rel in CONFIGS.iter().chain(if arch == Arch::Sdxl { &SDXL_CONFIGS[..] } else { &[] }) {
             let path = dir.join(rel);
             texts.push(std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?);
         }
+        let force_zeros_for_empty_prompt = force_zeros(&dir.join("model_index.json"))?;
         Ok(ModelSpec {
             config_hash: hash_texts(&texts),
             path: dir.to_path_buf(),
@@ -170,6 +195,8 @@ impl ModelSpec {
             unet,
             vae,
             text_encoder,
+            text_encoder_2,
+            force_zeros_for_empty_prompt,
             license,
             config_dir: None,
             arch_forced: false,
@@ -193,11 +220,15 @@ impl ModelSpec {
         let vae: VaeConfig = configs.parse("vae/config.json")?;
         let text_encoder: ClipTextConfig = configs.parse("text_encoder/config.json")?;
         let arch = prepared.file.arch;
+        let text_encoder_2: Option<ClipTextConfig> =
+            if arch == Arch::Sdxl { Some(configs.parse("text_encoder_2/config.json")?) } else { None };
         let mut license = crate::output::license::detect(opts.config_dir, arch.name());
         if opts.config_dir.is_none() {
             license.source = format!("default for a single-file {arch} checkpoint (the file carries no licence)");
         }
-        let texts: Vec<String> = CONFIGS.iter().map(|rel| configs.text(rel).unwrap_or_default().to_string()).collect();
+        let extra = if arch == Arch::Sdxl { &SDXL_CONFIGS[..] } else { &[] };
+        let texts: Vec<String> =
+            CONFIGS.iter().chain(extra).map(|rel| configs.text(rel).unwrap_or_default().to_string()).collect();
         Ok(ModelSpec {
             config_hash: hash_texts(&texts),
             path: path.to_path_buf(),
@@ -208,6 +239,8 @@ impl ModelSpec {
             unet,
             vae,
             text_encoder,
+            text_encoder_2,
+            force_zeros_for_empty_prompt: true,
             license,
             config_dir: opts.config_dir.map(Path::to_path_buf),
             arch_forced: opts.arch.is_some(),
@@ -218,6 +251,52 @@ impl ModelSpec {
     /// The "Model hash": sha256 of the UNet weights (single files: the whole checkpoint).
     pub fn hash(&self) -> &str {
         &self.files[0].sha256
+    }
+
+    /// The image size a request gets when it names none: SDXL models' trained size (the
+    /// UNet's `sample_size` times the VAE scale factor: 1024² for SDXL 1.0), else 512².
+    pub fn default_size(&self) -> (u32, u32) {
+        match (self.arch, self.unet.sample_size()) {
+            (Arch::Sdxl, Some((h, w))) => {
+                let f = i64::from(self.vae_scale_factor());
+                let side = |v: i64| u32::try_from(v.saturating_mul(f)).unwrap_or(1024);
+                (side(w), side(h))
+            }
+            (Arch::Sdxl, None) => (1024, 1024),
+            _ => (512, 512),
+        }
+    }
+
+    /// The text encoders' widths must add up to the UNet's cross-attention width, and the
+    /// second encoder's projection must be the pooled width the added conditioning takes.
+    fn check_text(&self) -> Result<()> {
+        let Some(te2) = &self.text_encoder_2 else { return Ok(()) };
+        let wide = self.text_encoder.hidden_size + te2.hidden_size;
+        let cross = match &self.unet.cross_attention_dim {
+            crate::models::unet::PerLevel::One(d) => vec![*d],
+            crate::models::unet::PerLevel::List(ds) => ds.clone(),
+        };
+        if cross.iter().any(|&d| d != wide) {
+            return Err(Error::invalid(format!(
+                "{}: the UNet attends to text of width {:?}, but the two text encoders give {} + {} = {wide}; these \
+                 components do not belong together",
+                self.path.display(),
+                self.unet.cross_attention_dim,
+                self.text_encoder.hidden_size,
+                te2.hidden_size
+            )));
+        }
+        let pooled = self.unet.pooled_text_width();
+        if pooled != Some(te2.projection_dim) {
+            return Err(Error::invalid(format!(
+                "{}: the UNet's added conditioning takes a pooled text embedding of width {}, but the second text \
+                 encoder projects to {}; these components do not belong together",
+                self.path.display(),
+                pooled.map_or("none".to_string(), |p| p.to_string()),
+                te2.projection_dim
+            )));
+        }
+        Ok(())
     }
 
     /// How many latent channels the VAE makes, which text-to-image noise must have.
@@ -280,6 +359,22 @@ impl ModelSpec {
 
 /// The configs besides the scheduler's whose values change pixels.
 const CONFIGS: [&str; 3] = ["unet/config.json", "vae/config.json", "text_encoder/config.json"];
+/// SDXL's besides those.
+const SDXL_CONFIGS: [&str; 1] = ["text_encoder_2/config.json"];
+
+/// `force_zeros_for_empty_prompt` from a folder's `model_index.json`: diffusers' SDXL
+/// pipelines default it to true, and so does a folder without the file or the key.
+fn force_zeros(path: &Path) -> Result<bool> {
+    if !path.is_file() {
+        return Ok(true);
+    }
+    let index: serde_json::Value = read_json(path)?;
+    match index.get("force_zeros_for_empty_prompt") {
+        None | Some(serde_json::Value::Null) => Ok(true),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(Error::config(path, format!("field 'force_zeros_for_empty_prompt': {other} is not true or false"))),
+    }
+}
 
 fn hash_texts(texts: &[String]) -> String {
     use sha2::{Digest, Sha256};
@@ -296,8 +391,12 @@ fn hashed(component: &str, path: PathBuf) -> Result<ModelFile> {
     Ok(ModelFile { component: component.to_string(), path, sha256 })
 }
 
-/// SD 2.x-style UNets have 1024-wide cross-attention or linear projections.
+/// SDXL UNets have added text/time conditioning; SD 2.x-style ones 1024-wide cross-attention
+/// or linear projections.
 pub fn arch_of(unet: &UNetConfig) -> Arch {
+    if unet.addition_embed_type.as_ref().is_some_and(|v| !v.is_null()) {
+        return Arch::Sdxl;
+    }
     let wide = match &unet.cross_attention_dim {
         crate::models::unet::PerLevel::One(d) => *d == 1024,
         crate::models::unet::PerLevel::List(ds) => ds.contains(&1024),
@@ -356,10 +455,17 @@ pub struct Settings {
     pub offload: Option<bool>,
     pub vae_tiling: Option<VaeTiling>,
     pub conv: Option<ConvAlgo>,
+    /// SDXL's size and crop conditioning, merged value by value.
+    pub size_conditioning: SizeConditioning,
 }
 
 macro_rules! layer {
-    ($a:ident, $b:ident, $($f:ident),*) => { Settings { $($f: $a.$f.or($b.$f)),* } };
+    ($a:ident, $b:ident, $($f:ident),*) => {
+        Settings {
+            size_conditioning: $a.size_conditioning.or($b.size_conditioning),
+            $($f: $a.$f.or($b.$f)),*
+        }
+    };
 }
 
 impl Settings {
@@ -409,7 +515,8 @@ impl Settings {
         let req = &r.request;
         Settings {
             prompt: Some(req.prompt.clone()),
-            negative_prompt: Some(req.negative_prompt.clone().unwrap_or_default()),
+            // SDXL tells "no negative prompt" (zeros) from an empty one, so None stays None.
+            negative_prompt: req.negative_prompt.clone(),
             seed: Some(req.seed),
             steps: Some(req.steps),
             guidance: Some(req.guidance),
@@ -435,15 +542,18 @@ impl Settings {
             offload: Some(r.offload),
             vae_tiling: r.vae_tiling,
             conv: Some(r.conv),
+            size_conditioning: req.size_conditioning,
         }
     }
 
     /// The request these settings describe for `model`: what is unset takes the model's
-    /// default (its own scheduler) or sdgen's (20 steps, guidance 7.5, 512², one image).
-    /// `random_seed` is used when no seed was given.
+    /// default (its own scheduler; SDXL's trained size) or sdgen's (20 steps, guidance 7.5,
+    /// 512², one image). `random_seed` is used when no seed was given.
     pub fn resolve_request(&self, model: &ModelSpec, random_seed: u64) -> Result<(Request, Sampler)> {
         let sampler = model.sampler(self.scheduler.as_deref().unwrap_or(""))?;
-        Ok((self.request(sampler.name(), random_seed), sampler))
+        let (width, height) = model.default_size();
+        let sized = Settings { width: self.width.or(Some(width)), height: self.height.or(Some(height)), ..self.clone() };
+        Ok((sized.request(sampler.name(), random_seed), sampler))
     }
 
     /// The request with `scheduler` and sdgen's defaults for what is unset; checks that need
@@ -452,7 +562,7 @@ impl Settings {
         let d = Request::default();
         Request {
             prompt: self.prompt.clone().unwrap_or_default(),
-            negative_prompt: self.negative_prompt.clone().filter(|s| !s.is_empty()),
+            negative_prompt: self.negative_prompt.clone(),
             seed: self.seed.unwrap_or(random_seed),
             steps: self.steps.unwrap_or(d.steps),
             guidance: self.guidance.unwrap_or(d.guidance),
@@ -461,6 +571,7 @@ impl Settings {
             scheduler,
             num_images: self.num_images.unwrap_or(1),
             clip_skip: self.clip_skip,
+            size_conditioning: self.size_conditioning,
         }
     }
 }

@@ -25,10 +25,138 @@ pub struct Request {
     /// Use the output of the `clip_skip`-th layer from the end (1 = the last layer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_skip: Option<usize>,
+    /// SDXL's size and crop conditioning; unset values take diffusers' defaults.
+    #[serde(default, skip_serializing_if = "SizeConditioning::is_unset")]
+    pub size_conditioning: SizeConditioning,
 }
 
 fn one() -> usize {
     1
+}
+
+/// A width and a height in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Size {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+
+    /// `WIDTHxHEIGHT`, e.g. `1024x768`.
+    fn from_str(s: &str) -> Result<Size, String> {
+        let (w, h) = s
+            .trim()
+            .split_once(['x', 'X', '×'])
+            .ok_or_else(|| format!("'{s}' is not a size: write WIDTHxHEIGHT, e.g. 1024x768"))?;
+        let num = |v: &str, what: &str| {
+            v.trim().parse::<u32>().map_err(|_| format!("'{s}': the {what} '{v}' is not a whole number of pixels"))
+        };
+        Ok(Size { width: num(w, "width")?, height: num(h, "height")? })
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
+}
+
+/// The top-left corner of a crop, in pixels from the top and from the left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crop {
+    pub top: u32,
+    pub left: u32,
+}
+
+impl std::str::FromStr for Crop {
+    type Err = String;
+
+    /// `TOP,LEFT`, e.g. `0,0` (diffusers' `crops_coords_top_left` order).
+    fn from_str(s: &str) -> Result<Crop, String> {
+        let (t, l) =
+            s.trim().split_once(',').ok_or_else(|| format!("'{s}' is not a crop corner: write TOP,LEFT, e.g. 0,0"))?;
+        let num = |v: &str, what: &str| {
+            v.trim().parse::<u32>().map_err(|_| format!("'{s}': {what} '{v}' is not a whole number of pixels"))
+        };
+        Ok(Crop { top: num(t, "top")?, left: num(l, "left")? })
+    }
+}
+
+impl std::fmt::Display for Crop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{}", self.top, self.left)
+    }
+}
+
+/// SDXL's micro-conditioning: the size the training image had, where it was cropped, and
+/// the size asked for, each fed to the UNet as numbers ("time ids"). As in diffusers,
+/// `original_size` and `target_size` default to the image size and `crop_coords` to (0, 0).
+/// The negative values condition the unconditional pass; a negative value not given is the
+/// positive one (the crop: (0, 0)), so giving none changes nothing. Models without added
+/// conditioning (SD 1.x/2.x) refuse these.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizeConditioning {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_size: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop_coords: Option<Crop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_size: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_original_size: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_crop_coords: Option<Crop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_target_size: Option<Size>,
+}
+
+impl SizeConditioning {
+    pub fn is_unset(&self) -> bool {
+        *self == SizeConditioning::default()
+    }
+
+    /// These values, with `lower`'s where these are unset.
+    pub fn or(self, lower: SizeConditioning) -> SizeConditioning {
+        SizeConditioning {
+            original_size: self.original_size.or(lower.original_size),
+            crop_coords: self.crop_coords.or(lower.crop_coords),
+            target_size: self.target_size.or(lower.target_size),
+            negative_original_size: self.negative_original_size.or(lower.negative_original_size),
+            negative_crop_coords: self.negative_crop_coords.or(lower.negative_crop_coords),
+            negative_target_size: self.negative_target_size.or(lower.negative_target_size),
+        }
+    }
+
+    fn negative_given(&self) -> bool {
+        self.negative_original_size.is_some() || self.negative_crop_coords.is_some() || self.negative_target_size.is_some()
+    }
+
+    /// The six ids of the conditional pass for an image of `width`×`height`, in diffusers'
+    /// order: original (height, width), crop (top, left), target (height, width).
+    pub fn time_ids(&self, width: u32, height: u32) -> [u32; 6] {
+        let image = Size { width, height };
+        let o = self.original_size.unwrap_or(image);
+        let c = self.crop_coords.unwrap_or(Crop { top: 0, left: 0 });
+        let t = self.target_size.unwrap_or(image);
+        [o.height, o.width, c.top, c.left, t.height, t.width]
+    }
+
+    /// The ids of the unconditional pass: the conditional ones unless a negative value is given.
+    pub fn negative_time_ids(&self, width: u32, height: u32) -> [u32; 6] {
+        if !self.negative_given() {
+            return self.time_ids(width, height);
+        }
+        let image = Size { width, height };
+        let o = self.negative_original_size.or(self.original_size).unwrap_or(image);
+        let c = self.negative_crop_coords.unwrap_or(Crop { top: 0, left: 0 });
+        let t = self.negative_target_size.or(self.target_size).unwrap_or(image);
+        [o.height, o.width, c.top, c.left, t.height, t.width]
+    }
 }
 
 impl Default for Request {
@@ -44,6 +172,7 @@ impl Default for Request {
             scheduler: "euler".into(),
             num_images: 1,
             clip_skip: None,
+            size_conditioning: SizeConditioning::default(),
         }
     }
 }

@@ -30,6 +30,12 @@ pub const KNOWN_KEYS: &[&str] = &[
     "num_images",
     "clip_skip",
     "filename",
+    "original_size",
+    "crop_coords",
+    "target_size",
+    "negative_original_size",
+    "negative_crop_coords",
+    "negative_target_size",
 ];
 
 /// The three input formats.
@@ -328,6 +334,7 @@ struct Overrides {
     num_images: Option<usize>,
     clip_skip: Option<usize>,
     filename: Option<String>,
+    size_conditioning: crate::request::SizeConditioning,
 }
 
 /// One entry of the file as read, with the problems found while reading it.
@@ -512,6 +519,12 @@ fn apply(o: &mut Overrides, key: &str, raw: Raw<'_>) -> std::result::Result<(), 
         "num_images" => o.num_images = whole(key, raw)?,
         "clip_skip" => o.clip_skip = whole(key, raw)?,
         "filename" => o.filename = text(key, raw)?,
+        "original_size" => o.size_conditioning.original_size = parsed(key, raw)?,
+        "crop_coords" => o.size_conditioning.crop_coords = parsed(key, raw)?,
+        "target_size" => o.size_conditioning.target_size = parsed(key, raw)?,
+        "negative_original_size" => o.size_conditioning.negative_original_size = parsed(key, raw)?,
+        "negative_crop_coords" => o.size_conditioning.negative_crop_coords = parsed(key, raw)?,
+        "negative_target_size" => o.size_conditioning.negative_target_size = parsed(key, raw)?,
         _ => return Err(format!("unknown key \"{key}\" (known keys: {})", KNOWN_KEYS.join(", "))),
     }
     Ok(())
@@ -525,6 +538,14 @@ fn kind(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+/// A value written as text (`"1024x768"`, `"0,0"`), parsed by its `FromStr`.
+fn parsed<T: std::str::FromStr<Err = String>>(key: &str, raw: Raw<'_>) -> std::result::Result<Option<T>, String> {
+    match text(key, raw)? {
+        None => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(|e| format!("{key}: {e}")),
     }
 }
 
@@ -582,7 +603,7 @@ fn resolve(
     let derived_seed = o.seed.is_none();
     let request = Request {
         prompt: o.prompt.unwrap_or_else(|| base.prompt.clone()),
-        negative_prompt: o.negative.or_else(|| base.negative_prompt.clone()).filter(|n| !n.is_empty()),
+        negative_prompt: o.negative.or_else(|| base.negative_prompt.clone()),
         seed: o.seed.unwrap_or_else(|| derive_seed(defaults.base_seed, index)),
         steps: o.steps.unwrap_or(base.steps),
         guidance: o.guidance.unwrap_or(base.guidance),
@@ -591,6 +612,7 @@ fn resolve(
         scheduler: o.scheduler.unwrap_or_else(|| base.scheduler.clone()),
         num_images: o.num_images.unwrap_or(base.num_images),
         clip_skip: o.clip_skip.or(base.clip_skip),
+        size_conditioning: o.size_conditioning.or(base.size_conditioning),
     };
 
     if request.prompt.trim().is_empty() {

@@ -69,7 +69,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     let line_defaults = |request: Request, run_key: String| {
         let request = Request {
             prompt: String::new(),
-            negative_prompt: settings.negative_prompt.clone().filter(|s| !s.is_empty()),
+            negative_prompt: settings.negative_prompt.clone(),
             ..request
         };
         Defaults { request, base_seed, run_key, limits }

@@ -33,6 +33,9 @@ pub enum Arch {
     Sd1,
     /// SD 2.x: OpenCLIP ViT-H/14 text encoder, cross-attention width 1024.
     Sd2,
+    /// SDXL: two text encoders (CLIP ViT-L/14 and OpenCLIP ViT-bigG/14, cross-attention
+    /// width 2048) and added conditioning (pooled text, size and crop ids).
+    Sdxl,
 }
 
 impl Arch {
@@ -41,23 +44,25 @@ impl Arch {
         match self {
             Arch::Sd1 => "sd1",
             Arch::Sd2 => "sd2",
+            Arch::Sdxl => "sdxl",
         }
     }
 
-    /// Parses `sd1`/`sd2` (also `1`, `2`, `v1`, `v2`, `sd15`, `sd21`, `sd1.5`, `sd2.1`).
+    /// Parses `sd1`/`sd2`/`sdxl` (also `1`, `2`, `v1`, `v2`, `sd15`, `sd21`, `sd1.5`, `sd2.1`, `xl`).
     pub fn parse(s: &str) -> Result<Arch> {
         let t = s.trim().to_ascii_lowercase().replace(['-', '_', ' '], "");
         match t.as_str() {
             "sd1" | "1" | "v1" | "sd15" | "sd1.5" | "sd1.x" | "sd14" | "sd1.4" => Ok(Arch::Sd1),
             "sd2" | "2" | "v2" | "sd21" | "sd2.1" | "sd2.x" | "sd20" | "sd2.0" => Ok(Arch::Sd2),
-            _ => Err(Error::invalid(format!("unknown architecture '{s}': expected sd1 or sd2"))),
+            "sdxl" | "xl" | "sdxl1.0" | "sdxl10" => Ok(Arch::Sdxl),
+            _ => Err(Error::invalid(format!("unknown architecture '{s}': expected sd1, sd2 or sdxl"))),
         }
     }
 
     /// The prediction type of this family's standard scheduler config.
     pub fn default_prediction_type(self) -> &'static str {
         match self {
-            Arch::Sd1 => "epsilon",
+            Arch::Sd1 | Arch::Sdxl => "epsilon",
             Arch::Sd2 => "v_prediction",
         }
     }
@@ -81,6 +86,7 @@ impl std::fmt::Display for Arch {
         f.write_str(match self {
             Arch::Sd1 => "SD 1.x",
             Arch::Sd2 => "SD 2.x",
+            Arch::Sdxl => "SDXL",
         })
     }
 }
@@ -102,6 +108,8 @@ pub enum Component {
     Unet,
     Vae,
     TextEncoder,
+    /// SDXL's second text encoder (`conditioner.embedders.1`).
+    TextEncoder2,
 }
 
 impl Component {
@@ -111,6 +119,7 @@ impl Component {
             Component::Unet => "unet",
             Component::Vae => "vae",
             Component::TextEncoder => "text_encoder",
+            Component::TextEncoder2 => "text_encoder_2",
         }
     }
 }
@@ -130,6 +139,8 @@ pub struct SingleFile {
     pub unet_sources: BTreeMap<String, Source>,
     pub vae_sources: BTreeMap<String, Source>,
     pub text_encoder_sources: BTreeMap<String, Source>,
+    /// SDXL: the second text encoder's tensors (empty for SD 1.x/2.x).
+    pub text_encoder_2_sources: BTreeMap<String, Source>,
     /// Stored tensors no model loads, each with its reason.
     pub ignored: Vec<Ignored>,
     header: Header,
@@ -141,6 +152,7 @@ impl SingleFile {
             Component::Unet => &self.unet_sources,
             Component::Vae => &self.vae_sources,
             Component::TextEncoder => &self.text_encoder_sources,
+            Component::TextEncoder2 => &self.text_encoder_2_sources,
         }
     }
 
@@ -225,6 +237,7 @@ pub fn inspect_header(h: &Header, arch: Option<Arch>) -> Result<SingleFile> {
         unet_sources,
         vae_sources,
         text_encoder_sources,
+        text_encoder_2_sources: BTreeMap::new(),
         ignored,
         header: h.clone(),
     })
@@ -265,6 +278,16 @@ fn standard_files(arch: Arch) -> [&'static str; 8] {
             data!("configs/sd1/scheduler/scheduler_config.json"),
             data!("configs/sd1/tokenizer/tokenizer_config.json"),
             data!("configs/sd1/tokenizer/special_tokens_map.json"),
+            vocab,
+            merges,
+        ],
+        Arch::Sdxl => [
+            data!("configs/sdxl/unet/config.json"),
+            data!("configs/sdxl/vae/config.json"),
+            data!("configs/sdxl/text_encoder/config.json"),
+            data!("configs/sdxl/scheduler/scheduler_config.json"),
+            data!("configs/sdxl/tokenizer/tokenizer_config.json"),
+            data!("configs/sdxl/tokenizer/special_tokens_map.json"),
             vocab,
             merges,
         ],

@@ -261,6 +261,32 @@ impl ClipTextModel {
                 )))
             }
         };
+        let (last, state, pooled) = self.encode(ids, run)?;
+        // `state` is hidden_states[run]; with nothing skipped it is the last layer's output.
+        let hidden = if run == n_layers { last } else { self.final_layer_norm.forward(&state) };
+        Ok(TextEncoderOutput { hidden, pooled })
+    }
+
+    /// Encodes token ids `[batch, seq]` and returns, as `hidden`, transformers'
+    /// `hidden_states[-from_end]` as it is: without the final layer norm (SDXL's pipelines
+    /// use `hidden_states[-2]`, the penultimate layer's raw output). `from_end` counts from 1
+    /// (the last layer's output) to `num_hidden_layers + 1` (the embeddings). `pooled` is as in
+    /// [`ClipTextModel::forward`].
+    pub fn hidden_state(&self, ids: &Tensor, from_end: usize) -> Result<TextEncoderOutput> {
+        let n_layers = self.layers.len();
+        if from_end == 0 || from_end > n_layers + 1 {
+            return Err(Error::invalid(format!(
+                "the text encoder has {n_layers} layers, so it has no hidden state {from_end} from the end \
+                 (clip skip too large?)"
+            )));
+        }
+        let (_, hidden, pooled) = self.encode(ids, n_layers + 1 - from_end)?;
+        Ok(TextEncoderOutput { hidden, pooled })
+    }
+
+    /// Runs every layer. Returns the final normed state, `hidden_states[take]` (0: the
+    /// embeddings, `i`: layer `i`'s output) without the final norm, and the pooled output.
+    fn encode(&self, ids: &Tensor, take: usize) -> Result<(Tensor, Tensor, Tensor)> {
         let size = ids.size();
         let &[_, seq] = size.as_slice() else {
             return Err(Error::Model(format!("text encoder expects token ids [batch, seq], got {size:?}")));
@@ -274,16 +300,17 @@ impl ClipTextModel {
         let ids = ids.f_to_device(self.token_embedding.device())?.f_to_kind(Kind::Int64)?;
         let tokens = Tensor::f_embedding(&self.token_embedding, &ids, -1, false, false)?;
         let mut x = tokens + self.position_embedding.narrow(0, 0, seq).unsqueeze(0);
-        let mut skipped = None;
+        let mut taken = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            if i == run {
-                skipped = Some(self.final_layer_norm.forward(&x));
+            if i == take {
+                taken = Some(x.shallow_clone());
             }
             x = layer.forward(&x, self.config.num_attention_heads, self.config.hidden_act);
         }
+        let taken = taken.unwrap_or_else(|| x.shallow_clone());
         let last = self.final_layer_norm.forward(&x);
         let pooled = self.pool(&last, &ids)?;
-        Ok(TextEncoderOutput { hidden: skipped.unwrap_or(last), pooled })
+        Ok((last, taken, pooled))
     }
 
     /// transformers' `CLIPTextTransformer` pooling: the state at the first `eos_token_id`,

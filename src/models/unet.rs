@@ -1,5 +1,9 @@
-//! The denoising network: diffusers' `UNet2DConditionModel` as Stable Diffusion 1.x and 2.x
-//! use it, built from the `unet/config.json` of a diffusers folder.
+//! The denoising network: diffusers' `UNet2DConditionModel` as Stable Diffusion 1.x, 2.x and
+//! SDXL use it, built from the `unet/config.json` of a diffusers folder.
+//!
+//! SDXL's UNet adds `addition_embed_type: "text_time"`: the pooled text embedding and six
+//! size/crop ids (each through the sinusoidal embedding) go through one more MLP whose output
+//! is added to the timestep embedding.
 
 use crate::loading::weights::MapGuard;
 use crate::loading::{read_json, Weights};
@@ -95,15 +99,24 @@ pub struct UNetConfig {
     pub use_linear_projection: bool,
     #[serde(default)]
     pub class_embed_type: Option<serde_json::Value>,
+    /// `null`, or `"text_time"` (SDXL: pooled text and size/crop ids added to the timestep).
     #[serde(default)]
     pub addition_embed_type: Option<serde_json::Value>,
+    /// Width of the sinusoidal embedding of each added time id (SDXL: 256).
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<i64>,
     #[serde(default)]
     pub num_class_embeds: Option<serde_json::Value>,
+    /// Input width of the added-conditioning MLP: pooled text width + 6 · `addition_time_embed_dim`.
     #[serde(default)]
-    pub projection_class_embeddings_input_dim: Option<serde_json::Value>,
-    /// Accepted and, as in diffusers' default SDPA processor, without effect.
+    pub projection_class_embeddings_input_dim: Option<i64>,
+    /// Accepted (`null` too, as SDXL's config has it) and, as in diffusers' default SDPA
+    /// processor, without effect.
     #[serde(default)]
-    pub upcast_attention: bool,
+    pub upcast_attention: Option<bool>,
+    /// The latent size the model was trained at: one number, or `[height, width]`.
+    #[serde(default)]
+    pub sample_size: Option<serde_json::Value>,
     #[serde(default = "default_str")]
     pub resnet_time_scale_shift: String,
     #[serde(default = "positional")]
@@ -265,6 +278,71 @@ impl UNetConfig {
         Ok(heads)
     }
 
+    /// SDXL's added conditioning, when the config has it: `Some((addition_time_embed_dim,
+    /// projection_class_embeddings_input_dim))`.
+    pub fn added_conditioning(&self) -> Result<Option<(i64, i64)>> {
+        match self.addition_embed_type.as_ref().filter(|v| !v.is_null()) {
+            None => {
+                if let Some(d) = self.projection_class_embeddings_input_dim {
+                    return Err(self.unsupported(
+                        "projection_class_embeddings_input_dim",
+                        d,
+                        "it is only used with addition_embed_type \"text_time\" (or class embeddings, which sdgen \
+                         does not support); set it to null",
+                    ));
+                }
+                Ok(None)
+            }
+            Some(serde_json::Value::String(s)) if s == "text_time" => {
+                let time = self.addition_time_embed_dim.ok_or_else(|| {
+                    self.err("addition_time_embed_dim", "is required with addition_embed_type \"text_time\"")
+                })?;
+                let input = self.projection_class_embeddings_input_dim.ok_or_else(|| {
+                    self.err("projection_class_embeddings_input_dim", "is required with addition_embed_type \"text_time\"")
+                })?;
+                if time <= 0 || time % 2 == 1 {
+                    return Err(self.err("addition_time_embed_dim", format!("{time} must be positive and even")));
+                }
+                if input <= 6 * time {
+                    return Err(self.err(
+                        "projection_class_embeddings_input_dim",
+                        format!(
+                            "{input} leaves no room for the pooled text embedding: it must be the text embedding's \
+                             width plus 6 time ids × addition_time_embed_dim {time} = {}",
+                            6 * time
+                        ),
+                    ));
+                }
+                Ok(Some((time, input)))
+            }
+            Some(other) => Err(self.unsupported(
+                "addition_embed_type",
+                other,
+                "sdgen supports null (SD 1.x/2.x) and \"text_time\" (SDXL)",
+            )),
+        }
+    }
+
+    /// The width of the pooled text embedding the added conditioning takes (SDXL: the second
+    /// text encoder's `projection_dim`), if the UNet has added conditioning.
+    pub fn pooled_text_width(&self) -> Option<i64> {
+        let (time, input) = self.added_conditioning().ok().flatten()?;
+        Some(input - 6 * time)
+    }
+
+    /// The trained latent size `(height, width)` from `sample_size`, if the config gives one.
+    pub fn sample_size(&self) -> Option<(i64, i64)> {
+        match self.sample_size.as_ref()? {
+            serde_json::Value::Number(n) => n.as_i64().filter(|&v| v > 0).map(|v| (v, v)),
+            serde_json::Value::Array(a) if a.len() == 2 => {
+                let h = a[0].as_i64().filter(|&v| v > 0)?;
+                let w = a[1].as_i64().filter(|&v| v > 0)?;
+                Some((h, w))
+            }
+            _ => None,
+        }
+    }
+
     /// Checks that the config describes a UNet sdgen can build exactly as diffusers does.
     pub fn check(&self) -> Result<()> {
         self.levels().map(|_| ())
@@ -341,11 +419,10 @@ impl UNetConfig {
         if self.dual_cross_attention {
             return Err(self.unsupported("dual_cross_attention", "true", "sdgen supports false"));
         }
-        let must_be_null: [(&str, &Option<serde_json::Value>, &str); 10] = [
+        self.added_conditioning()?;
+        let must_be_null: [(&str, &Option<serde_json::Value>, &str); 8] = [
             ("class_embed_type", &self.class_embed_type, "class-conditioned UNets are not Stable Diffusion 1.x/2.x"),
-            ("addition_embed_type", &self.addition_embed_type, "SDXL-style added conditioning is not supported"),
             ("num_class_embeds", &self.num_class_embeds, "class-conditioned UNets are not supported"),
-            ("projection_class_embeddings_input_dim", &self.projection_class_embeddings_input_dim, "not supported"),
             ("encoder_hid_dim", &self.encoder_hid_dim, "encoder projections are not supported"),
             ("encoder_hid_dim_type", &self.encoder_hid_dim_type, "encoder projections are not supported"),
             ("time_embedding_act_fn", &self.time_embedding_act_fn, "sdgen supports null"),
@@ -411,6 +488,9 @@ pub struct UNet {
     conv_in: Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
+    /// SDXL's added conditioning: the time ids' sinusoids and the MLP over [pooled, ids].
+    add_time_proj: Option<Timesteps>,
+    add_embedding: Option<TimestepEmbedding>,
     down_blocks: Vec<DownBlock>,
     mid_block: Option<MidBlock>,
     up_blocks: Vec<UpBlock>,
@@ -569,7 +649,19 @@ impl UNet {
 
         let kin = cfg.conv_in_kernel;
         let kout = cfg.conv_out_kernel;
+        let added = cfg.added_conditioning()?;
+        let add_time_proj = added.map(|(dim, _)| Timesteps {
+            num_channels: dim,
+            flip_sin_to_cos: cfg.flip_sin_to_cos,
+            downscale_freq_shift: cfg.freq_shift,
+        });
+        let add_embedding = match added {
+            Some((_, input)) => Some(TimestepEmbedding::load(&w.pp("add_embedding"), input, time_embed_dim)?),
+            None => None,
+        };
         Ok(UNet {
+            add_time_proj,
+            add_embedding,
             config: cfg.clone(),
             conv_in: Conv2d::load(&w.pp("conv_in"), cfg.in_channels, c0, kin, 1, (kin - 1) / 2)?,
             time_proj: Timesteps {
@@ -597,29 +689,69 @@ impl UNet {
         self.kind
     }
 
-    /// [`UNet::forward`] with the whole [`Conditioning`]. The pooled text embedding and the
-    /// added time ids are for UNets with added conditioning (`addition_embed_type`); a UNet
-    /// without it has nothing to add them to and refuses them rather than ignore them.
+    /// Whether the UNet takes SDXL's added conditioning (pooled text and time ids).
+    pub fn has_added_conditioning(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
+    /// [`UNet::forward`] with the whole [`Conditioning`]. A UNet with added conditioning
+    /// (`addition_embed_type: "text_time"`) needs the pooled text embeddings `[batch,
+    /// pooled]` and the time ids `[batch, 6]`; one without refuses them rather than ignore them.
     pub fn forward_cond(&self, sample: &Tensor, timestep: f64, cond: &Conditioning) -> Result<Tensor> {
-        if cond.pooled.is_some() || cond.time_ids.is_some() {
-            return Err(Error::invalid(
-                "this UNet has no added conditioning (its config sets no `addition_embed_type`), so it cannot take \
-                 pooled text embeddings or time ids",
-            ));
+        let added = match (&self.add_embedding, &cond.pooled, &cond.time_ids) {
+            (None, None, None) => None,
+            (None, _, _) => {
+                return Err(Error::invalid(
+                    "this UNet has no added conditioning (its config sets no `addition_embed_type`), so it cannot \
+                     take pooled text embeddings or time ids",
+                ))
+            }
+            (Some(_), Some(pooled), Some(time_ids)) => Some((pooled, time_ids)),
+            (Some(_), _, _) => {
+                return Err(Error::invalid(
+                    "this UNet has added conditioning (`addition_embed_type: \"text_time\"`, as SDXL): it needs \
+                     both pooled text embeddings and time ids",
+                ))
+            }
+        };
+        let batch = sample.size()[0];
+        if let Some((pooled, ids)) = added {
+            let want = self.config.pooled_text_width().unwrap_or(0);
+            if pooled.size() != [batch, want] || ids.size() != [batch, 6] {
+                return Err(Error::invalid(format!(
+                    "added conditioning of shapes {:?} (pooled) and {:?} (time ids) does not fit a batch of {batch} \
+                     for this UNet, which takes [{batch}, {want}] and [{batch}, 6]",
+                    pooled.size(),
+                    ids.size()
+                )));
+            }
         }
-        Ok(self.forward(sample, timestep, &cond.context))
+        Ok(self.run(sample, timestep, &cond.context, added))
     }
 
     /// Predicts the noise (or v) for `sample` `[batch, in_channels, h, w]` at `timestep`,
-    /// conditioned on `encoder_hidden_states` `[batch, tokens, cross_attention_dim]`.
+    /// conditioned on `encoder_hidden_states` `[batch, tokens, cross_attention_dim]`, for a
+    /// UNet without added conditioning.
     ///
     /// The timestep becomes a float32 tensor, as diffusers' scheduler timesteps end up in
     /// its sinusoidal embedding; fractional values (Euler's 665.33) are kept. `h` and `w`
     /// need not be multiples of the total downsampling factor.
     pub fn forward(&self, sample: &Tensor, timestep: f64, encoder_hidden_states: &Tensor) -> Tensor {
+        self.run(sample, timestep, encoder_hidden_states, None)
+    }
+
+    fn run(&self, sample: &Tensor, timestep: f64, encoder_hidden_states: &Tensor, added: Option<(&Tensor, &Tensor)>) -> Tensor {
         let batch = sample.size()[0];
         let t = Tensor::from_slice(&[timestep as f32]).to_device(sample.device()).expand([batch], false);
-        let temb = self.time_embedding.forward(&self.time_proj.forward(&t).to_kind(sample.kind()));
+        let mut temb = self.time_embedding.forward(&self.time_proj.forward(&t).to_kind(sample.kind()));
+        if let (Some((pooled, ids)), Some(proj), Some(mlp)) = (added, &self.add_time_proj, &self.add_embedding) {
+            // As diffusers: each id through the sinusoids (float32), [pooled, ids] promoted
+            // to float32, then cast to the embedding's dtype for the MLP.
+            let ids = ids.to_device(sample.device()).reshape([-1]);
+            let time = proj.forward(&ids).reshape([batch, -1]);
+            let input = Tensor::cat(&[&pooled.to_device(sample.device()).to_kind(Kind::Float), &time], -1);
+            temb = temb + mlp.forward(&input.to_kind(sample.kind()));
+        }
         let ctx = encoder_hidden_states;
 
         let factor = 1i64 << self.up_blocks.len().saturating_sub(1);
