@@ -398,7 +398,15 @@ impl Pipeline {
                 )));
             }
         }
-        crate::preflight::check_clip_skip(req.clip_skip, self.text_encoder.config().num_hidden_layers)?;
+        let layers = self.text_encoder.config().num_hidden_layers;
+        let layers = self.text_encoder_2.as_ref().map_or(layers, |te2| layers.min(te2.config().num_hidden_layers));
+        crate::preflight::check_clip_skip(req.clip_skip, layers)?;
+        if !self.unet.has_added_conditioning() && !req.size_conditioning.is_unset() {
+            return Err(Error::invalid(
+                "original size, crop coordinates and target size are SDXL's size conditioning; this model's UNet \
+                 has no added conditioning to take them (it is not an SDXL model)",
+            ));
+        }
         if !self.limits.check_memory {
             return Ok(());
         }
@@ -468,10 +476,12 @@ impl Pipeline {
                 && r.steps == first.steps
                 && self.spec.sampler(&r.scheduler)? == sampler
                 && r.guidance == first.guidance
-                && r.clip_skip == first.clip_skip;
+                && r.clip_skip == first.clip_skip
+                && r.timestep_spacing == first.timestep_spacing;
             if !same {
                 return Err(Error::invalid(
-                    "requests batched together must share width, height, steps, scheduler, guidance and clip skip",
+                    "requests batched together must share width, height, steps, scheduler, timestep spacing, \
+                     guidance and clip skip",
                 ));
             }
         }
@@ -485,7 +495,13 @@ impl Pipeline {
         let cond = if guided { Conditioning::cat(&self.conditioning(reqs, true)?, &cond) } else { cond };
 
         // 3. Prepare the timesteps.
-        let mut scheduler = sampler.info.build(Some(sampler.schedule), &self.spec.scheduler_config, first.steps)?;
+        let config = match first.timestep_spacing {
+            Some(s) => {
+                SchedulerConfig { timestep_spacing: Some(s.name().to_string()), ..self.spec.scheduler_config.clone() }
+            }
+            None => self.spec.scheduler_config.clone(),
+        };
+        let mut scheduler = sampler.info.build(Some(sampler.schedule), &config, first.steps)?;
         let timesteps = scheduler.timesteps().to_vec();
         // One diffusers class can run several samplers (`algorithm_type`): record the one that
         // its effective config runs, not only the row that was named.
@@ -559,7 +575,9 @@ impl Pipeline {
             .iter()
             .map(|e| {
                 e.pooled.as_ref().map(Tensor::shallow_clone).ok_or_else(|| {
-                    Error::Model("this UNet needs a pooled text embedding, which needs SDXL's second text encoder".into())
+                    Error::Model(
+                        "this UNet needs a pooled text embedding, which needs SDXL's second text encoder".into(),
+                    )
                 })
             })
             .collect::<Result<_>>()?;
@@ -567,7 +585,11 @@ impl Pipeline {
             .iter()
             .flat_map(|r| {
                 let c = &r.size_conditioning;
-                if negative { c.negative_time_ids(r.width, r.height) } else { c.time_ids(r.width, r.height) }
+                if negative {
+                    c.negative_time_ids(r.width, r.height)
+                } else {
+                    c.time_ids(r.width, r.height)
+                }
             })
             .map(|v| v as f32)
             .collect();
@@ -667,7 +689,8 @@ impl Pipeline {
                 );
             }
             let vae = self.vae_fp32()?;
-            let z = unscale(vae, &latents.to_device(self.aux.device).to_kind(Kind::Float), self.spec.arch == Arch::Sdxl)?;
+            let z =
+                unscale(vae, &latents.to_device(self.aux.device).to_kind(Kind::Float), self.spec.arch == Arch::Sdxl)?;
             x = self.run_vae(vae, &z)?;
         }
         self.finite(&x, crate::finite::Component::VaeDecoder)?;

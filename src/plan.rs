@@ -372,7 +372,9 @@ fn force_zeros(path: &Path) -> Result<bool> {
     match index.get("force_zeros_for_empty_prompt") {
         None | Some(serde_json::Value::Null) => Ok(true),
         Some(serde_json::Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(Error::config(path, format!("field 'force_zeros_for_empty_prompt': {other} is not true or false"))),
+        Some(other) => {
+            Err(Error::config(path, format!("field 'force_zeros_for_empty_prompt': {other} is not true or false")))
+        }
     }
 }
 
@@ -455,6 +457,7 @@ pub struct Settings {
     pub offload: Option<bool>,
     pub vae_tiling: Option<VaeTiling>,
     pub conv: Option<ConvAlgo>,
+    pub timestep_spacing: Option<crate::request::TimestepSpacing>,
     /// SDXL's size and crop conditioning, merged value by value.
     pub size_conditioning: SizeConditioning,
 }
@@ -492,7 +495,8 @@ impl Settings {
             arch,
             offload,
             vae_tiling,
-            conv
+            conv,
+            timestep_spacing
         )
     }
 
@@ -543,6 +547,7 @@ impl Settings {
             vae_tiling: r.vae_tiling,
             conv: Some(r.conv),
             size_conditioning: req.size_conditioning,
+            timestep_spacing: req.timestep_spacing,
         }
     }
 
@@ -552,7 +557,8 @@ impl Settings {
     pub fn resolve_request(&self, model: &ModelSpec, random_seed: u64) -> Result<(Request, Sampler)> {
         let sampler = model.sampler(self.scheduler.as_deref().unwrap_or(""))?;
         let (width, height) = model.default_size();
-        let sized = Settings { width: self.width.or(Some(width)), height: self.height.or(Some(height)), ..self.clone() };
+        let sized =
+            Settings { width: self.width.or(Some(width)), height: self.height.or(Some(height)), ..self.clone() };
         Ok((sized.request(sampler.name(), random_seed), sampler))
     }
 
@@ -572,6 +578,7 @@ impl Settings {
             num_images: self.num_images.unwrap_or(1),
             clip_skip: self.clip_skip,
             size_conditioning: self.size_conditioning,
+            timestep_spacing: self.timestep_spacing,
         }
     }
 }

@@ -25,6 +25,10 @@ pub struct Request {
     /// Use the output of the `clip_skip`-th layer from the end (1 = the last layer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_skip: Option<usize>,
+    /// Overrides the scheduler config's `timestep_spacing` (`trailing` for few-step models
+    /// such as SDXL-Turbo and Lightning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestep_spacing: Option<TimestepSpacing>,
     /// SDXL's size and crop conditioning; unset values take diffusers' defaults.
     #[serde(default, skip_serializing_if = "SizeConditioning::is_unset")]
     pub size_conditioning: SizeConditioning,
@@ -32,6 +36,43 @@ pub struct Request {
 
 fn one() -> usize {
     1
+}
+
+/// How the inference steps are spread over the training timesteps (diffusers'
+/// `timestep_spacing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestepSpacing {
+    /// Evenly from 0, every `1000 / steps`, plus `steps_offset` (SD 1.x/2.x/XL's configs).
+    Leading,
+    /// Evenly from 0 to 999 inclusive.
+    Linspace,
+    /// Evenly back from 999: the last step ends at the noise-free end; what few-step
+    /// distilled models (Turbo, Lightning) need.
+    Trailing,
+}
+
+impl TimestepSpacing {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimestepSpacing::Leading => "leading",
+            TimestepSpacing::Linspace => "linspace",
+            TimestepSpacing::Trailing => "trailing",
+        }
+    }
+}
+
+impl std::str::FromStr for TimestepSpacing {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TimestepSpacing, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "leading" => Ok(TimestepSpacing::Leading),
+            "linspace" => Ok(TimestepSpacing::Linspace),
+            "trailing" => Ok(TimestepSpacing::Trailing),
+            _ => Err(format!("unknown timestep spacing '{s}': use leading, linspace or trailing")),
+        }
+    }
 }
 
 /// A width and a height in pixels.
@@ -133,7 +174,9 @@ impl SizeConditioning {
     }
 
     fn negative_given(&self) -> bool {
-        self.negative_original_size.is_some() || self.negative_crop_coords.is_some() || self.negative_target_size.is_some()
+        self.negative_original_size.is_some()
+            || self.negative_crop_coords.is_some()
+            || self.negative_target_size.is_some()
     }
 
     /// The six ids of the conditional pass for an image of `width`×`height`, in diffusers'
@@ -172,6 +215,7 @@ impl Default for Request {
             scheduler: "euler".into(),
             num_images: 1,
             clip_skip: None,
+            timestep_spacing: None,
             size_conditioning: SizeConditioning::default(),
         }
     }

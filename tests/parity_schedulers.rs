@@ -119,6 +119,8 @@ fn run_case(case: &Value) -> Outcome {
         scheduler: name.to_string(),
         num_images: 1,
         clip_skip: None,
+        timestep_spacing: None,
+        size_conditioning: Default::default(),
     };
     let mut failures = Vec::new();
 

@@ -122,6 +122,8 @@ fn record(prompt: &str, negative: Option<&str>) -> Record {
             scheduler: "euler_a".into(),
             num_images: 1,
             clip_skip: Some(2),
+            timestep_spacing: None,
+            size_conditioning: Default::default(),
         },
         model: ModelRecord {
             source: "/models/sd15".into(),

@@ -56,6 +56,8 @@ fn golden_case(width: u64, height: u64) -> (Request, Vec<(String, Tensor)>) {
         scheduler: case["scheduler"].as_str().unwrap().to_string(),
         num_images: 1,
         clip_skip: None,
+        timestep_spacing: None,
+        size_conditioning: Default::default(),
     };
     (req, golden(&dir.join(case["file"].as_str().unwrap())))
 }

@@ -36,6 +36,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "negative_original_size",
     "negative_crop_coords",
     "negative_target_size",
+    "timestep_spacing",
 ];
 
 /// The three input formats.
@@ -335,6 +336,7 @@ struct Overrides {
     clip_skip: Option<usize>,
     filename: Option<String>,
     size_conditioning: crate::request::SizeConditioning,
+    timestep_spacing: Option<crate::request::TimestepSpacing>,
 }
 
 /// One entry of the file as read, with the problems found while reading it.
@@ -525,6 +527,7 @@ fn apply(o: &mut Overrides, key: &str, raw: Raw<'_>) -> std::result::Result<(), 
         "negative_original_size" => o.size_conditioning.negative_original_size = parsed(key, raw)?,
         "negative_crop_coords" => o.size_conditioning.negative_crop_coords = parsed(key, raw)?,
         "negative_target_size" => o.size_conditioning.negative_target_size = parsed(key, raw)?,
+        "timestep_spacing" => o.timestep_spacing = parsed(key, raw)?,
         _ => return Err(format!("unknown key \"{key}\" (known keys: {})", KNOWN_KEYS.join(", "))),
     }
     Ok(())
@@ -613,6 +616,7 @@ fn resolve(
         num_images: o.num_images.unwrap_or(base.num_images),
         clip_skip: o.clip_skip.or(base.clip_skip),
         size_conditioning: o.size_conditioning.or(base.size_conditioning),
+        timestep_spacing: o.timestep_spacing.or(base.timestep_spacing),
     };
 
     if request.prompt.trim().is_empty() {

@@ -67,11 +67,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     let shard = Shard::select(args.shard.as_deref(), args.shard_count)?;
     let base_seed = args.gen.seed.unwrap_or(0);
     let line_defaults = |request: Request, run_key: String| {
-        let request = Request {
-            prompt: String::new(),
-            negative_prompt: settings.negative_prompt.clone(),
-            ..request
-        };
+        let request = Request { prompt: String::new(), negative_prompt: settings.negative_prompt.clone(), ..request };
         Defaults { request, base_seed, run_key, limits }
     };
 

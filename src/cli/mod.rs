@@ -168,10 +168,10 @@ pub struct GenerationArgs {
     /// Random seed; random when absent (and printed).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Image width in pixels, a multiple of 8 [default: 512].
+    /// Image width in pixels, a multiple of 8 [default: 512; SDXL: 1024, its trained size].
     #[arg(long, value_name = "PX")]
     pub width: Option<u32>,
-    /// Image height in pixels, a multiple of 8 [default: 512].
+    /// Image height in pixels, a multiple of 8 [default: 512; SDXL: 1024, its trained size].
     #[arg(long, value_name = "PX")]
     pub height: Option<u32>,
     /// Scheduler: a diffusers class or A1111 name (`sdgen schedulers` lists them)
@@ -181,6 +181,29 @@ pub struct GenerationArgs {
     /// Use the output of an earlier CLIP layer (2 = skip the last layer, as A1111).
     #[arg(long, value_name = "N")]
     pub clip_skip: Option<usize>,
+    /// Spread the steps `leading`, `linspace` or `trailing` over the schedule, overriding the
+    /// model's scheduler config (few-step models such as SDXL-Turbo and Lightning want
+    /// trailing) [default: the model's].
+    #[arg(long, value_name = "SPACING")]
+    pub timestep_spacing: Option<sdgen::request::TimestepSpacing>,
+    /// SDXL: the size the UNet is told the training image had [default: the image size].
+    #[arg(long, value_name = "WxH", help_heading = "SDXL size conditioning")]
+    pub original_size: Option<sdgen::request::Size>,
+    /// SDXL: the top-left corner of the crop it is told was taken [default: 0,0].
+    #[arg(long, value_name = "TOP,LEFT", help_heading = "SDXL size conditioning")]
+    pub crop_coords: Option<sdgen::request::Crop>,
+    /// SDXL: the size it is told is wanted [default: the image size].
+    #[arg(long, value_name = "WxH", help_heading = "SDXL size conditioning")]
+    pub target_size: Option<sdgen::request::Size>,
+    /// SDXL: --original-size for the unconditional (negative) pass [default: --original-size].
+    #[arg(long, value_name = "WxH", help_heading = "SDXL size conditioning")]
+    pub negative_original_size: Option<sdgen::request::Size>,
+    /// SDXL: --crop-coords for the negative pass [default: 0,0 when another negative value is given].
+    #[arg(long, value_name = "TOP,LEFT", help_heading = "SDXL size conditioning")]
+    pub negative_crop_coords: Option<sdgen::request::Crop>,
+    /// SDXL: --target-size for the negative pass [default: --target-size].
+    #[arg(long, value_name = "WxH", help_heading = "SDXL size conditioning")]
+    pub negative_target_size: Option<sdgen::request::Size>,
 }
 
 impl GenerationArgs {
@@ -195,6 +218,15 @@ impl GenerationArgs {
             height: self.height,
             scheduler: self.scheduler.clone(),
             clip_skip: self.clip_skip,
+            timestep_spacing: self.timestep_spacing,
+            size_conditioning: sdgen::request::SizeConditioning {
+                original_size: self.original_size,
+                crop_coords: self.crop_coords,
+                target_size: self.target_size,
+                negative_original_size: self.negative_original_size,
+                negative_crop_coords: self.negative_crop_coords,
+                negative_target_size: self.negative_target_size,
+            },
             ..Settings::default()
         }
     }

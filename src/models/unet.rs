@@ -298,7 +298,10 @@ impl UNetConfig {
                     self.err("addition_time_embed_dim", "is required with addition_embed_type \"text_time\"")
                 })?;
                 let input = self.projection_class_embeddings_input_dim.ok_or_else(|| {
-                    self.err("projection_class_embeddings_input_dim", "is required with addition_embed_type \"text_time\"")
+                    self.err(
+                        "projection_class_embeddings_input_dim",
+                        "is required with addition_embed_type \"text_time\"",
+                    )
                 })?;
                 if time <= 0 || time % 2 == 1 {
                     return Err(self.err("addition_time_embed_dim", format!("{time} must be positive and even")));
@@ -740,7 +743,13 @@ impl UNet {
         self.run(sample, timestep, encoder_hidden_states, None)
     }
 
-    fn run(&self, sample: &Tensor, timestep: f64, encoder_hidden_states: &Tensor, added: Option<(&Tensor, &Tensor)>) -> Tensor {
+    fn run(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        added: Option<(&Tensor, &Tensor)>,
+    ) -> Tensor {
         let batch = sample.size()[0];
         let t = Tensor::from_slice(&[timestep as f32]).to_device(sample.device()).expand([batch], false);
         let mut temb = self.time_embedding.forward(&self.time_proj.forward(&t).to_kind(sample.kind()));

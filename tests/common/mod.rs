@@ -115,6 +115,8 @@ pub fn check_cases(opts: &LoadOptions, folder: &str, goldens: &str, stride: usiz
             scheduler: case["scheduler"].as_str().unwrap().to_string(),
             num_images: 1,
             clip_skip: None,
+            timestep_spacing: None,
+            size_conditioning: Default::default(),
         };
 
         // Token ids: identical.
