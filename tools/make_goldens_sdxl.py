@@ -79,7 +79,8 @@ CASES = [
     case("euler_empty_negative_64x96", "EulerDiscreteScheduler", negative=""),
     case("euler_clip_skip1_neg_64x96", "EulerDiscreteScheduler", POSITIVE, NEGATIVE, clip_skip=1),
     case("euler_micro_64x96", "EulerDiscreteScheduler", micro=MICRO),
-    case("euler_micro_negmicro_neg_64x96", "EulerDiscreteScheduler", POSITIVE, NEGATIVE, micro=dict(MICRO, **NEGATIVE_MICRO)),
+    case("euler_micro_negmicro_neg_64x96", "EulerDiscreteScheduler", POSITIVE, NEGATIVE,
+         micro=dict(MICRO, **NEGATIVE_MICRO)),
     case("turbo_1step_64x96", "EulerAncestralDiscreteScheduler", steps=1, guidance=0.0, options=TURBO),
     case("turbo_2step_64x96", "EulerAncestralDiscreteScheduler", steps=2, guidance=0.0, options=TURBO),
     case("euler_long_64x96", "EulerDiscreteScheduler", PROMPTS["long"][0]),
@@ -317,7 +318,8 @@ def components(pipe, prompts=(PLAIN, PROMPTS["messy"][0])):
     t = {}
     prompts = list(prompts)
     with torch.no_grad():
-        for name, tok, te in (("te1", pipe.tokenizer, pipe.text_encoder), ("te2", pipe.tokenizer_2, pipe.text_encoder_2)):
+        encoders = (("te1", pipe.tokenizer, pipe.text_encoder), ("te2", pipe.tokenizer_2, pipe.text_encoder_2))
+        for name, tok, te in encoders:
             ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
             out = te(ids, output_hidden_states=True)
             t[f"{name}.input_ids"] = ids.to(torch.int64)
