@@ -142,7 +142,8 @@ def main():
     checked = verify(args.out, args.folder)
     if checked != n_model:
         raise SystemExit(f"{args.out}: checked {checked} tensors, the folder has {n_model}")
-    print(f"wrote {args.out}: {len(tensors)} tensors; diffusers' from_single_file reproduces all {checked} model tensors")
+    print(f"wrote {args.out}: {len(tensors)} tensors; "
+          f"diffusers' from_single_file reproduces all {checked} model tensors")
 
 
 if __name__ == "__main__":
