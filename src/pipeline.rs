@@ -543,10 +543,14 @@ impl Pipeline {
         Ok(Some(Denoised { latents, sampler, scheduler_config: scheduler.config_json() }))
     }
 
-    /// The conditioning of one pass for a batch of requests: the prompts' (or, for the
-    /// unconditional pass, the negative prompts') encodings, and for SDXL the pooled
-    /// embeddings and the size/crop ids.
-    fn conditioning(&self, reqs: &[Request], negative: bool) -> Result<Conditioning> {
+    /// The conditioning of one pass for a batch of requests: the prompts' (or, with
+    /// `negative`, the negative prompts') encodings, and for SDXL the pooled embeddings and
+    /// the size/crop ids. The denoising loop stacks the negative pass before the positive.
+    pub fn conditioning(&self, reqs: &[Request], negative: bool) -> Result<Conditioning> {
+        catch_torch("encoding the prompt", || self.conditioning_inner(reqs, negative))
+    }
+
+    fn conditioning_inner(&self, reqs: &[Request], negative: bool) -> Result<Conditioning> {
         let sdxl = self.text_encoder_2.is_some();
         let mut embeds = Vec::with_capacity(reqs.len());
         for r in reqs {
