@@ -220,3 +220,23 @@ fn sdxl_components_match_diffusers() {
     let d = max_abs_diff(&vae.decode(get(&g, "vae.decode_in")), get(&g, "vae.decode_out"));
     assert!(d < 1e-4, "VAE decode differs by {d:e}");
 }
+
+/// fp16 on the CPU against the fp32 goldens, with the bounds of the 1.x fp16 test
+/// (`tests/precision.rs`).
+#[test]
+fn tiny_sdxl_fp16_on_cpu_stays_near_diffusers_fp32() {
+    let fp16 = Bounds { embeds: 1.5e-2, latents: 0.5, relative: false, image: 4 };
+    assert_eq!(check(&common::cpu("weights/tiny-sdxl", "fp16"), &fp16), 15);
+}
+
+#[test]
+fn sdxl_decodes_an_fp16_run_in_fp32_as_force_upcast_says() {
+    // diffusers' SDXL pipeline upcasts a `force_upcast` VAE to fp32 before decoding an fp16
+    // run; so does sdgen: the fp16 pipeline's image is the fp32 pipeline's, byte for byte.
+    let g = golden(&root().join(GOLDENS).join("euler_64x96.safetensors"));
+    let latents = get(&g, "latents").get(3).to_kind(Kind::Half);
+    let half = Pipeline::load(&common::cpu("weights/tiny-sdxl", "fp16")).unwrap();
+    let full = Pipeline::load(&common::cpu_fp32("weights/tiny-sdxl")).unwrap();
+    let (a, b) = (half.decode(&latents).unwrap(), full.decode(&latents).unwrap());
+    assert!(a == b, "the fp16 run's image differs from the fp32 VAE's");
+}

@@ -8,10 +8,12 @@ use sdgen::Request;
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long, default_value_t = 512)]
-    pub width: u32,
-    #[arg(long, default_value_t = 512)]
-    pub height: u32,
+    /// Image width [default: 512; SDXL models: their trained size, 1024].
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Image height [default: 512; SDXL models: their trained size, 1024].
+    #[arg(long)]
+    pub height: Option<u32>,
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
     #[arg(long, default_value_t = 7.5)]
@@ -26,13 +28,20 @@ pub struct BenchArgs {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let opts = super::load_options(&args.model.settings()?, true)?;
+    let (width, height) = match (args.width, args.height) {
+        (Some(w), Some(h)) => (w, h),
+        (w, h) => {
+            let (dw, dh) = opts.inspect()?.default_size();
+            (w.unwrap_or(dw), h.unwrap_or(dh))
+        }
+    };
     let req = Request {
         prompt: "a photo of an astronaut riding a horse".into(),
         seed: 0,
         steps: args.steps,
         guidance: args.guidance,
-        width: args.width,
-        height: args.height,
+        width,
+        height,
         scheduler: args.scheduler.clone(),
         ..Request::default()
     };
