@@ -19,6 +19,8 @@ pub enum Component {
     DenoisingLoop,
     /// The decoded image.
     VaeDecoder,
+    /// img2img's latents of the init image.
+    VaeEncoder,
 }
 
 impl Component {
@@ -27,6 +29,7 @@ impl Component {
             Component::TextEncoder => "the text encoder produced non-finite prompt embeddings",
             Component::DenoisingLoop => "the denoising loop (UNet and scheduler) produced non-finite latents",
             Component::VaeDecoder => "the VAE decoder produced a non-finite image from finite latents",
+            Component::VaeEncoder => "the VAE encoder produced non-finite latents from the init image",
         }
     }
 

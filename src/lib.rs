@@ -8,6 +8,7 @@ pub mod device;
 pub mod error;
 pub mod finite;
 pub mod info;
+pub mod init_image;
 pub mod limits;
 pub mod loading;
 pub mod models;

@@ -176,6 +176,24 @@ struct Place {
     kind: Kind,
 }
 
+/// Where the denoising loop starts (see [`Pipeline::start`]).
+struct Start {
+    latents: Tensor,
+    inpaint: Option<Inpaint>,
+}
+
+/// What inpainting needs in the loop, at latent size on the UNet's device.
+struct Inpaint {
+    /// 1 = repaint, 0 = keep; `[n, 1, h, w]`.
+    mask: Tensor,
+    /// Inpainting UNets: the masked image's latents, concatenated to the UNet's input.
+    masked_latents: Option<Tensor>,
+    /// Ordinary UNets: the init image's latents, blended back outside the mask.
+    image_latents: Option<Tensor>,
+    /// The noise the start was drawn with, which re-noises the known region.
+    noise: Tensor,
+}
+
 /// The loaded models of a [`ModelSpec`].
 struct Parts {
     tokenizer: Tokenizer,
@@ -389,6 +407,14 @@ impl Pipeline {
     /// Checks a request against this model without running anything.
     pub fn check(&self, req: &Request) -> Result<()> {
         check_request(req, &self.limits)?;
+        if self.spec.is_inpainting() && req.mask.is_none() {
+            return Err(Error::invalid(format!(
+                "{} is an inpainting model: its UNet takes {} input channels (latents, mask and masked image), so \
+                 it needs --init-image and --mask; for text-to-image use the model's ordinary version",
+                self.spec.path.display(),
+                self.unet.config.in_channels
+            )));
+        }
         self.spec.sampler(&req.scheduler)?;
         let scale = self.spec.vae_scale_factor();
         for (what, v) in [("width", req.width), ("height", req.height)] {
@@ -477,16 +503,18 @@ impl Pipeline {
                 && self.spec.sampler(&r.scheduler)? == sampler
                 && r.guidance == first.guidance
                 && r.clip_skip == first.clip_skip
-                && r.timestep_spacing == first.timestep_spacing;
+                && r.timestep_spacing == first.timestep_spacing
+                && r.init_image.is_some() == first.init_image.is_some()
+                && r.mask.is_some() == first.mask.is_some()
+                && r.strength == first.strength;
             if !same {
                 return Err(Error::invalid(
                     "requests batched together must share width, height, steps, scheduler, timestep spacing, \
-                     guidance and clip skip",
+                     guidance, clip skip, strength and whether they start from an image or a mask",
                 ));
             }
         }
         let _guard = tch::no_grad_guard();
-        let n = reqs.len() as i64;
         let guided = first.guidance > 1.0;
 
         // 2. Encode the prompt and the negative prompt (unconditional first, as diffusers),
@@ -512,20 +540,36 @@ impl Pipeline {
             .map(|ran| Sampler { info: ran.info, schedule: sampler.schedule })
             .unwrap_or(sampler);
 
-        // 4. Prepare the latents: CPU fp32 noise per seed, scaled, then the model's dtype. Their
-        //    channels are the VAE's latent channels (the UNet's inputs, checked at load).
+        // img2img and inpainting begin where the strength says (diffusers' `get_timesteps`).
+        let begin = match (&first.init_image, first.strength) {
+            (Some(_), Some(strength)) => {
+                let begin = crate::init_image::start_step(first.steps, strength)? * scheduler.order();
+                scheduler.set_begin_index(begin)?;
+                begin
+            }
+            _ => 0,
+        };
+
+        // 4. Prepare the latents: CPU fp32 noise per seed (scaled), or the init image's
+        //    latents noised to the first step's level; for inpainting also the mask and the
+        //    masked image's latents. Their channels are the VAE's latent channels.
         let scale = i64::from(self.spec.vae_scale_factor());
         let (h, w) = (i64::from(first.height) / scale, i64::from(first.width) / scale);
-        let channels = self.spec.latent_channels();
         let mut noise = BatchNoise { streams: reqs.iter().map(|r| SeededNoise::new(r.seed)).collect() };
-        let latents = noise.randn(&[n, channels, h, w], self.device, Kind::Float) * scheduler.init_noise_sigma();
-        let mut latents = latents.to_kind(self.kind);
+        let Start { mut latents, inpaint } = self.start(reqs, &*scheduler, begin, (h, w), &mut noise)?;
 
         // 5. The denoising loop, with classifier-free guidance when guidance > 1.
         let cancel = Cell::new(false);
-        for (i, &t) in timesteps.iter().enumerate() {
-            let x = if guided { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
-            let x = scheduler.scale_model_input(&x, i);
+        let both = |t: &Tensor| if guided { Tensor::cat(&[t, t], 0) } else { t.shallow_clone() };
+        let extra = inpaint.as_ref().and_then(|ip| ip.masked_latents.as_ref().map(|m| (both(&ip.mask), both(m))));
+        let runs = timesteps.len() - begin;
+        for (i, &t) in timesteps.iter().enumerate().skip(begin) {
+            let x = scheduler.scale_model_input(&both(&latents), i);
+            // Inpainting UNets take the mask and the masked image's latents beside the latents.
+            let x = match &extra {
+                Some((mask, masked)) => Tensor::cat(&[&x, mask, masked], 1),
+                None => x,
+            };
             let out = self.unet.forward_cond(&x, t, &cond)?;
             let eps = if guided {
                 let parts = out.chunk(2, 0);
@@ -534,13 +578,112 @@ impl Pipeline {
                 out
             };
             latents = scheduler.step(&eps, i, &latents, &mut noise)?;
-            on_step(Progress { step: i + 1, steps: timesteps.len(), latents: &latents, cancel: &cancel });
+            // Ordinary UNets inpaint by putting back the known region, noised to the next
+            // step's level (clean after the last step).
+            if let Some(Inpaint { mask, image_latents: Some(known), noise: eps, .. }) = &inpaint {
+                let known = if i + 1 < timesteps.len() {
+                    scheduler.add_noise(known, eps, i + 1)?
+                } else {
+                    known.shallow_clone()
+                };
+                latents = (mask.ones_like() - mask) * known + mask * &latents;
+            }
+            on_step(Progress { step: i + 1 - begin, steps: runs, latents: &latents, cancel: &cancel });
             if cancel.get() {
                 return Err(Error::Cancelled);
             }
         }
         self.finite(&latents, crate::finite::Component::DenoisingLoop)?;
         Ok(Some(Denoised { latents, sampler, scheduler_config: scheduler.config_json() }))
+    }
+
+    /// Step 4: the latents the loop starts from, as diffusers' pipelines draw them from each
+    /// request's generator: text-to-image, noise; img2img, the encoder's sample, then noise,
+    /// added at the first step's level; inpainting, the encoder's sample of the image (unless
+    /// an inpainting UNet starts from pure noise at strength 1), noise, then the encoder's
+    /// sample of the masked image.
+    fn start(
+        &self,
+        reqs: &[Request],
+        scheduler: &dyn crate::schedulers::Scheduler,
+        begin: usize,
+        (h, w): (i64, i64),
+        noise: &mut BatchNoise,
+    ) -> Result<Start> {
+        let n = reqs.len() as i64;
+        let channels = self.spec.latent_channels();
+        let shape = [n, channels, h, w];
+        let first = &reqs[0];
+        if first.init_image.is_none() {
+            let latents = noise.randn(&shape, self.device, Kind::Float) * scheduler.init_noise_sigma();
+            return Ok(Start { latents: latents.to_kind(self.kind), inpaint: None });
+        }
+        let mut images = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let init = r.init_image.as_ref().ok_or_else(|| {
+                Error::invalid("requests batched together must all start from an init image, or none")
+            })?;
+            images.push(crate::init_image::image_tensor(&*init.pixels("init image")?, r.width, r.height)?);
+        }
+        let image = Tensor::cat(&images, 0);
+        if first.mask.is_none() {
+            let known = self.encode_image(&image, noise)?;
+            let eps = noise.randn(&shape, self.device, Kind::Float).to_kind(self.kind);
+            let latents = scheduler.add_noise(&known, &eps, begin)?;
+            return Ok(Start { latents, inpaint: None });
+        }
+        let inpainting_unet = self.unet.config.in_channels == 2 * channels + 1;
+        let strength_max = first.strength == Some(1.0);
+        let known = if !inpainting_unet || !strength_max { Some(self.encode_image(&image, noise)?) } else { None };
+        let eps = noise.randn(&shape, self.device, Kind::Float).to_kind(self.kind);
+        let latents = match (&known, strength_max) {
+            (Some(known), false) => scheduler.add_noise(known, &eps, begin)?,
+            _ => &eps * scheduler.init_noise_sigma(),
+        };
+        let mut masks = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let mask = r
+                .mask
+                .as_ref()
+                .ok_or_else(|| Error::invalid("requests batched together must all have a mask, or none"))?;
+            masks.push(crate::init_image::mask_tensor(&*mask.pixels("mask")?, r.width, r.height)?);
+        }
+        let mask = Tensor::cat(&masks, 0);
+        // diffusers encodes the masked image whatever the UNet: the draw moves the generator.
+        let masked = image * mask.lt(0.5).to_kind(Kind::Float);
+        let masked_latents = self.encode_image(&masked, noise)?;
+        Ok(Start {
+            latents,
+            inpaint: Some(Inpaint {
+                mask: crate::init_image::latent_mask(&mask, h, w, self.device, self.kind),
+                masked_latents: inpainting_unet.then_some(masked_latents),
+                image_latents: if inpainting_unet { None } else { known },
+                noise: eps,
+            }),
+        })
+    }
+
+    /// Images `[n, 3, H, W]` in [-1, 1] → the encoder's sampled latents, scaled as the
+    /// UNet sees them, one draw per request from its generator. SDXL encodes a
+    /// `force_upcast` VAE in fp32 and applies `latents_mean`/`latents_std` when given.
+    fn encode_image(&self, image: &Tensor, noise: &mut BatchNoise) -> Result<Tensor> {
+        let sdxl = self.spec.arch == Arch::Sdxl;
+        let upcast = sdxl && self.vae.config.force_upcast && self.aux.kind == Kind::Half;
+        let (vae, kind) = if upcast { (self.vae_fp32()?, Kind::Float) } else { (&self.vae, self.aux.kind) };
+        let (mean, std) = vae.encode_distribution(&image.to_device(self.aux.device).to_kind(kind));
+        let eps = noise.randn(&mean.size(), self.aux.device, Kind::Float).to_kind(kind);
+        let z = mean + std * eps;
+        self.finite(&z, crate::finite::Component::VaeEncoder)?;
+        let c = &vae.config;
+        let z = match (&c.latents_mean, &c.latents_std) {
+            (Some(m), Some(s)) if sdxl && m.len() as i64 == z.size()[1] && s.len() as i64 == z.size()[1] => {
+                let (zk, zd) = (z.kind(), z.device());
+                let per = |v: &[f64]| Tensor::from_slice(v).view([1, -1, 1, 1]).to_kind(zk).to_device(zd);
+                (z - per(m)) * c.scaling_factor / per(s)
+            }
+            _ => z * c.scaling_factor,
+        };
+        Ok(z.to_device(self.device).to_kind(self.kind))
     }
 
     /// The conditioning of one pass for a batch of requests: the prompts' (or, with
@@ -767,6 +910,7 @@ fn hub_model_name(label: &str) -> String {
 
 /// The checks that need no model.
 pub fn check_request(req: &Request, limits: &crate::limits::Limits) -> Result<()> {
+    crate::init_image::check_request(req).map_err(Error::invalid)?;
     for (what, v) in [("width", req.width), ("height", req.height)] {
         if v == 0 || v % 8 != 0 {
             return Err(Error::invalid(format!("{what} {v} is not a positive multiple of 8")));

@@ -8,6 +8,7 @@
 //! `--from` replays it; batch resume keys and `--merge` derive from the same values.
 
 use crate::device::{DType, DeviceChoice};
+use crate::init_image::InputImage;
 use crate::loading::read_json;
 use crate::models::clip::ClipTextConfig;
 use crate::models::conv::ConvAlgo;
@@ -309,19 +310,18 @@ impl ModelSpec {
         1 << self.vae.block_out_channels.len().saturating_sub(1).min(16)
     }
 
-    /// Text-to-image feeds the UNet the latents alone, so its inputs must be the VAE's
-    /// latent channels; an inpainting UNet (9 = latents + mask + masked image) needs more.
+    /// Whether the UNet is an inpainting one: it takes the latents, the mask and the masked
+    /// image's latents (9 channels for SD's 4-channel VAE).
+    pub fn is_inpainting(&self) -> bool {
+        self.unet.in_channels == 2 * self.vae.latent_channels + 1
+    }
+
+    /// The UNet's inputs must be the VAE's latent channels, or those plus the mask and the
+    /// masked image's latents for an inpainting UNet.
     fn check_latents(&self) -> Result<()> {
         let (unet_in, latent) = (self.unet.in_channels, self.vae.latent_channels);
-        if unet_in == latent {
+        if unet_in == latent || self.is_inpainting() {
             return Ok(());
-        }
-        if unet_in == 2 * latent + 1 {
-            return Err(Error::invalid(format!(
-                "{} is an inpainting model: its UNet takes {unet_in} input channels (latents, mask and masked \
-                 image), so it cannot make images from text alone; use the model's text-to-image version",
-                self.path.display()
-            )));
         }
         Err(Error::invalid(format!(
             "{}: the UNet takes {unet_in} input channels but the VAE makes {latent}-channel latents; these \
@@ -458,6 +458,10 @@ pub struct Settings {
     pub vae_tiling: Option<VaeTiling>,
     pub conv: Option<ConvAlgo>,
     pub timestep_spacing: Option<crate::request::TimestepSpacing>,
+    /// img2img / inpainting: the image to start from, the mask, the strength.
+    pub init_image: Option<InputImage>,
+    pub mask: Option<InputImage>,
+    pub strength: Option<f64>,
     /// SDXL's size and crop conditioning, merged value by value.
     pub size_conditioning: SizeConditioning,
 }
@@ -496,7 +500,10 @@ impl Settings {
             offload,
             vae_tiling,
             conv,
-            timestep_spacing
+            timestep_spacing,
+            init_image,
+            mask,
+            strength
         )
     }
 
@@ -548,6 +555,9 @@ impl Settings {
             conv: Some(r.conv),
             size_conditioning: req.size_conditioning,
             timestep_spacing: req.timestep_spacing,
+            init_image: req.init_image.clone(),
+            mask: req.mask.clone(),
+            strength: req.strength,
         }
     }
 
@@ -556,29 +566,53 @@ impl Settings {
     /// 512², one image). `random_seed` is used when no seed was given.
     pub fn resolve_request(&self, model: &ModelSpec, random_seed: u64) -> Result<(Request, Sampler)> {
         let sampler = model.sampler(self.scheduler.as_deref().unwrap_or(""))?;
-        let (width, height) = model.default_size();
+        let (width, height) = match self.init_size(model.vae_scale_factor()) {
+            Some(size) => size,
+            None => model.default_size(),
+        };
         let sized =
             Settings { width: self.width.or(Some(width)), height: self.height.or(Some(height)), ..self.clone() };
         Ok((sized.request(sampler.name(), random_seed), sampler))
+    }
+
+    /// img2img's default size: the init image's, rounded down to a multiple of `factor` (the
+    /// VAE's scale factor) as diffusers does.
+    fn init_size(&self, factor: u32) -> Option<(u32, u32)> {
+        let img = self.init_image.as_ref()?;
+        let f = factor.max(1);
+        Some((img.width - img.width % f, img.height - img.height % f))
     }
 
     /// The request with `scheduler` and sdgen's defaults for what is unset; checks that need
     /// no model run on it before the model is resolved.
     pub fn request(&self, scheduler: String, random_seed: u64) -> Request {
         let d = Request::default();
+        let (init_w, init_h) = match self.init_size(8) {
+            Some((w, h)) => (Some(w), Some(h)),
+            None => (None, None),
+        };
+        // diffusers' defaults: 0.8 for img2img (sdgen takes A1111's 0.75), 1.0 for inpainting.
+        let strength = match (&self.init_image, &self.mask) {
+            (None, _) => self.strength,
+            (Some(_), None) => Some(self.strength.unwrap_or(0.75)),
+            (Some(_), Some(_)) => Some(self.strength.unwrap_or(1.0)),
+        };
         Request {
             prompt: self.prompt.clone().unwrap_or_default(),
             negative_prompt: self.negative_prompt.clone(),
             seed: self.seed.unwrap_or(random_seed),
             steps: self.steps.unwrap_or(d.steps),
             guidance: self.guidance.unwrap_or(d.guidance),
-            width: self.width.unwrap_or(d.width),
-            height: self.height.unwrap_or(d.height),
+            width: self.width.or(init_w).unwrap_or(d.width),
+            height: self.height.or(init_h).unwrap_or(d.height),
             scheduler,
             num_images: self.num_images.unwrap_or(1),
             clip_skip: self.clip_skip,
             size_conditioning: self.size_conditioning,
             timestep_spacing: self.timestep_spacing,
+            init_image: self.init_image.clone(),
+            mask: self.mask.clone(),
+            strength,
         }
     }
 }

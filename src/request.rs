@@ -32,6 +32,16 @@ pub struct Request {
     /// SDXL's size and crop conditioning; unset values take diffusers' defaults.
     #[serde(default, skip_serializing_if = "SizeConditioning::is_unset")]
     pub size_conditioning: SizeConditioning,
+    /// img2img and inpainting: the image to start from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<crate::init_image::InputImage>,
+    /// Inpainting: white = repaint, black = keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<crate::init_image::InputImage>,
+    /// How much of the schedule runs from the init image, in (0, 1] (diffusers' `strength`);
+    /// set whenever there is an init image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
 }
 
 fn one() -> usize {
@@ -217,6 +227,9 @@ impl Default for Request {
             clip_skip: None,
             timestep_spacing: None,
             size_conditioning: SizeConditioning::default(),
+            init_image: None,
+            mask: None,
+            strength: None,
         }
     }
 }

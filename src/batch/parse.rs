@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -37,6 +37,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "negative_crop_coords",
     "negative_target_size",
     "timestep_spacing",
+    "init_image",
+    "mask",
+    "strength",
 ];
 
 /// The three input formats.
@@ -88,6 +91,9 @@ pub struct BatchInput {
     pub name: String,
     pub format: Format,
     pub text: String,
+    /// The folder relative paths in the file (`init_image`, `mask`) are read from: the
+    /// file's own folder (the current one for stdin).
+    pub base_dir: PathBuf,
 }
 
 impl BatchInput {
@@ -112,7 +118,11 @@ impl BatchInput {
             }
         };
         let format = if path == Path::new("-") { None } else { Format::from_extension(path) };
-        Ok(BatchInput::from_text(name, text, format))
+        let mut input = BatchInput::from_text(name, text, format);
+        if path != Path::new("-") {
+            input.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        }
+        Ok(input)
     }
 
     /// An input from text in memory; `format: None` sniffs it.
@@ -122,7 +132,7 @@ impl BatchInput {
             text.drain(..'\u{feff}'.len_utf8());
         }
         let format = format.unwrap_or_else(|| Format::sniff(&text));
-        BatchInput { name: name.into(), format, text }
+        BatchInput { name: name.into(), format, text, base_dir: PathBuf::new() }
     }
 }
 
@@ -217,7 +227,7 @@ impl Plan {
         let mut owners: HashMap<String, usize> = HashMap::new();
         for entry in entries {
             let (line, index) = (entry.line, entry.index);
-            match resolve(entry, defaults, validate_scheduler) {
+            match resolve(entry, defaults, validate_scheduler, &input.base_dir) {
                 Ok(planned) => {
                     let clash = planned
                         .file_names
@@ -337,6 +347,9 @@ struct Overrides {
     filename: Option<String>,
     size_conditioning: crate::request::SizeConditioning,
     timestep_spacing: Option<crate::request::TimestepSpacing>,
+    init_image: Option<String>,
+    mask: Option<String>,
+    strength: Option<f64>,
 }
 
 /// One entry of the file as read, with the problems found while reading it.
@@ -528,6 +541,9 @@ fn apply(o: &mut Overrides, key: &str, raw: Raw<'_>) -> std::result::Result<(), 
         "negative_crop_coords" => o.size_conditioning.negative_crop_coords = parsed(key, raw)?,
         "negative_target_size" => o.size_conditioning.negative_target_size = parsed(key, raw)?,
         "timestep_spacing" => o.timestep_spacing = parsed(key, raw)?,
+        "init_image" => o.init_image = text(key, raw)?,
+        "mask" => o.mask = text(key, raw)?,
+        "strength" => o.strength = number(key, raw)?,
         _ => return Err(format!("unknown key \"{key}\" (known keys: {})", KNOWN_KEYS.join(", "))),
     }
     Ok(())
@@ -597,12 +613,42 @@ fn resolve(
     entry: Entry,
     defaults: &Defaults,
     validate_scheduler: &dyn Fn(&str) -> Result<(), String>,
+    base_dir: &Path,
 ) -> std::result::Result<PlannedLine, Vec<String>> {
     let Entry { line, index, overrides: o, mut problems, unreadable } = entry;
     if unreadable {
         return Err(problems);
     }
     let base = &defaults.request;
+    // Images are read (hashed and decoded, to check them) now; their pixels again when the
+    // line runs.
+    let mut open = |key: &str, rel: &Option<String>, what: &str| match rel {
+        None => None,
+        Some(rel) => {
+            let path = base_dir.join(rel);
+            match crate::init_image::InputImage::open(&path, what, false) {
+                Ok(img) => Some(img),
+                Err(e) => {
+                    problems.push(format!("{key}: {e}"));
+                    None
+                }
+            }
+        }
+    };
+    let line_init = open("init_image", &o.init_image, "init image");
+    let line_mask = open("mask", &o.mask, "mask");
+    let init_image = line_init.or_else(|| base.init_image.clone());
+    let mask = line_mask.or_else(|| base.mask.clone());
+    let strength = match (&init_image, o.strength.or(base.strength)) {
+        (None, s) => s,
+        (Some(_), Some(s)) => Some(s),
+        (Some(_), None) => Some(if mask.is_some() { 1.0 } else { 0.75 }),
+    };
+    // Without a size of its own, a line with an init image takes the image's.
+    let (init_w, init_h) = match (&o.init_image, &init_image) {
+        (Some(_), Some(img)) => (Some(img.width - img.width % 8), Some(img.height - img.height % 8)),
+        _ => (None, None),
+    };
     let derived_seed = o.seed.is_none();
     let request = Request {
         prompt: o.prompt.unwrap_or_else(|| base.prompt.clone()),
@@ -610,14 +656,20 @@ fn resolve(
         seed: o.seed.unwrap_or_else(|| derive_seed(defaults.base_seed, index)),
         steps: o.steps.unwrap_or(base.steps),
         guidance: o.guidance.unwrap_or(base.guidance),
-        width: o.width.unwrap_or(base.width),
-        height: o.height.unwrap_or(base.height),
+        width: o.width.or(init_w).unwrap_or(base.width),
+        height: o.height.or(init_h).unwrap_or(base.height),
         scheduler: o.scheduler.unwrap_or_else(|| base.scheduler.clone()),
         num_images: o.num_images.unwrap_or(base.num_images),
         clip_skip: o.clip_skip.or(base.clip_skip),
         size_conditioning: o.size_conditioning.or(base.size_conditioning),
         timestep_spacing: o.timestep_spacing.or(base.timestep_spacing),
+        init_image,
+        mask,
+        strength,
     };
+    if let Err(message) = crate::init_image::check_request(&request) {
+        problems.push(message);
+    }
 
     if request.prompt.trim().is_empty() {
         problems.push("empty prompt".into());

@@ -378,14 +378,25 @@ fn pending_jobs(
 /// and clip_skip, at most `batch_size` each. Each group keeps file order, and groups are ordered
 /// by their first job, so output appears roughly in file order.
 pub fn group_jobs(jobs: &[Job], batch_size: usize) -> Vec<Vec<&Job>> {
-    type Key<'k> = (u32, u32, usize, &'k str, u64, Option<usize>, Option<crate::request::TimestepSpacing>);
+    type Start = (bool, bool, u64);
+    type Key<'k> = (u32, u32, usize, &'k str, u64, Option<usize>, Option<crate::request::TimestepSpacing>, Start);
     let batch_size = batch_size.max(1);
     let mut open: HashMap<Key<'_>, Vec<usize>> = HashMap::new();
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         let r = &job.request;
-        let key =
-            (r.width, r.height, r.steps, r.scheduler.as_str(), r.guidance.to_bits(), r.clip_skip, r.timestep_spacing);
+        // img2img, inpainting and text-to-image lines never share a UNet batch.
+        let start = (r.init_image.is_some(), r.mask.is_some(), r.strength.unwrap_or(0.0).to_bits());
+        let key = (
+            r.width,
+            r.height,
+            r.steps,
+            r.scheduler.as_str(),
+            r.guidance.to_bits(),
+            r.clip_skip,
+            r.timestep_spacing,
+            start,
+        );
         let group = open.entry(key).or_default();
         group.push(i);
         if group.len() == batch_size {

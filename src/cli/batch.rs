@@ -61,7 +61,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
         bail!("--batch-size must be at least 1");
     }
     let limits = args.limits.limits();
-    let settings = Settings { num_images: args.num_images, ..args.gen.settings().or(args.model.settings()?) };
+    let settings = Settings { num_images: args.num_images, ..args.gen.settings()?.or(args.model.settings()?) };
     let input = BatchInput::read(&args.file)?;
     let validate = |name: &str| sdgen::schedulers::resolve(name).map(|_| ()).map_err(|e| e.to_string());
     let shard = Shard::select(args.shard.as_deref(), args.shard_count)?;

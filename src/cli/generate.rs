@@ -54,7 +54,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let flags = Settings {
         prompt: args.prompt.clone(),
         num_images: args.num_images,
-        ..args.gen.settings().or(args.model.settings()?)
+        ..args.gen.settings()?.or(args.model.settings()?)
     };
     let settings = match &args.from {
         Some(from) => {

@@ -181,6 +181,18 @@ pub struct GenerationArgs {
     /// Use the output of an earlier CLIP layer (2 = skip the last layer, as A1111).
     #[arg(long, value_name = "N")]
     pub clip_skip: Option<usize>,
+    /// img2img: start from this image (PNG, JPEG or WebP), resized to --width/--height
+    /// [default size: the image's, rounded down to a multiple of 8].
+    #[arg(long, value_name = "IMAGE", help_heading = "Starting from an image")]
+    pub init_image: Option<PathBuf>,
+    /// Inpainting: repaint the white part of this mask (black is kept; any size, resized;
+    /// binarized at 50% grey). Needs --init-image.
+    #[arg(long, value_name = "MASK", help_heading = "Starting from an image")]
+    pub mask: Option<PathBuf>,
+    /// How far from the init image to go, 0 < S ≤ 1: the last S × steps steps run
+    /// [default: 0.75; inpainting 1.0].
+    #[arg(long, value_name = "S", help_heading = "Starting from an image", allow_negative_numbers = true)]
+    pub strength: Option<f64>,
     /// Spread the steps `leading`, `linspace` or `trailing` over the schedule, overriding the
     /// model's scheduler config (few-step models such as SDXL-Turbo and Lightning want
     /// trailing) [default: the model's].
@@ -207,9 +219,32 @@ pub struct GenerationArgs {
 }
 
 impl GenerationArgs {
-    /// The request settings these flags give (unset where a flag is absent).
-    pub fn settings(&self) -> Settings {
-        Settings {
+    /// The request settings these flags give (unset where a flag is absent). The init image
+    /// and mask are read here, so a bad file fails before any model loads.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let open = |path: &Option<PathBuf>, what: &str| -> anyhow::Result<Option<sdgen::init_image::InputImage>> {
+            Ok(match path {
+                Some(p) => Some(sdgen::init_image::InputImage::open(p, what, true)?),
+                None => None,
+            })
+        };
+        let init_image = open(&self.init_image, "init image")?;
+        let mask = open(&self.mask, "mask")?;
+        if let (Some(img), Some(m)) = (&init_image, &mask) {
+            if sdgen::init_image::aspect_differs((img.width, img.height), (m.width, m.height)) {
+                log::warn!(
+                    "the mask is {}x{} and the init image {}x{}: the mask is stretched to the image's size, as diffusers does",
+                    m.width,
+                    m.height,
+                    img.width,
+                    img.height
+                );
+            }
+        }
+        Ok(Settings {
+            init_image,
+            mask,
+            strength: self.strength,
             negative_prompt: self.negative.clone(),
             seed: self.seed,
             steps: self.steps,
@@ -228,7 +263,7 @@ impl GenerationArgs {
                 negative_target_size: self.negative_target_size,
             },
             ..Settings::default()
-        }
+        })
     }
 }
 

@@ -499,6 +499,20 @@ impl Vae {
     }
 
     /// diffusers' `vae.encode(x).latent_dist.mean` for an image in [-1, 1]; not yet scaled.
+    /// The encoder's distribution for `x`: its mean and standard deviation (the log-variance
+    /// clamped to [-30, 20], as diffusers' `DiagonalGaussianDistribution`). img2img samples
+    /// `mean + std · ε` with the request's generator.
+    pub fn encode_distribution(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let moments = self.encoder.forward(x);
+        let moments = match &self.quant_conv {
+            Some(c) => c.forward(&moments),
+            None => moments,
+        };
+        let c = self.config.latent_channels;
+        let logvar = moments.narrow(1, c, c).clamp(-30.0, 20.0);
+        (moments.narrow(1, 0, c), (logvar * 0.5).exp())
+    }
+
     pub fn encode(&self, x: &Tensor) -> Tensor {
         let moments = self.encoder.forward(x);
         let moments = match &self.quant_conv {

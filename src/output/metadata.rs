@@ -49,6 +49,9 @@ pub fn parameters_text(record: &Record, sampler_a1111: &str, schedule_type: Opti
     params.push(("CFG scale", format_number(req.guidance)));
     params.push(("Seed", req.seed.to_string()));
     params.push(("Size", format!("{}x{}", req.width, req.height)));
+    if let (Some(_), Some(strength)) = (&req.init_image, req.strength) {
+        params.push(("Denoising strength", format_number(strength)));
+    }
     if let Some(hash) = &record.model.hash {
         // A1111's "short hash": the first 10 hex digits of the sha256.
         params.push(("Model hash", hash.chars().take(10).collect()));
