@@ -43,11 +43,8 @@ fn main() -> anyhow::Result<()> {
         strength: Some(0.6),
         ..Request::default()
     };
-    let inpaint = Request {
-        mask: Some(InputImage::from_image("middle-square", mask)?),
-        strength: Some(1.0),
-        ..img2img.clone()
-    };
+    let inpaint =
+        Request { mask: Some(InputImage::from_image("middle-square", mask)?), strength: Some(1.0), ..img2img.clone() };
 
     let timestamp = sdgen::save::run_timestamp();
     for (i, request) in [img2img, inpaint].iter().enumerate() {

@@ -121,6 +121,9 @@ fn run_case(case: &Value) -> Outcome {
         clip_skip: None,
         timestep_spacing: None,
         size_conditioning: Default::default(),
+        init_image: None,
+        mask: None,
+        strength: None,
     };
     let mut failures = Vec::new();
 

@@ -54,6 +54,9 @@ fn request(case: &Value) -> Request {
             negative_crop_coords: crop(&case["negative_crops_coords_top_left"]),
             negative_target_size: size(&case["negative_target_size"]),
         },
+        init_image: None,
+        mask: None,
+        strength: None,
     }
 }
 

@@ -124,6 +124,9 @@ fn record(prompt: &str, negative: Option<&str>) -> Record {
             clip_skip: Some(2),
             timestep_spacing: None,
             size_conditioning: Default::default(),
+            init_image: None,
+            mask: None,
+            strength: None,
         },
         model: ModelRecord {
             source: "/models/sd15".into(),

@@ -58,6 +58,9 @@ fn golden_case(width: u64, height: u64) -> (Request, Vec<(String, Tensor)>) {
         clip_skip: None,
         timestep_spacing: None,
         size_conditioning: Default::default(),
+        init_image: None,
+        mask: None,
+        strength: None,
     };
     (req, golden(&dir.join(case["file"].as_str().unwrap())))
 }

@@ -117,6 +117,9 @@ pub fn check_cases(opts: &LoadOptions, folder: &str, goldens: &str, stride: usiz
             clip_skip: None,
             timestep_spacing: None,
             size_conditioning: Default::default(),
+            init_image: None,
+            mask: None,
+            strength: None,
         };
 
         // Token ids: identical.
