@@ -457,8 +457,6 @@ def run_case(c, classes):
         tensors["mask_latent"] = f32(mask_lat)
         if image_latents is not None and len(cap.prepared) == 3 and not torch.equal(cap.prepared[2], image_latents):
             fail("prepare_latents' image_latents differ from the sampled encoder latents * scaling_factor")
-    elif not torch.equal(image_latents, tensors["image_latents"]):
-        fail("image latents")
 
     # UNet input: 9 channels are [scaled latents (x2 under CFG), mask, masked-image latents].
     if in_channels == 9:
