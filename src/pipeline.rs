@@ -407,14 +407,7 @@ impl Pipeline {
     /// Checks a request against this model without running anything.
     pub fn check(&self, req: &Request) -> Result<()> {
         check_request(req, &self.limits)?;
-        if self.spec.is_inpainting() && req.mask.is_none() {
-            return Err(Error::invalid(format!(
-                "{} is an inpainting model: its UNet takes {} input channels (latents, mask and masked image), so \
-                 it needs --init-image and --mask; for text-to-image use the model's ordinary version",
-                self.spec.path.display(),
-                self.unet.config.in_channels
-            )));
-        }
+        self.spec.check_start(req)?;
         self.spec.sampler(&req.scheduler)?;
         let scale = self.spec.vae_scale_factor();
         for (what, v) in [("width", req.width), ("height", req.height)] {

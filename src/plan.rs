@@ -316,6 +316,19 @@ impl ModelSpec {
         self.unet.in_channels == 2 * self.vae.latent_channels + 1
     }
 
+    /// An inpainting UNet needs an init image and a mask to run at all.
+    pub fn check_start(&self, req: &Request) -> Result<()> {
+        if self.is_inpainting() && req.mask.is_none() {
+            return Err(Error::invalid(format!(
+                "{} is an inpainting model: its UNet takes {} input channels (latents, mask and masked image), so \
+                 it needs --init-image and --mask; for text-to-image use the model's ordinary version",
+                self.path.display(),
+                self.unet.in_channels
+            )));
+        }
+        Ok(())
+    }
+
     /// The UNet's inputs must be the VAE's latent channels, or those plus the mask and the
     /// masked image's latents for an inpainting UNet.
     fn check_latents(&self) -> Result<()> {

@@ -77,6 +77,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let opts = sdgen::LoadOptions { limits, ..super::load_options(&settings, args.output.quiet)? };
     let spec = opts.inspect()?;
     let (req, _) = settings.resolve_request(&spec, random_seed)?;
+    spec.check_start(&req)?;
     sdgen::preflight::check_clip_skip(req.clip_skip, spec.text_encoder.num_hidden_layers)?;
     let pipe = Pipeline::from_spec(&opts, spec)?;
     pipe.check(&req)?;
