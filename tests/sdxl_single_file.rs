@@ -288,8 +288,7 @@ fn the_file_makes_the_folders_images() {
         ..LoadOptions::default()
     };
     let folder = Pipeline::load(&cpu(repo(FOLDER))).unwrap();
-    let file =
-        Pipeline::load(&LoadOptions { config_dir: Some(repo(FOLDER)), ..cpu(repo(FILE)) }).expect("file loads");
+    let file = Pipeline::load(&LoadOptions { config_dir: Some(repo(FOLDER)), ..cpu(repo(FILE)) }).expect("file loads");
     assert_eq!(file.spec().arch, Arch::Sdxl);
     assert!(file.spec().force_zeros_for_empty_prompt);
     assert_eq!(file.spec().license.name, folder.spec().license.name);

@@ -61,10 +61,10 @@ pub struct ModelArgs {
     #[arg(long, value_name = "TYPE")]
     pub prediction_type: Option<String>,
     /// Single-file checkpoints: read configs and tokenizer from this diffusers folder instead
-    /// of the built-in SD 1.x / 2.x ones.
+    /// of the built-in SD 1.x / 2.x / SDXL ones.
     #[arg(long, value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
-    /// Single-file checkpoints: sd1 or sd2, instead of detecting it from tensor shapes.
+    /// Single-file checkpoints: sd1, sd2 or sdxl, instead of detecting it from the tensors.
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<String>,
     #[command(flatten)]

@@ -726,7 +726,10 @@ mod tests {
         }
         let no_tok2: Vec<&str> = SDXL.iter().copied().filter(|f| !f.starts_with("tokenizer_2/")).collect();
         let why = plan(&names(&no_tok2), false).unwrap_err();
-        assert!(why.contains("tokenizer_2/vocab.json, tokenizer_2/merges.txt (or tokenizer_2/tokenizer.json)"), "{why}");
+        assert!(
+            why.contains("tokenizer_2/vocab.json, tokenizer_2/merges.txt (or tokenizer_2/tokenizer.json)"),
+            "{why}"
+        );
         // An SD 1.x repo never asks for them.
         assert!(plan(&names(&SD), false).unwrap().files.iter().all(|f| !f.contains("_2/")));
     }

@@ -690,8 +690,7 @@ fn open_clip(h: &Header, names: &[(&str, &str)], p: &str, layers: Option<usize>,
                             .iter()
                             .enumerate()
                             .map(|(i, x)| {
-                                let src =
-                                    Source { slice0: Some((i as i64 * width, width)), ..Source::direct(key) };
+                                let src = Source { slice0: Some((i as i64 * width, width)), ..Source::direct(key) };
                                 (format!("{l}.self_attn.{x}_proj.{leaf}"), src)
                             })
                             .collect()
@@ -727,9 +726,7 @@ fn open_clip(h: &Header, names: &[(&str, &str)], p: &str, layers: Option<usize>,
         let key = format!("{p}text_projection");
         match h.shape(&key)? {
             [rows, cols] if *rows == width => Some(*cols),
-            other => {
-                return Err(h.err(format!("'{key}' has shape {other:?}, expected [{width}, projection width]")))
-            }
+            other => return Err(h.err(format!("'{key}' has shape {other:?}, expected [{width}, projection width]"))),
         }
     } else {
         None

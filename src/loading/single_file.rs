@@ -1,7 +1,9 @@
 //! Single-file Stable Diffusion checkpoints: one `.safetensors` in the original CompVis/A1111
-//! layout holding UNet, VAE and text encoder, without configs or tokenizer.
+//! layout holding UNet, VAE and text encoder (SDXL: Stability's SGM layout, with two text
+//! encoders), without configs or tokenizers.
 //!
-//! [`inspect`] reads the file's header, tells SD 1.x from SD 2.x, derives what the shapes say
+//! [`inspect`] reads the file's header, tells SD 1.x, SD 2.x and SDXL apart (SDXL by its
+//! layout, the others by the text width), derives what the shapes say
 //! about each model and builds, per model, the map from diffusers names to stored tensors
 //! (see `ldm_keys`). [`ConfigSet`] supplies the configs the file lacks: the standard SD 1.5
 //! or SD 2.1 ones compiled into sdgen, or a diffusers folder's (`--config-dir`, the
@@ -241,7 +243,11 @@ pub fn inspect_header(h: &Header, arch: Option<Arch>) -> Result<SingleFile> {
                     "--arch sdxl was given, but this is not an SDXL checkpoint: it has no SDXL text encoders \
                      ('{}*'){}; use --arch sd1 or sd2, or leave --arch out",
                     ldm_keys::SGM_TEXT_PREFIX,
-                    if ldm_text { format!(" but an SD 1.x/2.x one ('{}*')", ldm_keys::TEXT_PREFIX) } else { String::new() }
+                    if ldm_text {
+                        format!(" but an SD 1.x/2.x one ('{}*')", ldm_keys::TEXT_PREFIX)
+                    } else {
+                        String::new()
+                    }
                 ),
             ))
         }
@@ -408,8 +414,12 @@ fn standard_files(arch: Arch) -> [&'static str; 8] {
     }
 }
 
+/// One field [`ConfigSet::check`] compares: file, field, the configured and the stored value.
+type Check = (&'static str, &'static str, Option<Value>, Value);
+
 /// The configs and tokenizer files that turn a single file into the equivalent of a
-/// diffusers folder ([`CONFIG_FILES`], or a transformers 5 tokenizer: see [`ConfigSet::from_dir`]).
+/// diffusers folder ([`CONFIG_FILES`], or a transformers 5 tokenizer: see [`ConfigSet::from_dir`];
+/// for SDXL also [`SDXL_CONFIG_FILES`]).
 #[derive(Debug, Clone)]
 pub struct ConfigSet {
     /// Where the files came from, used as the directory in messages.
@@ -446,7 +456,12 @@ impl ConfigSet {
         let sdxl_files: &[&'static str] = if sdxl { &SDXL_CONFIG_FILES } else { &[] };
         let sdxl_json: &[&'static str] = if sdxl { &[TOKENIZER_2_JSON] } else { &[] };
         let mut files = BTreeMap::new();
-        for rel in CONFIG_FILES.into_iter().chain([TOKENIZER_JSON]).chain(sdxl_files.iter().copied()).chain(sdxl_json.iter().copied()) {
+        for rel in CONFIG_FILES
+            .into_iter()
+            .chain([TOKENIZER_JSON])
+            .chain(sdxl_files.iter().copied())
+            .chain(sdxl_json.iter().copied())
+        {
             let optional = match rel {
                 TOKENIZER_JSON | TOKENIZER_2_JSON => true,
                 "tokenizer/special_tokens_map.json" | "tokenizer_2/special_tokens_map.json" => true,
@@ -497,9 +512,8 @@ impl ConfigSet {
 
     /// Parses one JSON file into `T`, with errors naming the file and field.
     pub fn parse<T: DeserializeOwned>(&self, rel: &str) -> Result<T> {
-        let text = self
-            .text(rel)
-            .ok_or_else(|| Error::config(self.path_of(rel), "the config folder lacks this file"))?;
+        let text =
+            self.text(rel).ok_or_else(|| Error::config(self.path_of(rel), "the config folder lacks this file"))?;
         parse_json(&self.path_of(rel), text)
     }
 
@@ -557,7 +571,7 @@ impl ConfigSet {
             }
             d.iter().zip(&u.attention).map(|(v, &a)| if a { v.clone() } else { Value::from(0) }).collect()
         });
-        let mut checks: Vec<(&str, &str, Option<Value>, Value)> = vec![
+        let mut checks: Vec<Check> = vec![
             ("unet/config.json", "in_channels", unet.get("in_channels").cloned(), u.in_channels.into()),
             ("unet/config.json", "out_channels", unet.get("out_channels").cloned(), u.out_channels.into()),
             (
@@ -663,12 +677,7 @@ impl ConfigSet {
 
     /// What an SDXL checkpoint adds to [`ConfigSet::check`]: the second text encoder, and
     /// the widths of the UNet's added conditioning (pooled text plus six time ids).
-    fn sdxl_checks(
-        &self,
-        sf: &SingleFile,
-        te2: &TextLayout,
-        unet: &Value,
-    ) -> Result<Vec<(&'static str, &'static str, Option<Value>, Value)>> {
+    fn sdxl_checks(&self, sf: &SingleFile, te2: &TextLayout, unet: &Value) -> Result<Vec<Check>> {
         const TE2: &str = "text_encoder_2/config.json";
         if self.text(TE2).is_none() {
             return Err(Error::config(
@@ -696,7 +705,12 @@ impl ConfigSet {
             (TE2, "num_hidden_layers", field(&text, "num_hidden_layers"), te2.num_hidden_layers.into()),
             (TE2, "intermediate_size", field(&text, "intermediate_size"), te2.intermediate_size.into()),
             (TE2, "vocab_size", field(&text, "vocab_size"), te2.vocab_size.into()),
-            (TE2, "max_position_embeddings", field(&text, "max_position_embeddings"), te2.max_position_embeddings.into()),
+            (
+                TE2,
+                "max_position_embeddings",
+                field(&text, "max_position_embeddings"),
+                te2.max_position_embeddings.into(),
+            ),
             (TE2, "projection_dim", field(&text, "projection_dim"), projection.into()),
             (
                 "unet/config.json",

@@ -759,7 +759,7 @@ impl UNet {
             let ids = ids.to_device(sample.device()).reshape([-1]);
             let time = proj.forward(&ids).reshape([batch, -1]);
             let input = Tensor::cat(&[&pooled.to_device(sample.device()).to_kind(Kind::Float), &time], -1);
-            temb = temb + mlp.forward(&input.to_kind(sample.kind()));
+            temb += mlp.forward(&input.to_kind(sample.kind()));
         }
         let ctx = encoder_hidden_states;
 
