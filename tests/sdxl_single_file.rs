@@ -8,6 +8,8 @@
 //! byte. tests/fixtures/ldm-layouts/sdxl.json holds the names and shapes of a full-size SDXL
 //! base 1.0 checkpoint (tools/make_ldm_layouts.py), built from the built-in configs.
 
+mod common;
+
 use sdgen::loading::ldm_keys::{Header, TextFormat};
 use sdgen::loading::single_file::{
     inspect, inspect_header, inspect_with, prepare, Arch, Component, ConfigSet, Detection, Options, CONFIG_FILES,
@@ -121,6 +123,10 @@ fn tiny_sdxl_needs_its_own_configs() {
     let dir = repo(FOLDER);
     let p = prepare(&path, &Options { config_dir: Some(&dir), ..Options::default() }).unwrap();
     assert!(p.configs.is_sdxl());
+    // The file carries no licence: SDXL's, CreativeML OpenRAIL++-M, is assumed.
+    let license = sdgen::output::license::for_model_path(&path, "sd1").unwrap();
+    assert_eq!(license.name, sdgen::output::license::OPENRAIL_PLUSPLUS_M);
+    assert!(license.source.contains("SDXL"), "{}", license.source);
     assert_eq!(p.configs.prediction_type().unwrap(), "epsilon");
     // An SD 1.x folder's configs have no second text encoder.
     let sd1 = repo("weights/tiny-sd");
@@ -307,4 +313,46 @@ fn the_file_makes_the_folders_images() {
         }
         assert!(got_rgb == want_rgb, "'{}': images differ", req.prompt);
     }
+}
+
+/// The command line: the file with `--config-dir` draws the folder's pixels; without it, or
+/// with `--arch sd1`, it exits non-zero with the reason and writes nothing.
+#[test]
+fn the_command_line_runs_the_file() {
+    let run = |model: &str, extra: &[&str]| {
+        let out = tempfile::tempdir().unwrap();
+        let mut cmd = assert_cmd::Command::cargo_bin("sdgen").unwrap();
+        cmd.env_remove("SDGEN_MODEL")
+            .args(["generate", "a fox", "--seed", "5", "--steps", "2", "--width", "64", "--height", "96"])
+            .args(["--device", "cpu", "--model"])
+            .arg(repo(model))
+            .args(extra)
+            .arg("--out")
+            .arg(out.path());
+        let output = cmd.output().unwrap();
+        let pngs: Vec<PathBuf> = std::fs::read_dir(out.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "png"))
+            .collect();
+        let pixels = match pngs.as_slice() {
+            [one] => Some(common::png_pixels(one).2),
+            [] => None,
+            many => panic!("{} images", many.len()),
+        };
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned(), pixels)
+    };
+    let dir = repo(FOLDER);
+    let dir = dir.to_str().unwrap();
+    let (ok, err, folder) = run(FOLDER, &[]);
+    assert!(ok && folder.is_some(), "{err}");
+    let (ok, err, file) = run(FILE, &["--config-dir", dir]);
+    assert!(ok, "{err}");
+    assert!(file == folder, "the file's image differs from the folder's");
+
+    let (ok, err, none) = run(FILE, &[]);
+    assert!(!ok && none.is_none() && err.contains("do not describe this checkpoint"), "{err}");
+    let (ok, err, none) = run(FILE, &["--config-dir", dir, "--arch", "sd1"]);
+    assert!(!ok && none.is_none() && err.contains("--arch sd1"), "{err}");
 }

@@ -149,7 +149,9 @@ pub fn unet(h: &Header, sdxl: bool) -> Result<(UNetLayout, BTreeMap<String, Sour
     let names: Vec<(&str, &str)> = h.under(p).collect();
     if names.is_empty() {
         return Err(h.err(format!(
-            "no UNet tensors ('{p}*'): not an original Stable Diffusion checkpoint; expected the UNet under              '{p}', the VAE under '{VAE_PREFIX}' and the text encoder under '{TEXT_PREFIX}' (SD 1.x/2.x) or              '{SGM_CLIP_PREFIX}' and '{SGM_OPEN_CLIP_PREFIX}' (SDXL){}",
+            "no UNet tensors ('{p}*'): not an original Stable Diffusion checkpoint; expected the UNet under \
+             '{p}', the VAE under '{VAE_PREFIX}' and the text encoder under '{TEXT_PREFIX}' (SD 1.x/2.x) or \
+             '{SGM_CLIP_PREFIX}' and '{SGM_OPEN_CLIP_PREFIX}' (SDXL){}",
             diffusers_hint(h)
         )));
     }
