@@ -599,20 +599,17 @@ fn an_sdxl_repo_fetches_both_text_encoders() {
         dtype: "fp32".parse().unwrap(),
         ..sdgen::LoadOptions::default()
     };
-    let req = sdgen::Request {
-        prompt: "a red fox in the snow".into(),
-        negative_prompt: None,
-        seed: 11,
-        steps: 2,
-        guidance: 5.0,
-        width: 64,
-        height: 96,
-        scheduler: "EulerDiscreteScheduler".into(),
-        num_images: 1,
-        clip_skip: None,
-        timestep_spacing: None,
-        size_conditioning: Default::default(),
-    };
+    // From JSON, so that fields added to `Request` later take their defaults.
+    let req: sdgen::Request = serde_json::from_value(serde_json::json!({
+        "prompt": "a red fox in the snow",
+        "seed": 11,
+        "steps": 2,
+        "guidance": 5.0,
+        "width": 64,
+        "height": 96,
+        "scheduler": "EulerDiscreteScheduler",
+    }))
+    .unwrap();
     let image = |model: PathBuf| {
         let pipe = sdgen::Pipeline::load(&cpu(model)).unwrap();
         assert!(pipe.spec().text_encoder_2.is_some());

@@ -260,21 +260,19 @@ fn sdxl_config_sets_round_trip_through_a_folder() {
     assert!(msg.contains("tokenizer_2/vocab.json") && msg.contains("SDXL"), "{msg}");
 }
 
+/// Built from JSON, so that fields added to `Request` later take their defaults.
 fn request(prompt: &str, negative: Option<&str>, seed: u64, scheduler: &str) -> Request {
-    Request {
-        prompt: prompt.into(),
-        negative_prompt: negative.map(str::to_string),
-        seed,
-        steps: 3,
-        guidance: 5.0,
-        width: 64,
-        height: 96,
-        scheduler: scheduler.into(),
-        num_images: 1,
-        clip_skip: None,
-        timestep_spacing: None,
-        size_conditioning: Default::default(),
-    }
+    serde_json::from_value(serde_json::json!({
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "seed": seed,
+        "steps": 3,
+        "guidance": 5.0,
+        "width": 64,
+        "height": 96,
+        "scheduler": scheduler,
+    }))
+    .unwrap()
 }
 
 /// The image bytes and every step's latents of one request.

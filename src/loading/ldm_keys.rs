@@ -533,7 +533,8 @@ type Text = (TextLayout, BTreeMap<String, Source>, Vec<Ignored>);
 
 /// Maps SDXL's two text encoders (`conditioner.embedders.0/1`): the first as
 /// `CLIPTextModel`, the second, all of its layers and its `text_projection`, as
-/// `CLIPTextModelWithProjection`. Returns the first, the second, and what both leave unused.
+/// `CLIPTextModelWithProjection`. Returns the first and the second, each with what it leaves
+/// unused (CLIP's `position_ids`, OpenCLIP's `logit_scale`).
 pub fn sgm_text(h: &Header) -> Result<(Text, Text)> {
     let refiner = format!("{SGM_TEXT_PREFIX}0.model.");
     for (key, _) in h.under(SGM_TEXT_PREFIX) {
