@@ -64,7 +64,7 @@ pub struct ModelArgs {
     /// of the built-in SD 1.x / 2.x / SDXL ones.
     #[arg(long, value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
-    /// Single-file checkpoints: sd1, sd2 or sdxl, instead of detecting it from the tensors.
+    /// Single-file checkpoints: sd1, sd2 or sdxl, instead of detecting it from tensor shapes.
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<String>,
     #[command(flatten)]
