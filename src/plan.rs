@@ -241,7 +241,11 @@ impl ModelSpec {
             vae,
             text_encoder,
             text_encoder_2,
-            force_zeros_for_empty_prompt: true,
+            // As diffusers' from_single_file(config=...): the config folder's pipeline setting.
+            force_zeros_for_empty_prompt: match opts.config_dir {
+                Some(dir) => force_zeros(&dir.join("model_index.json"))?,
+                None => true,
+            },
             license,
             config_dir: opts.config_dir.map(Path::to_path_buf),
             arch_forced: opts.arch.is_some(),

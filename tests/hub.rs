@@ -1,4 +1,4 @@
-//! Hub downloads against a stand-in hub on 127.0.0.1 that serves weights/tiny-sd.
+//! Hub downloads against a stand-in hub on 127.0.0.1 that serves weights/tiny-sd (and tiny-sd2, tiny-sdxl).
 //!
 //! The stand-in answers the requests hf-hub and huggingface_hub make (the repo listing,
 //! `resolve/` with `Range`, `HEAD`) with the headers the real hub sends (`x-repo-commit`,
@@ -542,4 +542,86 @@ fn hub_models_produce_the_golden_images() {
         let measured = common::check_cases(&opts, folder, goldens, 4, &common::FP32);
         assert!(measured.cases >= 2, "{goldens}: only {} cases ran", measured.cases);
     }
+}
+
+const TINY_SDXL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/tiny-sdxl");
+
+/// An SDXL repo (weights/tiny-sdxl, with what stabilityai's repo has beside it): both text
+/// encoders and both tokenizers are fetched, the fp16 variants when asked for, nothing else;
+/// the pipeline loaded from the snapshot makes the folder's image; a cache that lost its
+/// second text encoder names it.
+#[test]
+fn an_sdxl_repo_fetches_both_text_encoders() {
+    no_proxy();
+    let tiny_sdxl = read_tree(Path::new(TINY_SDXL));
+    assert!(
+        tiny_sdxl.contains_key("text_encoder_2/model.safetensors") && tiny_sdxl.contains_key("tokenizer_2/vocab.json")
+    );
+    let mut files = tiny_sdxl.clone();
+    for junk in [
+        "sd_xl_base_1.0.safetensors",
+        "sd_xl_offset_example-lora_1.0.safetensors",
+        "text_encoder_2/model.onnx_data",
+        "text_encoder_2/openvino_model.bin",
+        "unet/diffusion_pytorch_model.bin",
+    ] {
+        files.insert(junk.to_string(), format!("junk: {junk}").into_bytes());
+    }
+    let mut fp16 = files.clone();
+    fp16.insert("text_encoder/model.fp16.safetensors".into(), b"te fp16".to_vec());
+    fp16.insert("text_encoder_2/model.fp16.safetensors".into(), b"te2 fp16".to_vec());
+    let mut server =
+        Server::start(hosted(vec![("sdgen/tiny-sdxl", files, None), ("sdgen/tiny-sdxl-fp16", fp16.clone(), None)]));
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(&server.endpoint, tmp.path(), false);
+
+    let got = fetch_with(&cfg, "sdgen/tiny-sdxl", None, false, &mut NoProgress).unwrap();
+    assert_eq!(read_tree(&got), tiny_sdxl);
+    assert_eq!(resolve_paths(&server.requests(), "sdgen/tiny-sdxl"), tiny_sdxl.keys().cloned().collect());
+
+    let got16 = fetch_with(&cfg, "sdgen/tiny-sdxl-fp16", None, true, &mut NoProgress).unwrap();
+    let mut want: BTreeSet<String> = tiny_sdxl.keys().cloned().collect();
+    for (plain, half) in [
+        ("text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors"),
+        ("text_encoder_2/model.safetensors", "text_encoder_2/model.fp16.safetensors"),
+    ] {
+        want.remove(plain);
+        want.insert(half.to_string());
+    }
+    assert_eq!(resolve_paths(&server.requests(), "sdgen/tiny-sdxl-fp16"), want);
+    assert_eq!(read_tree(&got16).keys().cloned().collect::<BTreeSet<_>>(), want);
+    server.stop();
+
+    // The snapshot is a working SDXL folder: the same image as the fixture folder.
+    let cpu = |model: PathBuf| sdgen::LoadOptions {
+        model,
+        device: "cpu".parse().unwrap(),
+        dtype: "fp32".parse().unwrap(),
+        ..sdgen::LoadOptions::default()
+    };
+    // From JSON, so that fields added to `Request` later take their defaults.
+    let req: sdgen::Request = serde_json::from_value(serde_json::json!({
+        "prompt": "a red fox in the snow",
+        "seed": 11,
+        "steps": 2,
+        "guidance": 5.0,
+        "width": 64,
+        "height": 96,
+        "scheduler": "EulerDiscreteScheduler",
+    }))
+    .unwrap();
+    let image = |model: PathBuf| {
+        let pipe = sdgen::Pipeline::load(&cpu(model)).unwrap();
+        assert!(pipe.spec().text_encoder_2.is_some());
+        pipe.generate(&req, &mut |_| {}).unwrap().remove(0).image.rgb
+    };
+    assert!(image(got.clone()) == image(PathBuf::from(TINY_SDXL)), "the hub snapshot makes another image");
+
+    // Offline, the cached snapshot serves; without its second text encoder it is named.
+    let offline = config(&server.endpoint, tmp.path(), true);
+    assert_eq!(fetch_with(&offline, "sdgen/tiny-sdxl", None, false, &mut NoProgress).unwrap(), got);
+    std::fs::remove_file(got.join("text_encoder_2/model.safetensors")).unwrap();
+    let msg = fetch_with(&offline, "sdgen/tiny-sdxl", None, false, &mut NoProgress).unwrap_err().to_string();
+    assert!(msg.contains("incomplete") && msg.contains("text_encoder_2/model.safetensors"), "{msg}");
+    assert!(msg.contains("'tokenizer_2/*'") && msg.contains("'text_encoder_2/config.json'"), "{msg}");
 }

@@ -306,7 +306,8 @@ fn arch_names_parse() {
     assert_eq!(Arch::parse("SD1").unwrap(), Arch::Sd1);
     assert_eq!(Arch::parse("sd2.1").unwrap(), Arch::Sd2);
     assert_eq!(Arch::parse("v2").unwrap(), Arch::Sd2);
-    assert!(err_text(Arch::parse("sdxl")).contains("sdxl"));
+    assert_eq!(Arch::parse("SDXL").unwrap(), Arch::Sdxl);
+    assert!(err_text(Arch::parse("sd3")).contains("sdxl"));
     assert_eq!(Arch::Sd2.to_string(), "SD 2.x");
 }
 

@@ -4,7 +4,9 @@
 //! snapshots,refs}` under `$HF_HUB_CACHE`), so a model either side downloaded is reused by
 //! the other without a copy. Only what the pipeline reads is fetched: the configs, one
 //! safetensors file per model (the fp16 variant when asked for and present), the tokenizer,
-//! the scheduler config and the model card, never pickles or the safety checker.
+//! the scheduler config and the model card, never pickles or the safety checker. An SDXL
+//! repo (one with `text_encoder_2/` or `tokenizer_2/`) also gives its second text encoder
+//! and tokenizer.
 //!
 //! The repo listing decides which files exist; with `HF_HUB_OFFLINE=1`, or when the hub
 //! can't be reached, the cached snapshot that `refs/<revision>` points at is used instead.
@@ -23,11 +25,19 @@ pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// The models a diffusers Stable Diffusion folder holds, with their weight file stems.
 const MODELS: [(&str, &str); 3] =
     [("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")];
+/// What an SDXL folder holds besides: the second text encoder (with projection) and tokenizer.
+const SDXL_MODEL: (&str, &str) = ("text_encoder_2", "model");
+const SDXL_TOKENIZER: &str = "tokenizer_2";
 const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
 /// The BPE files of a transformers 4 tokenizer folder; transformers 5 saves only
-/// [`TOKENIZER_JSON`] (beside `tokenizer_config.json`), which holds the same tables.
-const TOKENIZER_BPE: [&str; 2] = ["tokenizer/vocab.json", "tokenizer/merges.txt"];
-const TOKENIZER_JSON: &str = "tokenizer/tokenizer.json";
+/// `tokenizer.json` (beside `tokenizer_config.json`), which holds the same tables.
+const TOKENIZER_BPE: [&str; 2] = ["vocab.json", "merges.txt"];
+const TOKENIZER_JSON: &str = "tokenizer.json";
+
+/// Whether a repo's files are an SDXL pipeline's: it has a second text encoder or tokenizer.
+fn is_sdxl(has: &BTreeSet<&str>) -> bool {
+    has.iter().any(|f| f.starts_with("text_encoder_2/") || f.starts_with("tokenizer_2/"))
+}
 /// The model card (for the licence) and the licence files `output::license` looks for.
 const OPTIONAL: [&str; 5] = ["README.md", "LICENSE", "LICENSE.md", "LICENSE-MODEL", "LICENSE.txt"];
 
@@ -314,10 +324,12 @@ fn plan(listing: &[String], prefer_fp16: bool) -> std::result::Result<Plan, Stri
     if !has.contains("model_index.json") {
         return plan_single_file(&has);
     }
+    let sdxl = is_sdxl(&has);
     let mut files = vec!["model_index.json".to_string()];
     let mut missing = Vec::new();
     let mut notes = Vec::new();
-    for (dir, stem) in MODELS {
+    let sdxl_model: &[(&str, &str)] = if sdxl { &[SDXL_MODEL] } else { &[] };
+    for &(dir, stem) in MODELS.iter().chain(sdxl_model) {
         let config = format!("{dir}/config.json");
         if has.contains(config.as_str()) {
             files.push(config);
@@ -351,15 +363,21 @@ fn plan(listing: &[String], prefer_fp16: bool) -> std::result::Result<Plan, Stri
     } else {
         missing.push(SCHEDULER_CONFIG.to_string());
     }
-    let lacking: Vec<&str> = TOKENIZER_BPE.iter().copied().filter(|f| !has.contains(f)).collect();
-    if !lacking.is_empty() && !has.contains(TOKENIZER_JSON) {
-        missing.push(format!("{} (or {TOKENIZER_JSON})", lacking.join(", ")));
+    let sdxl_tokenizer: &[&str] = if sdxl { &[SDXL_TOKENIZER] } else { &[] };
+    for &dir in ["tokenizer"].iter().chain(sdxl_tokenizer) {
+        let json = format!("{dir}/{TOKENIZER_JSON}");
+        let lacking: Vec<String> =
+            TOKENIZER_BPE.iter().map(|f| format!("{dir}/{f}")).filter(|f| !has.contains(f.as_str())).collect();
+        if !lacking.is_empty() && !has.contains(json.as_str()) {
+            missing.push(format!("{} (or {json})", lacking.join(", ")));
+        }
+        // The whole tokenizer folder, not a fixed list: it is small, and which files a
+        // tokenizer comes with varies.
+        let prefix = format!("{dir}/");
+        files.extend(
+            has.iter().filter(|f| f.strip_prefix(&prefix).is_some_and(|r| !r.contains('/'))).map(|f| f.to_string()),
+        );
     }
-    // The whole tokenizer folder, not a fixed list: it is small, and which files a
-    // tokenizer comes with varies.
-    files.extend(
-        has.iter().filter(|f| f.strip_prefix("tokenizer/").is_some_and(|r| !r.contains('/'))).map(|f| f.to_string()),
-    );
     files.extend(OPTIONAL.iter().filter(|f| has.contains(*f)).map(|f| f.to_string()));
     if missing.is_empty() {
         return Ok(Plan { files, single_file: None });
@@ -457,21 +475,25 @@ fn list_local(dir: &Path, prefix: &str, out: &mut Vec<String>) {
 /// The error for a model that is needed from the cache but isn't all there.
 fn not_cached(config: &HubConfig, repo: &str, revision: &str, prefer_fp16: bool, cause: &str, miss: &Miss) -> Error {
     let variant = if prefer_fp16 { ".fp16" } else { "" };
-    let weights: Vec<String> = MODELS.iter().map(|(dir, stem)| format!("{dir}/{stem}{variant}.safetensors")).collect();
-    let include = [
-        "model_index.json".to_string(),
-        SCHEDULER_CONFIG.to_string(),
-        "tokenizer/*".to_string(),
-        "unet/config.json".to_string(),
-        "vae/config.json".to_string(),
-        "text_encoder/config.json".to_string(),
-    ]
-    .into_iter()
-    .chain(weights)
-    .chain(std::iter::once("README.md".to_string()))
-    .map(|f| format!("'{f}'"))
-    .collect::<Vec<_>>()
-    .join(" ");
+    // Nothing cached may say whether the repo is SDXL: patterns for the second text encoder
+    // and tokenizer then stay in the command, where they match nothing in other repos.
+    let sdxl = match &miss.snapshot {
+        Some(snapshot) => {
+            let mut files = Vec::new();
+            list_local(snapshot, "", &mut files);
+            is_sdxl(&files.iter().map(String::as_str).collect()) || miss.why.contains("_2/")
+        }
+        None => true,
+    };
+    let models: Vec<(&str, &str)> = MODELS.iter().copied().chain(sdxl.then_some(SDXL_MODEL)).collect();
+    let mut include = vec!["model_index.json".to_string(), SCHEDULER_CONFIG.to_string(), "tokenizer/*".to_string()];
+    if sdxl {
+        include.push(format!("{SDXL_TOKENIZER}/*"));
+    }
+    include.extend(models.iter().map(|(dir, _)| format!("{dir}/config.json")));
+    include.extend(models.iter().map(|(dir, stem)| format!("{dir}/{stem}{variant}.safetensors")));
+    include.push("README.md".to_string());
+    let include = include.iter().map(|f| format!("'{f}'")).collect::<Vec<_>>().join(" ");
     let found = match &miss.snapshot {
         Some(snapshot) => format!("the cached snapshot {} is incomplete: {}", snapshot.display(), miss.why),
         None => format!("{repo}@{revision} is not in the cache (no {})", miss.why),
@@ -630,6 +652,103 @@ mod tests {
         );
         assert!(plan(&names(&["a.safetensors", "b.safetensors"]), false).unwrap_err().contains("several checkpoints"));
         assert!(plan(&names(&["a.ckpt"]), false).unwrap_err().contains("pickle"));
+    }
+
+    /// stabilityai/stable-diffusion-xl-base-1.0's listing, shortened.
+    const SDXL: [&str; 27] = [
+        "README.md",
+        "LICENSE.md",
+        "model_index.json",
+        "sd_xl_base_1.0.safetensors",
+        "sd_xl_offset_example-lora_1.0.safetensors",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "text_encoder/model.fp16.safetensors",
+        "text_encoder/openvino_model.bin",
+        "text_encoder_2/config.json",
+        "text_encoder_2/model.safetensors",
+        "text_encoder_2/model.fp16.safetensors",
+        "text_encoder_2/model.onnx_data",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+        "tokenizer_2/merges.txt",
+        "tokenizer_2/special_tokens_map.json",
+        "tokenizer_2/tokenizer_config.json",
+        "tokenizer_2/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ];
+
+    #[test]
+    fn plan_fetches_both_text_encoders_and_tokenizers_of_sdxl() {
+        let expect = |fp16: bool| {
+            let v = if fp16 { ".fp16" } else { "" };
+            let mut want = names(&[
+                "LICENSE.md",
+                "README.md",
+                "model_index.json",
+                "scheduler/scheduler_config.json",
+                "text_encoder/config.json",
+                "text_encoder_2/config.json",
+                "tokenizer/merges.txt",
+                "tokenizer/special_tokens_map.json",
+                "tokenizer/tokenizer_config.json",
+                "tokenizer/vocab.json",
+                "tokenizer_2/merges.txt",
+                "tokenizer_2/special_tokens_map.json",
+                "tokenizer_2/tokenizer_config.json",
+                "tokenizer_2/vocab.json",
+                "unet/config.json",
+                "vae/config.json",
+                "vae/diffusion_pytorch_model.safetensors",
+            ]);
+            want.push(format!("text_encoder/model{v}.safetensors"));
+            want.push(format!("text_encoder_2/model{v}.safetensors"));
+            want.push(format!("unet/diffusion_pytorch_model{v}.safetensors"));
+            sorted(want)
+        };
+        let p = plan(&names(&SDXL), false).unwrap();
+        assert_eq!((sorted(p.files), p.single_file), (expect(false), None));
+        assert_eq!(sorted(plan(&names(&SDXL), true).unwrap().files), expect(true));
+
+        // One of the second pair missing: named, whichever it is.
+        for gone in ["text_encoder_2/model", "text_encoder_2/config.json", "tokenizer_2/vocab.json"] {
+            let listing: Vec<&str> = SDXL.iter().copied().filter(|f| !f.starts_with(gone)).collect();
+            let why = plan(&names(&listing), false).unwrap_err();
+            let named = if gone.ends_with("model") { "text_encoder_2/model.safetensors" } else { gone };
+            assert!(why.contains(named), "{gone}: {why}");
+        }
+        let no_tok2: Vec<&str> = SDXL.iter().copied().filter(|f| !f.starts_with("tokenizer_2/")).collect();
+        let why = plan(&names(&no_tok2), false).unwrap_err();
+        assert!(
+            why.contains("tokenizer_2/vocab.json, tokenizer_2/merges.txt (or tokenizer_2/tokenizer.json)"),
+            "{why}"
+        );
+        // An SD 1.x repo never asks for them.
+        assert!(plan(&names(&SD), false).unwrap().files.iter().all(|f| !f.contains("_2/")));
+    }
+
+    #[test]
+    fn not_cached_names_the_sdxl_files() {
+        let cfg = HubConfig { endpoint: "http://x".into(), cache_dir: "/c".into(), token: None, offline: true };
+        let miss = Miss { snapshot: None, why: "/c/models--a--b/refs/main".into() };
+        let msg = not_cached(&cfg, "a/b", "main", true, "HF_HUB_OFFLINE is set", &miss).to_string();
+        for part in ["'tokenizer_2/*'", "'text_encoder_2/config.json'", "'text_encoder_2/model.fp16.safetensors'"] {
+            assert!(msg.contains(part), "no {part} in {msg}");
+        }
+        // An incomplete SD 1.x snapshot: only what SD 1.x needs.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("unet")).unwrap();
+        std::fs::write(dir.path().join("unet/config.json"), "{}").unwrap();
+        let miss = Miss { snapshot: Some(dir.path().to_path_buf()), why: "missing vae/config.json".into() };
+        let msg = not_cached(&cfg, "a/b", "main", false, "offline", &miss).to_string();
+        assert!(!msg.contains("text_encoder_2") && msg.contains("'text_encoder/model.safetensors'"), "{msg}");
     }
 
     fn config(vars: &[(&str, &str)]) -> HubConfig {

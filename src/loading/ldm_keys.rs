@@ -6,6 +6,12 @@
 //! as Hugging Face CLIP (SD 1.x, `cond_stage_model.transformer.text_model.*`) or as OpenCLIP
 //! (SD 2.x, `cond_stage_model.model.*`, q/k/v fused into one `in_proj`).
 //!
+//! SDXL's checkpoints (Stability's generative-models, "SGM") keep the UNet and VAE prefixes,
+//! add the UNet's added conditioning as `label_emb.0.{0,2}`, and hold two text encoders:
+//! `conditioner.embedders.0.transformer.*` (Hugging Face CLIP names) and
+//! `conditioner.embedders.1.model.*` (OpenCLIP names, all layers used, with its
+//! `text_projection`).
+//!
 //! Each function here walks the stored names of one model and translates every one of them.
 //! The structure (how many levels, resnets per level, which levels attend) is read off the
 //! names and shapes, never assumed, and a name that fits no known pattern is an error that
@@ -21,6 +27,10 @@ pub const VAE_PREFIX: &str = "first_stage_model.";
 pub const TEXT_PREFIX: &str = "cond_stage_model.";
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
 pub const OPEN_CLIP_PREFIX: &str = "cond_stage_model.model.";
+/// SDXL's text encoders, both under this prefix.
+pub const SGM_TEXT_PREFIX: &str = "conditioner.embedders.";
+pub const SGM_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
+pub const SGM_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 
 /// A checkpoint's tensor names and shapes (its header), with the file for messages.
 #[derive(Debug, Clone)]
@@ -120,20 +130,38 @@ pub struct UNetLayout {
     pub cross_attention_dim: i64,
     /// `proj_in`/`proj_out` are linear (SD 2.x) rather than 1x1 convolutions (SD 1.x).
     pub use_linear_projection: bool,
-    pub transformer_layers_per_block: usize,
+    /// Transformer blocks per attention, per level in down order (0 where a level has none).
+    pub transformer_layers_per_block: Vec<usize>,
+    /// Transformer blocks of the mid-block's attention.
+    pub mid_transformer_layers: usize,
+    /// SDXL: the input width of the added-conditioning MLP (`label_emb.0.0`), which diffusers
+    /// calls `projection_class_embeddings_input_dim`: the pooled text and six embedded time ids.
+    pub added_conditioning_width: Option<i64>,
 }
 
 /// Maps every `model.diffusion_model.*` tensor onto a UNet2DConditionModel name.
-pub fn unet(h: &Header) -> Result<(UNetLayout, BTreeMap<String, Source>)> {
+///
+/// `sdxl`: the file is in the SGM layout, whose `label_emb.0` is SDXL's added (text and
+/// time) conditioning; elsewhere `label_emb` means a class-conditioned UNet (unCLIP, the
+/// upscaler), which is refused.
+pub fn unet(h: &Header, sdxl: bool) -> Result<(UNetLayout, BTreeMap<String, Source>)> {
     let p = UNET_PREFIX;
     let names: Vec<(&str, &str)> = h.under(p).collect();
     if names.is_empty() {
-        return Err(h.err(format!("no UNet tensors ('{p}*'): not an original Stable Diffusion checkpoint")));
-    }
-    if let Some((key, _)) = names.iter().find(|(_, r)| r.starts_with("label_emb.")) {
         return Err(h.err(format!(
-            "'{key}': this UNet is class-conditioned (e.g. an upscaler or unCLIP model), which sdgen does not support"
+            "no UNet tensors ('{p}*'): not an original Stable Diffusion checkpoint; expected the UNet under \
+             '{p}', the VAE under '{VAE_PREFIX}' and the text encoder under '{TEXT_PREFIX}' (SD 1.x/2.x) or \
+             '{SGM_CLIP_PREFIX}' and '{SGM_OPEN_CLIP_PREFIX}' (SDXL){}",
+            diffusers_hint(h)
         )));
+    }
+    if !sdxl {
+        if let Some((key, _)) = names.iter().find(|(_, r)| r.starts_with("label_emb.")) {
+            return Err(h.err(format!(
+                "'{key}': this UNet is class-conditioned (e.g. an upscaler or unCLIP model), which sdgen does not \
+                 support"
+            )));
+        }
     }
 
     // Input blocks: 1.. hold (resnet[, transformer]) per layer, with a downsampler closing
@@ -174,9 +202,13 @@ pub fn unet(h: &Header) -> Result<(UNetLayout, BTreeMap<String, Source>)> {
         map.insert(name, Source::direct(key));
     };
     for &(key, rest) in &names {
-        let bad = || h.err(format!("unexpected UNet tensor '{key}' (not part of an SD 1.x/2.x UNet)"));
+        let bad = || h.err(format!("unexpected UNet tensor '{key}' (not part of an SD 1.x/2.x or SDXL UNet)"));
         let name = if let Some(leaf) = rest.strip_prefix("time_embed.0.") {
             format!("time_embedding.linear_1.{leaf}")
+        } else if let Some(leaf) = rest.strip_prefix("label_emb.0.0.").filter(|l| sdxl && is_leaf(l)) {
+            format!("add_embedding.linear_1.{leaf}")
+        } else if let Some(leaf) = rest.strip_prefix("label_emb.0.2.").filter(|l| sdxl && is_leaf(l)) {
+            format!("add_embedding.linear_2.{leaf}")
         } else if let Some(leaf) = rest.strip_prefix("time_embed.2.") {
             format!("time_embedding.linear_2.{leaf}")
         } else if let Some(leaf) = rest.strip_prefix("input_blocks.0.0.") {
@@ -239,27 +271,44 @@ pub fn unet(h: &Header) -> Result<(UNetLayout, BTreeMap<String, Source>)> {
     };
     dims(conv_in, 4, "conv_in (input_blocks.0.0.weight)")?;
     dims(conv_out, 4, "conv_out (out.2.weight)")?;
+    // Transformer blocks under one attention: its highest `transformer_blocks.N` plus one.
+    let depth_of = |attn: &str| -> usize {
+        let attn = format!("{p}{attn}.transformer_blocks.");
+        h.under(&attn).filter_map(|(_, r)| index(r).map(|(n, _)| n + 1)).max().unwrap_or(0)
+    };
     let mut block_out_channels = Vec::new();
     let mut attention = Vec::new();
+    let mut transformer_layers_per_block = Vec::new();
     for level in 0..levels {
         let first = 1 + level * per;
         let conv2 = h.shape(&format!("{p}input_blocks.{first}.0.out_layers.3.weight"))?;
         block_out_channels.push(conv2.first().copied().unwrap_or(0));
         attention.push(h.shapes.contains_key(&format!("{p}input_blocks.{first}.1.proj_in.weight")));
+        transformer_layers_per_block.push(depth_of(&format!("input_blocks.{first}.1")));
     }
+    let added_conditioning_width = if sdxl {
+        let key = format!("{p}label_emb.0.0.weight");
+        match h.shapes.get(&key).map(Vec::as_slice) {
+            Some([_, width]) => Some(*width),
+            Some(other) => return Err(h.err(format!("'{key}' has shape {other:?}, expected 2 dimensions"))),
+            None => {
+                return Err(h.err(format!(
+                    "the SDXL UNet lacks its added conditioning ('{key}'): not an SDXL text-to-image checkpoint"
+                )))
+            }
+        }
+    } else {
+        None
+    };
 
     let mut cross = BTreeSet::new();
     let mut proj_in_ranks = BTreeSet::new();
-    let mut depth = 0;
     for &(key, rest) in &names {
         if rest.ends_with(".attn2.to_k.weight") {
             cross.insert(h.shape(key)?.get(1).copied().unwrap_or(0));
         }
         if rest.ends_with(".proj_in.weight") {
             proj_in_ranks.insert(h.shape(key)?.len());
-        }
-        if rest.starts_with("middle_block.1.transformer_blocks.") && rest.ends_with(".norm1.weight") {
-            depth += 1;
         }
     }
     let cross_attention_dim = match cross.iter().collect::<Vec<_>>().as_slice() {
@@ -280,7 +329,9 @@ pub fn unet(h: &Header) -> Result<(UNetLayout, BTreeMap<String, Source>)> {
         attention,
         cross_attention_dim,
         use_linear_projection,
-        transformer_layers_per_block: depth,
+        transformer_layers_per_block,
+        mid_transformer_layers: depth_of("middle_block.1"),
+        added_conditioning_width,
     };
     Ok((layout, map))
 }
@@ -331,7 +382,7 @@ pub fn vae(h: &Header) -> Result<(VaeLayout, BTreeMap<String, Source>)> {
 
     let mut map = BTreeMap::new();
     for &(key, rest) in &names {
-        let bad = || h.err(format!("unexpected VAE tensor '{key}' (not part of an SD 1.x/2.x autoencoder)"));
+        let bad = || h.err(format!("unexpected VAE tensor '{key}' (not part of a Stable Diffusion autoencoder)"));
         let mut reshape = false;
         let name = if matches!(
             rest,
@@ -385,7 +436,7 @@ pub fn vae(h: &Header) -> Result<(VaeLayout, BTreeMap<String, Source>)> {
             };
             format!("{half}.{tail}")
         };
-        map.insert(name, Source { key: key.to_string(), slice0: None, reshape });
+        map.insert(name, Source { reshape, ..Source::direct(key) });
     }
 
     let mut block_out_channels = Vec::new();
@@ -423,6 +474,8 @@ pub struct TextLayout {
     pub num_hidden_layers: usize,
     /// Transformer blocks stored in the file.
     pub stored_layers: usize,
+    /// SDXL's second encoder: the width of its `text_projection` (diffusers' `projection_dim`).
+    pub projection_dim: Option<i64>,
 }
 
 fn hf_clip_layer(rest: &str) -> bool {
@@ -464,8 +517,8 @@ pub fn text(
         return Err(h.err(format!("unexpected text encoder tensor '{key}' (neither CLIP nor OpenCLIP layout)")));
     }
     match (hf.is_empty(), open.is_empty()) {
-        (false, true) => hf_clip(h, &hf),
-        (true, false) => open_clip(h, &open, openclip_layers),
+        (false, true) => hf_clip(h, &hf, CLIP_PREFIX),
+        (true, false) => open_clip(h, &open, OPEN_CLIP_PREFIX, openclip_layers, false),
         (true, true) => Err(h.err(format!(
             "no text encoder tensors ('{CLIP_PREFIX}*' or '{OPEN_CLIP_PREFIX}*'): the checkpoint lacks its text encoder"
         ))),
@@ -475,7 +528,42 @@ pub fn text(
     }
 }
 
-fn hf_clip(h: &Header, names: &[(&str, &str)]) -> Result<(TextLayout, BTreeMap<String, Source>, Vec<Ignored>)> {
+/// A text encoder's layout, its diffusers name → stored tensor map, and what it leaves unused.
+type Text = (TextLayout, BTreeMap<String, Source>, Vec<Ignored>);
+
+/// Maps SDXL's two text encoders (`conditioner.embedders.0/1`): the first as
+/// `CLIPTextModel`, the second, all of its layers and its `text_projection`, as
+/// `CLIPTextModelWithProjection`. Returns the first and the second, each with what it leaves
+/// unused (CLIP's `position_ids`, OpenCLIP's `logit_scale`).
+pub fn sgm_text(h: &Header) -> Result<(Text, Text)> {
+    let refiner = format!("{SGM_TEXT_PREFIX}0.model.");
+    for (key, _) in h.under(SGM_TEXT_PREFIX) {
+        if key.starts_with(&refiner) {
+            return Err(h.err(format!(
+                "'{key}': the first conditioner is an OpenCLIP model, as in the SDXL refiner; sdgen runs SDXL base \
+                 models (CLIP ViT-L under '{SGM_CLIP_PREFIX}', OpenCLIP ViT-bigG under '{SGM_OPEN_CLIP_PREFIX}')"
+            )));
+        }
+        if !key.starts_with(SGM_CLIP_PREFIX) && !key.starts_with(SGM_OPEN_CLIP_PREFIX) {
+            return Err(h.err(format!(
+                "unexpected SDXL conditioner tensor '{key}' (expected '{SGM_CLIP_PREFIX}*' and '{SGM_OPEN_CLIP_PREFIX}*')"
+            )));
+        }
+    }
+    let clip: Vec<(&str, &str)> = h.under(SGM_CLIP_PREFIX).collect();
+    let open: Vec<(&str, &str)> = h.under(SGM_OPEN_CLIP_PREFIX).collect();
+    if clip.is_empty() || open.is_empty() {
+        let (which, prefix) =
+            if clip.is_empty() { ("first", SGM_CLIP_PREFIX) } else { ("second", SGM_OPEN_CLIP_PREFIX) };
+        return Err(h.err(format!(
+            "the SDXL checkpoint lacks its {which} text encoder ('{prefix}*'); SDXL needs both \
+             '{SGM_CLIP_PREFIX}*' and '{SGM_OPEN_CLIP_PREFIX}*'"
+        )));
+    }
+    Ok((hf_clip(h, &clip, SGM_CLIP_PREFIX)?, open_clip(h, &open, SGM_OPEN_CLIP_PREFIX, None, true)?))
+}
+
+fn hf_clip(h: &Header, names: &[(&str, &str)], prefix: &str) -> Result<Text> {
     let mut map = BTreeMap::new();
     let mut ignored = Vec::new();
     let mut layers = BTreeSet::new();
@@ -512,7 +600,7 @@ fn hf_clip(h: &Header, names: &[(&str, &str)]) -> Result<(TextLayout, BTreeMap<S
             .iter()
             .find(|(_, r)| r.ends_with(suffix))
             .map(|(k, _)| *k)
-            .ok_or_else(|| h.err(format!("the CLIP text encoder lacks '{CLIP_PREFIX}text_model.{suffix}'")))
+            .ok_or_else(|| h.err(format!("the CLIP text encoder lacks '{prefix}text_model.{suffix}'")))
     };
     let token = h.shape(find("embeddings.token_embedding.weight")?)?;
     let position = h.shape(find("embeddings.position_embedding.weight")?)?;
@@ -529,16 +617,14 @@ fn hf_clip(h: &Header, names: &[(&str, &str)]) -> Result<(TextLayout, BTreeMap<S
         max_position_embeddings: position.first().copied().unwrap_or(0),
         num_hidden_layers: n,
         stored_layers: n,
+        projection_dim: None,
     };
     Ok((layout, map, ignored))
 }
 
-fn open_clip(
-    h: &Header,
-    names: &[(&str, &str)],
-    layers: Option<usize>,
-) -> Result<(TextLayout, BTreeMap<String, Source>, Vec<Ignored>)> {
-    let p = OPEN_CLIP_PREFIX;
+/// An OpenCLIP text tower under `p`. SD 2.x (`sdxl` false) drops the final block and the
+/// projection by default; SDXL's second encoder uses every block and its projection.
+fn open_clip(h: &Header, names: &[(&str, &str)], p: &str, layers: Option<usize>, sdxl: bool) -> Result<Text> {
     let token = h.shape(&format!("{p}token_embedding.weight"))?;
     let width = match token {
         [_, w] => *w,
@@ -557,7 +643,7 @@ fn open_clip(
         );
     }
     // Blocks from `last` on are not part of the diffusers text encoder.
-    let last = layers.unwrap_or(stored - 1);
+    let last = layers.unwrap_or(if sdxl { stored } else { stored - 1 });
     // `stored - 1`, not `last + 1`: a caller's count may be anything, even usize::MAX.
     if last < stored - 1 || last > stored || last == 0 {
         return Err(h.err(format!(
@@ -577,6 +663,11 @@ fn open_clip(
             "positional_embedding" => vec![direct("text_model.embeddings.position_embedding.weight")],
             "ln_final.weight" => vec![direct("text_model.final_layer_norm.weight")],
             "ln_final.bias" => vec![direct("text_model.final_layer_norm.bias")],
+            "text_projection" if sdxl => {
+                // OpenCLIP computes `x @ text_projection`; a Linear computes `x @ weight.T`.
+                let src = Source { transpose: true, ..Source::direct(key) };
+                vec![("text_projection.weight".to_string(), src)]
+            }
             "text_projection" | "logit_scale" => {
                 ignored.push(Ignored {
                     key: key.to_string(),
@@ -602,11 +693,7 @@ fn open_clip(
                             .iter()
                             .enumerate()
                             .map(|(i, x)| {
-                                let src = Source {
-                                    key: key.to_string(),
-                                    slice0: Some((i as i64 * width, width)),
-                                    reshape: false,
-                                };
+                                let src = Source { slice0: Some((i as i64 * width, width)), ..Source::direct(key) };
                                 (format!("{l}.self_attn.{x}_proj.{leaf}"), src)
                             })
                             .collect()
@@ -638,6 +725,15 @@ fn open_clip(
     }
     let position = h.shape(&format!("{p}positional_embedding"))?;
     let c_fc = h.shape(&format!("{p}transformer.resblocks.0.mlp.c_fc.weight"))?;
+    let projection_dim = if sdxl {
+        let key = format!("{p}text_projection");
+        match h.shape(&key)? {
+            [rows, cols] if *rows == width => Some(*cols),
+            other => return Err(h.err(format!("'{key}' has shape {other:?}, expected [{width}, projection width]"))),
+        }
+    } else {
+        None
+    };
     let layout = TextLayout {
         format: TextFormat::OpenClip,
         hidden_size: width,
@@ -646,6 +742,7 @@ fn open_clip(
         max_position_embeddings: position.first().copied().unwrap_or(0),
         num_hidden_layers: last,
         stored_layers: stored,
+        projection_dim,
     };
     Ok((layout, map, ignored))
 }
@@ -666,15 +763,12 @@ const SCHEDULE_BUFFERS: [&str; 12] = [
     "posterior_mean_coef2",
 ];
 
-/// Every tensor outside the three model prefixes, with the reason it is not loaded.
+/// Every tensor outside the model prefixes, with the reason it is not loaded.
 pub fn outside(h: &Header) -> Result<Vec<Ignored>> {
     let mut out = Vec::new();
     for key in h.shapes.keys() {
-        if [UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX].iter().any(|p| key.starts_with(p)) {
+        if [UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX, SGM_TEXT_PREFIX].iter().any(|p| key.starts_with(p)) {
             continue;
-        }
-        if key.starts_with("conditioner.embedders.") {
-            return Err(h.err(format!("'{key}': this is an SDXL checkpoint, which sdgen does not support")));
         }
         let reason = if key.starts_with("model_ema.") {
             "EMA copy of the UNet (like diffusers, sdgen loads the non-EMA weights)"
@@ -686,4 +780,15 @@ pub fn outside(h: &Header) -> Result<Vec<Ignored>> {
         out.push(Ignored { key: key.clone(), reason: reason.into() });
     }
     Ok(out)
+}
+
+/// A hint for a file that is one diffusers model's weights rather than a whole checkpoint.
+fn diffusers_hint(h: &Header) -> &'static str {
+    let diffusers = ["conv_in.", "down_blocks.", "text_model.", "encoder.down_blocks.", "time_embedding."];
+    if h.shapes.keys().any(|k| diffusers.iter().any(|d| k.starts_with(d))) {
+        "; this file has diffusers names, as one model of a diffusers folder (unet/, vae/, text_encoder/) \
+         stores them: pass the whole folder to --model instead"
+    } else {
+        ""
+    }
 }

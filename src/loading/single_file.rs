@@ -1,7 +1,9 @@
 //! Single-file Stable Diffusion checkpoints: one `.safetensors` in the original CompVis/A1111
-//! layout holding UNet, VAE and text encoder, without configs or tokenizer.
+//! layout holding UNet, VAE and text encoder (SDXL: Stability's SGM layout, with two text
+//! encoders), without configs or tokenizers.
 //!
-//! [`inspect`] reads the file's header, tells SD 1.x from SD 2.x, derives what the shapes say
+//! [`inspect`] reads the file's header, tells SD 1.x, SD 2.x and SDXL apart (SDXL by its
+//! layout, the others by the text width), derives what the shapes say
 //! about each model and builds, per model, the map from diffusers names to stored tensors
 //! (see `ldm_keys`). [`ConfigSet`] supplies the configs the file lacks: the standard SD 1.5
 //! or SD 2.1 ones compiled into sdgen, or a diffusers folder's (`--config-dir`, the
@@ -98,6 +100,9 @@ pub enum Detection {
     CrossAttentionWidth,
     /// Any other width (small test models): the text encoder's layout, CLIP or OpenCLIP.
     TextEncoderFormat,
+    /// SDXL's layout: two text encoders under `conditioner.embedders.` (or, in a file
+    /// without text encoders, the UNet's added conditioning `label_emb.0`).
+    SgmLayout,
     /// The caller said so.
     Override,
 }
@@ -135,6 +140,8 @@ pub struct SingleFile {
     pub unet: UNetLayout,
     pub vae: VaeLayout,
     pub text_encoder: TextLayout,
+    /// SDXL's second text encoder (OpenCLIP ViT-bigG, with its projection).
+    pub text_encoder_2: Option<TextLayout>,
     /// Diffusers name → stored tensor, per model.
     pub unet_sources: BTreeMap<String, Source>,
     pub vae_sources: BTreeMap<String, Source>,
@@ -190,11 +197,76 @@ pub fn inspect_with(path: &Path, arch: Option<Arch>) -> Result<SingleFile> {
 
 /// The work of [`inspect_with`] on a header already read (tests feed full-size layouts here).
 pub fn inspect_header(h: &Header, arch: Option<Arch>) -> Result<SingleFile> {
+    let has = |prefix: &str| h.shapes.keys().any(|k| k.starts_with(prefix));
+    let (ldm_text, sgm_text) = (has(ldm_keys::TEXT_PREFIX), has(ldm_keys::SGM_TEXT_PREFIX));
+    let added = h.shapes.contains_key(&format!("{}label_emb.0.0.weight", ldm_keys::UNET_PREFIX));
+    if ldm_text && sgm_text {
+        return Err(Error::weights(
+            &h.path,
+            format!(
+                "the file holds both an SD 1.x/2.x text encoder ('{}*') and SDXL's ('{}*'): it does not hold one \
+                 Stable Diffusion model",
+                ldm_keys::TEXT_PREFIX,
+                ldm_keys::SGM_TEXT_PREFIX
+            ),
+        ));
+    }
+    let sdxl = sgm_text || (added && !ldm_text);
+    if has(ldm_keys::UNET_PREFIX) && !has(ldm_keys::VAE_PREFIX) && !ldm_text && !sgm_text {
+        return Err(Error::weights(
+            &h.path,
+            format!(
+                "the file holds only a UNet ('{}*'), without the VAE ('{}*') and text encoder{}: sdgen needs a \
+                 whole checkpoint, or a diffusers folder",
+                ldm_keys::UNET_PREFIX,
+                ldm_keys::VAE_PREFIX,
+                if sdxl { "s" } else { "" }
+            ),
+        ));
+    }
+    match (arch, sdxl) {
+        (Some(a @ (Arch::Sd1 | Arch::Sd2)), true) => {
+            return Err(Error::weights(
+                &h.path,
+                format!(
+                    "--arch {} was given, but this is an SDXL checkpoint (text encoders under '{}*', added \
+                     conditioning in the UNet); use --arch sdxl or leave --arch out",
+                    a.name(),
+                    ldm_keys::SGM_TEXT_PREFIX
+                ),
+            ))
+        }
+        (Some(Arch::Sdxl), false) => {
+            return Err(Error::weights(
+                &h.path,
+                format!(
+                    "--arch sdxl was given, but this is not an SDXL checkpoint: it has no SDXL text encoders \
+                     ('{}*'){}; use --arch sd1 or sd2, or leave --arch out",
+                    ldm_keys::SGM_TEXT_PREFIX,
+                    if ldm_text {
+                        format!(" but an SD 1.x/2.x one ('{}*')", ldm_keys::TEXT_PREFIX)
+                    } else {
+                        String::new()
+                    }
+                ),
+            ))
+        }
+        _ => {}
+    }
+
     let mut ignored = ldm_keys::outside(h)?;
-    let (unet, unet_sources) = ldm_keys::unet(h)?;
+    let (unet, unet_sources) = ldm_keys::unet(h, sdxl)?;
     let (vae, vae_sources) = ldm_keys::vae(h)?;
-    let (text_encoder, text_encoder_sources, text_ignored) = ldm_keys::text(h, None)?;
-    ignored.extend(text_ignored);
+    let (text_encoder, text_encoder_sources, text_encoder_2, text_encoder_2_sources) = if sdxl {
+        let ((te1, te1_sources, te1_ignored), (te2, te2_sources, te2_ignored)) = ldm_keys::sgm_text(h)?;
+        ignored.extend(te1_ignored);
+        ignored.extend(te2_ignored);
+        (te1, te1_sources, Some(te2), te2_sources)
+    } else {
+        let (te, sources, text_ignored) = ldm_keys::text(h, None)?;
+        ignored.extend(text_ignored);
+        (te, sources, None, BTreeMap::new())
+    };
 
     let inpainting = match unet.in_channels {
         4 => false,
@@ -209,22 +281,35 @@ pub fn inspect_header(h: &Header, arch: Option<Arch>) -> Result<SingleFile> {
             ))
         }
     };
-    if unet.cross_attention_dim != text_encoder.hidden_size {
+    // SDXL's UNet attends to both encoders' hidden states, concatenated.
+    let (text_width, what) = match &text_encoder_2 {
+        Some(te2) => (
+            text_encoder.hidden_size + te2.hidden_size,
+            format!(
+                "the text encoders have widths {} + {} = {}",
+                text_encoder.hidden_size,
+                te2.hidden_size,
+                text_encoder.hidden_size + te2.hidden_size
+            ),
+        ),
+        None => (text_encoder.hidden_size, format!("the text encoder has width {}", text_encoder.hidden_size)),
+    };
+    if unet.cross_attention_dim != text_width {
         return Err(Error::weights(
             &h.path,
             format!(
-                "the UNet attends to text of width {} but the text encoder has width {}: \
-                 the file does not hold one Stable Diffusion model",
-                unet.cross_attention_dim, text_encoder.hidden_size
+                "the UNet attends to text of width {} but {what}: the file does not hold one Stable Diffusion model",
+                unet.cross_attention_dim
             ),
         ));
     }
-    let (arch, detected_by) = match (arch, unet.cross_attention_dim, text_encoder.format) {
-        (Some(a), _, _) => (a, Detection::Override),
-        (None, 768, _) => (Arch::Sd1, Detection::CrossAttentionWidth),
-        (None, 1024, _) => (Arch::Sd2, Detection::CrossAttentionWidth),
-        (None, _, TextFormat::HfClip) => (Arch::Sd1, Detection::TextEncoderFormat),
-        (None, _, TextFormat::OpenClip) => (Arch::Sd2, Detection::TextEncoderFormat),
+    let (arch, detected_by) = match (arch, sdxl, unet.cross_attention_dim, text_encoder.format) {
+        (Some(a), _, _, _) => (a, Detection::Override),
+        (None, true, _, _) => (Arch::Sdxl, Detection::SgmLayout),
+        (None, false, 768, _) => (Arch::Sd1, Detection::CrossAttentionWidth),
+        (None, false, 1024, _) => (Arch::Sd2, Detection::CrossAttentionWidth),
+        (None, false, _, TextFormat::HfClip) => (Arch::Sd1, Detection::TextEncoderFormat),
+        (None, false, _, TextFormat::OpenClip) => (Arch::Sd2, Detection::TextEncoderFormat),
     };
     Ok(SingleFile {
         path: h.path.clone(),
@@ -234,10 +319,11 @@ pub fn inspect_header(h: &Header, arch: Option<Arch>) -> Result<SingleFile> {
         unet,
         vae,
         text_encoder,
+        text_encoder_2,
         unet_sources,
         vae_sources,
         text_encoder_sources,
-        text_encoder_2_sources: BTreeMap::new(),
+        text_encoder_2_sources,
         ignored,
         header: h.clone(),
     })
@@ -260,12 +346,36 @@ pub const CONFIG_FILES: [&str; 8] = [
 /// (and no `special_tokens_map.json`); a config folder may have either kind.
 pub const TOKENIZER_JSON: &str = "tokenizer/tokenizer.json";
 
+/// What an SDXL checkpoint needs besides [`CONFIG_FILES`]: its second text encoder's config
+/// and second tokenizer.
+pub const SDXL_CONFIG_FILES: [&str; 5] = [
+    "text_encoder_2/config.json",
+    "tokenizer_2/tokenizer_config.json",
+    "tokenizer_2/special_tokens_map.json",
+    "tokenizer_2/vocab.json",
+    "tokenizer_2/merges.txt",
+];
+
+/// [`TOKENIZER_JSON`] of the second tokenizer.
+pub const TOKENIZER_2_JSON: &str = "tokenizer_2/tokenizer.json";
+
 const SCHEDULER: &str = "scheduler/scheduler_config.json";
 
 macro_rules! data {
     ($rel:literal) => {
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/data/", $rel))
     };
+}
+
+/// SDXL base 1.0's second text encoder and tokenizer, beside [`standard_files`]`(Arch::Sdxl)`.
+fn standard_sdxl_files() -> [&'static str; 5] {
+    [
+        data!("configs/sdxl/text_encoder_2/config.json"),
+        data!("configs/sdxl/tokenizer_2/tokenizer_config.json"),
+        data!("configs/sdxl/tokenizer_2/special_tokens_map.json"),
+        data!("tokenizer/clip/vocab.json"),
+        data!("tokenizer/clip/merges.txt"),
+    ]
 }
 
 fn standard_files(arch: Arch) -> [&'static str; 8] {
@@ -304,8 +414,12 @@ fn standard_files(arch: Arch) -> [&'static str; 8] {
     }
 }
 
+/// One field [`ConfigSet::check`] compares: file, field, the configured and the stored value.
+type Check = (&'static str, &'static str, Option<Value>, Value);
+
 /// The configs and tokenizer files that turn a single file into the equivalent of a
-/// diffusers folder ([`CONFIG_FILES`], or a transformers 5 tokenizer: see [`ConfigSet::from_dir`]).
+/// diffusers folder ([`CONFIG_FILES`], or a transformers 5 tokenizer: see [`ConfigSet::from_dir`];
+/// for SDXL also [`SDXL_CONFIG_FILES`]).
 #[derive(Debug, Clone)]
 pub struct ConfigSet {
     /// Where the files came from, used as the directory in messages.
@@ -314,23 +428,45 @@ pub struct ConfigSet {
 }
 
 impl ConfigSet {
-    /// SD 1.5's or SD 2.1's published configs, compiled into sdgen (see data/configs/README.md).
+    /// SD 1.5's, SD 2.1's or SDXL base 1.0's published configs, compiled into sdgen (see
+    /// data/configs/README.md).
     pub fn standard(arch: Arch) -> ConfigSet {
-        let files = CONFIG_FILES.iter().zip(standard_files(arch)).map(|(rel, text)| (*rel, Cow::Borrowed(text)));
-        ConfigSet { origin: PathBuf::from(format!("<built-in {} configs>", arch.name())), files: files.collect() }
+        let mut files: BTreeMap<&'static str, Cow<'static, str>> =
+            CONFIG_FILES.iter().zip(standard_files(arch)).map(|(rel, text)| (*rel, Cow::Borrowed(text))).collect();
+        if arch == Arch::Sdxl {
+            files.extend(SDXL_CONFIG_FILES.iter().zip(standard_sdxl_files()).map(|(rel, t)| (*rel, Cow::Borrowed(t))));
+        }
+        ConfigSet { origin: PathBuf::from(format!("<built-in {} configs>", arch.name())), files }
+    }
+
+    /// Whether these are an SDXL model's configs (they include a second text encoder).
+    pub fn is_sdxl(&self) -> bool {
+        self.files.contains_key(SDXL_CONFIG_FILES[0])
     }
 
     /// The configs of a diffusers folder (its weights are not read). The tokenizer may be
     /// saved by transformers 4 (all of [`CONFIG_FILES`]) or 5 ([`TOKENIZER_JSON`] instead of
     /// `vocab.json`, `merges.txt` and `special_tokens_map.json`, which the tokenizer does
-    /// without).
+    /// without). A folder with `text_encoder_2/` or `tokenizer_2/` is an SDXL folder and must
+    /// also have [`SDXL_CONFIG_FILES`] (with the same choice for the second tokenizer).
     pub fn from_dir(dir: &Path) -> Result<ConfigSet> {
+        let sdxl = dir.join("text_encoder_2").is_dir() || dir.join("tokenizer_2").is_dir();
         let has_json = dir.join(TOKENIZER_JSON).is_file();
+        let has_json_2 = dir.join(TOKENIZER_2_JSON).is_file();
+        let sdxl_files: &[&'static str] = if sdxl { &SDXL_CONFIG_FILES } else { &[] };
+        let sdxl_json: &[&'static str] = if sdxl { &[TOKENIZER_2_JSON] } else { &[] };
         let mut files = BTreeMap::new();
-        for rel in CONFIG_FILES.into_iter().chain([TOKENIZER_JSON]) {
+        for rel in CONFIG_FILES
+            .into_iter()
+            .chain([TOKENIZER_JSON])
+            .chain(sdxl_files.iter().copied())
+            .chain(sdxl_json.iter().copied())
+        {
             let optional = match rel {
-                TOKENIZER_JSON | "tokenizer/special_tokens_map.json" => true,
+                TOKENIZER_JSON | TOKENIZER_2_JSON => true,
+                "tokenizer/special_tokens_map.json" | "tokenizer_2/special_tokens_map.json" => true,
                 "tokenizer/vocab.json" | "tokenizer/merges.txt" => has_json,
+                "tokenizer_2/vocab.json" | "tokenizer_2/merges.txt" => has_json_2,
                 _ => false,
             };
             let path = dir.join(rel);
@@ -344,8 +480,13 @@ impl ConfigSet {
                         &path,
                         format!(
                             "cannot read it ({e}); a config folder needs {} (or {TOKENIZER_JSON} instead of the \
-                             tokenizer's vocab.json and merges.txt)",
-                            CONFIG_FILES.join(", ")
+                             tokenizer's vocab.json and merges.txt){}",
+                            CONFIG_FILES.join(", "),
+                            if sdxl {
+                                format!(", and for SDXL also {}", SDXL_CONFIG_FILES.join(", "))
+                            } else {
+                                String::new()
+                            }
                         ),
                     ))
                 }
@@ -371,9 +512,8 @@ impl ConfigSet {
 
     /// Parses one JSON file into `T`, with errors naming the file and field.
     pub fn parse<T: DeserializeOwned>(&self, rel: &str) -> Result<T> {
-        let text = self
-            .text(rel)
-            .ok_or_else(|| Error::config(self.path_of(rel), format!("not one of the config files {CONFIG_FILES:?}")))?;
+        let text =
+            self.text(rel).ok_or_else(|| Error::config(self.path_of(rel), "the config folder lacks this file"))?;
         parse_json(&self.path_of(rel), text)
     }
 
@@ -417,11 +557,21 @@ impl ConfigSet {
         let down_attention = unet.get("down_block_types").and_then(Value::as_array).map(|types| {
             types.iter().map(|t| Value::Bool(t.as_str().is_some_and(|s| s.starts_with("CrossAttn")))).collect()
         });
-        let depth = match unet.get("transformer_layers_per_block") {
-            None | Some(Value::Null) => Some(Value::from(1)),
-            Some(v) => Some(v.clone()),
+        // Per level, as the tensors say it: levels without attention count 0 whatever the
+        // config says for them (diffusers ignores it there too).
+        let configured_depth = match unet.get("transformer_layers_per_block") {
+            None | Some(Value::Null) => Some(vec![Value::from(1); u.attention.len()]),
+            Some(Value::Array(list)) => Some(list.clone()),
+            Some(one) => Some(vec![one.clone(); u.attention.len()]),
         };
-        let checks: Vec<(&str, &str, Option<Value>, Value)> = vec![
+        let mid_depth = configured_depth.as_ref().and_then(|d| d.last().cloned());
+        let depth = configured_depth.map(|d| {
+            if d.len() != u.attention.len() {
+                return Value::Array(d);
+            }
+            d.iter().zip(&u.attention).map(|(v, &a)| if a { v.clone() } else { Value::from(0) }).collect()
+        });
+        let mut checks: Vec<Check> = vec![
             ("unet/config.json", "in_channels", unet.get("in_channels").cloned(), u.in_channels.into()),
             ("unet/config.json", "out_channels", unet.get("out_channels").cloned(), u.out_channels.into()),
             (
@@ -444,7 +594,24 @@ impl ConfigSet {
                 u.use_linear_projection.into(),
             ),
             ("unet/config.json", "down_block_types (which levels attend)", down_attention, attention.into()),
-            ("unet/config.json", "transformer_layers_per_block", depth, u.transformer_layers_per_block.into()),
+            (
+                "unet/config.json",
+                "transformer_layers_per_block (per level, 0 without attention)",
+                depth,
+                u.transformer_layers_per_block.clone().into(),
+            ),
+            (
+                "unet/config.json",
+                "transformer_layers_per_block (the last level's, which the mid-block uses)",
+                mid_depth,
+                u.mid_transformer_layers.into(),
+            ),
+            (
+                "unet/config.json",
+                "addition_embed_type",
+                Some(unet.get("addition_embed_type").cloned().unwrap_or(Value::Null)),
+                if u.added_conditioning_width.is_some() { "text_time".into() } else { Value::Null },
+            ),
             (
                 "vae/config.json",
                 "block_out_channels",
@@ -489,6 +656,9 @@ impl ConfigSet {
                 sf.text_encoder.max_position_embeddings.into(),
             ),
         ];
+        if let Some(te2) = &sf.text_encoder_2 {
+            checks.extend(self.sdxl_checks(sf, te2, &unet)?);
+        }
         for (rel, field, configured, stored) in checks {
             if configured.as_ref() != Some(&stored) {
                 let configured = configured.map_or("absent".to_string(), |v| v.to_string());
@@ -505,6 +675,53 @@ impl ConfigSet {
         Ok(())
     }
 
+    /// What an SDXL checkpoint adds to [`ConfigSet::check`]: the second text encoder, and
+    /// the widths of the UNet's added conditioning (pooled text plus six time ids).
+    fn sdxl_checks(&self, sf: &SingleFile, te2: &TextLayout, unet: &Value) -> Result<Vec<Check>> {
+        const TE2: &str = "text_encoder_2/config.json";
+        if self.text(TE2).is_none() {
+            return Err(Error::config(
+                self.path_of(TE2),
+                format!(
+                    "{} is an SDXL checkpoint, but these configs have no second text encoder: these configs do not \
+                     describe this checkpoint; pass an SDXL diffusers folder (--config-dir)",
+                    sf.path.display()
+                ),
+            ));
+        }
+        let text: Value = self.parse(TE2)?;
+        let projection = te2.projection_dim.unwrap_or(0);
+        let added = sf.unet.added_conditioning_width.unwrap_or(0);
+        // Each of the six time ids is embedded to `addition_time_embed_dim` values.
+        let time_width = added - projection;
+        let per_id = if time_width % 6 == 0 {
+            Value::from(time_width / 6)
+        } else {
+            Value::from(format!("({added} - {projection}) / 6, not a whole number"))
+        };
+        let field = |v: &Value, name: &str| v.get(name).cloned();
+        Ok(vec![
+            (TE2, "hidden_size", field(&text, "hidden_size"), te2.hidden_size.into()),
+            (TE2, "num_hidden_layers", field(&text, "num_hidden_layers"), te2.num_hidden_layers.into()),
+            (TE2, "intermediate_size", field(&text, "intermediate_size"), te2.intermediate_size.into()),
+            (TE2, "vocab_size", field(&text, "vocab_size"), te2.vocab_size.into()),
+            (
+                TE2,
+                "max_position_embeddings",
+                field(&text, "max_position_embeddings"),
+                te2.max_position_embeddings.into(),
+            ),
+            (TE2, "projection_dim", field(&text, "projection_dim"), projection.into()),
+            (
+                "unet/config.json",
+                "projection_class_embeddings_input_dim",
+                field(unet, "projection_class_embeddings_input_dim"),
+                added.into(),
+            ),
+            ("unet/config.json", "addition_time_embed_dim", field(unet, "addition_time_embed_dim"), per_id),
+        ])
+    }
+
     /// Writes the files as a diffusers folder without weights (plus a `model_index.json`),
     /// for loaders that take a directory, such as the tokenizer.
     pub fn write_to(&self, dir: &Path) -> Result<()> {
@@ -514,7 +731,7 @@ impl ConfigSet {
             .and_then(Value::as_str)
             .unwrap_or("PNDMScheduler")
             .to_string();
-        let index = serde_json::json!({
+        let mut index = serde_json::json!({
             "_class_name": "StableDiffusionPipeline",
             "scheduler": ["diffusers", scheduler_class],
             "text_encoder": ["transformers", "CLIPTextModel"],
@@ -522,6 +739,12 @@ impl ConfigSet {
             "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"],
         });
+        if let (true, Some(obj)) = (self.is_sdxl(), index.as_object_mut()) {
+            obj.insert("_class_name".into(), "StableDiffusionXLPipeline".into());
+            obj.insert("force_zeros_for_empty_prompt".into(), true.into());
+            obj.insert("text_encoder_2".into(), serde_json::json!(["transformers", "CLIPTextModelWithProjection"]));
+            obj.insert("tokenizer_2".into(), serde_json::json!(["transformers", "CLIPTokenizer"]));
+        }
         let index = serde_json::to_string_pretty(&index).unwrap_or_default() + "\n";
         let all =
             self.files.iter().map(|(rel, text)| (*rel, text.as_ref())).chain([("model_index.json", index.as_str())]);
@@ -540,7 +763,8 @@ impl ConfigSet {
 /// Choices for [`prepare`], mirroring the command line.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options<'a> {
-    /// Force SD 1.x or 2.x instead of detecting it.
+    /// Force SD 1.x, 2.x or SDXL instead of detecting it (SDXL's layout differs from the
+    /// others', so forcing one on the other's file is an error).
     pub arch: Option<Arch>,
     /// Take configs and tokenizer from this diffusers folder instead of the built-in ones.
     pub config_dir: Option<&'a Path>,

@@ -163,7 +163,8 @@ fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
 }
 
 /// How a requested name maps onto stored bytes: usually one-to-one, but converted
-/// checkpoints may need a slice of a fused tensor or a reshape (1x1 conv ↔ linear).
+/// checkpoints may need a slice of a fused tensor, a reshape (1x1 conv ↔ linear) or a
+/// transpose (OpenCLIP's `text_projection`, applied as `x @ P` where a Linear does `x @ W.T`).
 #[derive(Debug, Clone)]
 pub struct Source {
     pub key: String,
@@ -171,11 +172,25 @@ pub struct Source {
     pub slice0: Option<(i64, i64)>,
     /// Accept any stored shape with the same element count and reshape to the request.
     pub reshape: bool,
+    /// The stored matrix is the transpose of the requested one (2-D tensors only).
+    pub transpose: bool,
 }
 
 impl Source {
     pub fn direct(key: impl Into<String>) -> Source {
-        Source { key: key.into(), slice0: None, reshape: false }
+        Source { key: key.into(), slice0: None, reshape: false, transpose: false }
+    }
+
+    /// The shape a request sees: after the slice and the transpose.
+    fn view_shape(&self, stored: &[i64]) -> Vec<i64> {
+        let mut shape = stored.to_vec();
+        if let (Some((_, len)), Some(first)) = (self.slice0, shape.first_mut()) {
+            *first = len;
+        }
+        if self.transpose {
+            shape.reverse();
+        }
+        shape
     }
 }
 
@@ -315,11 +330,7 @@ impl Weights {
     pub fn shape_of(&self, name: &str) -> Option<Vec<i64>> {
         let full = self.full(name);
         let (src, e) = self.resolve(&full)?;
-        let mut shape = e.shape.clone();
-        if let Some((_, len)) = src.slice0 {
-            shape[0] = len;
-        }
-        Some(shape)
+        Some(src.view_shape(&e.shape))
     }
 
     /// The weight file (or files) behind this store, for messages.
@@ -387,13 +398,16 @@ impl Weights {
             ));
         };
         let path = &self.store.files[entry.file].path;
-        let mut found = entry.shape.clone();
-        if let Some((_, len)) = src.slice0 {
-            if found.is_empty() {
-                return Err(Error::weights(path, format!("tensor '{}' is a scalar, cannot slice it", src.key)));
-            }
-            found[0] = len;
+        if src.slice0.is_some() && entry.shape.is_empty() {
+            return Err(Error::weights(path, format!("tensor '{}' is a scalar, cannot slice it", src.key)));
         }
+        if src.transpose && entry.shape.len() != 2 {
+            return Err(Error::weights(
+                path,
+                format!("tensor '{}' has shape {:?}, expected a matrix to transpose", src.key, entry.shape),
+            ));
+        }
+        let found = src.view_shape(&entry.shape);
         let numel = |s: &[i64]| s.iter().product::<i64>();
         let shape_ok = found == shape || (src.reshape && numel(&found) == numel(shape));
         if !shape_ok {
@@ -424,11 +438,18 @@ impl Weights {
             if let Some((start, len)) = src.slice0 {
                 t = t.f_narrow(0, start, len)?;
             }
+            if src.transpose {
+                // A copy of its own: the model keeps a contiguous matrix, as from a folder.
+                t = t.f_tr()?.f_contiguous()?;
+            }
             return Ok(t);
         }
         let mut t = Tensor::f_from_data_size(bytes, &entry.shape, kind)?;
         if let Some((start, len)) = src.slice0 {
             t = t.f_narrow(0, start, len)?.f_contiguous()?;
+        }
+        if src.transpose {
+            t = t.f_tr()?.f_contiguous()?;
         }
         // Convert on the CPU, then upload: only this one tensor ever exists in the stored
         // dtype (an fp32 file loaded as fp16 never has an fp32 copy of the model), and the
