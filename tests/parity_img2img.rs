@@ -43,6 +43,16 @@ fn request(case: &Value) -> Request {
 
 /// Runs every case (or those `pick` accepts); returns how many ran.
 fn check(pick: &dyn Fn(&Value) -> bool, bounds: &Bounds, resized: &Bounds) -> usize {
+    check_with(pick, bounds, resized, &|model| common::cpu_fp32(model))
+}
+
+/// [`check`] with the load options for each case's model folder chosen by `load`.
+fn check_with(
+    pick: &dyn Fn(&Value) -> bool,
+    bounds: &Bounds,
+    resized: &Bounds,
+    load: &dyn Fn(&str) -> sdgen::pipeline::LoadOptions,
+) -> usize {
     let dir = root().join(GOLDENS);
     let index: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let mut pipes: HashMap<String, Pipeline> = HashMap::new();
@@ -52,9 +62,8 @@ fn check(pick: &dyn Fn(&Value) -> bool, bounds: &Bounds, resized: &Bounds) -> us
         ran += 1;
         let id = case["id"].as_str().unwrap();
         let model = case["model"].as_str().unwrap().to_string();
-        let pipe = pipes
-            .entry(model.clone())
-            .or_insert_with(|| Pipeline::load(&common::cpu_fp32(&model)).expect("tiny model loads"));
+        let pipe =
+            pipes.entry(model.clone()).or_insert_with(|| Pipeline::load(&load(&model)).expect("tiny model loads"));
         let g = golden(&dir.join(case["file"].as_str().unwrap()));
         let req = request(case);
         let image_resized = case["image_resized"].as_bool().unwrap_or(false);
@@ -133,4 +142,16 @@ fn sd_inpainting_matches_diffusers_for_inpainting_and_ordinary_unets() {
 fn sdxl_img2img_and_inpainting_match_diffusers() {
     let n = check(&|c| c["pipeline"].as_str().unwrap().starts_with("StableDiffusionXL"), &FP32, &RESIZED);
     assert_eq!(n, 7);
+}
+
+#[test]
+fn a_single_file_inpainting_checkpoint_gives_the_folders_results() {
+    // weights/tiny-sd-inpaint.safetensors is the folder in the original layout (9-channel
+    // UNet), with the folder's configs as diffusers' `from_single_file(config=...)` takes them.
+    let load = |model: &str| sdgen::pipeline::LoadOptions {
+        config_dir: Some(root().join(model)),
+        ..common::cpu_fp32(&format!("{model}.safetensors"))
+    };
+    let n = check_with(&|c| c["model"] == "weights/tiny-sd-inpaint", &FP32, &FP32, &load);
+    assert_eq!(n, 4);
 }

@@ -171,6 +171,12 @@ fn inpainting_unets_are_flagged() {
     let sf = inspect_header(&h, None).unwrap();
     assert!(sf.inpainting);
     assert_eq!(sf.unet.in_channels, 9);
+    // The built-in SD 1.5 configs describe SD 1.5 inpainting once in_channels is 9, as
+    // diffusers' inpainting config differs only there.
+    let mut configs = ConfigSet::standard(Arch::Sd1);
+    assert!(err_text(configs.check(&sf)).contains("in_channels"));
+    configs.set_unet_in_channels(9).unwrap();
+    configs.check(&sf).unwrap();
     h.shapes.insert("model.diffusion_model.input_blocks.0.0.weight".into(), vec![320, 8, 3, 3]);
     assert!(err_text(inspect_header(&h, None)).contains("8 input channels"));
 }

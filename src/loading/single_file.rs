@@ -547,6 +547,20 @@ impl ConfigSet {
         Ok(())
     }
 
+    /// Sets the UNet config's `in_channels` (the built-in configs for an inpainting file).
+    pub fn set_unet_in_channels(&mut self, channels: i64) -> Result<()> {
+        const UNET: &str = "unet/config.json";
+        let mut v: Value = self.parse(UNET)?;
+        let Some(obj) = v.as_object_mut() else {
+            return Err(Error::config(self.path_of(UNET), "not a JSON object"));
+        };
+        obj.insert("in_channels".into(), Value::from(channels));
+        let text = serde_json::to_string_pretty(&v)
+            .map_err(|e| Error::config(self.path_of(UNET), format!("cannot write it back: {e}")))?;
+        self.files.insert(UNET, Cow::Owned(text + "\n"));
+        Ok(())
+    }
+
     /// Errors unless these configs describe the checkpoint's models, field by field.
     pub fn check(&self, sf: &SingleFile) -> Result<()> {
         let unet: Value = self.parse("unet/config.json")?;
@@ -783,17 +797,16 @@ pub struct Prepared {
 /// architecture), applies the prediction type override and checks configs against tensors.
 pub fn prepare(path: &Path, opts: &Options) -> Result<Prepared> {
     let mut file = inspect_with(path, opts.arch)?;
-    if file.inpainting {
-        return Err(Error::weights(
-            path,
-            "this is an inpainting checkpoint (its UNet takes 9 input channels); sdgen's text-to-image \
-             pipeline cannot use it",
-        ));
-    }
     let mut configs = match opts.config_dir {
         Some(dir) => ConfigSet::from_dir(dir)?,
         None => ConfigSet::standard(file.arch),
     };
+    // An inpainting checkpoint (9 input channels) pairs with its family's inpainting config,
+    // which differs from the text-to-image one only there, as diffusers' own inpainting
+    // configs do; a given config folder must say so itself.
+    if file.inpainting && opts.config_dir.is_none() {
+        configs.set_unet_in_channels(file.unet.in_channels)?;
+    }
     if let Some(pt) = opts.prediction_type {
         configs.set_prediction_type(pt)?;
     }
