@@ -17,6 +17,7 @@ pub mod output;
 pub mod pipeline;
 pub mod plan;
 pub mod preflight;
+pub mod prompt;
 pub mod request;
 pub mod save;
 pub mod schedulers;

@@ -26,7 +26,7 @@ use crate::models::unet::{Conditioning, UNet};
 use crate::models::vae::{Vae, VaeTiling};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::plan::{Arch, Layout, ModelOptions, ModelSpec, PredictionType, Sampler};
-use crate::request::{Image, ModelRecord, Record, Request};
+use crate::request::{Image, ModelRecord, PromptSyntax, Record, Request};
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -143,7 +143,7 @@ pub struct Pipeline {
     prediction_override: Option<PredictionType>,
     /// Recent prompt embeddings by (text, layer): batch files repeat prompts and negative
     /// prompts, and each is encoded once.
-    embed_cache: std::cell::RefCell<std::collections::HashMap<(String, Option<usize>), TextEmbeds>>,
+    embed_cache: std::cell::RefCell<std::collections::HashMap<(String, Option<usize>, bool), TextEmbeds>>,
 }
 
 /// A prompt's encoding: the cross-attention states `[1, 77, dim]` and, for SDXL, the second
@@ -512,8 +512,13 @@ impl Pipeline {
 
         // 2. Encode the prompt and the negative prompt (unconditional first, as diffusers),
         //    with SDXL's pooled embeddings and size/crop ids.
-        let cond = self.conditioning(reqs, false)?;
-        let cond = if guided { Conditioning::cat(&self.conditioning(reqs, true)?, &cond) } else { cond };
+        //    A1111 prompts may change at given steps (editing, alternation): one schedule per
+        //    row, the unconditional rows first.
+        let mut rows = Vec::with_capacity(reqs.len() * 2);
+        if guided {
+            rows.extend(self.schedules(reqs, true)?);
+        }
+        rows.extend(self.schedules(reqs, false)?);
 
         // 3. Prepare the timesteps.
         let config = match first.timestep_spacing {
@@ -563,7 +568,7 @@ impl Pipeline {
                 Some((mask, masked)) => Tensor::cat(&[&x, mask, masked], 1),
                 None => x,
             };
-            let out = self.unet.forward_cond(&x, t, &cond)?;
+            let out = self.unet_rows(&x, t, &rows, i - begin)?;
             let eps = if guided {
                 let parts = out.chunk(2, 0);
                 &parts[0] + (&parts[1] - &parts[0]) * first.guidance
@@ -679,69 +684,115 @@ impl Pipeline {
         Ok(z.to_device(self.device).to_kind(self.kind))
     }
 
-    /// The conditioning of one pass for a batch of requests: the prompts' (or, with
-    /// `negative`, the negative prompts') encodings, and for SDXL the pooled embeddings and
-    /// the size/crop ids. The denoising loop stacks the negative pass before the positive.
+    /// The conditioning of one pass for a batch of requests at the first step: the prompts'
+    /// (or, with `negative`, the negative prompts') encodings, and for SDXL the pooled
+    /// embeddings and the size/crop ids. The denoising loop stacks the negative pass before
+    /// the positive. Fails when the rows' token counts differ (A1111 prompts of different
+    /// lengths), which the loop runs as separate UNet calls.
     pub fn conditioning(&self, reqs: &[Request], negative: bool) -> Result<Conditioning> {
-        catch_torch("encoding the prompt", || self.conditioning_inner(reqs, negative))
+        let rows = self.schedules(reqs, negative)?;
+        let picked: Vec<&Conditioning> = rows.iter().map(|r| &r[0].1).collect();
+        catch_torch("encoding the prompt", || Ok(cat_rows(&picked)))
     }
 
-    fn conditioning_inner(&self, reqs: &[Request], negative: bool) -> Result<Conditioning> {
+    /// Per request, its conditioning schedule for one pass: `(end_step, conditioning of
+    /// batch 1)` pairs as [`crate::prompt::schedule`] gives them (one pair for plain prompts).
+    fn schedules(&self, reqs: &[Request], negative: bool) -> Result<Vec<Vec<(usize, Conditioning)>>> {
+        catch_torch("encoding the prompt", || reqs.iter().map(|r| self.row_schedule(r, negative)).collect())
+    }
+
+    fn row_schedule(&self, r: &Request, negative: bool) -> Result<Vec<(usize, Conditioning)>> {
         let sdxl = self.text_encoder_2.is_some();
-        let mut embeds = Vec::with_capacity(reqs.len());
-        for r in reqs {
-            let e = match (negative, r.negative_prompt.as_deref()) {
-                (false, _) => self.encode(&r.prompt, r.clip_skip, false)?,
-                // diffusers' SDXL pipelines: no negative prompt → zeros (force_zeros_for_empty_prompt).
-                (true, None) if sdxl && self.spec.force_zeros_for_empty_prompt => {
-                    self.encode(&r.prompt, r.clip_skip, false)?.zeros_like()
-                }
-                (true, text) => self.encode(text.unwrap_or(""), r.clip_skip, true)?,
+        let a1111 = r.prompt_syntax == PromptSyntax::A1111;
+        if !self.unet.has_added_conditioning() && !r.size_conditioning.is_unset() {
+            return Err(Error::invalid(
+                "--original-size, --crop-coords and --target-size (and their negative forms) are SDXL's size \
+                 conditioning; this model's UNet has no added conditioning to take them",
+            ));
+        }
+        let text = if negative { r.negative_prompt.as_deref() } else { Some(r.prompt.as_str()) };
+        // SDXL without a negative prompt: zeros, as diffusers (`force_zeros_for_empty_prompt`)
+        // and A1111 (which also zeros an empty one) do.
+        let zeros = negative
+            && sdxl
+            && self.spec.force_zeros_for_empty_prompt
+            && (text.is_none() || (a1111 && text.is_some_and(str::is_empty)));
+        let plan: Vec<(usize, String)> = match text {
+            Some(t) if a1111 && !zeros => crate::prompt::schedule(t, r.steps),
+            Some(t) => vec![(r.steps.max(1), t.to_string())],
+            None => vec![(r.steps.max(1), String::new())],
+        };
+        let mut out = Vec::with_capacity(plan.len());
+        for (end, t) in plan {
+            let e = if zeros {
+                // The shapes of a one-chunk encoding (the prompt's, as diffusers zeros it).
+                let like = if a1111 { "" } else { r.prompt.as_str() };
+                self.encode(like, r.clip_skip, false, false)?.zeros_like()
+            } else {
+                self.encode(&t, r.clip_skip, negative, a1111)?
             };
-            embeds.push(e);
-        }
-        let contexts: Vec<&Tensor> = embeds.iter().map(|e| &e.context).collect();
-        let context = Tensor::cat(&contexts, 0);
-        if !self.unet.has_added_conditioning() {
-            if reqs.iter().any(|r| !r.size_conditioning.is_unset()) {
-                return Err(Error::invalid(
-                    "--original-size, --crop-coords and --target-size (and their negative forms) are SDXL's size \
-                     conditioning; this model's UNet has no added conditioning to take them",
-                ));
-            }
-            return Ok(Conditioning::text(context));
-        }
-        let pooled: Vec<Tensor> = embeds
-            .iter()
-            .map(|e| {
-                e.pooled.as_ref().map(Tensor::shallow_clone).ok_or_else(|| {
-                    Error::Model(
-                        "this UNet needs a pooled text embedding, which needs SDXL's second text encoder".into(),
-                    )
-                })
-            })
-            .collect::<Result<_>>()?;
-        let ids: Vec<f32> = reqs
-            .iter()
-            .flat_map(|r| {
+            let time_ids = if self.unet.has_added_conditioning() {
                 let c = &r.size_conditioning;
-                if negative {
-                    c.negative_time_ids(r.width, r.height)
-                } else {
-                    c.time_ids(r.width, r.height)
+                let ids = if negative { c.negative_time_ids(r.width, r.height) } else { c.time_ids(r.width, r.height) };
+                let ids: Vec<f32> = ids.iter().map(|&v| v as f32).collect();
+                Some(Tensor::from_slice(&ids).view([1, 6]).to_device(self.device).to_kind(self.kind))
+            } else {
+                None
+            };
+            let pooled = match (self.unet.has_added_conditioning(), e.pooled) {
+                (false, _) => None,
+                (true, Some(p)) => Some(p),
+                (true, None) => {
+                    return Err(Error::Model(
+                        "this UNet needs a pooled text embedding, which needs SDXL's second text encoder".into(),
+                    ))
                 }
+            };
+            out.push((end, Conditioning { context: e.context, pooled, time_ids }));
+        }
+        Ok(out)
+    }
+
+    /// The UNet on `x` (one row per conditioning row) at `t` with each row's conditioning
+    /// at sampling step `k`. Rows whose token counts differ (A1111 prompts with more chunks
+    /// than their negative) run as separate UNet calls, as A1111 does by default.
+    fn unet_rows(&self, x: &Tensor, t: f64, rows: &[Vec<(usize, Conditioning)>], k: usize) -> Result<Tensor> {
+        let picked: Vec<&Conditioning> = rows
+            .iter()
+            .map(|sched| {
+                let ends: Vec<(usize, String)> = sched.iter().map(|(e, _)| (*e, String::new())).collect();
+                &sched[crate::prompt::index_at(&ends, k)].1
             })
-            .map(|v| v as f32)
             .collect();
-        let time_ids = Tensor::from_slice(&ids).view([reqs.len() as i64, 6]).to_device(self.device).to_kind(self.kind);
-        Ok(Conditioning { context, pooled: Some(Tensor::cat(&pooled, 0)), time_ids: Some(time_ids) })
+        let len = |c: &Conditioning| c.context.size().get(1).copied().unwrap_or(0);
+        if picked.iter().all(|c| len(c) == len(picked[0])) {
+            return self.unet.forward_cond(x, t, &cat_rows(&picked));
+        }
+        let mut outs = Vec::new();
+        let mut start = 0;
+        while start < picked.len() {
+            let mut end = start + 1;
+            while end < picked.len() && len(picked[end]) == len(picked[start]) {
+                end += 1;
+            }
+            let part = x.narrow(0, start as i64, (end - start) as i64);
+            outs.push(self.unet.forward_cond(&part, t, &cat_rows(&picked[start..end]))?);
+            start = end;
+        }
+        Ok(Tensor::cat(&outs, 0))
     }
 
     /// Text → embeddings `[1, 77, hidden]`, warning when the prompt was cut. `clip_skip`
     /// counts as A1111 does: 1 (or `None`) is the last layer, 2 the one before. For SDXL the
     /// states are both encoders' concatenated (see [`Pipeline::encode`]).
     pub fn encode_text(&self, text: &str, clip_skip: Option<usize>) -> Result<Tensor> {
-        Ok(self.encode(text, clip_skip, false)?.context)
+        Ok(self.encode(text, clip_skip, false, false)?.context)
+    }
+
+    /// [`Pipeline::encode_text`] for a prompt in A1111's syntax: emphasis, `BREAK` and any
+    /// length, as `[1, 77 × chunks, hidden]` (one text: no editing or alternation).
+    pub fn encode_a1111(&self, text: &str, clip_skip: Option<usize>) -> Result<Tensor> {
+        Ok(self.encode(text, clip_skip, false, true)?.context)
     }
 
     /// [`Pipeline::encode_text`] with SDXL's pooled embedding, cached. For SDXL, as diffusers
@@ -749,23 +800,86 @@ impl Pipeline {
     /// is diffusers' clip skip (A1111's minus one, 0 when unset), concatenated along the width;
     /// the pooled, projected output of the second. A negative prompt always uses
     /// `hidden_states[-2]`, as diffusers ignores clip skip there.
-    fn encode(&self, text: &str, clip_skip: Option<usize>, negative: bool) -> Result<TextEmbeds> {
+    fn encode(&self, text: &str, clip_skip: Option<usize>, negative: bool, a1111: bool) -> Result<TextEmbeds> {
         let layer = match (&self.text_encoder_2, negative) {
             (None, _) => clip_skip,
             (Some(_), true) => Some(2),
             (Some(_), false) => Some(clip_skip.unwrap_or(1).max(1) + 1),
         };
-        let key = (text.to_string(), layer);
+        let key = (text.to_string(), layer, a1111);
         if let Some(hit) = self.embed_cache.borrow().get(&key) {
             return Ok(hit.shallow_clone());
         }
-        let embeds = catch_torch("encoding the prompt", || self.encode_uncached(text, layer))?;
+        let embeds = catch_torch("encoding the prompt", || {
+            if a1111 {
+                self.encode_chunks(text, layer)
+            } else {
+                self.encode_uncached(text, layer)
+            }
+        })?;
         let mut cache = self.embed_cache.borrow_mut();
         if cache.len() >= EMBED_CACHE_SIZE {
             cache.clear();
         }
         cache.insert(key, embeds.shallow_clone());
         Ok(embeds)
+    }
+
+    /// A1111's encoding of one prompt text (no editing left): weighted pieces packed into
+    /// 75-token chunks, each encoded alone, its states multiplied by the token weights and
+    /// rescaled to the chunk's mean before weighting ("Original" emphasis), chunks
+    /// concatenated. SDXL: per encoder (the second pads with its own pad token), states
+    /// concatenated, the pooled embedding from the first chunk. `layer` as in
+    /// [`Pipeline::encode_uncached`].
+    fn encode_chunks(&self, text: &str, layer: Option<usize>) -> Result<TextEmbeds> {
+        let pieces = crate::prompt::parse_attention(text);
+        let tok = &self.tokenizer;
+        let specials = crate::prompt::Specials {
+            bos: tok.bos_id(),
+            eos: tok.eos_id(),
+            pad: tok.pad_id(),
+            comma: tok.tokenize(",").first().copied(),
+        };
+        let chunks = crate::prompt::chunks(&pieces, &|t| tok.tokenize(t), specials);
+        let mut states = Vec::with_capacity(chunks.len());
+        let mut pooled = None;
+        for (n, chunk) in chunks.iter().enumerate() {
+            let ids = Tensor::from_slice(&chunk.ids).view([1, -1]).to_device(self.aux.device);
+            let weights = Tensor::from_slice(&chunk.weights).view([1, -1, 1]).to_device(self.aux.device);
+            let uniform = chunk.weights.iter().all(|&w| w == 1.0);
+            let emphasis = |z: Tensor| -> Tensor {
+                if uniform {
+                    return z;
+                }
+                let before = z.mean(z.kind());
+                let weighted = &z * weights.to_kind(z.kind());
+                let after = weighted.mean(z.kind());
+                weighted * (before / after)
+            };
+            let z = match (&self.text_encoder_2, &self.tokenizer_2) {
+                (Some(te2), Some(tok2)) => {
+                    let from_end = layer.unwrap_or(2);
+                    let first = emphasis(self.text_encoder.hidden_state(&ids, from_end)?.hidden);
+                    // The second tokenizer pads with its own token after the end token.
+                    let eos = chunk.ids.iter().position(|&i| i == specials.eos).unwrap_or(chunk.ids.len());
+                    let ids2: Vec<i64> =
+                        chunk.ids.iter().enumerate().map(|(k, &i)| if k > eos { tok2.pad_id() } else { i }).collect();
+                    let ids2 = Tensor::from_slice(&ids2).view([1, -1]).to_device(self.aux.device);
+                    let out2 = te2.hidden_state(&ids2, from_end)?;
+                    if n == 0 {
+                        pooled = Some(out2.pooled);
+                    }
+                    let second = emphasis(out2.hidden);
+                    Tensor::cat(&[&first, &second.to_kind(first.kind())], -1)
+                }
+                _ => emphasis(self.text_encoder.forward(&ids, layer.map(|n| n.saturating_sub(1)))?.hidden),
+            };
+            states.push(z);
+        }
+        let context = Tensor::cat(&states, 1);
+        self.finite(&context, crate::finite::Component::TextEncoder)?;
+        let to_unet = |t: Tensor| t.to_device(self.device).to_kind(self.kind);
+        Ok(TextEmbeds { context: to_unet(context), pooled: pooled.map(to_unet) })
     }
 
     /// Token ids `[1, 77]` of `text` on the text encoders' device, warning when it was cut.
@@ -864,6 +978,19 @@ impl Pipeline {
         }
         let vae = load_vae(&self.spec, self.aux.device, Kind::Float)?;
         Ok(self.vae_fp32.get_or_init(|| vae))
+    }
+}
+
+/// Batch-1 conditionings stacked into one batch.
+fn cat_rows(rows: &[&Conditioning]) -> Conditioning {
+    let cat = |get: &dyn Fn(&Conditioning) -> Option<&Tensor>| -> Option<Tensor> {
+        let parts: Option<Vec<&Tensor>> = rows.iter().map(|c| get(c)).collect();
+        parts.map(|p| Tensor::cat(&p, 0))
+    };
+    Conditioning {
+        context: Tensor::cat(&rows.iter().map(|c| &c.context).collect::<Vec<_>>(), 0),
+        pooled: cat(&|c| c.pooled.as_ref()),
+        time_ids: cat(&|c| c.time_ids.as_ref()),
     }
 }
 

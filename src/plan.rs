@@ -475,6 +475,7 @@ pub struct Settings {
     pub vae_tiling: Option<VaeTiling>,
     pub conv: Option<ConvAlgo>,
     pub timestep_spacing: Option<crate::request::TimestepSpacing>,
+    pub prompt_syntax: Option<crate::request::PromptSyntax>,
     /// img2img / inpainting: the image to start from, the mask, the strength.
     pub init_image: Option<InputImage>,
     pub mask: Option<InputImage>,
@@ -518,6 +519,7 @@ impl Settings {
             vae_tiling,
             conv,
             timestep_spacing,
+            prompt_syntax,
             init_image,
             mask,
             strength
@@ -572,6 +574,7 @@ impl Settings {
             conv: Some(r.conv),
             size_conditioning: req.size_conditioning,
             timestep_spacing: req.timestep_spacing,
+            prompt_syntax: Some(req.prompt_syntax),
             init_image: req.init_image.clone(),
             mask: req.mask.clone(),
             strength: req.strength,
@@ -627,6 +630,7 @@ impl Settings {
             clip_skip: self.clip_skip,
             size_conditioning: self.size_conditioning,
             timestep_spacing: self.timestep_spacing,
+            prompt_syntax: self.prompt_syntax.unwrap_or_default(),
             init_image: self.init_image.clone(),
             mask: self.mask.clone(),
             strength,

@@ -25,6 +25,11 @@ pub struct Request {
     /// Use the output of the `clip_skip`-th layer from the end (1 = the last layer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_skip: Option<usize>,
+    /// How the prompts are read: A1111's syntax (emphasis, `BREAK`, editing, any length) or
+    /// literally, as diffusers does (cut at 77 tokens). Records made before the field
+    /// existed were plain.
+    #[serde(default = "PromptSyntax::plain", skip_serializing_if = "PromptSyntax::is_plain")]
+    pub prompt_syntax: PromptSyntax,
     /// Overrides the scheduler config's `timestep_spacing` (`trailing` for few-step models
     /// such as SDXL-Turbo and Lightning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,6 +51,48 @@ pub struct Request {
 
 fn one() -> usize {
     1
+}
+
+/// How prompt text is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptSyntax {
+    /// AUTOMATIC1111's: `(x)`, `[x]`, `(x:1.5)`, escapes, `BREAK`, `[from:to:when]`,
+    /// `[a|b]`, prompts longer than 75 tokens in chunks. A prompt without any of it and
+    /// at most 75 tokens encodes exactly as `Plain`.
+    #[default]
+    A1111,
+    /// Literal text cut at 77 tokens, as diffusers reads it.
+    Plain,
+}
+
+impl PromptSyntax {
+    pub fn plain() -> PromptSyntax {
+        PromptSyntax::Plain
+    }
+
+    pub fn is_plain(&self) -> bool {
+        *self == PromptSyntax::Plain
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptSyntax::A1111 => "a1111",
+            PromptSyntax::Plain => "plain",
+        }
+    }
+}
+
+impl std::str::FromStr for PromptSyntax {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PromptSyntax, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "a1111" | "auto1111" | "automatic1111" | "webui" => Ok(PromptSyntax::A1111),
+            "plain" | "diffusers" => Ok(PromptSyntax::Plain),
+            _ => Err(format!("unknown prompt syntax '{s}': use a1111 or plain")),
+        }
+    }
 }
 
 /// How the inference steps are spread over the training timesteps (diffusers'
@@ -225,6 +272,7 @@ impl Default for Request {
             scheduler: "euler".into(),
             num_images: 1,
             clip_skip: None,
+            prompt_syntax: PromptSyntax::default(),
             timestep_spacing: None,
             size_conditioning: SizeConditioning::default(),
             init_image: None,

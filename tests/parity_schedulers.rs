@@ -124,6 +124,7 @@ fn run_case(case: &Value) -> Outcome {
         init_image: None,
         mask: None,
         strength: None,
+        prompt_syntax: sdgen::request::PromptSyntax::Plain,
     };
     let mut failures = Vec::new();
 

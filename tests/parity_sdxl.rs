@@ -57,6 +57,7 @@ fn request(case: &Value) -> Request {
         init_image: None,
         mask: None,
         strength: None,
+        prompt_syntax: sdgen::request::PromptSyntax::Plain,
     }
 }
 

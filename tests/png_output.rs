@@ -127,6 +127,7 @@ fn record(prompt: &str, negative: Option<&str>) -> Record {
             init_image: None,
             mask: None,
             strength: None,
+            prompt_syntax: sdgen::request::PromptSyntax::Plain,
         },
         model: ModelRecord {
             source: "/models/sd15".into(),

@@ -74,10 +74,18 @@ fn generate_uses_the_models_size_and_from_reproduces_size_conditioning() {
     generate(&plain, &["a fox in the snow", "--seed", "7", "--steps", "3"]);
     assert!(common::png_pixels(&only_png(&plain)).2 != pixels);
 
-    // An empty negative prompt is encoded (as diffusers does with negative_prompt=""), which
+    // A1111 (the default syntax) zeros an empty negative prompt as it zeros none.
+    let a1111 = out.path().join("a1111");
+    generate(&a1111, &["a fox in the snow", "--seed", "7", "--steps", "3", "--negative", ""]);
+    assert!(common::png_pixels(&only_png(&a1111)).2 == common::png_pixels(&only_png(&plain)).2);
+
+    // With diffusers' syntax an empty negative prompt is encoded (negative_prompt=""), which
     // differs from none (zeros), and the record keeps it.
     let empty = out.path().join("empty");
-    generate(&empty, &["a fox in the snow", "--seed", "7", "--steps", "3", "--negative", ""]);
+    generate(
+        &empty,
+        &["a fox in the snow", "--seed", "7", "--steps", "3", "--negative", "", "--prompt-syntax", "plain"],
+    );
     let png = only_png(&empty);
     assert_eq!(sdgen::output::read_record(&png).unwrap().request.negative_prompt.as_deref(), Some(""));
     assert!(common::png_pixels(&png).2 != common::png_pixels(&only_png(&plain)).2);

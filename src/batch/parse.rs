@@ -40,6 +40,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "init_image",
     "mask",
     "strength",
+    "prompt_syntax",
 ];
 
 /// The three input formats.
@@ -350,6 +351,7 @@ struct Overrides {
     init_image: Option<String>,
     mask: Option<String>,
     strength: Option<f64>,
+    prompt_syntax: Option<crate::request::PromptSyntax>,
 }
 
 /// One entry of the file as read, with the problems found while reading it.
@@ -544,6 +546,7 @@ fn apply(o: &mut Overrides, key: &str, raw: Raw<'_>) -> std::result::Result<(), 
         "init_image" => o.init_image = text(key, raw)?,
         "mask" => o.mask = text(key, raw)?,
         "strength" => o.strength = number(key, raw)?,
+        "prompt_syntax" => o.prompt_syntax = parsed(key, raw)?,
         _ => return Err(format!("unknown key \"{key}\" (known keys: {})", KNOWN_KEYS.join(", "))),
     }
     Ok(())
@@ -663,6 +666,7 @@ fn resolve(
         clip_skip: o.clip_skip.or(base.clip_skip),
         size_conditioning: o.size_conditioning.or(base.size_conditioning),
         timestep_spacing: o.timestep_spacing.or(base.timestep_spacing),
+        prompt_syntax: o.prompt_syntax.unwrap_or(base.prompt_syntax),
         init_image,
         mask,
         strength,

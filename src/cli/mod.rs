@@ -193,6 +193,11 @@ pub struct GenerationArgs {
     /// [default: 0.75; inpainting 1.0].
     #[arg(long, value_name = "S", help_heading = "Starting from an image", allow_negative_numbers = true)]
     pub strength: Option<f64>,
+    /// How to read the prompts: `a1111` (emphasis `(word:1.2)`, `[word]`, `BREAK`, editing
+    /// `[from:to:when]`, alternation `[a|b]`, any length) or `plain` (literal text cut at 77
+    /// tokens, as diffusers) [default: a1111].
+    #[arg(long, value_name = "SYNTAX")]
+    pub prompt_syntax: Option<sdgen::request::PromptSyntax>,
     /// Spread the steps `leading`, `linspace` or `trailing` over the schedule, overriding the
     /// model's scheduler config (few-step models such as SDXL-Turbo and Lightning want
     /// trailing) [default: the model's].
@@ -254,6 +259,7 @@ impl GenerationArgs {
             scheduler: self.scheduler.clone(),
             clip_skip: self.clip_skip,
             timestep_spacing: self.timestep_spacing,
+            prompt_syntax: self.prompt_syntax,
             size_conditioning: sdgen::request::SizeConditioning {
                 original_size: self.original_size,
                 crop_coords: self.crop_coords,

@@ -120,6 +120,7 @@ pub fn check_cases(opts: &LoadOptions, folder: &str, goldens: &str, stride: usiz
             init_image: None,
             mask: None,
             strength: None,
+            prompt_syntax: sdgen::request::PromptSyntax::Plain,
         };
 
         // Token ids: identical.
