@@ -841,6 +841,15 @@ impl Pipeline {
             comma: tok.tokenize(",").first().copied(),
         };
         let chunks = crate::prompt::chunks(&pieces, &|t| tok.tokenize(t), specials);
+        let chunks2 = self.tokenizer_2.as_ref().map(|tok2| {
+            let specials2 = crate::prompt::Specials {
+                bos: tok2.bos_id(),
+                eos: tok2.eos_id(),
+                pad: tok2.pad_id(),
+                comma: tok2.tokenize(",").first().copied(),
+            };
+            crate::prompt::chunks(&pieces, &|t| tok2.tokenize(t), specials2)
+        });
         let mut states = Vec::with_capacity(chunks.len());
         let mut pooled = None;
         for (n, chunk) in chunks.iter().enumerate() {
@@ -860,10 +869,21 @@ impl Pipeline {
                 (Some(te2), Some(tok2)) => {
                     let from_end = layer.unwrap_or(2);
                     let first = emphasis(self.text_encoder.hidden_state(&ids, from_end)?.hidden);
-                    // The second tokenizer pads with its own token after the end token.
-                    let eos = chunk.ids.iter().position(|&i| i == specials.eos).unwrap_or(chunk.ids.len());
-                    let ids2: Vec<i64> =
-                        chunk.ids.iter().enumerate().map(|(k, &i)| if k > eos { tok2.pad_id() } else { i }).collect();
+                    // The second tokenizer's own chunk (it pads with its own token and, like
+                    // diffusers', splits its pad token "!" out of words); when that gives
+                    // another chunk count, the first's ids padded with its pad token, as A1111.
+                    let ids2 = match chunks2.as_ref().filter(|c| c.len() == chunks.len()) {
+                        Some(c2) => c2[n].ids.clone(),
+                        None => {
+                            let eos = chunk.ids.iter().position(|&i| i == specials.eos).unwrap_or(chunk.ids.len());
+                            chunk
+                                .ids
+                                .iter()
+                                .enumerate()
+                                .map(|(k, &i)| if k > eos { tok2.pad_id() } else { i })
+                                .collect()
+                        }
+                    };
                     let ids2 = Tensor::from_slice(&ids2).view([1, -1]).to_device(self.aux.device);
                     let out2 = te2.hidden_state(&ids2, from_end)?;
                     if n == 0 {
