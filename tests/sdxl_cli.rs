@@ -221,3 +221,31 @@ fn sdxl_bad_input_is_a_clear_error() {
     common::copy_dir(&model().join("text_encoder"), &mixed.path().join("text_encoder_2"));
     refuses(mixed.path(), &["a cat"], "do not belong together");
 }
+
+#[test]
+fn bench_offload_and_vae_tiling_run_sdxl() {
+    // `sdgen bench` on an SDXL model measures at the model's own size.
+    let out =
+        sdgen().args(["bench", "--device", "cpu", "--steps", "2", "--json", "--model"]).arg(model()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((r["width"].as_u64(), r["height"].as_u64(), r["steps"].as_u64()), (Some(64), Some(64), Some(2)));
+    assert!(r["steps_per_s"].as_f64().unwrap() > 0.0);
+
+    // Offload (no effect on a CPU-only run) and tiled decoding give the plain run's image
+    // at this size (one tile), and are recorded.
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["a fox", "--seed", "2", "--steps", "2"];
+    generate(&dir.path().join("plain"), &args);
+    let plain = common::png_pixels(&only_png(&dir.path().join("plain"))).2;
+    for flag in ["--offload", "--vae-tiling"] {
+        let target = dir.path().join(flag.trim_start_matches('-'));
+        let mut a = args.to_vec();
+        a.push(flag);
+        generate(&target, &a);
+        let png = only_png(&target);
+        assert!(common::png_pixels(&png).2 == plain, "{flag} changed the image");
+        let record = sdgen::output::read_record(&png).unwrap();
+        assert!(record.offload || record.vae_tiling.is_some(), "{flag} not recorded");
+    }
+}
