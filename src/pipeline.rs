@@ -840,7 +840,22 @@ impl Pipeline {
             pad: tok.pad_id(),
             comma: tok.tokenize(",").first().copied(),
         };
-        let chunks = crate::prompt::chunks(&pieces, &|t| tok.tokenize(t), specials);
+        let mut chunks = crate::prompt::chunks(&pieces, &|t| tok.tokenize(t), specials);
+        if chunks.len() > crate::prompt::MAX_CHUNKS {
+            // A prompt of thousands of words would make every attention layer as long: cut.
+            let dropped: Vec<i64> = chunks[crate::prompt::MAX_CHUNKS..]
+                .iter()
+                .flat_map(|c| c.ids.iter().copied())
+                .filter(|&i| i != specials.bos && i != specials.eos && i != specials.pad)
+                .collect();
+            log::warn!(
+                "the prompt is longer than {} chunks of {} tokens; the rest was cut off: {}",
+                crate::prompt::MAX_CHUNKS,
+                crate::prompt::CHUNK_TOKENS,
+                crate::limits::excerpt(&tok.decode(&dropped), 12)
+            );
+            chunks.truncate(crate::prompt::MAX_CHUNKS);
+        }
         let chunks2 = self.tokenizer_2.as_ref().map(|tok2| {
             let specials2 = crate::prompt::Specials {
                 bos: tok2.bos_id(),

@@ -214,6 +214,9 @@ pub struct Chunk {
 
 /// How many tokens a chunk holds between BOS and EOS.
 pub const CHUNK_TOKENS: usize = 75;
+/// The most chunks a prompt is encoded in (2,400 tokens); the rest is cut with a warning,
+/// so that a hostile prompt cannot make every attention layer arbitrarily long.
+pub const MAX_CHUNKS: usize = 32;
 /// A1111's `comma_padding_backtrack`: text after a comma this close to a full chunk's end
 /// moves to the next chunk.
 const COMMA_BACKTRACK: usize = 20;
