@@ -54,7 +54,15 @@ impl Source {
                 ))
             })?;
             let text = text.trim_start_matches('\u{feff}').to_string();
-            parse_parameters(&text).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+            let parsed = parse_parameters(&text).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+            // Any text splits into a prompt; a pasted A1111 text also has its settings line.
+            if parsed.params.is_empty() {
+                return Err(Error::invalid(format!(
+                    "{} is neither a PNG nor an A1111 parameters text: it has no `Steps: 20, Sampler: ..., Seed: ...` \
+                     line",
+                    path.display()
+                )));
+            }
             return Ok(Source::A1111 { parameters: text });
         }
         let chunks = read_text_chunks(path)?;

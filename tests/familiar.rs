@@ -131,6 +131,15 @@ fn from_a1111_maps_automatic_and_warns_about_the_rest() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("DPM fast").and(predicate::str::contains("--scheduler")));
+
+    // Any other text file is not taken for a prompt.
+    std::fs::write(&txt, "just some notes\nabout nothing").unwrap();
+    sdgen(dir)
+        .args(["generate", "--from"])
+        .arg(&txt)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("neither a PNG nor an A1111 parameters text"));
 }
 
 #[test]
