@@ -246,6 +246,7 @@ pub fn take_config(flags: &mut Settings, ids: &[String]) -> Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     fn parse(args: &[&str], config: &str) -> Cli {
         let dir = tempfile::tempdir().unwrap();
@@ -276,6 +277,37 @@ mod tests {
         let Command::Generate(a) = parse(&["sdgen", "generate", "x"], "{}").command else { panic!("generate") };
         assert_eq!((a.gen.steps, a.gen.guidance, a.model.device.as_deref()), (None, None, None));
         assert_eq!(a.limits.max_steps, None);
+    }
+
+    /// Every example in every `--help` is a valid command line.
+    #[test]
+    fn help_examples_parse() {
+        let root = Cli::command();
+        let mut seen = 0;
+        for sub in root.get_subcommands() {
+            let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            for line in help.lines().filter_map(|l| l.trim().strip_prefix("sdgen ")) {
+                // Drop the explanation in parentheses and any shell redirection or pipe.
+                let line = line.split("  (").next().unwrap_or(line);
+                let line = line.split(['>', '|']).next().unwrap_or(line);
+                let mut words = vec!["sdgen".to_string()];
+                let mut quoted = false;
+                let mut word = String::new();
+                for c in line.chars() {
+                    match c {
+                        '"' => quoted = !quoted,
+                        ' ' if !quoted => words.extend((!word.is_empty()).then(|| std::mem::take(&mut word))),
+                        c => word.push(c),
+                    }
+                }
+                words.extend((!word.is_empty()).then_some(word));
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    panic!("example {words:?} does not parse: {e}");
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 18, "{seen} examples");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub enum Command {
     /// Print the model licence's use restrictions and what recipients must be told.
     #[command(after_help = "Examples:
   sdgen license -m weights/tiny-sd
-  sdgen license --image out/000000-s42.png")]
+  sdgen license --sd2        (SD 2.x and SDXL: CreativeML OpenRAIL++-M)")]
     License(license::LicenseArgs),
     /// List the schedulers (samplers) with their A1111 and diffusers names.
     #[command(after_help = "Examples:
