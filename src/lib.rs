@@ -7,6 +7,7 @@ pub mod bench;
 pub mod device;
 pub mod error;
 pub mod finite;
+pub mod import;
 pub mod info;
 pub mod init_image;
 pub mod limits;

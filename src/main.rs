@@ -3,8 +3,7 @@
 mod cli;
 mod signals;
 
-use clap::Parser;
-use cli::{Cli, Command};
+use cli::Command;
 use std::process::ExitCode;
 
 /// Renders the library's warnings (the `log` facade) on stderr.
@@ -41,11 +40,22 @@ fn main() -> ExitCode {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
+        // `println!` into a closed pipe (`sdgen ... | head`) panics; the reader has what it
+        // wanted, so end quietly, as for the BrokenPipe errors below.
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
         if !sdgen::error::panic_is_caught(message) {
             default_hook(info);
         }
     }));
-    let cli = Cli::parse();
+    let cli = match cli::config::parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Generate(args) => cli::generate::run(args).map(|()| true),
         Command::Batch(args) => cli::batch::run(args),
@@ -54,6 +64,8 @@ fn main() -> ExitCode {
         Command::Schedulers => cli::schedulers::run().map(|()| true),
         Command::Info(args) => cli::info::run(&args).map(|()| true),
         Command::Bench(args) => cli::bench::run(&args).map(|()| true),
+        Command::Completions(args) => cli::tools::completions(&args).map(|()| true),
+        Command::Man(args) => cli::tools::man(&args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

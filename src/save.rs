@@ -10,12 +10,8 @@ use std::path::{Path, PathBuf};
 /// The A1111 sampler name and "Schedule type" for a record's scheduler.
 pub fn sampler_names(scheduler: &str) -> Result<(&'static str, Option<&'static str>)> {
     let (info, schedule) = schedulers::resolve(scheduler)?;
-    // A1111 writes "Schedule type" only for a schedule other than the sampler's own.
-    let label = match schedule {
-        Some(s) if s != schedulers::SigmaSchedule::Default => Some(info.schedule_label(Some(s))),
-        _ => None,
-    };
-    Ok((info.a1111_name, label))
+    // Always named: A1111 reads a missing "Schedule type" as "Automatic" (Karras for DPM++ 2M).
+    Ok((info.a1111_name, Some(info.schedule_label(schedule))))
 }
 
 /// Writes image `index` of a run into `out_dir`, named by `template` (default: the

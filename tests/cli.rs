@@ -70,9 +70,9 @@ fn generate_seed_42_gives_the_golden_pixels_and_from_reproduces_them() {
     // The licence notice file is written once into the output folder.
     assert!(out.path().join("LICENSE-NOTICE.txt").is_file());
 
-    // `show` prints the record; `--from` regenerates bit for bit on the same device.
+    // `show --json` prints the record; `--from` regenerates bit for bit on the same device.
     sdgen()
-        .arg("show")
+        .args(["show", "--json"])
         .arg(&files[0])
         .assert()
         .success()
@@ -213,7 +213,7 @@ fn offload_is_recorded_and_from_keeps_it() {
         .assert()
         .success();
     let first = &pngs(out.path())[0];
-    let show = |p: &Path| String::from_utf8(sdgen().arg("show").arg(p).output().unwrap().stdout).unwrap();
+    let show = |p: &Path| String::from_utf8(sdgen().args(["show", "--json"]).arg(p).output().unwrap().stdout).unwrap();
     assert!(show(first).contains("\"offload\": true"), "{}", show(first));
     let again = tempfile::tempdir().unwrap();
     sdgen().args(["generate", "--quiet", "--from"]).arg(first).arg("--out").arg(again.path()).assert().success();
@@ -238,7 +238,7 @@ fn cpu_conv_is_recorded_when_not_auto_and_from_keeps_it() {
             .success();
         pngs(out)[0].clone()
     };
-    let show = |p: &Path| String::from_utf8(sdgen().arg("show").arg(p).output().unwrap().stdout).unwrap();
+    let show = |p: &Path| String::from_utf8(sdgen().args(["show", "--json"]).arg(p).output().unwrap().stdout).unwrap();
     let (auto_dir, wino_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let auto = run(&[], auto_dir.path());
     assert!(!show(&auto).contains("\"conv\""), "{}", show(&auto));

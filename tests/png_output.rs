@@ -194,7 +194,7 @@ fn round_trip_ascii() {
         params,
         "a red fox, at dawn\nNegative prompt: blurry, lowres\n\
          Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 8x4, \
-         Model hash: 6ce0161689, Model: v1-5-pruned, Clip skip: 2, Version: sdgen 0.1.0"
+         Model hash: 6ce0161689, Model: v1-5-pruned, Clip skip: 2, RNG: CPU, Version: sdgen 0.1.0"
     );
     let last = params.lines().last().unwrap();
     let pairs = a1111_params(last);
@@ -208,6 +208,7 @@ fn round_trip_ascii() {
         ("Model hash", "6ce0161689"),
         ("Model", "v1-5-pruned"),
         ("Clip skip", "2"),
+        ("RNG", "CPU"),
         ("Version", "sdgen 0.1.0"),
     ];
     assert_eq!(pairs, expected.map(|(k, v)| (k.to_string(), v.to_string())));
@@ -275,20 +276,33 @@ fn unicode_goes_to_itxt_latin1_stays_text() {
     let texts = text_chunks(&path);
     let (kind, params) = chunk_text(&texts, "parameters");
     assert_eq!(kind, "tEXt");
-    assert!(params.starts_with("café crème\nSteps:"), "{params}");
+    assert!(params.starts_with("café crème\nNegative prompt: \nSteps:"), "{params}");
     let raw = chunks(&path).into_iter().find(|c| c.kind == "tEXt").unwrap().data;
     assert!(raw.windows(4).any(|w| w == b"caf\xe9"), "é as the single byte 0xE9");
     assert_eq!(read_record(&path).unwrap().request.prompt, "café crème");
 }
 
+/// ComfyUI's A1111 importer builds nothing without the negative line, and A1111 reads a
+/// missing "Schedule type" as "Automatic" (Karras for DPM++ 2M): both are always written.
 #[test]
-fn empty_or_missing_negative_prompt_has_no_line() {
+fn negative_line_schedule_type_and_rng_are_always_written() {
     for negative in [None, Some("")] {
         let text = output::parameters_text(&record("a cat", negative), "Euler a", None);
-        assert!(text.starts_with("a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, "), "{text}");
-        assert!(!text.contains("Negative prompt"));
-        assert_eq!(text.lines().count(), 2);
+        assert!(
+            text.starts_with(
+                "a cat\nNegative prompt: \nSteps: 20, Sampler: Euler a, Schedule type: Uniform, CFG scale: 7, "
+            ),
+            "{text}"
+        );
+        assert!(text.contains(", RNG: CPU, Version: sdgen"), "{text}");
+        assert_eq!(text.lines().count(), 3);
+        let parsed = output::parse_parameters(&text).unwrap();
+        assert_eq!((parsed.prompt.as_str(), parsed.negative_prompt.as_deref()), ("a cat", Some("")));
+        assert_eq!(parsed.get("Schedule type"), Some("Uniform"));
     }
+    // An empty prompt leaves no blank first line (A1111 strips the text).
+    let text = output::parameters_text(&record("", None), "Euler a", None);
+    assert!(text.starts_with("Negative prompt: \nSteps: 20"), "{text}");
 }
 
 #[test]
@@ -300,7 +314,8 @@ fn optional_fields() {
     let text = output::parameters_text(&rec, "DPM++ 2M", None);
     assert_eq!(
         text,
-        "p\nSteps: 20, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 1234, Size: 8x4, Model: v1-5-pruned, Version: sdgen 0.1.0"
+        "p\nNegative prompt: \nSteps: 20, Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale: 7.5, Seed: 1234, \
+         Size: 8x4, Model: v1-5-pruned, RNG: CPU, Version: sdgen 0.1.0"
     );
     rec.request.clip_skip = None;
     assert_eq!(output::parameters_text(&rec, "DPM++ 2M", None), text);
@@ -316,7 +331,7 @@ fn values_with_separators_are_quoted_like_a1111() {
     let (_, params) = chunk_text(&texts, "parameters");
     // json.dumps("my, model: v2\nbeta \"x\"", ensure_ascii=False)
     assert!(params.contains(r#"Model: "my, model: v2\nbeta \"x\"", Clip skip: 2"#), "{params}");
-    assert_eq!(params.lines().count(), 2, "the newline is escaped, not written");
+    assert_eq!(params.lines().count(), 3, "the newline is escaped, not written");
     let pairs = a1111_params(params.lines().last().unwrap());
     let model = pairs.iter().find(|(k, _)| k == "Model").unwrap();
     let unquoted: String = serde_json::from_str(&model.1).unwrap();

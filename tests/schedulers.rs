@@ -235,7 +235,7 @@ fn a1111_and_diffusers_names_meet() {
     let (info, s) = schedulers::resolve("DPM++ 2M Karras").expect("combined name");
     assert_eq!((info.a1111_name, s), ("DPM++ 2M", Some(SigmaSchedule::Karras)));
     assert_eq!(info.schedule_label(s), "Karras");
-    assert_eq!(info.schedule_label(None), "Automatic");
+    assert_eq!(info.schedule_label(None), "Uniform");
     let (info, s) = schedulers::resolve("euler_exponential").expect("alias with schedule");
     assert_eq!((info.a1111_name, s), ("Euler", Some(SigmaSchedule::Exponential)));
 }

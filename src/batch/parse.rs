@@ -43,11 +43,34 @@ pub const KNOWN_KEYS: &[&str] = &[
     "prompt_syntax",
 ];
 
+/// Other tools' spellings of keys (A1111's and diffusers'), each with the key it means.
+pub const KEY_ALIASES: &[(&str, &str)] = &[
+    ("negative_prompt", "negative"),
+    ("cfg_scale", "guidance"),
+    ("guidance_scale", "guidance"),
+    ("sampler_name", "scheduler"),
+    ("sampler", "scheduler"),
+    ("num_inference_steps", "steps"),
+    ("num_images_per_prompt", "num_images"),
+    ("denoising_strength", "strength"),
+];
+
+/// The key an alias stands for; other keys unchanged.
+pub fn canonical_key(key: &str) -> &str {
+    KEY_ALIASES.iter().find(|(alias, _)| *alias == key).map_or(key, |(_, k)| k)
+}
+
+fn is_known_key(key: &str) -> bool {
+    KNOWN_KEYS.contains(&canonical_key(key))
+}
+
 /// The three input formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
-    /// One prompt a line; blank lines and lines starting with `#` are skipped.
+    /// One prompt a line; blank lines and lines starting with `#` are skipped. A line that
+    /// starts with `--` is in A1111's "prompts from file" form
+    /// (`--prompt "a cat" --steps 20 --negative_prompt "dog"`).
     Text,
     /// One JSON object a line, keys from [`KNOWN_KEYS`].
     Jsonl,
@@ -82,7 +105,7 @@ impl Format {
 
 fn looks_like_csv_header(line: &str) -> bool {
     let cells: Vec<&str> = line.split(',').map(|c| c.trim().trim_matches('"')).collect();
-    cells.contains(&"prompt") || (cells.len() > 1 && cells.iter().all(|c| KNOWN_KEYS.contains(c)))
+    cells.contains(&"prompt") || (cells.len() > 1 && cells.iter().all(|c| is_known_key(c)))
 }
 
 /// A batch file's text, its display name and its format.
@@ -373,14 +396,133 @@ fn content_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 fn parse_text(text: &str) -> Vec<Entry> {
     content_lines(text)
         .enumerate()
-        .map(|(index, (line, prompt))| Entry {
-            line,
-            index,
-            overrides: Overrides { prompt: Some(prompt.to_string()), ..Overrides::default() },
-            problems: Vec::new(),
-            unreadable: false,
+        .map(|(index, (line, prompt))| {
+            let mut entry =
+                Entry { line, index, overrides: Overrides::default(), problems: Vec::new(), unreadable: false };
+            if prompt.starts_with("--") {
+                if let Err(message) = a1111_line(&mut entry.overrides, prompt) {
+                    entry.unreadable = true;
+                    entry.problems.push(message);
+                }
+            } else {
+                entry.overrides.prompt = Some(prompt.to_string());
+            }
+            entry
         })
         .collect()
+}
+
+/// A1111's "prompts from file" options that change nothing sdgen makes.
+const A1111_IGNORED: &[&str] = &["outpath_samples", "outpath_grids", "prompt_for_display", "do_not_save_grid"];
+
+/// Reads a line in A1111's "prompts from file" form the way its script does: split like a
+/// POSIX shell (Python's `shlex.split`), `--tag value` pairs, and `--prompt` and
+/// `--negative_prompt` taking every word up to the next `--`. The sampler and its schedule are
+/// read with A1111's meaning ([`crate::import::a1111_sampler`]).
+fn a1111_line(o: &mut Overrides, line: &str) -> std::result::Result<(), String> {
+    let words = shlex_split(line)?;
+    let (mut sampler, mut schedule, mut n_iter, mut batch_size) = (None, None, None::<usize>, None::<usize>);
+    let mut pos = 0;
+    while pos < words.len() {
+        let Some(tag) = words[pos].strip_prefix("--") else {
+            return Err(format!("A1111 options must start with \"--\": {}", words[pos]));
+        };
+        let Some(first) = words.get(pos + 1) else {
+            return Err(format!("missing value for --{tag}"));
+        };
+        pos += 2;
+        if tag == "prompt" || tag == "negative_prompt" {
+            let mut text = first.clone();
+            while pos < words.len() && !words[pos].starts_with("--") {
+                text.push(' ');
+                text.push_str(&words[pos]);
+                pos += 1;
+            }
+            if tag == "prompt" {
+                o.prompt = Some(text);
+            } else {
+                o.negative = Some(text);
+            }
+            continue;
+        }
+        let cell = Raw::Cell(first);
+        match tag {
+            "sampler_name" => sampler = Some(first.clone()),
+            "scheduler" => schedule = Some(first.clone()),
+            "n_iter" => n_iter = whole(tag, cell)?,
+            "batch_size" => batch_size = whole(tag, cell)?,
+            "seed" | "steps" | "cfg_scale" | "width" | "height" | "denoising_strength" => {
+                apply(o, canonical_key(tag), cell)?
+            }
+            t if A1111_IGNORED.contains(&t) => {}
+            _ => return Err(format!("A1111 option --{tag} is not supported by sdgen")),
+        }
+    }
+    if let Some(name) = sampler {
+        let (name, warning) = crate::import::a1111_sampler(&name, schedule.as_deref())?;
+        if let Some(w) = warning {
+            return Err(w);
+        }
+        o.scheduler = Some(name);
+    } else if schedule.is_some() {
+        return Err("--scheduler needs --sampler_name".into());
+    }
+    if n_iter.is_some() || batch_size.is_some() {
+        o.num_images = Some(n_iter.unwrap_or(1).saturating_mul(batch_size.unwrap_or(1)));
+    }
+    if o.prompt.is_none() {
+        return Err("an A1111 options line needs --prompt".into());
+    }
+    Ok(())
+}
+
+/// Python's `shlex.split(line)` (POSIX mode, no comments): words split on whitespace, single
+/// quotes literal, double quotes with `\\` escaping `"`, `\\`, `$` and `` ` ``, a backslash
+/// elsewhere escaping the next character.
+fn shlex_split(line: &str) -> std::result::Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => words.extend(word.take()),
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err("no closing quotation".into()),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err("no closing quotation".into()),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err("no closing quotation".into()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err("no escaped character".into()),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
 }
 
 fn parse_jsonl(text: &str) -> Vec<Entry> {
@@ -391,7 +533,7 @@ fn parse_jsonl(text: &str) -> Vec<Entry> {
                 Entry { line, index, overrides: Overrides::default(), problems: Vec::new(), unreadable: false };
             match serde_json::from_str::<Value>(json) {
                 Ok(Value::Object(map)) => {
-                    let duplicate = duplicate_key(json);
+                    let duplicate = duplicate_key(json).or_else(|| aliased_twice(map.keys()));
                     if let Some(key) = &duplicate {
                         entry.unreadable = true;
                         entry.problems.push(format!("key \"{key}\" appears more than once; set each key once"));
@@ -445,6 +587,12 @@ fn duplicate_key(json: &str) -> Option<String> {
     serde_json::Deserializer::from_str(json).deserialize_map(Keys).ok().flatten()
 }
 
+/// A key set twice under two spellings (`negative` and `negative_prompt`).
+fn aliased_twice<'a>(keys: impl Iterator<Item = &'a String>) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    keys.map(|k| canonical_key(k)).find(|k| !seen.insert(*k)).map(str::to_string)
+}
+
 /// CSV rows become entries; a bad header makes the whole file invalid, reported on its line.
 ///
 /// Comment and blank lines are removed before the csv crate sees the text, because its line and
@@ -475,9 +623,9 @@ fn parse_csv(text: &str) -> (Vec<Entry>, Vec<LineError>) {
     };
     let mut problems = Vec::new();
     for (i, h) in headers.iter().enumerate() {
-        if !KNOWN_KEYS.contains(&h.as_str()) {
+        if !is_known_key(h) {
             problems.push(format!("unknown column \"{h}\" in the header (known keys: {})", KNOWN_KEYS.join(", ")));
-        } else if headers[..i].contains(h) {
+        } else if headers[..i].iter().any(|e| canonical_key(e) == canonical_key(h)) {
             problems.push(format!("column \"{h}\" appears twice in the header"));
         }
     }
@@ -524,7 +672,7 @@ enum Raw<'a> {
 }
 
 fn apply(o: &mut Overrides, key: &str, raw: Raw<'_>) -> std::result::Result<(), String> {
-    match key {
+    match canonical_key(key) {
         "prompt" => o.prompt = text(key, raw)?,
         "negative" => o.negative = text(key, raw)?,
         "seed" => o.seed = whole(key, raw)?,
@@ -773,6 +921,47 @@ fn check_filename(name: &str) -> std::result::Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shlex_like_python() {
+        // Expected lists are what Python's shlex.split gives.
+        assert_eq!(shlex_split(r#"--prompt "a cat" --steps 20"#).unwrap(), ["--prompt", "a cat", "--steps", "20"]);
+        assert_eq!(shlex_split(r#"a'b c'"d\"e" f\ g"#).unwrap(), ["ab cd\"e", "f g"]);
+        assert_eq!(shlex_split(r#""x\y" ''"#).unwrap(), ["x\\y", ""]);
+        assert!(shlex_split("\"open").is_err());
+    }
+
+    #[test]
+    fn a1111_prompt_file_lines() {
+        let mut o = Overrides::default();
+        let line = r#"--prompt "a red fox" in snow --steps 12 --negative_prompt "blurry, dark" --cfg_scale 6.5 --sampler_name "DPM++ 2M" --seed 5 --width 64 --height 96 --n_iter 2 --batch_size 2"#;
+        a1111_line(&mut o, line).unwrap();
+        assert_eq!(o.prompt.as_deref(), Some("a red fox in snow"));
+        assert_eq!(o.negative.as_deref(), Some("blurry, dark"));
+        assert_eq!((o.steps, o.guidance, o.seed), (Some(12), Some(6.5), Some(5)));
+        assert_eq!((o.width, o.height, o.num_images), (Some(64), Some(96), Some(4)));
+        // A1111's "Automatic" schedule for DPM++ 2M is Karras.
+        assert_eq!(o.scheduler.as_deref(), Some("DPM++ 2M Karras"));
+        let mut o = Overrides::default();
+        assert!(a1111_line(&mut o, "--prompt x --styles foo").unwrap_err().contains("--styles"));
+        assert!(a1111_line(&mut Overrides::default(), "--steps 3").unwrap_err().contains("--prompt"));
+    }
+
+    #[test]
+    fn key_aliases() {
+        let mut o = Overrides::default();
+        for (k, v) in
+            [("negative_prompt", "n"), ("cfg_scale", "3"), ("sampler_name", "DDIM"), ("num_inference_steps", "7")]
+        {
+            apply(&mut o, k, Raw::Cell(v)).unwrap();
+        }
+        apply(&mut o, "guidance_scale", Raw::Cell("4")).unwrap();
+        assert_eq!(o.negative.as_deref(), Some("n"));
+        assert_eq!((o.guidance, o.steps, o.scheduler.as_deref()), (Some(4.0), Some(7), Some("DDIM")));
+        let keys = ["negative".to_string(), "negative_prompt".to_string()];
+        assert_eq!(aliased_twice(keys.iter()).as_deref(), Some("negative"));
+        assert_eq!(Format::sniff("negative_prompt,cfg_scale\n"), Format::Csv);
+    }
 
     #[test]
     fn splitmix64_matches_the_published_first_output() {

@@ -16,11 +16,11 @@ pub struct BatchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Defaults for every line (each line may override them). `--seed` is the base seed from
-    /// which lines without a seed get theirs [default: 0].
+    /// which lines without a seed get theirs (without it: 0).
     #[command(flatten)]
     pub gen: GenerationArgs,
-    /// Images per line [default: 1].
-    #[arg(long, value_name = "N")]
+    /// Images per line.
+    #[arg(long, short = 'b', visible_alias = "batch-count", value_name = "N", default_value = "1")]
     pub num_images: Option<usize>,
     /// Output folder (created if missing); the manifests live here too.
     #[arg(long, short = 'o', default_value = "out", value_name = "DIR")]

@@ -8,10 +8,10 @@ use sdgen::Request;
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Image width [default: 512; SDXL models: their trained size, 1024].
+    /// Image width (without it: 512; SDXL models: their trained size, 1024).
     #[arg(long)]
     pub width: Option<u32>,
-    /// Image height [default: 512; SDXL models: their trained size, 1024].
+    /// Image height (without it: 512; SDXL models: their trained size, 1024).
     #[arg(long)]
     pub height: Option<u32>,
     #[arg(long, default_value_t = 20)]

@@ -14,21 +14,57 @@ use std::path::PathBuf;
 pub struct GenerateArgs {
     /// The text prompt (optional with --from).
     pub prompt: Option<String>,
+    /// The text prompt, as a flag (as A1111 and stable-diffusion.cpp spell it).
+    #[arg(long = "prompt", short = 'p', value_name = "TEXT", conflicts_with = "prompt")]
+    pub prompt_flag: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
     pub gen: GenerationArgs,
     /// Regenerate the image this PNG records (its prompt, seed, settings, model, device and
-    /// dtype); other flags override the recorded values.
+    /// dtype); other flags override the recorded values. Also takes A1111 PNGs and text files
+    /// holding a pasted A1111 `parameters` text (prompt, sampler, schedule, steps, CFG scale,
+    /// seed, size, clip skip; the model comes from --model).
     #[arg(long, value_name = "IMAGE.png")]
     pub from: Option<PathBuf>,
     /// How many images; image i uses seed + i.
-    #[arg(long, value_name = "N")]
+    #[arg(long, short = 'b', visible_alias = "batch-count", value_name = "N", default_value = "1")]
     pub num_images: Option<usize>,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// The arguments the config file set (their ids), which a `--from` record overrides.
+    #[arg(skip)]
+    pub from_config: Vec<String>,
+}
+
+/// `--from`: the flags over what `from` records (sdgen's record, or an A1111 `parameters`
+/// text in a PNG or a text file), warning about what an A1111 text has that sdgen cannot use.
+fn from_settings(from: &std::path::Path, flags: Settings) -> anyhow::Result<Settings> {
+    use sdgen::import::Source;
+    let source = Source::read(from).with_context(|| format!("reading how {} was made", from.display()))?;
+    match source {
+        Source::Sdgen { record, .. } => Ok(flags.over_record(&record)),
+        Source::A1111 { parameters } => {
+            let imported = sdgen::import::from_parameters(&parameters)?;
+            if let Some(e) = imported.sampler_error.filter(|_| flags.scheduler.is_none()) {
+                bail!("{}: {e}", from.display());
+            }
+            for w in &imported.warnings {
+                log::warn!("{}: {w}", from.display());
+            }
+            let mut settings = flags.or(imported.settings);
+            // A1111's denoising strength means something only when starting from an image.
+            if settings.init_image.is_none() {
+                settings.strength = None;
+            }
+            Ok(settings)
+        }
+        Source::ComfyUi { .. } => {
+            bail!("{} holds a ComfyUI workflow, which --from cannot replay; `sdgen show` summarizes it", from.display())
+        }
+    }
 }
 
 pub fn progress_bar(quiet: bool) -> ProgressBar {
@@ -49,21 +85,19 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let limits = args.limits.limits();
     let started = std::time::SystemTime::now();
-    // Precedence, decided here once: flags, then the --from record, then the model's and
-    // sdgen's defaults (in `Settings::resolve_request`).
-    let flags = Settings {
-        prompt: args.prompt.clone(),
+    // Precedence, decided here once: flags, then the --from record, then the config file,
+    // then the model's and sdgen's defaults (in `Settings::resolve_request`).
+    let mut flags = Settings {
+        prompt: args.prompt.clone().or(args.prompt_flag.clone()),
         num_images: args.num_images,
         ..args.gen.settings()?.or(args.model.settings()?)
     };
+    let config = super::config::take_config(&mut flags, &args.from_config);
     let settings = match &args.from {
-        Some(from) => {
-            let record = sdgen::output::read_record(from)
-                .with_context(|| format!("reading the sdgen record from {}", from.display()))?;
-            flags.over_record(&record)
-        }
+        Some(from) => from_settings(from, flags)?,
         None => flags,
-    };
+    }
+    .or(config);
     if settings.prompt.is_none() {
         bail!("no prompt given: sdgen generate \"a prompt\" (or --from IMAGE.png)");
     }

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct LicenseArgs {
     /// Read the licence from this model folder (model card or LICENSE file), or give a
-    /// single-file checkpoint its architecture's licence [default: CreativeML OpenRAIL-M,
-    /// the licence of Stable Diffusion 1.x].
-    #[arg(long, value_name = "DIR")]
+    /// single-file checkpoint its architecture's licence (without it: CreativeML OpenRAIL-M,
+    /// the licence of Stable Diffusion 1.x).
+    #[arg(long, short = 'm', value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// The licence of SD 2.x / SDXL (CreativeML OpenRAIL++-M) instead.
     #[arg(long, conflicts_with = "model")]

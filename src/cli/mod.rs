@@ -2,12 +2,14 @@
 
 pub mod batch;
 pub mod bench;
+pub mod config;
 pub mod generate;
 pub mod info;
 pub mod license;
 pub mod progress;
 pub mod schedulers;
 pub mod show;
+pub mod tools;
 
 use clap::{Args, Parser, Subcommand};
 use sdgen::plan::{PredictionType, Settings};
@@ -27,34 +29,69 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Generate images from a text prompt.
+    #[command(after_help = "Examples:
+  sdgen generate \"a lighthouse at dawn\" -m weights/tiny-sd -s 42
+  sdgen generate -p \"a red fox\" --sampler \"DPM++ 2M Karras\" --cfg-scale 6 -W 640 -H 448
+  sdgen generate --from old.png --steps 30      (an sdgen or A1111 PNG, or a parameters .txt)")]
     Generate(generate::GenerateArgs),
     /// Generate images for every line of a prompt file (txt, jsonl, csv); resumable, shardable.
+    #[command(after_help = "Examples:
+  sdgen batch prompts.txt -m weights/tiny-sd -o out/
+  sdgen batch prompts.jsonl --batch-size 4 --shard 0/4
+  sdgen batch prompts.txt --merge --json        (what is done across all shards)")]
     Batch(batch::BatchArgs),
-    /// Print the record stored in a PNG that sdgen wrote.
+    /// Summarize how a PNG was made (sdgen, A1111 or ComfyUI metadata).
+    #[command(after_help = "Examples:
+  sdgen show image.png
+  sdgen show image.png --json          (sdgen's full record)
+  sdgen show image.png --parameters    (the A1111 text, to paste)")]
     Show(show::ShowArgs),
     /// Print the model licence's use restrictions and what recipients must be told.
+    #[command(after_help = "Examples:
+  sdgen license -m weights/tiny-sd
+  sdgen license --sd2        (SD 2.x and SDXL: CreativeML OpenRAIL++-M)")]
     License(license::LicenseArgs),
     /// List the schedulers (samplers) with their A1111 and diffusers names.
+    #[command(after_help = "Examples:
+  sdgen schedulers
+  sdgen generate \"a cat\" --scheduler \"DPM++ 2M SDE Karras\"")]
     Schedulers,
     /// Print the sdgen and libtorch versions, CUDA devices and CPU threads.
+    #[command(after_help = "Examples:
+  sdgen info
+  sdgen info --json")]
     Info(info::InfoArgs),
     /// Time one generation: load, first step, steps/s, VAE decode, peak memory.
+    #[command(after_help = "Examples:
+  sdgen bench -m weights/tiny-sd --device cpu
+  sdgen bench --dtype fp16 --steps 30 --json")]
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:
+  sdgen completions bash > ~/.local/share/bash-completion/completions/sdgen
+  sdgen completions zsh > ~/.zfunc/_sdgen
+  sdgen completions fish > ~/.config/fish/completions/sdgen.fish")]
+    Completions(tools::CompletionsArgs),
+    /// Print the man page (roff), or write one per subcommand into a folder.
+    #[command(after_help = "Examples:
+  sdgen man | man -l -
+  sdgen man --dir /usr/local/share/man/man1")]
+    Man(tools::ManArgs),
 }
 
 /// Which model, on which device, in which precision.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// A diffusers folder, a single .safetensors checkpoint, or a Hugging Face hub id
-    /// (owner/name[@revision]). Default: $SDGEN_MODEL, then "model" in
+    /// (owner/name[@revision]). Without it: $SDGEN_MODEL, then "model" in
     /// ~/.config/sdgen/config.json, then stable-diffusion-v1-5/stable-diffusion-v1-5.
-    #[arg(long, value_name = "MODEL")]
+    #[arg(long, short = 'm', value_name = "MODEL", env = sdgen::loading::source::MODEL_ENV)]
     pub model: Option<String>,
-    /// auto (CUDA when available), cpu, cuda or cuda:N [default: auto].
-    #[arg(long, value_name = "DEVICE")]
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value = "auto")]
     pub device: Option<String>,
-    /// auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16 [default: auto].
-    #[arg(long, value_name = "DTYPE")]
+    /// auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.
+    #[arg(long, value_name = "DTYPE", default_value = "auto")]
     pub dtype: Option<String>,
     /// epsilon or v_prediction, overriding the model's scheduler config. Single files default
     /// to epsilon for SD 1.x and v_prediction for SD 2.x (pass epsilon for 2.x-base).
@@ -84,8 +121,8 @@ pub struct MemoryArgs {
     pub vae_tiling: bool,
     /// How the UNet's convolutions run on the CPU in fp32: auto (Winograd for wide layers,
     /// fastest; its weights take about 1.5 GB more for SD 1.5), direct (libtorch's
-    /// convolution, least memory) or winograd (every 3x3 layer) [default: auto].
-    #[arg(long, value_name = "ALGO")]
+    /// convolution, least memory) or winograd (every 3x3 layer).
+    #[arg(long, value_name = "ALGO", default_value = "auto")]
     pub cpu_conv: Option<String>,
 }
 
@@ -157,32 +194,39 @@ pub fn load_options(settings: &Settings, quiet: bool) -> anyhow::Result<sdgen::L
 #[derive(Args, Debug, Clone, Default)]
 pub struct GenerationArgs {
     /// What the image should not show.
-    #[arg(long, short = 'n', value_name = "TEXT")]
+    #[arg(long, short = 'n', visible_alias = "negative-prompt", value_name = "TEXT")]
     pub negative: Option<String>,
-    /// Denoising steps [default: 20].
-    #[arg(long, value_name = "N")]
+    /// Denoising steps.
+    #[arg(long, value_name = "N", default_value = sdgen::Request::default().steps.to_string())]
     pub steps: Option<usize>,
-    /// Classifier-free guidance scale; 1 or less skips the unconditional pass [default: 7.5].
-    #[arg(long, value_name = "SCALE", allow_negative_numbers = true)]
+    /// Classifier-free guidance scale; 1 or less skips the unconditional pass.
+    #[arg(
+        long,
+        visible_alias = "cfg-scale",
+        value_name = "SCALE",
+        allow_negative_numbers = true,
+        default_value = sdgen::Request::default().guidance.to_string()
+    )]
     pub guidance: Option<f64>,
     /// Random seed; random when absent (and printed).
-    #[arg(long, value_name = "N")]
+    #[arg(long, short = 's', value_name = "N")]
     pub seed: Option<u64>,
-    /// Image width in pixels, a multiple of 8 [default: 512; SDXL: 1024, its trained size].
-    #[arg(long, value_name = "PX")]
+    /// Image width in pixels, a multiple of 8. Without it: 512, or the model's trained size
+    /// for SDXL (1024), or the init image's.
+    #[arg(long, short = 'W', value_name = "PX")]
     pub width: Option<u32>,
-    /// Image height in pixels, a multiple of 8 [default: 512; SDXL: 1024, its trained size].
-    #[arg(long, value_name = "PX")]
+    /// Image height in pixels, a multiple of 8. Without it: as --width.
+    #[arg(long, short = 'H', value_name = "PX")]
     pub height: Option<u32>,
-    /// Scheduler: a diffusers class or A1111 name (`sdgen schedulers` lists them)
-    /// [default: the model's own scheduler].
-    #[arg(long, value_name = "NAME")]
+    /// Scheduler: a diffusers class or A1111 name (`sdgen schedulers` lists them). Without
+    /// it: the model's own scheduler.
+    #[arg(long, visible_aliases = ["sampler", "sampling-method"], value_name = "NAME")]
     pub scheduler: Option<String>,
     /// Use the output of an earlier CLIP layer (2 = skip the last layer, as A1111).
     #[arg(long, value_name = "N")]
     pub clip_skip: Option<usize>,
     /// img2img: start from this image (PNG, JPEG or WebP), resized to --width/--height
-    /// [default size: the image's, rounded down to a multiple of 8].
+    /// (without it: the image's, rounded down to a multiple of 8).
     #[arg(long, value_name = "IMAGE", help_heading = "Starting from an image")]
     pub init_image: Option<PathBuf>,
     /// Inpainting: repaint the white part of this mask (black is kept; any size, resized;
@@ -190,7 +234,7 @@ pub struct GenerationArgs {
     #[arg(long, value_name = "MASK", help_heading = "Starting from an image")]
     pub mask: Option<PathBuf>,
     /// How far from the init image to go, 0 < S ≤ 1: the last S × steps steps run
-    /// [default: 0.75; inpainting 1.0].
+    /// (without it: 0.75; inpainting 1.0).
     #[arg(long, value_name = "S", help_heading = "Starting from an image", allow_negative_numbers = true)]
     pub strength: Option<f64>,
     /// How to read the prompts: `a1111` (emphasis `(word:1.2)`, `[word]`, `BREAK`, editing
@@ -200,25 +244,25 @@ pub struct GenerationArgs {
     pub prompt_syntax: Option<sdgen::request::PromptSyntax>,
     /// Spread the steps `leading`, `linspace` or `trailing` over the schedule, overriding the
     /// model's scheduler config (few-step models such as SDXL-Turbo and Lightning want
-    /// trailing) [default: the model's].
+    /// trailing) (without it: the model's).
     #[arg(long, value_name = "SPACING")]
     pub timestep_spacing: Option<sdgen::request::TimestepSpacing>,
-    /// SDXL: the size the UNet is told the training image had [default: the image size].
+    /// SDXL: the size the UNet is told the training image had (without it: the image size).
     #[arg(long, value_name = "WxH", help_heading = "SDXL size conditioning")]
     pub original_size: Option<sdgen::request::Size>,
-    /// SDXL: the top-left corner of the crop it is told was taken [default: 0,0].
+    /// SDXL: the top-left corner of the crop it is told was taken (without it: 0,0).
     #[arg(long, value_name = "TOP,LEFT", help_heading = "SDXL size conditioning")]
     pub crop_coords: Option<sdgen::request::Crop>,
-    /// SDXL: the size it is told is wanted [default: the image size].
+    /// SDXL: the size it is told is wanted (without it: the image size).
     #[arg(long, value_name = "WxH", help_heading = "SDXL size conditioning")]
     pub target_size: Option<sdgen::request::Size>,
-    /// SDXL: --original-size for the unconditional (negative) pass [default: --original-size].
+    /// SDXL: --original-size for the unconditional (negative) pass (without it: --original-size).
     #[arg(long, value_name = "WxH", help_heading = "SDXL size conditioning")]
     pub negative_original_size: Option<sdgen::request::Size>,
-    /// SDXL: --crop-coords for the negative pass [default: 0,0 when another negative value is given].
+    /// SDXL: --crop-coords for the negative pass (without it: 0,0 when another negative value is given).
     #[arg(long, value_name = "TOP,LEFT", help_heading = "SDXL size conditioning")]
     pub negative_crop_coords: Option<sdgen::request::Crop>,
-    /// SDXL: --target-size for the negative pass [default: --target-size].
+    /// SDXL: --target-size for the negative pass (without it: --target-size).
     #[arg(long, value_name = "WxH", help_heading = "SDXL size conditioning")]
     pub negative_target_size: Option<sdgen::request::Size>,
 }
@@ -276,17 +320,17 @@ impl GenerationArgs {
 /// Limits on what one request may ask for (see `sdgen::limits`), and the NaN guard.
 #[derive(Args, Debug, Clone, Default)]
 pub struct LimitArgs {
-    /// Most denoising steps a request may ask for [default: 1000].
-    #[arg(long, value_name = "N")]
+    /// Most denoising steps a request may ask for.
+    #[arg(long, value_name = "N", default_value = sdgen::limits::Limits::default().max_steps.to_string())]
     pub max_steps: Option<usize>,
-    /// Most images one request (or batch line) may ask for [default: 1000].
-    #[arg(long, value_name = "N")]
+    /// Most images one request (or batch line) may ask for.
+    #[arg(long, value_name = "N", default_value = sdgen::limits::Limits::default().max_images.to_string())]
     pub max_images: Option<usize>,
-    /// Most pixels (width × height) per image [default: 16777216, 4096×4096].
-    #[arg(long, value_name = "N")]
+    /// Most pixels (width × height) per image (4096×4096).
+    #[arg(long, value_name = "N", default_value = sdgen::limits::Limits::default().max_pixels.to_string())]
     pub max_pixels: Option<u64>,
-    /// Largest width or height [default: 8192].
-    #[arg(long, value_name = "PX")]
+    /// Largest width or height.
+    #[arg(long, value_name = "PX", default_value = sdgen::limits::Limits::default().max_side.to_string())]
     pub max_side: Option<u32>,
     /// Lift all the limits above, and the check of the image size against available memory.
     #[arg(long)]
@@ -318,7 +362,7 @@ pub struct OutputArgs {
     /// Output folder (created if missing).
     #[arg(long, short = 'o', default_value = "out", value_name = "DIR")]
     pub out: PathBuf,
-    /// File name template: {index}, {seed}, {prompt}, {timestamp} [default: never collides].
+    /// File name template: {index}, {seed}, {prompt}, {timestamp} (without it: never collides).
     #[arg(long, value_name = "TEMPLATE")]
     pub name: Option<String>,
     /// Replace existing files instead of refusing.

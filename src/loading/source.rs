@@ -128,6 +128,18 @@ impl ModelSource {
             Some((repo, rev)) => (repo, Some(rev)),
             None => (spec, None),
         };
+        // `weights/tiny` where `weights/` is a local folder is a mistyped path, not a hub id.
+        if let Some((owner, name)) = repo.split_once('/') {
+            let folder = expand_home(owner, home);
+            if !owner.is_empty() && folder.is_dir() {
+                return Err(Error::invalid(format!(
+                    "no such file or folder: {}{} ({} is a local folder, so this is not read as a hub repo id)",
+                    path.display(),
+                    closest_entry(&folder, name).map(|n| format!("; did you mean {owner}/{n}?")).unwrap_or_default(),
+                    folder.display(),
+                )));
+            }
+        }
         if !repo.contains('/') {
             return Err(Error::invalid(format!(
                 "no such file or folder: {spec} (a hub repo id looks like owner/name, e.g. {DEFAULT_MODEL})"
@@ -209,6 +221,17 @@ fn read_config_model(path: &Path) -> Result<Option<String>> {
             format!("\"model\" must be a string (a folder, a .safetensors file or owner/name), not {other}"),
         )),
     }
+}
+
+/// The entry of `dir` whose name shares the longest start with `name` (at least 3 characters,
+/// or all of a shorter `name`), for "did you mean".
+fn closest_entry(dir: &Path, name: &str) -> Option<String> {
+    let common = |a: &str| a.chars().zip(name.chars()).take_while(|(x, y)| x.eq_ignore_ascii_case(y)).count();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).ok()?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    let best = names.into_iter().max_by_key(|n| (common(n), std::cmp::Reverse(n.len())))?;
+    (common(&best) >= name.chars().count().min(3)).then_some(best)
 }
 
 /// What a path that exists but is neither a folder nor a regular file is: a symlink loop, a
@@ -344,6 +367,15 @@ mod tests {
         let other = dir.path().join("notes.txt");
         std::fs::write(&other, b"x").unwrap();
         assert!(err(other.to_str().unwrap()).contains("not a .safetensors"));
+    }
+
+    #[test]
+    fn mistyped_local_folder_is_not_a_hub_id() {
+        // Tests run in the crate root, which has weights/tiny-sd.
+        let msg = err("weights/tiny");
+        assert!(msg.contains("no such file or folder: weights/tiny"), "{msg}");
+        assert!(msg.contains("did you mean weights/tiny-sd?"), "{msg}");
+        assert!(matches!(ModelSource::parse("no-such-owner-here/model"), Ok(ModelSource::Hub { .. })));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use crate::{Error, Record, Result};
 pub const PARAMETERS_KEY: &str = "parameters";
 /// PNG text key of the full [`Record`] as JSON.
 pub const RECORD_KEY: &str = "sdgen";
+/// A1111's "Schedule type" for the model's own sigmas at the spaced timesteps.
+pub const UNIFORM: &str = "Uniform";
 /// PNG text key of the licence notice.
 pub const LICENSE_KEY: &str = "license";
 
@@ -32,20 +34,22 @@ fn param_re() -> &'static Regex {
 /// ```text
 /// <prompt>
 /// Negative prompt: <negative>
-/// Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x512, Model hash: 0123456789, Model: v1-5, Clip skip: 2, Version: sdgen 0.1.0
+/// Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x512, Model hash: 0123456789, Model: v1-5, Clip skip: 2, RNG: CPU, Version: sdgen 0.1.0
 /// ```
 ///
 /// `sampler_a1111` is the scheduler's A1111 display name and `schedule_type` its A1111
-/// schedule name, both from the scheduler table. The negative line is left out when there is
-/// no negative prompt, `Clip skip` when it is 1 or unset, `Model hash` when the hash is
-/// unknown. Values are quoted as A1111 quotes them; the prompts are not (A1111 doesn't either).
+/// schedule name, both from the scheduler table; `None` is written as `Uniform` (the model's
+/// own sigmas). `Schedule type` is always written because A1111 reads a missing one as
+/// "Automatic", which is Karras or exponential for some samplers. The negative line is always
+/// written, even empty, because ComfyUI's A1111 importer builds nothing without it. `RNG: CPU`
+/// says the noise comes from torch's CPU generator (A1111 assumes GPU). `Clip skip` is left out
+/// when it is 1 or unset, `Model hash` when the hash is unknown. Values are quoted as A1111
+/// quotes them; the prompts are not (A1111 doesn't either).
 pub fn parameters_text(record: &Record, sampler_a1111: &str, schedule_type: Option<&str>) -> String {
     let req = &record.request;
     let mut params: Vec<(&str, String)> =
         vec![("Steps", req.steps.to_string()), ("Sampler", sampler_a1111.to_string())];
-    if let Some(schedule) = schedule_type {
-        params.push(("Schedule type", schedule.to_string()));
-    }
+    params.push(("Schedule type", schedule_type.unwrap_or(UNIFORM).to_string()));
     params.push(("CFG scale", format_number(req.guidance)));
     params.push(("Seed", req.seed.to_string()));
     params.push(("Size", format!("{}x{}", req.width, req.height)));
@@ -60,15 +64,15 @@ pub fn parameters_text(record: &Record, sampler_a1111: &str, schedule_type: Opti
     if let Some(skip) = req.clip_skip.filter(|&s| s > 1) {
         params.push(("Clip skip", skip.to_string()));
     }
+    params.push(("RNG", "CPU".to_string()));
     params.push(("Version", format!("sdgen {}", record.sdgen_version)));
 
     let line = params.iter().map(|(k, v)| format!("{k}: {}", quote(v))).collect::<Vec<_>>().join(", ");
-    let negative = match req.negative_prompt.as_deref() {
-        Some(n) if !n.is_empty() => format!("\nNegative prompt: {n}"),
-        _ => String::new(),
-    };
-    // A1111 strips the whole text, so an empty prompt leaves no blank first line.
-    format!("{}{negative}\n{line}", req.prompt).trim().to_string()
+    let negative = req.negative_prompt.as_deref().unwrap_or("");
+    // A1111 strips the whole text, so an empty prompt leaves no blank first line; the
+    // negative line keeps its trailing space when empty, as A1111 writes it.
+    let text = format!("{}\nNegative prompt: {negative}\n{line}", req.prompt);
+    text.trim_start().to_string()
 }
 
 /// A number as A1111 prints it: `7`, not `7.0`; `7.5` as `7.5`.

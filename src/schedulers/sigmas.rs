@@ -31,11 +31,12 @@ pub enum SigmaSchedule {
 }
 
 impl SigmaSchedule {
-    /// The label A1111 writes as "Schedule type" (its "Automatic" leaves the choice to the
-    /// sampler, which for sdgen is the model's own schedule).
+    /// The label A1111 writes as "Schedule type". The model's own sigmas are A1111's
+    /// "Uniform"; never "Automatic", which A1111 reads as Karras or exponential for some
+    /// samplers.
     pub fn a1111_label(self) -> &'static str {
         match self {
-            SigmaSchedule::Default => "Automatic",
+            SigmaSchedule::Default => "Uniform",
             SigmaSchedule::Karras => "Karras",
             SigmaSchedule::Exponential => "Exponential",
         }
