@@ -216,6 +216,7 @@ pub fn take_config(flags: &mut Settings, ids: &[String]) -> Settings {
             "clip_skip" => c.clip_skip = f.clip_skip.take(),
             "num_images" => c.num_images = f.num_images.take(),
             "timestep_spacing" => c.timestep_spacing = f.timestep_spacing.take(),
+            "prompt_syntax" => c.prompt_syntax = f.prompt_syntax.take(),
             "strength" => c.strength = f.strength.take(),
             "device" => c.device = f.device.take(),
             "dtype" => c.dtype = f.dtype.take(),
