@@ -144,6 +144,8 @@ pub struct Pipeline {
     /// Recent prompt embeddings by (text, layer): batch files repeat prompts and negative
     /// prompts, and each is encoded once.
     embed_cache: std::cell::RefCell<std::collections::HashMap<(String, Option<usize>), TextEmbeds>>,
+    /// The LoRAs patched into the UNet and text encoders, and the weights they replaced.
+    loras: crate::lora::Applied,
 }
 
 /// A prompt's encoding: the cross-attention states `[1, 77, dim]` and, for SDXL, the second
@@ -355,7 +357,30 @@ impl Pipeline {
             model,
             prediction_override: opts.prediction_type,
             embed_cache: Default::default(),
+            loras: Default::default(),
         })
+    }
+
+    /// Makes `loras` the set of LoRAs applied to the UNet and text encoders (an empty slice
+    /// removes them all), without reloading: replaced weights are kept and put back. Returns
+    /// what each file applied. Every file is read and checked first, so on error the pipeline
+    /// keeps the set it had. Asking for the set already applied does nothing.
+    pub fn set_loras(&mut self, loras: &[crate::lora::LoraRequest]) -> Result<Vec<crate::lora::LoraReport>> {
+        let models = crate::lora::Models {
+            unet: &mut self.unet,
+            text_encoder: &mut self.text_encoder,
+            text_encoder_2: self.text_encoder_2.as_mut(),
+        };
+        let state = &mut self.loras;
+        let reports = catch_torch("applying LoRAs", || state.set(models, loras))?;
+        // Cached prompt encodings came from the text encoders as they were.
+        self.embed_cache.borrow_mut().clear();
+        Ok(reports)
+    }
+
+    /// The LoRAs applied now.
+    pub fn loras(&self) -> &[crate::lora::LoraRequest] {
+        self.loras.requests()
     }
 
     pub fn device(&self) -> Device {

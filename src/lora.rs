@@ -1,0 +1,393 @@
+//! LoRA adapters: reading kohya, diffusers/PEFT and LyCORIS (LoHa, LoKr) `.safetensors`
+//! files into per-layer weight deltas, and patching them into a loaded pipeline's UNet and
+//! text encoders, and out again, without reloading the model.
+//!
+//! The deltas, with `w` the requested weight:
+//! - LoRA (kohya `lora_down`/`lora_up`/`alpha`, PEFT `lora_A`/`lora_B`):
+//!   `ΔW = w · alpha/rank · up·down`, `rank = down.shape[0]`; no alpha means scale 1 (as
+//!   diffusers, which reads PEFT files without alphas with `lora_alpha = r`, and A1111). A
+//!   convolution's `down` may be `k×k` (LoCon) with a 1×1 `up`: `up·down` is computed on the
+//!   flattened kernels and reshaped to `[out, in, k, k]`, which is what running the two
+//!   convolutions in a row computes.
+//! - LoHa: `ΔW = w · alpha/rank · (w1_a·w1_b) ⊙ (w2_a·w2_b)`, `rank = w1_b.shape[0]`.
+//! - LoKr: `ΔW = w · scale · kron(w1, w2)`, each of `w1`/`w2` stored whole or as an `_a·_b`
+//!   pair; `scale = alpha/rank` with the inner size of a factored pair, else 1 (A1111's
+//!   `network_lokr.py`).
+//!
+//! Patched layers get new tensors (the loaded ones may be read-only mapped files); the
+//! originals are kept and put back when the set of LoRAs changes.
+
+use crate::models::clip::ClipTextModel;
+use crate::models::conv::KernelSnapshot;
+use crate::models::layers::LayerMut;
+use crate::models::UNet;
+use crate::{Error, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// One LoRA to apply: its file and its weight (A1111's multiplier).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraRequest {
+    pub path: PathBuf,
+    pub weight: f64,
+}
+
+/// What applying one file did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraReport {
+    pub path: PathBuf,
+    /// "kohya", "peft", "loha", "lokr" or a mix joined by "+".
+    pub format: String,
+    /// Modules (layers) of the file that were applied.
+    pub applied: usize,
+    /// Modules of the file that match no layer of this model.
+    pub unmatched: Vec<String>,
+}
+
+/// Which network a module belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Target {
+    Unet,
+    TextEncoder,
+    TextEncoder2,
+}
+
+/// The networks a LoRA can patch.
+pub(crate) struct Models<'a> {
+    pub unet: &'a mut UNet,
+    pub text_encoder: &'a mut ClipTextModel,
+    pub text_encoder_2: Option<&'a mut ClipTextModel>,
+}
+
+impl Models<'_> {
+    fn visit(&mut self, f: &mut dyn FnMut(Target, &str, LayerMut<'_>)) {
+        self.unet.visit_layers(&mut |n, l| f(Target::Unet, n, l));
+        self.text_encoder.visit_layers(&mut |n, l| f(Target::TextEncoder, n, l));
+        if let Some(te) = self.text_encoder_2.as_deref_mut() {
+            te.visit_layers(&mut |n, l| f(Target::TextEncoder2, n, l));
+        }
+    }
+}
+
+/// A module of a LoRA file: where it goes (`key` is the layer's diffusers name with `_` for
+/// `.`, as kohya writes it) and its delta at weight 1, `[out, in·k·k]` fp32 on the CPU.
+struct Module {
+    target: Option<Target>,
+    key: String,
+    name: String,
+    format: &'static str,
+    delta: Tensor,
+}
+
+/// The state a pipeline keeps: what is applied and the weights it replaced.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    requests: Vec<LoraRequest>,
+    reports: Vec<LoraReport>,
+    originals: HashMap<(Target, String), Original>,
+}
+
+#[derive(Debug)]
+enum Original {
+    Linear(Tensor),
+    Conv(KernelSnapshot),
+}
+
+impl Applied {
+    pub(crate) fn requests(&self) -> &[LoraRequest] {
+        &self.requests
+    }
+
+    /// Makes `requests` the applied set. Every file is read and checked before any weight
+    /// changes, so on error the models keep the set they had.
+    pub(crate) fn set(&mut self, mut models: Models<'_>, requests: &[LoraRequest]) -> Result<Vec<LoraReport>> {
+        if requests == self.requests.as_slice() {
+            return Ok(self.reports.clone());
+        }
+        // Layer shapes by (target, kohya key).
+        let mut layers: HashMap<(Target, String), (String, Vec<i64>)> = HashMap::new();
+        models.visit(&mut |t, name, layer| {
+            let shape = match layer {
+                LayerMut::Linear(l) => l.weight.size(),
+                LayerMut::Conv(c) => c.kernel_shape().to_vec(),
+            };
+            layers.insert((t, name.replace('.', "_")), (name.to_string(), shape));
+        });
+        let mut sums: BTreeMap<(Target, String), Tensor> = BTreeMap::new();
+        let mut reports = Vec::new();
+        for r in requests {
+            let modules = read_modules(&r.path)?;
+            let mut formats: Vec<&str> = Vec::new();
+            let (mut applied, mut unmatched) = (0, Vec::new());
+            for m in modules {
+                if !formats.contains(&m.format) {
+                    formats.push(m.format);
+                }
+                let found = m.target.and_then(|t| layers.get(&(t, m.key.clone())).map(|l| (t, l)));
+                let Some((t, (name, shape))) = found else {
+                    unmatched.push(m.name);
+                    continue;
+                };
+                let numel: i64 = shape.iter().product();
+                let ds = m.delta.size();
+                if ds[0] != shape[0] || m.delta.numel() as i64 != numel {
+                    return Err(Error::weights(
+                        &r.path,
+                        format!(
+                            "LoRA module '{}' is {ds:?} but the model's layer '{name}' is {shape:?}: \
+                             this LoRA is for another model architecture",
+                            m.name
+                        ),
+                    ));
+                }
+                let d = m.delta.reshape(shape.as_slice()) * r.weight;
+                let key = (t, name.clone());
+                let d = match sums.remove(&key) {
+                    Some(prev) => prev + d,
+                    None => d,
+                };
+                sums.insert(key, d);
+                applied += 1;
+            }
+            if applied == 0 {
+                return Err(Error::weights(
+                    &r.path,
+                    format!(
+                        "none of its {} LoRA modules matches a layer of this model (for another model family?)",
+                        unmatched.len()
+                    ),
+                ));
+            }
+            if !unmatched.is_empty() {
+                log::warn!(
+                    "{}: {} LoRA modules match no layer and are ignored: {}",
+                    r.path.display(),
+                    unmatched.len(),
+                    unmatched.join(", ")
+                );
+            }
+            reports.push(LoraReport { path: r.path.clone(), format: formats.join("+"), applied, unmatched });
+        }
+        self.restore(&mut models);
+        let originals = &mut self.originals;
+        models.visit(&mut |t, name, layer| {
+            let Some(d) = sums.get(&(t, name.to_string())) else { return };
+            match layer {
+                LayerMut::Linear(l) => {
+                    let w = &l.weight;
+                    let patched = (w.to_kind(Kind::Float) + d.to_device(w.device())).to_kind(w.kind());
+                    let old = std::mem::replace(&mut l.weight, patched);
+                    originals.insert((t, name.to_string()), Original::Linear(old));
+                }
+                LayerMut::Conv(c) => {
+                    originals.insert((t, name.to_string()), Original::Conv(c.snapshot()));
+                    c.add_delta(d);
+                }
+            }
+        });
+        self.requests = requests.to_vec();
+        self.reports = reports.clone();
+        Ok(reports)
+    }
+
+    /// Puts back every weight a LoRA replaced.
+    fn restore(&mut self, models: &mut Models<'_>) {
+        let originals = &mut self.originals;
+        if originals.is_empty() {
+            return;
+        }
+        models.visit(&mut |t, name, layer| {
+            let Some(o) = originals.remove(&(t, name.to_string())) else { return };
+            match (layer, o) {
+                (LayerMut::Linear(l), Original::Linear(w)) => l.weight = w,
+                (LayerMut::Conv(c), Original::Conv(k)) => c.restore(k),
+                // A layer is always visited as the same kind.
+                _ => {}
+            }
+        });
+        self.requests.clear();
+        self.reports.clear();
+    }
+}
+
+/// Reads a LoRA file into its modules. Pickles are refused: loading one runs code.
+fn read_modules(path: &Path) -> Result<Vec<Module>> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if matches!(ext.as_str(), "pt" | "ckpt" | "pth" | "bin") {
+        return Err(Error::weights(
+            path,
+            "LoRA files in PyTorch's pickle format are not read (loading a pickle can run code); convert it \
+             to .safetensors, e.g. in Python: safetensors.torch.save_file(torch.load(f, weights_only=True), \
+             'lora.safetensors')",
+        ));
+    }
+    if !path.is_file() {
+        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such LoRA file")));
+    }
+    let tensors = Tensor::read_safetensors(path).map_err(|e| Error::weights(path, format!("not a LoRA file: {e}")))?;
+    let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
+    parse(path, &tensors)
+}
+
+/// Splits a tensor name into (module, parameter): PEFT's `….lora_A.weight`, kohya's
+/// `<module>.<parameter>`.
+fn split_key(key: &str) -> (String, String) {
+    for suffix in [".lora_A.weight", ".lora_B.weight", ".lora_down.weight", ".lora_up.weight"] {
+        if let Some(m) = key.strip_suffix(suffix) {
+            if m.starts_with("unet.") || m.starts_with("text_encoder") || !m.contains('.') {
+                return (m.to_string(), suffix[1..].to_string());
+            }
+        }
+    }
+    if let Some(m) = key.strip_suffix(".alpha") {
+        return (m.to_string(), "alpha".to_string());
+    }
+    match key.split_once('.') {
+        Some((m, p)) => (m.to_string(), p.to_string()),
+        None => (key.to_string(), String::new()),
+    }
+}
+
+/// (target, kohya key) of a module name.
+fn locate(module: &str) -> (Option<Target>, String) {
+    let kohya = [
+        ("lora_unet_", Target::Unet),
+        ("lora_te1_", Target::TextEncoder),
+        ("lora_te2_", Target::TextEncoder2),
+        ("lora_te_", Target::TextEncoder),
+    ];
+    for (p, t) in kohya {
+        if let Some(rest) = module.strip_prefix(p) {
+            return (Some(t), rest.to_string());
+        }
+    }
+    let peft =
+        [("unet.", Target::Unet), ("text_encoder_2.", Target::TextEncoder2), ("text_encoder.", Target::TextEncoder)];
+    for (p, t) in peft {
+        if let Some(rest) = module.strip_prefix(p) {
+            return (Some(t), rest.replace('.', "_"));
+        }
+    }
+    (None, module.to_string())
+}
+
+fn parse(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<Vec<Module>> {
+    let mut by_module: BTreeMap<String, HashMap<String, &Tensor>> = BTreeMap::new();
+    for (k, t) in tensors {
+        let (m, p) = split_key(k);
+        by_module.entry(m).or_default().insert(p, t);
+    }
+    let bad = |m: &str, what: String| Error::weights(path, format!("LoRA module '{m}': {what}"));
+    let mut out = Vec::new();
+    for (name, p) in &by_module {
+        let f32 = |k: &str| p.get(k).map(|t| t.to_device(Device::Cpu).to_kind(Kind::Float));
+        let alpha = match p.get("alpha") {
+            Some(a) if a.numel() == 1 => Some(a.to_kind(Kind::Double).double_value(&[])),
+            Some(_) => return Err(bad(name, "alpha is not a single number".into())),
+            None => None,
+        };
+        let scale = |rank: i64| match alpha {
+            Some(a) if rank > 0 => a / rank as f64,
+            _ => 1.0,
+        };
+        let (format, delta) = if let (Some(down), Some(up)) = (
+            f32("lora_down.weight").or_else(|| f32("lora_A.weight")),
+            f32("lora_up.weight").or_else(|| f32("lora_B.weight")),
+        ) {
+            let format = if p.contains_key("lora_A.weight") { "peft" } else { "kohya" };
+            if p.contains_key("lora_mid.weight") {
+                return Err(bad(name, "LoCon with a Tucker 'lora_mid' is not supported".into()));
+            }
+            let (ds, us) = (down.size(), up.size());
+            let rank = ds[0];
+            if us.len() < 2 || us[1] != rank || us[2..].iter().any(|&k| k != 1) {
+                return Err(bad(name, format!("up {us:?} does not fit down {ds:?}")));
+            }
+            let d = up.reshape([us[0], rank]).matmul(&down.reshape([rank, -1])) * scale(rank);
+            (format, d)
+        } else if p.contains_key("hada_w1_a") {
+            if p.contains_key("hada_t1") || p.contains_key("hada_t2") {
+                return Err(bad(name, "LoHa with Tucker factors (hada_t1/hada_t2) is not supported".into()));
+            }
+            let get = |k: &str| f32(k).ok_or_else(|| bad(name, format!("LoHa lacks {k}")));
+            let (w1a, w1b, w2a, w2b) = (get("hada_w1_a")?, get("hada_w1_b")?, get("hada_w2_a")?, get("hada_w2_b")?);
+            let rank = w1b.size()[0];
+            let a = w1a.matmul(&w1b.reshape([rank, -1]));
+            let b = w2a.matmul(&w2b.reshape([w2b.size()[0], -1]));
+            if a.size() != b.size() {
+                return Err(bad(name, format!("LoHa halves {:?} and {:?} differ", a.size(), b.size())));
+            }
+            ("loha", a * b * scale(rank))
+        } else if p.keys().any(|k| k.starts_with("lokr_")) {
+            if p.contains_key("lokr_t2") {
+                return Err(bad(name, "LoKr with a Tucker factor (lokr_t2) is not supported".into()));
+            }
+            let factor = |w: &str| -> Result<(Tensor, Option<i64>)> {
+                if let Some(t) = f32(w) {
+                    return Ok((t, None));
+                }
+                match (f32(&format!("{w}_a")), f32(&format!("{w}_b"))) {
+                    (Some(a), Some(b)) => {
+                        let r = b.size()[0];
+                        Ok((a.matmul(&b.reshape([r, -1])), Some(r)))
+                    }
+                    _ => Err(bad(name, format!("LoKr lacks {w} (or {w}_a and {w}_b)"))),
+                }
+            };
+            let (w1, r1) = factor("lokr_w1")?;
+            let (w2, r2) = factor("lokr_w2")?;
+            let rank = r1.or(r2).unwrap_or(0);
+            // kron on [a, b] and [c, d(·k·k)] gives [a·c, b·d(·k·k)]: flattened as the other formats.
+            let w2 = if w2.dim() > 2 { w2.reshape([w2.size()[0], -1]) } else { w2 };
+            if w1.dim() != 2 {
+                return Err(bad(name, format!("LoKr w1 of shape {:?} is not a matrix", w1.size())));
+            }
+            ("lokr", w1.kron(&w2) * scale(rank))
+        } else if p.contains_key("dora_scale") {
+            return Err(bad(name, "DoRA is not supported".into()));
+        } else if p.len() == 1 && p.contains_key("alpha") {
+            // An alpha without weights (some trainers write them for skipped layers).
+            continue;
+        } else {
+            let keys: Vec<&String> = p.keys().collect();
+            return Err(bad(name, format!("unknown LoRA parameters {keys:?}")));
+        };
+        let (target, key) = locate(name);
+        out.push(Module { target, key, name: name.clone(), format, delta });
+    }
+    if out.is_empty() {
+        return Err(Error::weights(path, "holds no LoRA tensors"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kohya_and_peft_names_locate_their_layers() {
+        let (t, k) = locate("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q");
+        assert_eq!((t, k.as_str()), (Some(Target::Unet), "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"));
+        assert_eq!(locate("lora_te2_text_model_encoder_layers_0_mlp_fc1").0, Some(Target::TextEncoder2));
+        let (t, k) = locate("text_encoder.text_model.encoder.layers.0.self_attn.q_proj");
+        assert_eq!((t, k.as_str()), (Some(Target::TextEncoder), "text_model_encoder_layers_0_self_attn_q_proj"));
+        assert_eq!(split_key("unet.a.b.lora_A.weight"), ("unet.a.b".into(), "lora_A.weight".into()));
+        assert_eq!(split_key("lora_te_x.hada_w1_a"), ("lora_te_x".into(), "hada_w1_a".into()));
+    }
+
+    #[test]
+    fn lokr_is_a_kronecker_product() {
+        let w1 = Tensor::from_slice(&[1f32, 2., 3., 4.]).reshape([2, 2]);
+        let w2 = Tensor::from_slice(&[1f32, 0., 0., 1.]).reshape([2, 2]);
+        let mut t = HashMap::new();
+        t.insert("lora_unet_x.lokr_w1".to_string(), w1);
+        t.insert("lora_unet_x.lokr_w2".to_string(), w2);
+        t.insert("lora_unet_x.alpha".to_string(), Tensor::from(8f32));
+        let m = parse(Path::new("x.safetensors"), &t).unwrap();
+        // Neither factored: scale 1 whatever alpha says.
+        let want = [1f32, 0., 2., 0., 0., 1., 0., 2., 3., 0., 4., 0., 0., 3., 0., 4.];
+        assert_eq!(Vec::<f32>::try_from(m[0].delta.view([-1])).unwrap(), want);
+    }
+}
