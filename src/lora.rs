@@ -211,6 +211,66 @@ impl Applied {
     }
 }
 
+/// Takes A1111's `<lora:NAME>` and `<lora:NAME:WEIGHT>` tags out of a prompt: the prompt
+/// without them (each tag replaced by nothing, as A1111 does) and the (name, weight) pairs in
+/// order; the weight defaults to 1. A tag whose weight is not a number stays in the text.
+pub fn extract_prompt_loras(prompt: &str) -> (String, Vec<(String, f64)>) {
+    let mut text = String::with_capacity(prompt.len());
+    let mut loras = Vec::new();
+    let mut rest = prompt;
+    while let Some(start) = rest.find("<lora:") {
+        let after = &rest[start + "<lora:".len()..];
+        let Some(end) = after.find('>') else { break };
+        let body = &after[..end];
+        let parsed = match body.split(':').collect::<Vec<_>>().as_slice() {
+            [name] => Some((name.trim().to_string(), 1.0)),
+            // A1111 accepts `<lora:name:te_weight:unet_weight>`; the first weight is the one kept.
+            [name, weight, ..] => weight.trim().parse::<f64>().ok().map(|w| (name.trim().to_string(), w)),
+            [] => None,
+        };
+        match parsed.filter(|(n, w)| !n.is_empty() && w.is_finite()) {
+            Some(l) => {
+                text.push_str(&rest[..start]);
+                loras.push(l);
+            }
+            None => text.push_str(&rest[..start + "<lora:".len() + end + 1]),
+        }
+        rest = &after[end + 1..];
+    }
+    text.push_str(rest);
+    (text, loras)
+}
+
+/// The record of a LoRA named `name` (a path, or a file stem looked up as
+/// `<dir>/<name>.safetensors`) at `weight`, with its sha256.
+pub fn resolve(name: &str, weight: f64, dir: Option<&Path>) -> Result<crate::request::LoraRecord> {
+    let given = PathBuf::from(name);
+    let path = if given.is_file() {
+        given
+    } else {
+        let Some(dir) = dir else {
+            return Err(Error::invalid(format!(
+                "LoRA '{name}' not found: it is not a file, and no LoRA folder is set (--lora-dir or $SDGEN_LORA_DIR)"
+            )));
+        };
+        let candidate = dir.join(format!("{name}.safetensors"));
+        if !candidate.is_file() {
+            let pickle = ["pt", "ckpt"].iter().map(|e| dir.join(format!("{name}.{e}"))).find(|p| p.is_file());
+            if let Some(p) = pickle {
+                read_modules(&p)?;
+            }
+            return Err(Error::invalid(format!("LoRA '{name}' not found: no {}", candidate.display())));
+        }
+        candidate
+    };
+    if !weight.is_finite() {
+        return Err(Error::invalid(format!("LoRA '{name}': weight {weight} is not a number")));
+    }
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or(name).to_string();
+    let sha256 = crate::loading::hash::sha256_file_cached(&path)?;
+    Ok(crate::request::LoraRecord { name: stem, weight, sha256, path })
+}
+
 /// Reads a LoRA file into its modules. Pickles are refused: loading one runs code.
 fn read_modules(path: &Path) -> Result<Vec<Module>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
@@ -375,6 +435,17 @@ mod tests {
         assert_eq!((t, k.as_str()), (Some(Target::TextEncoder), "text_model_encoder_layers_0_self_attn_q_proj"));
         assert_eq!(split_key("unet.a.b.lora_A.weight"), ("unet.a.b".into(), "lora_A.weight".into()));
         assert_eq!(split_key("lora_te_x.hada_w1_a"), ("lora_te_x".into(), "hada_w1_a".into()));
+    }
+
+    #[test]
+    fn prompt_tags_are_taken_out_with_their_weights() {
+        let (p, l) = extract_prompt_loras("a cat <lora:style:0.8>, <lora:detail> on a mat");
+        assert_eq!(p, "a cat ,  on a mat");
+        assert_eq!(l, vec![("style".to_string(), 0.8), ("detail".to_string(), 1.0)]);
+        let (p, l) = extract_prompt_loras("<lora:a:0.5:0.2>x <lora:b:heavy> <lora:unclosed");
+        assert_eq!(l, vec![("a".to_string(), 0.5)]);
+        assert_eq!(p, "x <lora:b:heavy> <lora:unclosed");
+        assert_eq!(extract_prompt_loras("plain").0, "plain");
     }
 
     #[test]

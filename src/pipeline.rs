@@ -378,6 +378,11 @@ impl Pipeline {
         Ok(reports)
     }
 
+    /// Applies the request's LoRAs when they differ from those applied ([`Pipeline::set_loras`]).
+    pub fn apply_loras(&mut self, req: &Request) -> Result<Vec<crate::lora::LoraReport>> {
+        self.set_loras(&lora_requests(req))
+    }
+
     /// The LoRAs applied now.
     pub fn loras(&self) -> &[crate::lora::LoraRequest] {
         self.loras.requests()
@@ -432,6 +437,11 @@ impl Pipeline {
     /// Checks a request against this model without running anything.
     pub fn check(&self, req: &Request) -> Result<()> {
         check_request(req, &self.limits)?;
+        if lora_requests(req) != self.loras.requests() {
+            return Err(Error::invalid(
+                "the request's LoRAs are not the ones applied: call Pipeline::apply_loras(request) first",
+            ));
+        }
         self.spec.check_start(req)?;
         self.spec.sampler(&req.scheduler)?;
         let scale = self.spec.vae_scale_factor();
@@ -927,6 +937,11 @@ fn hub_model_name(label: &str) -> String {
 }
 
 /// The checks that need no model.
+/// What the pipeline applies for a request's LoRA records.
+fn lora_requests(req: &Request) -> Vec<crate::lora::LoraRequest> {
+    req.loras.iter().map(|l| crate::lora::LoraRequest { path: l.path.clone(), weight: l.weight }).collect()
+}
+
 pub fn check_request(req: &Request, limits: &crate::limits::Limits) -> Result<()> {
     crate::init_image::check_request(req).map_err(Error::invalid)?;
     for (what, v) in [("width", req.width), ("height", req.height)] {

@@ -23,6 +23,19 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn request(case: &Value) -> Request {
+    let loras = case["loras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            sdgen::lora::resolve(
+                fixture(l["file"].as_str().unwrap()).to_str().unwrap(),
+                l["weight"].as_f64().unwrap(),
+                None,
+            )
+            .unwrap()
+        })
+        .collect();
     Request {
         prompt: case["prompt"].as_str().unwrap().to_string(),
         negative_prompt: case["negative_prompt"].as_str().map(str::to_string),
@@ -39,6 +52,7 @@ fn request(case: &Value) -> Request {
         init_image: None,
         mask: None,
         strength: None,
+        loras,
     }
 }
 
@@ -92,7 +106,7 @@ fn every_lora_format_matches_diffusers_on_tiny_sd_and_removing_it_restores_the_m
     let mut plain = None;
     for case in &cases {
         let loras = loras_of(case);
-        let reports = pipe.set_loras(&loras).unwrap();
+        let reports = pipe.apply_loras(&request(case)).unwrap();
         for r in &reports {
             eprintln!(
                 "{}: {} ({}) applied {} modules, {} unmatched",
@@ -118,6 +132,7 @@ fn every_lora_format_matches_diffusers_on_tiny_sd_and_removing_it_restores_the_m
     }
     // Removing every LoRA gives the model's own image back, byte for byte.
     pipe.set_loras(&[]).unwrap();
+    assert!(pipe.loras().is_empty());
     let none = cases.iter().find(|c| c["loras"].as_array().unwrap().is_empty()).unwrap();
     let (f, image) = run_case(&pipe, none);
     failures.extend(f);
@@ -137,7 +152,7 @@ fn locon_convolutions_patch_winograd_kernels_too() {
     let mut opts = cpu_fp32("weights/tiny-sd");
     opts.conv = sdgen::models::nn::ConvAlgo::Winograd;
     let mut pipe = Pipeline::load(&opts).unwrap();
-    pipe.set_loras(&loras_of(case)).unwrap();
+    pipe.apply_loras(&request(case)).unwrap();
     let (failures, _) = run_case(&pipe, case);
     assert!(failures.is_empty(), "{failures:?}");
 }
@@ -147,7 +162,7 @@ fn kohya_sdxl_lora_matches_diffusers_on_tiny_sdxl() {
     let index = index();
     let case = index["cases"].as_array().unwrap().iter().find(|c| c["model"] == "weights/tiny-sdxl").unwrap();
     let mut pipe = Pipeline::load(&cpu_fp32("weights/tiny-sdxl")).unwrap();
-    let reports = pipe.set_loras(&loras_of(case)).unwrap();
+    let reports = pipe.apply_loras(&request(case)).unwrap();
     assert_eq!(reports[0].applied, index["modules_per_file"]["sdxl_kohya.safetensors"].as_u64().unwrap() as usize);
     assert!(reports[0].unmatched.is_empty());
     let (failures, _) = run_case(&pipe, case);
@@ -178,4 +193,114 @@ fn bad_lora_files_are_clear_errors_and_leave_the_model_as_it_was() {
     }
     let sdxl = pipe.set_loras(&[LoraRequest { path: fixture("sdxl_kohya.safetensors"), weight: 1.0 }]).unwrap_err();
     assert!(sdxl.to_string().contains("another model architecture"), "{sdxl}");
+}
+
+fn sdgen() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("sdgen").expect("binary");
+    cmd.env_remove("SDGEN_MODEL").env_remove("SDGEN_LORA_DIR").env("OMP_NUM_THREADS", "1");
+    cmd
+}
+
+/// `generate` on tiny-sd with the kohya golden's settings and `extra` flags.
+fn generate_kohya(out: &std::path::Path, prompt: &str, extra: &[&str]) -> assert_cmd::Command {
+    let index = index();
+    let case = index["cases"].as_array().unwrap().iter().find(|c| c["id"] == "sd_kohya_w0.8_64x64").unwrap();
+    let mut cmd = sdgen();
+    cmd.arg("generate")
+        .arg(prompt)
+        .arg("--model")
+        .arg(root().join("weights/tiny-sd"))
+        .args(["--device", "cpu", "-q", "--scheduler", "EulerDiscreteScheduler", "--steps", "4", "--seed", "0"])
+        .args(["--guidance", "7.5", "--width", "64", "--height", "64", "-n"])
+        .arg(case["negative_prompt"].as_str().unwrap())
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    cmd
+}
+
+fn only_png(dir: &std::path::Path) -> PathBuf {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).collect())
+        .unwrap_or_default();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+fn assert_kohya_golden(png: &std::path::Path) {
+    let g = golden(&fixture("goldens/sd_kohya_w0.8_64x64.safetensors"));
+    let want = Vec::<u8>::try_from(get(&g, "image_u8").view([-1])).unwrap();
+    let ours = common::png_pixels(png).2;
+    let worst = ours.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(ours.len() == want.len() && worst <= 1, "differs from diffusers by {worst}/255");
+}
+
+#[test]
+fn the_lora_flag_and_the_prompt_tag_give_diffusers_image_and_are_recorded() {
+    let index = index();
+    let prompt = index["cases"][0]["prompt"].as_str().unwrap().to_string();
+    let out = tempfile::tempdir().unwrap();
+
+    // --lora FILE:WEIGHT
+    let flag = out.path().join("flag");
+    let file = fixture("sd_kohya.safetensors");
+    generate_kohya(&flag, &prompt, &["--lora", &format!("{}:0.8", file.display())]).assert().success();
+    let png = only_png(&flag);
+    assert_kohya_golden(&png);
+    let record = sdgen::output::read_record(&png).unwrap();
+    assert_eq!(record.request.prompt, prompt);
+    assert_eq!(record.request.loras.len(), 1);
+    let lora = &record.request.loras[0];
+    assert_eq!((lora.name.as_str(), lora.weight), ("sd_kohya", 0.8));
+    assert_eq!(lora.sha256, sdgen::loading::hash::sha256_file(&file).unwrap());
+    let text = sdgen::output::png::read_text_chunks(&png).unwrap();
+    let params = &text.iter().find(|(k, _)| k == "parameters").unwrap().1;
+    let hash10: String = lora.sha256.chars().take(10).collect();
+    assert!(params.contains(&format!("Lora hashes: \"sd_kohya: {hash10}\"")), "{params}");
+    assert!(params.starts_with(&format!("{prompt} <lora:sd_kohya:0.8>")), "{params}");
+
+    // <lora:NAME:WEIGHT> in the prompt, found through $SDGEN_LORA_DIR.
+    let tag = out.path().join("tag");
+    let tagged = format!("{prompt} <lora:sd_kohya:0.8>");
+    generate_kohya(&tag, &tagged, &[]).env("SDGEN_LORA_DIR", root().join(DIR)).assert().success();
+    let png = only_png(&tag);
+    assert_kohya_golden(&png);
+    // --lora-dir does the same.
+    let tag_dir = out.path().join("tag_dir");
+    let png = generate_with_dir(&tag_dir, &tagged);
+    assert_kohya_golden(&png);
+    let record = sdgen::output::read_record(&png).unwrap();
+    assert_eq!(record.request.prompt, format!("{prompt} "), "the tag leaves the prompt");
+    assert_eq!(record.request.loras[0].name, "sd_kohya");
+
+    // --from replays the LoRA.
+    let again = out.path().join("again");
+    sdgen().arg("generate").arg("--from").arg(&png).args(["-q", "--out"]).arg(&again).assert().success();
+    assert_kohya_golden(&only_png(&again));
+}
+
+fn generate_with_dir(out: &std::path::Path, prompt: &str) -> PathBuf {
+    generate_kohya(out, prompt, &["--lora-dir", root().join(DIR).to_str().unwrap()]).assert().success();
+    only_png(out)
+}
+
+#[test]
+fn bad_lora_flags_fail_before_anything_is_written() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("out");
+    let pickle = out.path().join("old.pt");
+    std::fs::write(&pickle, b"\x80\x02}q\x00.").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--lora".into(), "nowhere.safetensors".into()], "not found"),
+        (vec!["--lora".into(), pickle.display().to_string()], "pickle"),
+        (vec!["--lora".into(), fixture("sdxl_kohya.safetensors").display().to_string()], "another model architecture"),
+        (vec!["--lora".into(), fixture("sd_unmatched.safetensors").display().to_string()], "matches a layer"),
+        (vec!["--lora-dir".into(), root().join(DIR).display().to_string()], "not found"),
+    ];
+    for (args, message) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let prompt = if message == "not found" && args[0] == "--lora-dir" { "a cat <lora:nosuch:1>" } else { "a cat" };
+        generate_kohya(&dir, prompt, &args).assert().failure().stderr(predicates::str::contains(message));
+        assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(), "{message}: nothing written");
+    }
 }

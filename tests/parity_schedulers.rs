@@ -124,6 +124,7 @@ fn run_case(case: &Value) -> Outcome {
         init_image: None,
         mask: None,
         strength: None,
+        loras: Vec::new(),
     };
     let mut failures = Vec::new();
 

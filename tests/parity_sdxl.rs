@@ -57,6 +57,7 @@ fn request(case: &Value) -> Request {
         init_image: None,
         mask: None,
         strength: None,
+        loras: Vec::new(),
     }
 }
 

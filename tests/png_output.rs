@@ -127,6 +127,7 @@ fn record(prompt: &str, negative: Option<&str>) -> Record {
             init_image: None,
             mask: None,
             strength: None,
+            loras: Vec::new(),
         },
         model: ModelRecord {
             source: "/models/sd15".into(),

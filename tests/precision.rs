@@ -61,6 +61,7 @@ fn golden_case(width: u64, height: u64) -> (Request, Vec<(String, Tensor)>) {
         init_image: None,
         mask: None,
         strength: None,
+        loras: Vec::new(),
     };
     (req, golden(&dir.join(case["file"].as_str().unwrap())))
 }

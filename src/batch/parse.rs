@@ -666,6 +666,8 @@ fn resolve(
         init_image,
         mask,
         strength,
+        // Every line uses the command line's LoRAs.
+        loras: base.loras.clone(),
     };
     if let Err(message) = crate::init_image::check_request(&request) {
         problems.push(message);

@@ -106,8 +106,8 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     opts.clip_layers = clip_layers;
     batch::validate(&input, &opts)?;
     opts.on_event = &on_event;
-    let pipe = sdgen::Pipeline::from_spec(&load, spec)?;
-    let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &pipe })?;
+    let mut pipe = sdgen::Pipeline::from_spec(&load, spec)?;
+    let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &mut pipe })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -60,6 +60,14 @@ pub fn parameters_text(record: &Record, sampler_a1111: &str, schedule_type: Opti
     if let Some(skip) = req.clip_skip.filter(|&s| s > 1) {
         params.push(("Clip skip", skip.to_string()));
     }
+    if !req.loras.is_empty() {
+        let hashes: Vec<String> = req
+            .loras
+            .iter()
+            .map(|l| format!("{}: {}", l.name, l.sha256.chars().take(10).collect::<String>()))
+            .collect();
+        params.push(("Lora hashes", hashes.join(", ")));
+    }
     params.push(("Version", format!("sdgen {}", record.sdgen_version)));
 
     let line = params.iter().map(|(k, v)| format!("{k}: {}", quote(v))).collect::<Vec<_>>().join(", ");
@@ -67,8 +75,10 @@ pub fn parameters_text(record: &Record, sampler_a1111: &str, schedule_type: Opti
         Some(n) if !n.is_empty() => format!("\nNegative prompt: {n}"),
         _ => String::new(),
     };
+    // The LoRAs left the prompt as it was resolved; A1111 keeps them there as tags.
+    let tags: String = req.loras.iter().map(|l| format!(" <lora:{}:{}>", l.name, format_number(l.weight))).collect();
     // A1111 strips the whole text, so an empty prompt leaves no blank first line.
-    format!("{}{negative}\n{line}", req.prompt).trim().to_string()
+    format!("{}{tags}{negative}\n{line}", req.prompt).trim().to_string()
 }
 
 /// A number as A1111 prints it: `7`, not `7.0`; `7.5` as `7.5`.

@@ -120,6 +120,7 @@ pub fn check_cases(opts: &LoadOptions, folder: &str, goldens: &str, stride: usiz
             init_image: None,
             mask: None,
             strength: None,
+            loras: Vec::new(),
         };
 
         // Token ids: identical.
