@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
             base_seed: 1234,
             run_key: sdgen::plan::run_key(pipeline.spec(), &load)?,
             limits: Default::default(),
+            lora_dir: None,
         },
     );
     opts.batch_size = 4;

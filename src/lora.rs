@@ -241,6 +241,18 @@ pub fn extract_prompt_loras(prompt: &str) -> (String, Vec<(String, f64)>) {
     (text, loras)
 }
 
+/// `FILE[:WEIGHT]` (the command line's `--lora`, a batch line's `lora`): the text after the
+/// last ':' is the weight when it is a number, so a name or path with colons stays whole.
+pub fn parse_lora_arg(arg: &str) -> (String, f64) {
+    match arg.rsplit_once(':') {
+        Some((file, w)) if !file.is_empty() => match w.trim().parse::<f64>() {
+            Ok(weight) => (file.trim().to_string(), weight),
+            Err(_) => (arg.trim().to_string(), 1.0),
+        },
+        _ => (arg.trim().to_string(), 1.0),
+    }
+}
+
 /// The record of a LoRA named `name` (a path, or a file stem looked up as
 /// `<dir>/<name>.safetensors`) at `weight`, with its sha256.
 pub fn resolve(name: &str, weight: f64, dir: Option<&Path>) -> Result<crate::request::LoraRecord> {
@@ -446,6 +458,14 @@ mod tests {
         assert_eq!(l, vec![("a".to_string(), 0.5)]);
         assert_eq!(p, "x <lora:b:heavy> <lora:unclosed");
         assert_eq!(extract_prompt_loras("plain").0, "plain");
+    }
+
+    #[test]
+    fn lora_arguments_split_off_a_numeric_weight_only() {
+        assert_eq!(parse_lora_arg("style.safetensors:0.7"), ("style.safetensors".to_string(), 0.7));
+        assert_eq!(parse_lora_arg("style"), ("style".to_string(), 1.0));
+        assert_eq!(parse_lora_arg("C:/loras/style"), ("C:/loras/style".to_string(), 1.0));
+        assert_eq!(parse_lora_arg("a:b:-0.5"), ("a:b".to_string(), -0.5));
     }
 
     #[test]

@@ -74,6 +74,7 @@ fn defaults() -> Defaults {
         base_seed: 42,
         run_key: String::new(),
         limits: Default::default(),
+        lora_dir: None,
     }
 }
 
@@ -268,7 +269,7 @@ fn bad_lines_are_named_with_their_problem() {
     assert_problems(
         &p,
         &[
-            (2, "unknown key \"colour\" (known keys: prompt, negative, seed, steps, guidance, width, height, scheduler, num_images, clip_skip, filename, original_size, crop_coords, target_size, negative_original_size, negative_crop_coords, negative_target_size, timestep_spacing, init_image, mask, strength)"),
+            (2, "unknown key \"colour\" (known keys: prompt, negative, seed, steps, guidance, width, height, scheduler, num_images, clip_skip, filename, original_size, crop_coords, target_size, negative_original_size, negative_crop_coords, negative_target_size, timestep_spacing, init_image, mask, strength, lora)"),
             (3, "steps: expected a number, got the string \"20\""),
             (4, "width 100 is not a positive multiple of 8"),
             (5, "steps is 0"),

@@ -304,3 +304,54 @@ fn bad_lora_flags_fail_before_anything_is_written() {
         assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(), "{message}: nothing written");
     }
 }
+
+#[test]
+fn batch_lines_with_different_loras_each_get_their_own() {
+    let index = index();
+    let case = index["cases"].as_array().unwrap().iter().find(|c| c["id"] == "sd_kohya_w0.8_64x64").unwrap();
+    let prompt = case["prompt"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lines.jsonl");
+    let lines = [
+        serde_json::json!({"prompt": prompt, "lora": "sd_kohya:0.8", "seed": 0, "filename": "a_key"}),
+        serde_json::json!({"prompt": prompt, "seed": 0, "filename": "b_none"}),
+        serde_json::json!({"prompt": format!("{prompt} <lora:sd_kohya:0.8>"), "seed": 0, "filename": "c_tag"}),
+    ];
+    std::fs::write(&file, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let out = dir.path().join("out");
+    sdgen()
+        .arg("batch")
+        .arg(&file)
+        .arg("--model")
+        .arg(root().join("weights/tiny-sd"))
+        .args(["--device", "cpu", "-q", "--scheduler", "EulerDiscreteScheduler", "--steps", "4", "--seed", "0"])
+        .args(["--guidance", "7.5", "--width", "64", "--height", "64", "--batch-size", "3", "-n"])
+        .arg(case["negative_prompt"].as_str().unwrap())
+        .arg("--lora-dir")
+        .arg(root().join(DIR))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let png = |stem: &str| {
+        let found: Vec<PathBuf> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "png") && p.file_name().unwrap().to_str().unwrap().starts_with(stem)
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{stem}: {found:?}");
+        found[0].clone()
+    };
+    assert_kohya_golden(&png("a_key"));
+    assert_kohya_golden(&png("c_tag"));
+    let g = golden(&fixture("goldens/sd_none_64x64.safetensors"));
+    let want = Vec::<u8>::try_from(get(&g, "image_u8").view([-1])).unwrap();
+    let ours = common::png_pixels(&png("b_none")).2;
+    let worst = ours.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(worst <= 1, "the line without LoRA differs from diffusers' plain image by {worst}/255");
+    let record = sdgen::output::read_record(&png("b_none")).unwrap();
+    assert!(record.request.loras.is_empty());
+}

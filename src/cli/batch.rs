@@ -68,7 +68,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     let base_seed = args.gen.seed.unwrap_or(0);
     let line_defaults = |request: Request, run_key: String| {
         let request = Request { prompt: String::new(), negative_prompt: settings.negative_prompt.clone(), ..request };
-        Defaults { request, base_seed, run_key, limits }
+        Defaults { request, base_seed, run_key, limits, lora_dir: settings.lora_dir.clone() }
     };
 
     if !args.merge {

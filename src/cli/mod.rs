@@ -271,22 +271,14 @@ impl GenerationArgs {
                 negative_crop_coords: self.negative_crop_coords,
                 negative_target_size: self.negative_target_size,
             },
-            loras: if self.loras.is_empty() { None } else { Some(self.loras.iter().map(|l| lora_arg(l)).collect()) },
+            loras: if self.loras.is_empty() {
+                None
+            } else {
+                Some(self.loras.iter().map(|l| sdgen::lora::parse_lora_arg(l)).collect())
+            },
             lora_dir: self.lora_dir.clone(),
             ..Settings::default()
         })
-    }
-}
-
-/// `FILE[:WEIGHT]`: the text after the last ':' is the weight when it is a number (so a
-/// Windows drive letter or a name with colons stays whole).
-fn lora_arg(arg: &str) -> (String, f64) {
-    match arg.rsplit_once(':') {
-        Some((file, w)) if !file.is_empty() => match w.parse::<f64>() {
-            Ok(weight) => (file.to_string(), weight),
-            Err(_) => (arg.to_string(), 1.0),
-        },
-        _ => (arg.to_string(), 1.0),
     }
 }
 
