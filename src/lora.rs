@@ -114,6 +114,15 @@ impl Applied {
             };
             layers.insert((t, name.replace('.', "_")), (name.to_string(), shape));
         });
+        // kohya's SDXL LoRAs (and some SD 1.x ones) name the UNet's modules as the original
+        // checkpoints do: accept those names too.
+        let unet_names: Vec<String> =
+            layers.iter().filter(|((t, _), _)| *t == Target::Unet).map(|(_, (name, _))| name.clone()).collect();
+        for (ldm, name) in ldm_aliases(&unet_names) {
+            if let Some(l) = layers.get(&(Target::Unet, name.replace('.', "_"))).cloned() {
+                layers.entry((Target::Unet, ldm.replace('.', "_"))).or_insert(l);
+            }
+        }
         let mut sums: BTreeMap<(Target, String), Tensor> = BTreeMap::new();
         let mut reports = Vec::new();
         for r in requests {
@@ -281,6 +290,107 @@ pub fn resolve(name: &str, weight: f64, dir: Option<&Path>) -> Result<crate::req
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or(name).to_string();
     let sha256 = crate::loading::hash::sha256_file_cached(&path)?;
     Ok(crate::request::LoraRecord { name: stem, weight, sha256, path })
+}
+
+/// The original (LDM/SGM) name of each of the UNet's layers, given their diffusers names:
+/// `(ldm, diffusers)` pairs. The structure (resnets per level, which levels have attention,
+/// down- and upsamplers) is read off the names. The numbering is the original UNet's:
+/// `input_blocks.0` is `conv_in`, then each level's (resnet, attention) pairs and its
+/// downsampler (`…op`); `middle_block.{0,1,2}`; `output_blocks` count each up level's resnets,
+/// the last of which also holds the upsampler (`.1.conv`, or `.2.conv` after an attention).
+fn ldm_aliases(names: &[String]) -> Vec<(String, String)> {
+    let index_after =
+        |name: &str, prefix: &str| -> Option<usize> { name.strip_prefix(prefix)?.split('.').next()?.parse().ok() };
+    // (resnets, has attentions, has resampler) per level, down and up.
+    let mut down: BTreeMap<usize, (usize, bool, bool)> = BTreeMap::new();
+    let mut up: BTreeMap<usize, (usize, bool, bool)> = BTreeMap::new();
+    for n in names {
+        for (prefix, levels) in [("down_blocks.", &mut down), ("up_blocks.", &mut up)] {
+            let Some(i) = index_after(n, prefix) else { continue };
+            let rest = &n[prefix.len() + i.to_string().len() + 1..];
+            let level = levels.entry(i).or_default();
+            if let Some(j) = index_after(rest, "resnets.") {
+                level.0 = level.0.max(j + 1);
+            }
+            level.1 |= rest.starts_with("attentions.");
+            level.2 |= rest.starts_with("downsamplers.") || rest.starts_with("upsamplers.");
+        }
+    }
+    let resnet_part = |rest: &str| -> String {
+        let (layer, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        let layer = match layer {
+            "conv1" => "in_layers.2",
+            "conv2" => "out_layers.3",
+            "time_emb_proj" => "emb_layers.1",
+            "conv_shortcut" => "skip_connection",
+            other => other,
+        };
+        if tail.is_empty() {
+            layer.to_string()
+        } else {
+            format!("{layer}.{tail}")
+        }
+    };
+    let fixed = [
+        ("conv_in", "input_blocks.0.0"),
+        ("conv_out", "out.2"),
+        ("time_embedding.linear_1", "time_embed.0"),
+        ("time_embedding.linear_2", "time_embed.2"),
+        ("add_embedding.linear_1", "label_emb.0.0"),
+        ("add_embedding.linear_2", "label_emb.0.2"),
+    ];
+    let mut out = Vec::new();
+    for n in names {
+        if let Some((_, ldm)) = fixed.iter().find(|(d, _)| d == n) {
+            out.push((ldm.to_string(), n.clone()));
+            continue;
+        }
+        let parts: Vec<&str> = n.splitn(5, '.').collect();
+        let num = |k: usize| parts.get(k).and_then(|p| p.parse::<usize>().ok());
+        let ldm = match (parts.first().copied(), num(1), parts.get(2).copied(), num(3)) {
+            (Some("down_blocks"), Some(i), Some(kind), j) => {
+                let start = 1 + down.range(..i).map(|(_, l)| l.0 + usize::from(l.2)).sum::<usize>();
+                let per = down.get(&i).map_or(0, |l| l.0);
+                match (kind, j, parts.get(4)) {
+                    ("resnets", Some(j), Some(rest)) => {
+                        Some(format!("input_blocks.{}.0.{}", start + j, resnet_part(rest)))
+                    }
+                    ("attentions", Some(j), Some(rest)) => Some(format!("input_blocks.{}.1.{rest}", start + j)),
+                    ("downsamplers", Some(0), Some(&"conv")) => Some(format!("input_blocks.{}.0.op", start + per)),
+                    _ => None,
+                }
+            }
+            (Some("up_blocks"), Some(i), Some(kind), j) => {
+                let start = up.range(..i).map(|(_, l)| l.0).sum::<usize>();
+                let (per, attn) = up.get(&i).map_or((0, false), |l| (l.0, l.1));
+                match (kind, j, parts.get(4)) {
+                    ("resnets", Some(j), Some(rest)) => {
+                        Some(format!("output_blocks.{}.0.{}", start + j, resnet_part(rest)))
+                    }
+                    ("attentions", Some(j), Some(rest)) => Some(format!("output_blocks.{}.1.{rest}", start + j)),
+                    ("upsamplers", Some(0), Some(&"conv")) if per > 0 => {
+                        Some(format!("output_blocks.{}.{}.conv", start + per - 1, 1 + usize::from(attn)))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let ldm = ldm.or_else(|| {
+            let (kind, rest) = n.strip_prefix("mid_block.")?.split_once('.')?;
+            let (j, rest) = rest.split_once('.')?;
+            match (kind, j) {
+                ("resnets", "0") => Some(format!("middle_block.0.{}", resnet_part(rest))),
+                ("attentions", "0") => Some(format!("middle_block.1.{rest}")),
+                ("resnets", "1") => Some(format!("middle_block.2.{}", resnet_part(rest))),
+                _ => None,
+            }
+        });
+        if let Some(ldm) = ldm {
+            out.push((ldm, n.clone()));
+        }
+    }
+    out
 }
 
 /// Reads a LoRA file into its modules. Pickles are refused: loading one runs code.
@@ -466,6 +576,49 @@ mod tests {
         assert_eq!(parse_lora_arg("style"), ("style".to_string(), 1.0));
         assert_eq!(parse_lora_arg("C:/loras/style"), ("C:/loras/style".to_string(), 1.0));
         assert_eq!(parse_lora_arg("a:b:-0.5"), ("a:b".to_string(), -0.5));
+    }
+
+    #[test]
+    fn unet_layers_have_their_original_checkpoint_names() {
+        // SD 1.5's layout: two resnets a level, attention on the first three levels down and
+        // the last three up, no downsampler on the last level nor upsampler on the last up.
+        let mut names = Vec::new();
+        for i in 0..4 {
+            for j in 0..2 {
+                names.push(format!("down_blocks.{i}.resnets.{j}.conv1"));
+                if i < 3 {
+                    names.push(format!("down_blocks.{i}.attentions.{j}.transformer_blocks.0.attn1.to_q"));
+                }
+            }
+            if i < 3 {
+                names.push(format!("down_blocks.{i}.downsamplers.0.conv"));
+            }
+            for j in 0..3 {
+                names.push(format!("up_blocks.{i}.resnets.{j}.time_emb_proj"));
+                if i > 0 {
+                    names.push(format!("up_blocks.{i}.attentions.{j}.proj_in"));
+                }
+            }
+            if i < 3 {
+                names.push(format!("up_blocks.{i}.upsamplers.0.conv"));
+            }
+        }
+        names.extend(["mid_block.resnets.1.conv_shortcut".to_string(), "mid_block.attentions.0.proj_out".to_string()]);
+        let map: HashMap<String, String> = ldm_aliases(&names).into_iter().map(|(l, d)| (d, l)).collect();
+        let ldm = |d: &str| map.get(d).map(String::as_str);
+        assert_eq!(ldm("down_blocks.0.resnets.0.conv1"), Some("input_blocks.1.0.in_layers.2"));
+        assert_eq!(
+            ldm("down_blocks.1.attentions.1.transformer_blocks.0.attn1.to_q"),
+            Some("input_blocks.5.1.transformer_blocks.0.attn1.to_q")
+        );
+        assert_eq!(ldm("down_blocks.2.downsamplers.0.conv"), Some("input_blocks.9.0.op"));
+        assert_eq!(ldm("down_blocks.3.resnets.1.conv1"), Some("input_blocks.11.0.in_layers.2"));
+        assert_eq!(ldm("up_blocks.0.resnets.2.time_emb_proj"), Some("output_blocks.2.0.emb_layers.1"));
+        assert_eq!(ldm("up_blocks.0.upsamplers.0.conv"), Some("output_blocks.2.1.conv"));
+        assert_eq!(ldm("up_blocks.1.upsamplers.0.conv"), Some("output_blocks.5.2.conv"));
+        assert_eq!(ldm("up_blocks.3.attentions.2.proj_in"), Some("output_blocks.11.1.proj_in"));
+        assert_eq!(ldm("mid_block.resnets.1.conv_shortcut"), Some("middle_block.2.skip_connection"));
+        assert_eq!(ldm("mid_block.attentions.0.proj_out"), Some("middle_block.1.proj_out"));
     }
 
     #[test]

@@ -158,15 +158,20 @@ fn locon_convolutions_patch_winograd_kernels_too() {
 }
 
 #[test]
-fn kohya_sdxl_lora_matches_diffusers_on_tiny_sdxl() {
+fn kohya_sdxl_loras_with_diffusers_or_original_names_match_diffusers_on_tiny_sdxl() {
     let index = index();
-    let case = index["cases"].as_array().unwrap().iter().find(|c| c["model"] == "weights/tiny-sdxl").unwrap();
+    let cases: Vec<&Value> =
+        index["cases"].as_array().unwrap().iter().filter(|c| c["model"] == "weights/tiny-sdxl").collect();
+    assert_eq!(cases.len(), 2, "diffusers names and LDM/SGM names");
     let mut pipe = Pipeline::load(&cpu_fp32("weights/tiny-sdxl")).unwrap();
-    let reports = pipe.apply_loras(&request(case)).unwrap();
-    assert_eq!(reports[0].applied, index["modules_per_file"]["sdxl_kohya.safetensors"].as_u64().unwrap() as usize);
-    assert!(reports[0].unmatched.is_empty());
-    let (failures, _) = run_case(&pipe, case);
-    assert!(failures.is_empty(), "{failures:?}");
+    for case in cases {
+        let reports = pipe.apply_loras(&request(case)).unwrap();
+        let file = case["loras"][0]["file"].as_str().unwrap();
+        assert_eq!(reports[0].applied, index["modules_per_file"][file].as_u64().unwrap() as usize, "{file}");
+        assert!(reports[0].unmatched.is_empty(), "{file}: {:?}", reports[0].unmatched);
+        let (failures, _) = run_case(&pipe, case);
+        assert!(failures.is_empty(), "{failures:?}");
+    }
 }
 
 #[test]

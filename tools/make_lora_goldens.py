@@ -14,6 +14,9 @@ UNet's blocks and of the text encoders:
 - `sd_loha.safetensors`, `sd_lokr.safetensors` (weights/tiny-sd): LyCORIS LoHa
   (`hada_w1_a/b`, `hada_w2_a/b`, `alpha`) and LoKr (`lokr_w1` full with `lokr_w2_a/b` factors,
   and `lokr_w1_a/b` factors with a full `lokr_w2`).
+- `sdxl_kohya_ldm.safetensors`: the same with the UNet's modules under their original
+  LDM/SGM names (`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`, `…_in_layers_2`),
+  as kohya's SDXL trainer writes them; diffusers must give the same latents for both.
 - `sd_unmatched.safetensors`: kohya names of layers tiny-sd does not have (none apply).
 
 Goldens (tests/fixtures/lora/goldens/<case>.safetensors, index in cases.json): Euler, 4 steps,
@@ -32,7 +35,7 @@ import sys
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_goldens import PROMPTS, f32, versions  # noqa: E402
@@ -99,6 +102,50 @@ def kohya_file(pipe, sdxl, seed):
             sd[key + ".lora_down.weight"], sd[key + ".lora_up.weight"] = down, up
             sd[key + ".alpha"] = torch.tensor(8.0)
     return sd
+
+
+def ldm_name(name, unet):
+    """The original (LDM/SGM) name of a diffusers UNet module, as kohya's SDXL LoRAs use:
+    input_blocks.{1 + i·(L+1) + j}.{0 resnet | 1 attention}, input_blocks.{(i+1)·(L+1)}.0.op,
+    middle_block.{0, 1, 2}, output_blocks.{i·(L+1) + j}.{0 | 1 | 1 or 2 upsampler}; resnet
+    conv1/conv2/time_emb_proj/conv_shortcut are in_layers.2/out_layers.3/emb_layers.1/skip_connection."""
+    per = unet.config.layers_per_block + 1
+    parts = name.split(".")
+    inner = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+             "conv_shortcut": "skip_connection"}
+    if parts[0] == "down_blocks":
+        i, kind = int(parts[1]), parts[2]
+        if kind == "downsamplers":
+            return f"input_blocks.{(i + 1) * per}.0.op"
+        j, rest = int(parts[3]), parts[4:]
+        block = f"input_blocks.{1 + i * per + j}"
+    elif parts[0] == "mid_block":
+        kind, j, rest = parts[1], int(parts[2]), parts[3:]
+        block = "middle_block." + {("resnets", 0): "0", ("attentions", 0): "1", ("resnets", 1): "2"}[(kind, j)]
+        if kind == "resnets":
+            return block + "." + inner.get(rest[0], rest[0])
+        return block + "." + ".".join(rest)
+    else:
+        i, kind = int(parts[1]), parts[2]
+        if kind == "upsamplers":
+            has_attn = hasattr(unet.up_blocks[i], "attentions") and unet.up_blocks[i].attentions is not None
+            return f"output_blocks.{i * per + per - 1}.{2 if has_attn else 1}.conv"
+        j, rest = int(parts[3]), parts[4:]
+        block = f"output_blocks.{i * per + j}"
+    if kind == "resnets":
+        return block + ".0." + inner.get(rest[0], rest[0])
+    return block + ".1." + ".".join(rest)
+
+
+def ldm_kohya_file(pipe, sd):
+    """The same LoRA with the UNet's modules under their original (LDM/SGM) names."""
+    names = {"lora_unet_" + n.replace(".", "_"): "lora_unet_" + ldm_name(n, pipe.unet).replace(".", "_")
+             for n, _ in layers(pipe.unet) if n.startswith(BLOCKS)}
+    out = {}
+    for k, v in sd.items():
+        module, param = k.split(".", 1)
+        out[names.get(module, module) + "." + param] = v
+    return out
 
 
 def peft_file(pipe, seed):
@@ -269,6 +316,7 @@ def main():
             "lora_unet_down_blocks_7_attentions_0_proj_in.lora_up.weight": torch.zeros(64, 4),
         },
     }
+    files["sdxl_kohya_ldm.safetensors"] = ldm_kohya_file(xl_pipe, files["sdxl_kohya.safetensors"])
     modules = {}
     for name, sd in files.items():
         sd = {k: v.to(torch.float32).contiguous() for k, v in sd.items()}
@@ -310,6 +358,12 @@ def main():
                    [("sd_kohya.safetensors", 0.8), ("sd_peft.safetensors", 0.5)], 64, 64, 7.5)
     diffusers_case("sdxl_kohya_w0.8_64x96", xl_pipe, "weights/tiny-sdxl", [("sdxl_kohya.safetensors", 0.8)], 64, 96,
                    5.0)
+    diffusers_case("sdxl_kohya_ldm_w0.8_64x96", xl_pipe, "weights/tiny-sdxl", [("sdxl_kohya_ldm.safetensors", 0.8)],
+                   64, 96, 5.0)
+    a = load_file(os.path.join(OUT, "goldens", "sdxl_kohya_w0.8_64x96.safetensors"))
+    b = load_file(os.path.join(OUT, "goldens", "sdxl_kohya_ldm_w0.8_64x96.safetensors"))
+    if not torch.equal(a["latents"], b["latents"]):
+        raise RuntimeError("diffusers gives another result for the LDM-named copy of the SDXL LoRA")
 
     for cid, f, w in (("sd_loha_w1.0_64x64", "sd_loha.safetensors", 1.0),
                       ("sd_lokr_w0.8_64x64", "sd_lokr.safetensors", 0.8)):
