@@ -278,7 +278,7 @@ pub fn resolve(name: &str, weight: f64, dir: Option<&Path>) -> Result<crate::req
         if !candidate.is_file() {
             let pickle = ["pt", "ckpt"].iter().map(|e| dir.join(format!("{name}.{e}"))).find(|p| p.is_file());
             if let Some(p) = pickle {
-                read_modules(&p)?;
+                refuse_pickle(&p)?;
             }
             return Err(Error::invalid(format!("LoRA '{name}' not found: no {}", candidate.display())));
         }
@@ -287,6 +287,7 @@ pub fn resolve(name: &str, weight: f64, dir: Option<&Path>) -> Result<crate::req
     if !weight.is_finite() {
         return Err(Error::invalid(format!("LoRA '{name}': weight {weight} is not a number")));
     }
+    refuse_pickle(&path)?;
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or(name).to_string();
     let sha256 = crate::loading::hash::sha256_file_cached(&path)?;
     Ok(crate::request::LoraRecord { name: stem, weight, sha256, path })
@@ -395,6 +396,17 @@ fn ldm_aliases(names: &[String]) -> Vec<(String, String)> {
 
 /// Reads a LoRA file into its modules. Pickles are refused: loading one runs code.
 fn read_modules(path: &Path) -> Result<Vec<Module>> {
+    refuse_pickle(path)?;
+    if !path.is_file() {
+        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such LoRA file")));
+    }
+    let tensors = Tensor::read_safetensors(path).map_err(|e| Error::weights(path, format!("not a LoRA file: {e}")))?;
+    let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
+    parse(path, &tensors)
+}
+
+/// Pickles are refused by their extension, before a model is loaded.
+fn refuse_pickle(path: &Path) -> Result<()> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if matches!(ext.as_str(), "pt" | "ckpt" | "pth" | "bin") {
         return Err(Error::weights(
@@ -404,12 +416,7 @@ fn read_modules(path: &Path) -> Result<Vec<Module>> {
              'lora.safetensors')",
         ));
     }
-    if !path.is_file() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such LoRA file")));
-    }
-    let tensors = Tensor::read_safetensors(path).map_err(|e| Error::weights(path, format!("not a LoRA file: {e}")))?;
-    let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
-    parse(path, &tensors)
+    Ok(())
 }
 
 /// Splits a tensor name into (module, parameter): PEFT's `….lora_A.weight`, kohya's
