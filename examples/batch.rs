@@ -13,7 +13,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: batch MODEL_DIR PROMPTS_FILE OUT_DIR");
     };
     let load = LoadOptions { model: model.into(), ..LoadOptions::default() };
-    let pipeline = Pipeline::load(&load)?;
+    let mut pipeline = Pipeline::load(&load)?;
     let input = BatchInput::read(prompts.as_ref())?;
     let defaults = Request { steps: 20, width: 256, height: 256, scheduler: "Euler a".into(), ..Request::default() };
     let mut opts = BatchOptions::new(
@@ -23,11 +23,12 @@ fn main() -> anyhow::Result<()> {
             base_seed: 1234,
             run_key: sdgen::plan::run_key(pipeline.spec(), &load)?,
             limits: Default::default(),
+            lora_dir: None,
         },
     );
     opts.batch_size = 4;
     opts.shard = Shard::select(None, None)?; // honours Slurm / Kubernetes array variables
-    let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &pipeline })?;
+    let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &mut pipeline })?;
     eprintln!("{}", summary.render());
     Ok(())
 }

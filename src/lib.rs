@@ -12,6 +12,7 @@ pub mod info;
 pub mod init_image;
 pub mod limits;
 pub mod loading;
+pub mod lora;
 pub mod models;
 pub mod noise;
 pub mod output;

@@ -144,6 +144,8 @@ pub struct Pipeline {
     /// Recent prompt embeddings by (text, layer): batch files repeat prompts and negative
     /// prompts, and each is encoded once.
     embed_cache: std::cell::RefCell<std::collections::HashMap<(String, Option<usize>, bool), TextEmbeds>>,
+    /// The LoRAs patched into the UNet and text encoders, and the weights they replaced.
+    loras: crate::lora::Applied,
 }
 
 /// A prompt's encoding: the cross-attention states `[1, 77, dim]` and, for SDXL, the second
@@ -355,7 +357,35 @@ impl Pipeline {
             model,
             prediction_override: opts.prediction_type,
             embed_cache: Default::default(),
+            loras: Default::default(),
         })
+    }
+
+    /// Makes `loras` the set of LoRAs applied to the UNet and text encoders (an empty slice
+    /// removes them all), without reloading: replaced weights are kept and put back. Returns
+    /// what each file applied. Every file is read and checked first, so on error the pipeline
+    /// keeps the set it had. Asking for the set already applied does nothing.
+    pub fn set_loras(&mut self, loras: &[crate::lora::LoraRequest]) -> Result<Vec<crate::lora::LoraReport>> {
+        let models = crate::lora::Models {
+            unet: &mut self.unet,
+            text_encoder: &mut self.text_encoder,
+            text_encoder_2: self.text_encoder_2.as_mut(),
+        };
+        let state = &mut self.loras;
+        let reports = catch_torch("applying LoRAs", || state.set(models, loras))?;
+        // Cached prompt encodings came from the text encoders as they were.
+        self.embed_cache.borrow_mut().clear();
+        Ok(reports)
+    }
+
+    /// Applies the request's LoRAs when they differ from those applied ([`Pipeline::set_loras`]).
+    pub fn apply_loras(&mut self, req: &Request) -> Result<Vec<crate::lora::LoraReport>> {
+        self.set_loras(&lora_requests(req))
+    }
+
+    /// The LoRAs applied now.
+    pub fn loras(&self) -> &[crate::lora::LoraRequest] {
+        self.loras.requests()
     }
 
     pub fn device(&self) -> Device {
@@ -407,6 +437,11 @@ impl Pipeline {
     /// Checks a request against this model without running anything.
     pub fn check(&self, req: &Request) -> Result<()> {
         check_request(req, &self.limits)?;
+        if lora_requests(req) != self.loras.requests() {
+            return Err(Error::invalid(
+                "the request's LoRAs are not the ones applied: call Pipeline::apply_loras(request) first",
+            ));
+        }
         self.spec.check_start(req)?;
         self.spec.sampler(&req.scheduler)?;
         let scale = self.spec.vae_scale_factor();
@@ -1064,6 +1099,11 @@ fn hub_model_name(label: &str) -> String {
 }
 
 /// The checks that need no model.
+/// What the pipeline applies for a request's LoRA records.
+fn lora_requests(req: &Request) -> Vec<crate::lora::LoraRequest> {
+    req.loras.iter().map(|l| crate::lora::LoraRequest { path: l.path.clone(), weight: l.weight }).collect()
+}
+
 pub fn check_request(req: &Request, limits: &crate::limits::Limits) -> Result<()> {
     crate::init_image::check_request(req).map_err(Error::invalid)?;
     for (what, v) in [("width", req.width), ("height", req.height)] {

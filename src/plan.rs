@@ -482,6 +482,10 @@ pub struct Settings {
     pub strength: Option<f64>,
     /// SDXL's size and crop conditioning, merged value by value.
     pub size_conditioning: SizeConditioning,
+    /// LoRAs as (file or name in `lora_dir`, weight), besides the prompt's `<lora:…>` tags.
+    pub loras: Option<Vec<(String, f64)>>,
+    /// Where `<lora:NAME>` tags and bare `--lora NAME`s are looked up (`NAME.safetensors`).
+    pub lora_dir: Option<PathBuf>,
 }
 
 macro_rules! layer {
@@ -522,7 +526,9 @@ impl Settings {
             prompt_syntax,
             init_image,
             mask,
-            strength
+            strength,
+            loras,
+            lora_dir
         )
     }
 
@@ -578,6 +584,12 @@ impl Settings {
             init_image: req.init_image.clone(),
             mask: req.mask.clone(),
             strength: req.strength,
+            loras: if req.loras.is_empty() {
+                None
+            } else {
+                Some(req.loras.iter().map(|l| (l.path.to_string_lossy().into_owned(), l.weight)).collect())
+            },
+            lora_dir: None,
         }
     }
 
@@ -592,7 +604,15 @@ impl Settings {
         };
         let sized =
             Settings { width: self.width.or(Some(width)), height: self.height.or(Some(height)), ..self.clone() };
-        Ok((sized.request(sampler.name(), random_seed), sampler))
+        let mut req = sized.request(sampler.name(), random_seed);
+        // `<lora:NAME:WEIGHT>` tags leave the prompt and join the flags' LoRAs.
+        let (prompt, tags) = crate::lora::extract_prompt_loras(&req.prompt);
+        req.prompt = prompt;
+        let named = self.loras.iter().flatten().cloned().chain(tags);
+        req.loras = named
+            .map(|(name, weight)| crate::lora::resolve(&name, weight, self.lora_dir.as_deref()))
+            .collect::<Result<_>>()?;
+        Ok((req, sampler))
     }
 
     /// img2img's default size: the init image's, rounded down to a multiple of `factor` (the
@@ -634,6 +654,7 @@ impl Settings {
             init_image: self.init_image.clone(),
             mask: self.mask.clone(),
             strength,
+            loras: Vec::new(),
         }
     }
 }

@@ -47,6 +47,9 @@ pub struct Request {
     /// set whenever there is an init image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strength: Option<f64>,
+    /// LoRAs applied to the model for this request, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraRecord>,
 }
 
 fn one() -> usize {
@@ -97,6 +100,17 @@ impl std::str::FromStr for PromptSyntax {
 
 /// How the inference steps are spread over the training timesteps (diffusers'
 /// `timestep_spacing`).
+/// A LoRA as a request names it and a record keeps it: the name A1111 shows (the file's stem),
+/// the weight, the file's sha256 and where it was found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraRecord {
+    pub name: String,
+    pub weight: f64,
+    pub sha256: String,
+    pub path: std::path::PathBuf,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TimestepSpacing {
@@ -278,6 +292,7 @@ impl Default for Request {
             init_image: None,
             mask: None,
             strength: None,
+            loras: Vec::new(),
         }
     }
 }

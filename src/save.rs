@@ -76,7 +76,7 @@ pub fn run_timestamp() -> String {
 /// as a whole, its jobs are retried one at a time so one bad job (say, out of memory) does not
 /// fail the others.
 pub struct PipelineBackend<'a> {
-    pub pipeline: &'a crate::pipeline::Pipeline,
+    pub pipeline: &'a mut crate::pipeline::Pipeline,
 }
 
 impl crate::batch::Backend for PipelineBackend<'_> {
@@ -91,6 +91,12 @@ impl crate::batch::Backend for PipelineBackend<'_> {
     ) -> Vec<std::result::Result<Vec<u8>, String>> {
         let requests: Vec<crate::Request> = jobs.iter().map(|j| j.request.clone()).collect();
         let mut step = |p: crate::pipeline::Progress| on_step(p.step, p.steps);
+        // Jobs of one group share their LoRAs (`group_jobs`).
+        if let Some(first) = requests.first() {
+            if let Err(e) = self.pipeline.apply_loras(first) {
+                return requests.iter().map(|_| Err(e.to_string())).collect();
+            }
+        }
         match self.pipeline.generate_many(&requests, &mut step) {
             Ok(images) => images.iter().map(|g| png_bytes(g).map_err(|e| e.to_string())).collect(),
             Err(e) if jobs.len() == 1 => vec![Err(e.to_string())],

@@ -74,6 +74,7 @@ fn defaults() -> Defaults {
         base_seed: 42,
         run_key: String::new(),
         limits: Default::default(),
+        lora_dir: None,
     }
 }
 

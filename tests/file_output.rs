@@ -49,8 +49,10 @@ fn fake() -> Fake {
 
 fn options(dir: &Path) -> BatchOptions<'static> {
     let request = Request { steps: 2, width: 64, height: 64, scheduler: "euler".into(), ..Request::default() };
-    let opts =
-        BatchOptions::new(dir, Defaults { request, base_seed: 1, run_key: String::new(), limits: Default::default() });
+    let opts = BatchOptions::new(
+        dir,
+        Defaults { request, base_seed: 1, run_key: String::new(), limits: Default::default(), lora_dir: None },
+    );
     opts
 }
 

@@ -125,6 +125,7 @@ fn run_case(case: &Value) -> Outcome {
         mask: None,
         strength: None,
         prompt_syntax: sdgen::request::PromptSyntax::Plain,
+        loras: Vec::new(),
     };
     let mut failures = Vec::new();
 

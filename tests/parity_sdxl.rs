@@ -58,6 +58,7 @@ fn request(case: &Value) -> Request {
         mask: None,
         strength: None,
         prompt_syntax: sdgen::request::PromptSyntax::Plain,
+        loras: Vec::new(),
     }
 }
 

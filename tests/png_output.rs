@@ -128,6 +128,7 @@ fn record(prompt: &str, negative: Option<&str>) -> Record {
             mask: None,
             strength: None,
             prompt_syntax: sdgen::request::PromptSyntax::Plain,
+            loras: Vec::new(),
         },
         model: ModelRecord {
             source: "/models/sd15".into(),

@@ -62,6 +62,7 @@ fn golden_case(width: u64, height: u64) -> (Request, Vec<(String, Tensor)>) {
         mask: None,
         strength: None,
         prompt_syntax: sdgen::request::PromptSyntax::Plain,
+        loras: Vec::new(),
     };
     (req, golden(&dir.join(case["file"].as_str().unwrap())))
 }

@@ -41,6 +41,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "mask",
     "strength",
     "prompt_syntax",
+    "lora",
 ];
 
 /// Other tools' spellings of keys (A1111's and diffusers'), each with the key it means.
@@ -174,6 +175,8 @@ pub struct Defaults {
     pub run_key: String,
     /// What a line may ask for.
     pub limits: crate::limits::Limits,
+    /// Where a line's `<lora:NAME>` tags and `lora` names are looked up.
+    pub lora_dir: Option<PathBuf>,
 }
 
 /// One problem with one line.
@@ -375,6 +378,8 @@ struct Overrides {
     mask: Option<String>,
     strength: Option<f64>,
     prompt_syntax: Option<crate::request::PromptSyntax>,
+    /// `lora`: replaces the command line's LoRAs for this line.
+    lora: Option<Vec<(String, f64)>>,
 }
 
 /// One entry of the file as read, with the problems found while reading it.
@@ -695,9 +700,31 @@ fn apply(o: &mut Overrides, key: &str, raw: Raw<'_>) -> std::result::Result<(), 
         "mask" => o.mask = text(key, raw)?,
         "strength" => o.strength = number(key, raw)?,
         "prompt_syntax" => o.prompt_syntax = parsed(key, raw)?,
+        "lora" => o.lora = loras(key, raw)?,
         _ => return Err(format!("unknown key \"{key}\" (known keys: {})", KNOWN_KEYS.join(", "))),
     }
     Ok(())
+}
+
+/// `"name:0.8"`, `"a:0.5, b"` or a JSON list of such strings.
+fn loras(key: &str, raw: Raw<'_>) -> std::result::Result<Option<Vec<(String, f64)>>, String> {
+    let split = |s: &str| -> Vec<(String, f64)> {
+        s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(crate::lora::parse_lora_arg).collect()
+    };
+    match raw {
+        Raw::Json(Value::Null) | Raw::Cell("") => Ok(None),
+        Raw::Json(Value::String(s)) => Ok(Some(split(s))),
+        Raw::Cell(s) => Ok(Some(split(s))),
+        Raw::Json(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(crate::lora::parse_lora_arg(s)),
+                v => Err(format!("{key}: expected \"NAME[:WEIGHT]\" strings, got {}", kind(v))),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(Some),
+        Raw::Json(v) => Err(format!("{key}: expected \"NAME[:WEIGHT]\" or a list of them, got {}", kind(v))),
+    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -801,8 +828,28 @@ fn resolve(
         _ => (None, None),
     };
     let derived_seed = o.seed.is_none();
+    // `<lora:NAME:WEIGHT>` tags leave the prompt and join the line's (or the command line's) LoRAs.
+    let (prompt, tags) = crate::lora::extract_prompt_loras(&o.prompt.unwrap_or_else(|| base.prompt.clone()));
+    let mut loras = Vec::new();
+    match o.lora {
+        Some(named) => {
+            for (name, weight) in named {
+                match crate::lora::resolve(&name, weight, defaults.lora_dir.as_deref()) {
+                    Ok(l) => loras.push(l),
+                    Err(e) => problems.push(format!("lora: {e}")),
+                }
+            }
+        }
+        None => loras.extend(base.loras.iter().cloned()),
+    }
+    for (name, weight) in tags {
+        match crate::lora::resolve(&name, weight, defaults.lora_dir.as_deref()) {
+            Ok(l) => loras.push(l),
+            Err(e) => problems.push(format!("prompt: {e}")),
+        }
+    }
     let request = Request {
-        prompt: o.prompt.unwrap_or_else(|| base.prompt.clone()),
+        prompt,
         negative_prompt: o.negative.or_else(|| base.negative_prompt.clone()),
         seed: o.seed.unwrap_or_else(|| derive_seed(defaults.base_seed, index)),
         steps: o.steps.unwrap_or(base.steps),
@@ -818,6 +865,7 @@ fn resolve(
         init_image,
         mask,
         strength,
+        loras,
     };
     if let Err(message) = crate::init_image::check_request(&request) {
         problems.push(message);
@@ -1001,6 +1049,7 @@ mod tests {
             base_seed: 0,
             run_key: String::new(),
             limits: Default::default(),
+            lora_dir: None,
         };
         Plan::new(&BatchInput::from_text("in", text, None), &defaults, &|_| Ok(()))
     }

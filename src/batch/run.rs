@@ -379,7 +379,8 @@ fn pending_jobs(
 /// by their first job, so output appears roughly in file order.
 pub fn group_jobs(jobs: &[Job], batch_size: usize) -> Vec<Vec<&Job>> {
     type Start = (bool, bool, u64);
-    type Key<'k> = (u32, u32, usize, &'k str, u64, Option<usize>, Option<crate::request::TimestepSpacing>, Start);
+    type Key<'k> =
+        (u32, u32, usize, &'k str, u64, Option<usize>, Option<crate::request::TimestepSpacing>, Start, String);
     let batch_size = batch_size.max(1);
     let mut open: HashMap<Key<'_>, Vec<usize>> = HashMap::new();
     let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -396,6 +397,12 @@ pub fn group_jobs(jobs: &[Job], batch_size: usize) -> Vec<Vec<&Job>> {
             r.clip_skip,
             r.timestep_spacing,
             start,
+            // Lines with other LoRAs run on other weights.
+            r.loras
+                .iter()
+                .map(|l| format!("{}:{}:{}", l.path.display(), l.weight, l.sha256))
+                .collect::<Vec<_>>()
+                .join("|"),
         );
         let group = open.entry(key).or_default();
         group.push(i);

@@ -68,7 +68,7 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     let base_seed = args.gen.seed.unwrap_or(0);
     let line_defaults = |request: Request, run_key: String| {
         let request = Request { prompt: String::new(), negative_prompt: settings.negative_prompt.clone(), ..request };
-        Defaults { request, base_seed, run_key, limits }
+        Defaults { request, base_seed, run_key, limits, lora_dir: settings.lora_dir.clone() }
     };
 
     if !args.merge {
@@ -106,8 +106,8 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     opts.clip_layers = clip_layers;
     batch::validate(&input, &opts)?;
     opts.on_event = &on_event;
-    let pipe = sdgen::Pipeline::from_spec(&load, spec)?;
-    let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &pipe })?;
+    let mut pipe = sdgen::Pipeline::from_spec(&load, spec)?;
+    let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &mut pipe })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -113,7 +113,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let (req, _) = settings.resolve_request(&spec, random_seed)?;
     spec.check_start(&req)?;
     sdgen::preflight::check_clip_skip(req.clip_skip, spec.text_encoder.num_hidden_layers)?;
-    let pipe = Pipeline::from_spec(&opts, spec)?;
+    let mut pipe = Pipeline::from_spec(&opts, spec)?;
+    for r in pipe.apply_loras(&req)? {
+        if !args.output.quiet {
+            let total = r.applied + r.unmatched.len();
+            eprintln!("LoRA {} ({}): {} of {total} modules applied", r.path.display(), r.format, r.applied);
+        }
+    }
     pipe.check(&req)?;
     if !seed_given {
         eprintln!("seed: {}", req.seed);

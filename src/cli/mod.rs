@@ -193,6 +193,15 @@ pub fn load_options(settings: &Settings, quiet: bool) -> anyhow::Result<sdgen::L
 /// What to generate; every field is optional so `--from` and batch files can fill the rest.
 #[derive(Args, Debug, Clone, Default)]
 pub struct GenerationArgs {
+    /// Apply a LoRA (kohya, diffusers/PEFT, LyCORIS LoHa/LoKr `.safetensors`): a file, or a
+    /// name found as NAME.safetensors in --lora-dir, with an optional weight [default: 1].
+    /// Repeatable. Prompts may also say `<lora:NAME:WEIGHT>`.
+    #[arg(long = "lora", value_name = "FILE[:WEIGHT]", help_heading = "LoRA")]
+    pub loras: Vec<String>,
+    /// Where LoRA names (`--lora NAME`, `<lora:NAME>` in prompts) are looked up
+    /// [default: $SDGEN_LORA_DIR].
+    #[arg(long, value_name = "DIR", env = "SDGEN_LORA_DIR", help_heading = "LoRA")]
+    pub lora_dir: Option<PathBuf>,
     /// What the image should not show.
     #[arg(long, short = 'n', visible_alias = "negative-prompt", value_name = "TEXT")]
     pub negative: Option<String>,
@@ -312,6 +321,12 @@ impl GenerationArgs {
                 negative_crop_coords: self.negative_crop_coords,
                 negative_target_size: self.negative_target_size,
             },
+            loras: if self.loras.is_empty() {
+                None
+            } else {
+                Some(self.loras.iter().map(|l| sdgen::lora::parse_lora_arg(l)).collect())
+            },
+            lora_dir: self.lora_dir.clone(),
             ..Settings::default()
         })
     }

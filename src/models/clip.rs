@@ -175,6 +175,24 @@ pub struct ClipTextModel {
 }
 
 impl ClipTextModel {
+    /// Every linear layer, by its transformers name (`text_model.encoder.layers.0.mlp.fc1`),
+    /// for adapters.
+    pub(crate) fn visit_layers(&mut self, f: &mut crate::models::layers::Visitor<'_>) {
+        use crate::models::layers::linear;
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("text_model.encoder.layers.{i}");
+            linear(&p, "self_attn.q_proj", &mut l.q_proj, f);
+            linear(&p, "self_attn.k_proj", &mut l.k_proj, f);
+            linear(&p, "self_attn.v_proj", &mut l.v_proj, f);
+            linear(&p, "self_attn.out_proj", &mut l.out_proj, f);
+            linear(&p, "mlp.fc1", &mut l.fc1, f);
+            linear(&p, "mlp.fc2", &mut l.fc2, f);
+        }
+        if let Some(t) = &mut self.text_projection {
+            linear("", "text_projection", t, f);
+        }
+    }
+
     /// Loads a diffusers `text_encoder/` folder: `config.json` and `model.safetensors`
     /// (or `model.fp16.safetensors` when loading in fp16 and the plain file is absent).
     /// Tensors in the file that the config does not account for are an error.

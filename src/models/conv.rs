@@ -87,6 +87,10 @@ enum Kernel {
     Winograd(Tensor),
 }
 
+/// A convolution's kernel saved before an adapter patched it.
+#[derive(Debug)]
+pub(crate) struct KernelSnapshot(Kernel);
+
 /// `nn.Conv2d` with square kernels, equal stride and padding on both axes.
 #[derive(Debug)]
 pub struct Conv2d {
@@ -127,6 +131,43 @@ impl Conv2d {
             Kernel::Direct { weight, gemm_small: fast }
         };
         Conv2d { kernel, bias, in_channels, out_channels, size, stride, padding }
+    }
+
+    /// `[out, in, k, k]`.
+    pub fn kernel_shape(&self) -> [i64; 4] {
+        [self.out_channels, self.in_channels, self.size, self.size]
+    }
+
+    /// The kernel as it is now (tensors shared, not copied), to put back with [`Conv2d::restore`].
+    pub(crate) fn snapshot(&self) -> KernelSnapshot {
+        KernelSnapshot(match &self.kernel {
+            Kernel::Direct { weight, gemm_small } => {
+                Kernel::Direct { weight: weight.shallow_clone(), gemm_small: *gemm_small }
+            }
+            Kernel::Pointwise(m) => Kernel::Pointwise(m.shallow_clone()),
+            Kernel::Winograd(u) => Kernel::Winograd(u.shallow_clone()),
+        })
+    }
+
+    pub(crate) fn restore(&mut self, snapshot: KernelSnapshot) {
+        self.kernel = snapshot.0;
+    }
+
+    /// Adds `delta` (`[out, in, k, k]`, any dtype and device) to the kernel, into a new
+    /// tensor: the current one may be a read-only mapped weight. The kernel stays in the form
+    /// its algorithm wants; Winograd's transform is linear, so the transformed delta is added
+    /// to the transformed weights.
+    pub(crate) fn add_delta(&mut self, delta: &Tensor) {
+        let plus = |w: &Tensor, d: &Tensor| {
+            (w.to_kind(Kind::Float) + d.to_device(w.device()).to_kind(Kind::Float)).to_kind(w.kind())
+        };
+        self.kernel = match &self.kernel {
+            Kernel::Direct { weight, gemm_small } => {
+                Kernel::Direct { weight: plus(weight, &delta.reshape(weight.size())), gemm_small: *gemm_small }
+            }
+            Kernel::Pointwise(m) => Kernel::Pointwise(plus(m, &delta.reshape(m.size()))),
+            Kernel::Winograd(u) => Kernel::Winograd(plus(u, &winograd_weights(delta))),
+        };
     }
 
     /// Which algorithm this layer runs on an input of `height × width` (for tests and the

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod clip;
 pub mod conv;
 pub mod embeddings;
+pub(crate) mod layers;
 pub mod nn;
 pub mod resnet;
 pub mod unet;

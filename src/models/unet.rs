@@ -692,6 +692,28 @@ impl UNet {
         self.kind
     }
 
+    /// Every linear and convolution layer, by its diffusers name (for adapters).
+    pub(crate) fn visit_layers(&mut self, f: &mut crate::models::layers::Visitor<'_>) {
+        use crate::models::layers::{conv, linear};
+        conv("", "conv_in", &mut self.conv_in, f);
+        linear("", "time_embedding.linear_1", &mut self.time_embedding.linear_1, f);
+        linear("", "time_embedding.linear_2", &mut self.time_embedding.linear_2, f);
+        if let Some(e) = &mut self.add_embedding {
+            linear("", "add_embedding.linear_1", &mut e.linear_1, f);
+            linear("", "add_embedding.linear_2", &mut e.linear_2, f);
+        }
+        for (i, b) in self.down_blocks.iter_mut().enumerate() {
+            b.visit_layers(&format!("down_blocks.{i}"), f);
+        }
+        if let Some(m) = &mut self.mid_block {
+            m.visit_layers("mid_block", f);
+        }
+        for (i, b) in self.up_blocks.iter_mut().enumerate() {
+            b.visit_layers(&format!("up_blocks.{i}"), f);
+        }
+        conv("", "conv_out", &mut self.conv_out, f);
+    }
+
     /// Whether the UNet takes SDXL's added conditioning (pooled text and time ids).
     pub fn has_added_conditioning(&self) -> bool {
         self.add_embedding.is_some()

@@ -64,14 +64,24 @@ pub fn parameters_text(record: &Record, sampler_a1111: &str, schedule_type: Opti
     if let Some(skip) = req.clip_skip.filter(|&s| s > 1) {
         params.push(("Clip skip", skip.to_string()));
     }
+    if !req.loras.is_empty() {
+        let hashes: Vec<String> = req
+            .loras
+            .iter()
+            .map(|l| format!("{}: {}", l.name, l.sha256.chars().take(10).collect::<String>()))
+            .collect();
+        params.push(("Lora hashes", hashes.join(", ")));
+    }
     params.push(("RNG", "CPU".to_string()));
     params.push(("Version", format!("sdgen {}", record.sdgen_version)));
 
     let line = params.iter().map(|(k, v)| format!("{k}: {}", quote(v))).collect::<Vec<_>>().join(", ");
     let negative = req.negative_prompt.as_deref().unwrap_or("");
+    // The LoRAs left the prompt as it was resolved; A1111 keeps them there as tags.
+    let tags: String = req.loras.iter().map(|l| format!(" <lora:{}:{}>", l.name, format_number(l.weight))).collect();
     // A1111 strips the whole text, so an empty prompt leaves no blank first line; the
     // negative line keeps its trailing space when empty, as A1111 writes it.
-    let text = format!("{}\nNegative prompt: {negative}\n{line}", req.prompt);
+    let text = format!("{}{tags}\nNegative prompt: {negative}\n{line}", req.prompt);
     text.trim_start().to_string()
 }
 

@@ -121,6 +121,7 @@ pub fn check_cases(opts: &LoadOptions, folder: &str, goldens: &str, stride: usiz
             mask: None,
             strength: None,
             prompt_syntax: sdgen::request::PromptSyntax::Plain,
+            loras: Vec::new(),
         };
 
         // Token ids: identical.
