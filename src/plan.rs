@@ -481,6 +481,9 @@ pub struct Settings {
     pub strength: Option<f64>,
     /// SDXL's size and crop conditioning, merged value by value.
     pub size_conditioning: SizeConditioning,
+    /// Textual-inversion embedding files, and a folder of them (`--embedding`, `--embeddings-dir`).
+    pub embeddings: Option<Vec<PathBuf>>,
+    pub embeddings_dir: Option<PathBuf>,
 }
 
 macro_rules! layer {
@@ -520,7 +523,9 @@ impl Settings {
             timestep_spacing,
             init_image,
             mask,
-            strength
+            strength,
+            embeddings,
+            embeddings_dir
         )
     }
 
@@ -575,6 +580,10 @@ impl Settings {
             init_image: req.init_image.clone(),
             mask: req.mask.clone(),
             strength: req.strength,
+            // The files that were loaded (a folder's too), each by itself.
+            embeddings: (!r.model.embeddings.is_empty())
+                .then(|| r.model.embeddings.iter().map(|e| e.file.clone()).collect()),
+            embeddings_dir: None,
         }
     }
 
@@ -653,8 +662,9 @@ impl From<Sampler> for SamplerRecord {
 pub use crate::request::Record;
 
 /// A short key for everything about a run, besides the request, that changes pixels: the
-/// model's UNet (or checkpoint) weights and all its configs (with overrides), and the device,
-/// dtype, offload, VAE tiling and convolution options as asked for. Batch resume keys include
+/// model's UNet (or checkpoint) weights and all its configs (with overrides), the embeddings
+/// (names and hashes; absent from the key when there are none, so older keys stay valid), and
+/// the device, dtype, offload, VAE tiling and convolution options as asked for. Batch resume keys include
 /// it, so a rerun with another model or precision renders again instead of skipping.
 ///
 /// The device and dtype enter as given (`auto`, `cuda`), not as resolved on this machine, so
@@ -665,7 +675,7 @@ pub fn run_key(spec: &ModelSpec, opts: &crate::LoadOptions) -> Result<String> {
         DeviceChoice::Cuda(_) => "cuda".to_string(),
         other => other.to_string(),
     };
-    let subject = serde_json::json!({
+    let mut subject = serde_json::json!({
         "weights": spec.hash(),
         "scheduler_config": spec.scheduler_config,
         "configs": spec.config_hash,
@@ -675,6 +685,10 @@ pub fn run_key(spec: &ModelSpec, opts: &crate::LoadOptions) -> Result<String> {
         "vae_tiling": opts.vae_tiling,
         "conv": opts.conv,
     });
+    let embeddings = crate::embeddings::key_entries(&opts.embeddings, opts.embeddings_dir.as_deref())?;
+    if !embeddings.is_empty() {
+        subject["embeddings"] = serde_json::json!(embeddings);
+    }
     let digest = Sha256::digest(subject.to_string().as_bytes());
     Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
