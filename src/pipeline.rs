@@ -71,8 +71,8 @@ pub struct LoadOptions {
 impl LoadOptions {
     /// What the model says about itself (configs, files, hashes), read without loading
     /// weights: what [`Pipeline::load`] will load, for planning and for `batch --merge`.
-    /// The `embeddings` files are read and checked against its text encoders here too, so a
-    /// wrong one fails before any weights load.
+    /// The `embeddings` files are read and checked against its text encoders here too (and
+    /// the embeddings folder is listed), so a wrong one fails before any weights load.
     pub fn inspect(&self) -> Result<ModelSpec> {
         let kind = self.dtype.resolve(self.device.resolve()?);
         let spec = ModelSpec::inspect(
@@ -87,6 +87,9 @@ impl LoadOptions {
         let widths = (spec.text_encoder.hidden_size, spec.text_encoder_2.as_ref().map(|c| c.hidden_size));
         for path in &self.embeddings {
             Embedding::read(path)?.check_fits(widths.0, widths.1)?;
+        }
+        if let Some(dir) = &self.embeddings_dir {
+            crate::embeddings::files_in(dir)?;
         }
         Ok(spec)
     }

@@ -369,6 +369,13 @@ fn cli_embedding_flags_give_the_golden_image_and_from_replays_them() {
     let record = sdgen::output::read_record(&png).unwrap();
     let tokens: Vec<&str> = record.model.embeddings.iter().map(|e| e.token.as_str()).collect();
     assert_eq!(tokens, ["tinystyle", "tinyneg", "tinytriple", "<cat-toy>"]);
+    // The A1111 text names the embeddings the prompts use, with A1111's 12-digit hashes.
+    let chunks = sdgen::output::read_text_chunks(&png).unwrap();
+    let text = &chunks.iter().find(|(k, _)| k == sdgen::output::PARAMETERS_KEY).unwrap().1;
+    let params = sdgen::output::parse_parameters(text).unwrap();
+    let short = |i: usize| record.model.embeddings[i].sha256[..12].to_string();
+    let want_hashes = format!("tinystyle: {}, tinyneg: {}, <cat-toy>: {}", short(0), short(1), short(3));
+    assert_eq!(params.get("TI hashes"), Some(want_hashes.as_str()), "{text}");
 
     // --from loads the recorded files again.
     sdgen().args(["generate", "-q", "--from"]).arg(&png).arg("--out").arg(out.path().join("from")).assert().success();
