@@ -425,3 +425,17 @@ fn cli_refuses_bad_embeddings_before_loading_the_model() {
     }
     assert!(!tmp.path().join("out").exists() || std::fs::read_dir(tmp.path().join("out")).unwrap().next().is_none());
 }
+
+#[test]
+fn embeddings_load_in_half_precision() {
+    // The token table is fp16 there: the vectors are cast into it, as diffusers does.
+    tch::set_num_threads(1);
+    let case = &cases()[0];
+    let opts = LoadOptions { embeddings: files(case), ..common::cpu("weights/tiny-sd", "fp16") };
+    let pipe = Pipeline::load(&opts).unwrap();
+    let g = golden(&root().join(GOLDENS).join(case["file"].as_str().unwrap()));
+    let e = pipe.encode_text(case["prompt"].as_str().unwrap(), None).unwrap();
+    assert_eq!(e.kind(), Kind::Half);
+    let d = max_abs_diff(&e, get(&g, "cond_embeds"));
+    assert!(d < 2e-2, "fp16 embeddings differ from diffusers' fp32 by {d:e}");
+}
