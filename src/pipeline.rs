@@ -383,9 +383,10 @@ impl Pipeline {
     /// Loads textual-inversion embedding files (see [`crate::embeddings`]) into the tokenizers
     /// and text encoders, in order, as diffusers' `load_textual_inversion`: each file's token
     /// (its name, or the stored key of diffusers' `learned_embeds`) then stands for its vectors
-    /// in prompts. A file already loaded is skipped. A missing file, a pickle, an embedding that
-    /// does not fit this model or a token already taken is an error naming the file, and
-    /// nothing of that file is loaded. Returns what was loaded; the records list it too.
+    /// in prompts. A file already loaded (same token, same contents) is skipped. A missing
+    /// file, a pickle, an embedding that does not fit this model or a token already taken is
+    /// an error naming the file, and nothing of that file is loaded. Returns what was loaded;
+    /// the records list it too.
     pub fn load_embeddings(&mut self, files: &[PathBuf]) -> Result<Vec<EmbeddingRecord>> {
         catch_torch("loading embeddings", || self.load_embeddings_inner(files))
     }
@@ -429,14 +430,13 @@ impl Pipeline {
         Ok(loaded)
     }
 
-    /// One file into the tokenizers and text encoders; `None` when it was loaded already.
-    /// Everything is checked before anything changes.
+    /// One file into the tokenizers and text encoders; `None` when the same token with the
+    /// same file contents is loaded already. Everything is checked before anything changes.
     fn load_embedding(&mut self, path: &Path) -> Result<Option<EmbeddingRecord>> {
-        let same = |a: &Path| a == path || a.canonicalize().ok().is_some_and(|a| path.canonicalize().ok() == Some(a));
-        if self.model.embeddings.iter().any(|r| same(&r.file)) {
+        let e = Embedding::read(path)?;
+        if self.model.embeddings.iter().any(|r| r.token == e.token && r.sha256 == e.sha256) {
             return Ok(None);
         }
-        let e = Embedding::read(path)?;
         let second = self.text_encoder_2.as_ref().map(|te| te.embedding_width());
         e.check_fits(self.text_encoder.embedding_width(), second)?;
         let n = e.count();

@@ -664,8 +664,9 @@ pub use crate::request::Record;
 /// A short key for everything about a run, besides the request, that changes pixels: the
 /// model's UNet (or checkpoint) weights and all its configs (with overrides), the embeddings
 /// (names and hashes; absent from the key when there are none, so older keys stay valid), and
-/// the device, dtype, offload, VAE tiling and convolution options as asked for. Batch resume keys include
-/// it, so a rerun with another model or precision renders again instead of skipping.
+/// the device, dtype, offload, VAE tiling and convolution options as asked for. Batch resume
+/// keys include it, so a rerun with another model or precision renders again instead of
+/// skipping.
 ///
 /// The device and dtype enter as given (`auto`, `cuda`), not as resolved on this machine, so
 /// `batch --merge` on a CPU login node computes the keys that GPU shards wrote.
