@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod bench;
 pub mod device;
+pub mod embeddings;
 pub mod error;
 pub mod finite;
 pub mod import;

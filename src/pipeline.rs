@@ -19,6 +19,7 @@
 //! CPU; `vae_tiling` decodes large images tile by tile.
 
 use crate::device::{device_name, kind_name, DType, DeviceChoice};
+use crate::embeddings::{Embedding, EmbeddingRecord, Vectors};
 use crate::error::catch_torch;
 use crate::models::clip::ClipTextModel;
 use crate::models::conv::ConvAlgo;
@@ -60,14 +61,21 @@ pub struct LoadOptions {
     pub conv: ConvAlgo,
     /// What a request may ask for, and whether non-finite images are written.
     pub limits: crate::limits::Limits,
+    /// Textual-inversion embedding files to load (see [`crate::embeddings`]); each must fit.
+    pub embeddings: Vec<PathBuf>,
+    /// A folder of embeddings, loaded after `embeddings`; files that do not fit the model are
+    /// skipped with a warning.
+    pub embeddings_dir: Option<PathBuf>,
 }
 
 impl LoadOptions {
     /// What the model says about itself (configs, files, hashes), read without loading
     /// weights: what [`Pipeline::load`] will load, for planning and for `batch --merge`.
+    /// The `embeddings` files are read and checked against its text encoders here too (and
+    /// the embeddings folder is listed), so a wrong one fails before any weights load.
     pub fn inspect(&self) -> Result<ModelSpec> {
         let kind = self.dtype.resolve(self.device.resolve()?);
-        ModelSpec::inspect(
+        let spec = ModelSpec::inspect(
             &self.model,
             &ModelOptions {
                 config_dir: self.config_dir.as_deref(),
@@ -75,7 +83,15 @@ impl LoadOptions {
                 prediction_type: self.prediction_type,
                 kind: Some(kind),
             },
-        )
+        )?;
+        let widths = (spec.text_encoder.hidden_size, spec.text_encoder_2.as_ref().map(|c| c.hidden_size));
+        for path in &self.embeddings {
+            Embedding::read(path)?.check_fits(widths.0, widths.1)?;
+        }
+        if let Some(dir) = &self.embeddings_dir {
+            crate::embeddings::files_in(dir)?;
+        }
+        Ok(spec)
     }
 }
 
@@ -335,8 +351,9 @@ impl Pipeline {
             files: spec.files.clone(),
             config_dir: spec.config_dir.clone(),
             arch_forced: spec.arch_forced,
+            embeddings: Vec::new(),
         };
-        Ok(Pipeline {
+        let mut pipe = Pipeline {
             tokenizer: parts.tokenizer,
             text_encoder: parts.text_encoder,
             tokenizer_2: parts.tokenizer_2,
@@ -358,7 +375,93 @@ impl Pipeline {
             prediction_override: opts.prediction_type,
             embed_cache: Default::default(),
             loras: Default::default(),
-        })
+        };
+        pipe.load_embeddings_inner(&opts.embeddings)?;
+        if let Some(dir) = &opts.embeddings_dir {
+            pipe.load_embeddings_dir_inner(dir)?;
+        }
+        Ok(pipe)
+    }
+
+    /// Loads textual-inversion embedding files (see [`crate::embeddings`]) into the tokenizers
+    /// and text encoders, in order, as diffusers' `load_textual_inversion`: each file's token
+    /// (its name, or the stored key of diffusers' `learned_embeds`) then stands for its vectors
+    /// in prompts. A file already loaded (same token, same contents) is skipped. A missing
+    /// file, a pickle, an embedding that does not fit this model or a token already taken is
+    /// an error naming the file, and nothing of that file is loaded. Returns what was loaded;
+    /// the records list it too.
+    pub fn load_embeddings(&mut self, files: &[PathBuf]) -> Result<Vec<EmbeddingRecord>> {
+        catch_torch("loading embeddings", || self.load_embeddings_inner(files))
+    }
+
+    /// Loads every `.safetensors` embedding in `dir` and its subfolders, sorted by path, as
+    /// [`Pipeline::load_embeddings`]; but a file that cannot load (made for another model, a
+    /// token already taken, damaged) is skipped with a warning, as A1111 skips them, and
+    /// pickles are left alone (one warning). A missing folder is an error.
+    pub fn load_embeddings_dir(&mut self, dir: &Path) -> Result<Vec<EmbeddingRecord>> {
+        catch_torch("loading embeddings", || self.load_embeddings_dir_inner(dir))
+    }
+
+    fn load_embeddings_inner(&mut self, files: &[PathBuf]) -> Result<Vec<EmbeddingRecord>> {
+        let mut loaded = Vec::new();
+        for path in files {
+            if let Some(r) = self.load_embedding(path)? {
+                loaded.push(r);
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn load_embeddings_dir_inner(&mut self, dir: &Path) -> Result<Vec<EmbeddingRecord>> {
+        let (files, pickles) = crate::embeddings::files_in(dir)?;
+        if !pickles.is_empty() {
+            log::warn!(
+                "{} pickle embedding(s) in {} not loaded (sdgen reads .safetensors only; convert them), e.g. {}",
+                pickles.len(),
+                dir.display(),
+                pickles[0].display()
+            );
+        }
+        let mut loaded = Vec::new();
+        for path in &files {
+            match self.load_embedding(path) {
+                Ok(Some(r)) => loaded.push(r),
+                Ok(None) => {}
+                Err(e) => log::warn!("embedding skipped: {e}"),
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// One file into the tokenizers and text encoders; `None` when the same token with the
+    /// same file contents is loaded already. Everything is checked before anything changes.
+    fn load_embedding(&mut self, path: &Path) -> Result<Option<EmbeddingRecord>> {
+        let e = Embedding::read(path)?;
+        if self.model.embeddings.iter().any(|r| r.token == e.token && r.sha256 == e.sha256) {
+            return Ok(None);
+        }
+        let second = self.text_encoder_2.as_ref().map(|te| te.embedding_width());
+        e.check_fits(self.text_encoder.embedding_width(), second)?;
+        let n = e.count();
+        let taken = |reason: String| Error::weights(path, reason);
+        self.tokenizer.check_embedding_token(&e.token, n).map_err(taken)?;
+        if let Some(tok2) = &self.tokenizer_2 {
+            tok2.check_embedding_token(&e.token, n).map_err(taken)?;
+        }
+        let (first, second) = match &e.vectors {
+            Vectors::Single(v) => (v, None),
+            Vectors::Sdxl { clip_l, clip_g } => (clip_l, Some(clip_g)),
+        };
+        let ids = self.tokenizer.add_embedding_token(&e.token, n).map_err(taken)?;
+        self.text_encoder.set_token_embeddings(&ids, first)?;
+        if let (Some(vectors), Some(tok2), Some(te2)) = (second, &mut self.tokenizer_2, &mut self.text_encoder_2) {
+            let ids = tok2.add_embedding_token(&e.token, n).map_err(taken)?;
+            te2.set_token_embeddings(&ids, vectors)?;
+        }
+        self.embed_cache.borrow_mut().clear();
+        let record = e.record();
+        self.model.embeddings.push(record.clone());
+        Ok(Some(record))
     }
 
     /// Makes `loras` the set of LoRAs applied to the UNet and text encoders (an empty slice

@@ -486,6 +486,9 @@ pub struct Settings {
     pub loras: Option<Vec<(String, f64)>>,
     /// Where `<lora:NAME>` tags and bare `--lora NAME`s are looked up (`NAME.safetensors`).
     pub lora_dir: Option<PathBuf>,
+    /// Textual-inversion embedding files, and a folder of them (`--embedding`, `--embeddings-dir`).
+    pub embeddings: Option<Vec<PathBuf>>,
+    pub embeddings_dir: Option<PathBuf>,
 }
 
 macro_rules! layer {
@@ -528,7 +531,9 @@ impl Settings {
             mask,
             strength,
             loras,
-            lora_dir
+            lora_dir,
+            embeddings,
+            embeddings_dir
         )
     }
 
@@ -590,6 +595,10 @@ impl Settings {
                 Some(req.loras.iter().map(|l| (l.path.to_string_lossy().into_owned(), l.weight)).collect())
             },
             lora_dir: None,
+            // The files that were loaded (a folder's too), each by itself.
+            embeddings: (!r.model.embeddings.is_empty())
+                .then(|| r.model.embeddings.iter().map(|e| e.file.clone()).collect()),
+            embeddings_dir: None,
         }
     }
 
@@ -678,9 +687,11 @@ impl From<Sampler> for SamplerRecord {
 pub use crate::request::Record;
 
 /// A short key for everything about a run, besides the request, that changes pixels: the
-/// model's UNet (or checkpoint) weights and all its configs (with overrides), and the device,
-/// dtype, offload, VAE tiling and convolution options as asked for. Batch resume keys include
-/// it, so a rerun with another model or precision renders again instead of skipping.
+/// model's UNet (or checkpoint) weights and all its configs (with overrides), the embeddings
+/// (names and hashes; absent from the key when there are none, so older keys stay valid), and
+/// the device, dtype, offload, VAE tiling and convolution options as asked for. Batch resume
+/// keys include it, so a rerun with another model or precision renders again instead of
+/// skipping.
 ///
 /// The device and dtype enter as given (`auto`, `cuda`), not as resolved on this machine, so
 /// `batch --merge` on a CPU login node computes the keys that GPU shards wrote.
@@ -690,7 +701,7 @@ pub fn run_key(spec: &ModelSpec, opts: &crate::LoadOptions) -> Result<String> {
         DeviceChoice::Cuda(_) => "cuda".to_string(),
         other => other.to_string(),
     };
-    let subject = serde_json::json!({
+    let mut subject = serde_json::json!({
         "weights": spec.hash(),
         "scheduler_config": spec.scheduler_config,
         "configs": spec.config_hash,
@@ -700,6 +711,10 @@ pub fn run_key(spec: &ModelSpec, opts: &crate::LoadOptions) -> Result<String> {
         "vae_tiling": opts.vae_tiling,
         "conv": opts.conv,
     });
+    let embeddings = crate::embeddings::key_entries(&opts.embeddings, opts.embeddings_dir.as_deref())?;
+    if !embeddings.is_empty() {
+        subject["embeddings"] = serde_json::json!(embeddings);
+    }
     let digest = Sha256::digest(subject.to_string().as_bytes());
     Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -342,6 +342,9 @@ pub struct ModelRecord {
     /// Single files: `architecture` was forced (`--arch`) rather than detected.
     #[serde(default, skip_serializing_if = "is_false")]
     pub arch_forced: bool,
+    /// Textual-inversion embeddings loaded into the text encoders, in loading order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embeddings: Vec<crate::embeddings::EmbeddingRecord>,
 }
 
 /// Everything needed to make an image again, bit for bit on the same device.

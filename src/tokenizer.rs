@@ -5,7 +5,8 @@
 //! file reproduces that path step by step:
 //!
 //! 1. split the raw text on added tokens (`<|startoftext|>`, `<|endoftext|>`, and the pad
-//!    token: SD 2.x's `!` becomes an added token, so every `!` in a prompt is its own token);
+//!    token: SD 2.x's `!` becomes an added token, so every `!` in a prompt is its own token;
+//!    and textual-inversion tokens, see [`Tokenizer::add_embedding_token`]);
 //! 2. on each piece: drop NUL, U+FFFD and control/format/unassigned characters, turn
 //!    whitespace into spaces, put spaces around CJK ideographs, NFC-normalise, split on
 //!    whitespace and lower-case each word (accents are kept, punctuation is not split);
@@ -67,6 +68,27 @@ struct AddedToken {
     lstrip: bool,
     rstrip: bool,
     single_word: bool,
+    /// Textual-inversion tokens: the ids of `<tok>_1`, `<tok>_2`, … that follow `id` wherever
+    /// the token is written (diffusers' `maybe_convert_prompt`).
+    more: Vec<i64>,
+    /// Textual-inversion tokens match in any ASCII case, as A1111 finds them in prompts.
+    any_case: bool,
+}
+
+impl AddedToken {
+    fn plain(content: String, id: i64, lstrip: bool, rstrip: bool, single_word: bool) -> AddedToken {
+        AddedToken { content, id, lstrip, rstrip, single_word, more: Vec::new(), any_case: false }
+    }
+
+    /// Whether `text` starts with this token.
+    fn starts(&self, text: &str) -> bool {
+        let n = self.content.len();
+        if self.any_case {
+            text.get(..n).is_some_and(|head| head.eq_ignore_ascii_case(&self.content))
+        } else {
+            text.starts_with(self.content.as_str())
+        }
+    }
 }
 
 /// Words whose BPE split [`Tokenizer`] remembers before it starts over.
@@ -240,7 +262,7 @@ impl Tokenizer {
             entries.sort_by_key(|(id, _)| *id);
             for (id, spec) in entries {
                 let (lstrip, rstrip, single_word) = spec.flags();
-                added.push(AddedToken { content: spec.content().to_string(), id, lstrip, rstrip, single_word });
+                added.push(AddedToken::plain(spec.content().to_string(), id, lstrip, rstrip, single_word));
             }
         }
         for t in file_added {
@@ -263,7 +285,7 @@ impl Tokenizer {
                 )
             })?;
             let (lstrip, rstrip, single_word) = spec.map_or((false, false, false), |s| s.flags());
-            added.push(AddedToken { content: content.to_string(), id, lstrip, rstrip, single_word });
+            added.push(AddedToken::plain(content.to_string(), id, lstrip, rstrip, single_word));
             Ok(id)
         };
         let bos_id = resolve("bos_token", special.bos_token.as_ref(), DEFAULT_BOS)?;
@@ -316,6 +338,69 @@ impl Tokenizer {
         self.pad_id
     }
 
+    /// How many distinct tokens the tokenizer knows, transformers' `len(tokenizer)`: the
+    /// vocabulary and the added tokens outside it. The next added token gets this id.
+    pub fn len(&self) -> usize {
+        let outside: std::collections::HashSet<&str> =
+            self.added.iter().map(|t| t.content.as_str()).filter(|c| !self.vocab.contains_key(*c)).collect();
+        self.vocab.len() + outside.len()
+    }
+
+    /// Whether the tokenizer knows no token at all (never, for a loaded one).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a textual-inversion token of `vectors` vectors as diffusers'
+    /// `load_textual_inversion` does: `token`, then `token_1` … `token_{n-1}`, each an added
+    /// token with the next free id; `token` in a prompt then gives all n ids in a row
+    /// (diffusers' `maybe_convert_prompt`), in any ASCII case. Returns the ids. Fails, saying
+    /// why, when `token` or a suffixed name is already a token (of the vocabulary, or added).
+    pub fn add_embedding_token(&mut self, token: &str, vectors: usize) -> std::result::Result<Vec<i64>, String> {
+        let names = self.check_embedding_token(token, vectors)?;
+        let first = self.len() as i64;
+        let ids: Vec<i64> = (first..first + vectors as i64).collect();
+        for (i, (name, &id)) in names.iter().zip(&ids).enumerate() {
+            self.decoder.insert(id, name.clone());
+            self.added.push(AddedToken {
+                content: name.clone(),
+                id,
+                lstrip: false,
+                rstrip: false,
+                single_word: false,
+                more: if i == 0 { ids[1..].to_vec() } else { Vec::new() },
+                any_case: true,
+            });
+        }
+        Ok(ids)
+    }
+
+    /// Why [`Tokenizer::add_embedding_token`] would fail, if it would; else the names it adds.
+    pub fn check_embedding_token(&self, token: &str, vectors: usize) -> std::result::Result<Vec<String>, String> {
+        if token.is_empty() || token.trim() != token {
+            return Err(format!("the token {token:?} is empty or starts or ends with a space"));
+        }
+        if vectors == 0 {
+            return Err("it holds no vectors".into());
+        }
+        let names: Vec<String> =
+            std::iter::once(token.to_string()).chain((1..vectors).map(|i| format!("{token}_{i}"))).collect();
+        for name in &names {
+            if self.vocab.contains_key(name.as_str()) {
+                return Err(format!(
+                    "the token '{name}' is already a word of the tokenizer's vocabulary; rename the file \
+                     (A1111 embeddings are named by their file)"
+                ));
+            }
+            if let Some(t) =
+                self.added.iter().find(|t| t.content == *name || (t.any_case && t.content.eq_ignore_ascii_case(name)))
+            {
+                return Err(format!("the token '{name}' is already taken (by '{}')", t.content));
+            }
+        }
+        Ok(names)
+    }
+
     /// Tokenizes, truncates to `max_length - 2` tokens, adds BOS and EOS and pads to
     /// `max_length`: `tokenizer(text, padding="max_length", truncation=True)` in transformers.
     pub fn encode(&self, text: &str) -> Encoding {
@@ -338,7 +423,11 @@ impl Tokenizer {
         let mut ids = Vec::new();
         for piece in self.split_added(text) {
             match piece {
-                Piece::Added(id) => ids.push(id),
+                Piece::Added(k) => {
+                    let t = &self.added[k];
+                    ids.push(t.id);
+                    ids.extend_from_slice(&t.more);
+                }
                 Piece::Text(t) => self.tokenize_plain(&t, &mut ids),
             }
         }
@@ -383,14 +472,14 @@ impl Tokenizer {
                 .added
                 .iter()
                 .enumerate()
-                .filter(|(_, t)| !t.content.is_empty() && rest.starts_with(t.content.as_str()))
+                .filter(|(_, t)| !t.content.is_empty() && t.starts(rest))
                 .max_by_key(|(_, t)| t.content.len());
             match hit {
                 Some((k, t)) => {
                     if start < i {
                         parts.push((text[start..i].to_string(), None));
                     }
-                    parts.push((t.content.clone(), Some(k)));
+                    parts.push((text[i..i + t.content.len()].to_string(), Some(k)));
                     i += t.content.len();
                     start = i;
                 }
@@ -430,10 +519,10 @@ impl Tokenizer {
             .into_iter()
             .filter(|(s, _)| !s.is_empty())
             .map(|(s, k)| match k {
-                Some(k) => Piece::Added(self.added[k].id),
+                Some(k) => Piece::Added(k),
                 // A merged single_word piece may now equal an added token again.
-                None => match self.added.iter().find(|t| t.content == s) {
-                    Some(t) => Piece::Added(t.id),
+                None => match self.added.iter().position(|t| t.content == s) {
+                    Some(k) => Piece::Added(k),
                     None => Piece::Text(s),
                 },
             })
@@ -502,7 +591,8 @@ impl Tokenizer {
 }
 
 enum Piece {
-    Added(i64),
+    /// An index into the added tokens.
+    Added(usize),
     Text(String),
 }
 
@@ -635,13 +725,7 @@ impl Bpe {
         let mut added: Vec<AddedToken> = file
             .added_tokens
             .into_iter()
-            .map(|t| AddedToken {
-                content: t.content,
-                id: t.id,
-                lstrip: t.lstrip,
-                rstrip: t.rstrip,
-                single_word: t.single_word,
-            })
+            .map(|t| AddedToken::plain(t.content, t.id, t.lstrip, t.rstrip, t.single_word))
             .collect();
         added.sort_by_key(|t| t.id);
         Ok(Bpe { vocab: model.vocab, merge_ranks, added, source: json_path })

@@ -139,6 +139,7 @@ fn record(prompt: &str, negative: Option<&str>) -> Record {
             files: Vec::new(),
             config_dir: None,
             arch_forced: false,
+            embeddings: Vec::new(),
         },
         sampler: None,
         prediction_type: None,

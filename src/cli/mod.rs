@@ -106,6 +106,22 @@ pub struct ModelArgs {
     pub arch: Option<String>,
     #[command(flatten)]
     pub memory: MemoryArgs,
+    #[command(flatten)]
+    pub embeddings: EmbeddingArgs,
+}
+
+/// Textual-inversion embeddings.
+#[derive(Args, Debug, Clone, Default)]
+pub struct EmbeddingArgs {
+    /// Load a textual-inversion embedding (.safetensors: A1111's, SDXL's clip_l/clip_g, or
+    /// diffusers' learned_embeds); write its token (the file name, or diffusers' stored token)
+    /// in prompts. Repeatable.
+    #[arg(long, value_name = "FILE", help_heading = "Embeddings")]
+    pub embedding: Vec<PathBuf>,
+    /// Load every .safetensors embedding in this folder and its subfolders; those made for
+    /// another model are skipped with a warning [default: $SDGEN_EMBEDDINGS_DIR].
+    #[arg(long, value_name = "DIR", help_heading = "Embeddings")]
+    pub embeddings_dir: Option<PathBuf>,
 }
 
 /// Ways to use less GPU memory.
@@ -139,6 +155,8 @@ impl ModelArgs {
             offload: self.memory.offload.then_some(true),
             vae_tiling: self.memory.vae_tiling.then(sdgen::models::vae::VaeTiling::default),
             conv: self.memory.cpu_conv.as_deref().map(sdgen::models::conv::ConvAlgo::parse).transpose()?,
+            embeddings: (!self.embeddings.embedding.is_empty()).then(|| self.embeddings.embedding.clone()),
+            embeddings_dir: self.embeddings.embeddings_dir.clone(),
             ..Settings::default()
         })
     }
@@ -187,6 +205,12 @@ pub fn load_options(settings: &Settings, quiet: bool) -> anyhow::Result<sdgen::L
         vae_tiling: settings.vae_tiling,
         conv: settings.conv.unwrap_or_default(),
         limits: Default::default(),
+        embeddings: settings.embeddings.clone().unwrap_or_default(),
+        // The environment comes last, under the flags and a --from record.
+        embeddings_dir: settings
+            .embeddings_dir
+            .clone()
+            .or_else(|| std::env::var_os("SDGEN_EMBEDDINGS_DIR").filter(|v| !v.is_empty()).map(PathBuf::from)),
     })
 }
 

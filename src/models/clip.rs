@@ -258,6 +258,46 @@ impl ClipTextModel {
         self.text_projection.is_some()
     }
 
+    /// The width of the token embeddings (what a textual-inversion vector must have).
+    pub fn embedding_width(&self) -> i64 {
+        self.config.hidden_size
+    }
+
+    /// Gives the tokens `ids` the embeddings `vectors` `[ids.len(), hidden]` (textual
+    /// inversion), growing the token table when an id lies past its end, as transformers'
+    /// `resize_token_embeddings`; rows between the old end and a new id are zeros, which no
+    /// tokenizer id reaches. The table becomes a copy of its own: the loaded one may borrow
+    /// the read-only weights file.
+    pub fn set_token_embeddings(&mut self, ids: &[i64], vectors: &Tensor) -> Result<()> {
+        let h = self.config.hidden_size;
+        let size = vectors.size();
+        if size != [ids.len() as i64, h] {
+            return Err(Error::invalid(format!(
+                "{} token embeddings of shape {size:?} do not fit this text encoder, whose tokens are {h} wide",
+                ids.len()
+            )));
+        }
+        let Some(&top) = ids.iter().max() else { return Ok(()) };
+        if ids.iter().any(|&id| id < 0) {
+            return Err(Error::invalid(format!("negative token id in {ids:?}")));
+        }
+        let table = &self.token_embedding;
+        let rows = table.size()[0];
+        let mut grown = if top >= rows {
+            let extra = Tensor::f_zeros([top + 1 - rows, h], (table.kind(), table.device()))?;
+            Tensor::f_cat(&[table, &extra], 0)?
+        } else {
+            let mut owned = table.f_empty_like()?;
+            owned.f_copy_(table)?;
+            owned
+        };
+        let index = Tensor::from_slice(ids).f_to_device(table.device())?;
+        let values = vectors.f_to_device(table.device())?.f_to_kind(table.kind())?;
+        grown = grown.f_index_copy(0, &index, &values)?;
+        self.token_embedding = grown;
+        Ok(())
+    }
+
     /// Encodes token ids `[batch, seq]` (int64) into hidden states `[batch, seq, hidden]`
     /// and the pooled output (see [`TextEncoderOutput`]).
     ///

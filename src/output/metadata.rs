@@ -72,6 +72,9 @@ pub fn parameters_text(record: &Record, sampler_a1111: &str, schedule_type: Opti
             .collect();
         params.push(("Lora hashes", hashes.join(", ")));
     }
+    if let Some(hashes) = ti_hashes(record) {
+        params.push(("TI hashes", hashes));
+    }
     params.push(("RNG", "CPU".to_string()));
     params.push(("Version", format!("sdgen {}", record.sdgen_version)));
 
@@ -83,6 +86,22 @@ pub fn parameters_text(record: &Record, sampler_a1111: &str, schedule_type: Opti
     // negative line keeps its trailing space when empty, as A1111 writes it.
     let text = format!("{}{tags}\nNegative prompt: {negative}\n{line}", req.prompt);
     text.trim_start().to_string()
+}
+
+/// A1111's `TI hashes`: `name: hash` (the first 12 hex digits of the sha256) of each loaded
+/// embedding whose token the prompt or the negative prompt names (in any case, as tokens
+/// match), joined by `, `; `None` when none is named.
+fn ti_hashes(record: &Record) -> Option<String> {
+    let req = &record.request;
+    let texts = [req.prompt.to_lowercase(), req.negative_prompt.as_deref().unwrap_or_default().to_lowercase()];
+    let used: Vec<String> = record
+        .model
+        .embeddings
+        .iter()
+        .filter(|e| texts.iter().any(|t| t.contains(&e.token.to_lowercase())))
+        .map(|e| format!("{}: {}", e.token, e.sha256.chars().take(12).collect::<String>()))
+        .collect();
+    (!used.is_empty()).then(|| used.join(", "))
 }
 
 /// A number as A1111 prints it: `7`, not `7.0`; `7.5` as `7.5`.
