@@ -94,7 +94,7 @@ impl crate::batch::Backend for PipelineBackend<'_> {
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Vec<std::result::Result<Vec<u8>, String>> {
         let requests: Vec<crate::Request> = jobs.iter().map(|j| j.request.clone()).collect();
-        let mut step = |p: crate::pipeline::Progress| on_step(p.step, p.steps);
+        let mut step = |p: crate::pipeline::Progress| on_step(p.sampling_step, p.sampling_steps);
         match self.pipeline.generate_many(&requests, &mut step) {
             Ok(images) => images.iter().map(|g| png_bytes(g).map_err(|e| e.to_string())).collect(),
             Err(e) if jobs.len() == 1 => vec![Err(e.to_string())],
