@@ -110,8 +110,9 @@ pub struct Summary {
     /// Problems in this shard's lines (only with `skip_invalid`; those lines did not run).
     pub invalid: Vec<LineError>,
     pub seconds: f64,
-    /// Rendered images per minute of this run.
-    pub images_per_minute: f64,
+    /// Images written per minute of this run; `None` (null) until one is written, since a
+    /// rate over skipped or failed images only would be meaningless.
+    pub images_per_minute: Option<f64>,
 }
 
 impl Summary {
@@ -123,14 +124,13 @@ impl Summary {
     /// A short human-readable summary.
     pub fn render(&self) -> String {
         let mut text = format!(
-            "{} images: {} done, {} skipped (already done), {} failed in {:.1}s ({:.1} images/min); shard {}, \
-             output {}",
+            "{} images: {} done, {} skipped (already done), {} failed in {:.1}s{}; shard {}, output {}",
             self.images,
             self.done,
             self.skipped,
             self.failed,
             self.seconds,
-            self.images_per_minute,
+            self.images_per_minute.map(|r| format!(" ({r:.1} images/min)")).unwrap_or_default(),
             self.shard,
             self.out_dir.display()
         );
@@ -224,7 +224,6 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
     let _ = atomic::remove_stale_temps(&opts.out_dir, Stale::OlderThan(started_at));
 
     let seconds = started.elapsed().as_secs_f64();
-    let rendered = done + failures.len();
     Ok(Summary {
         input: input.name.clone(),
         out_dir: opts.out_dir.clone(),
@@ -238,14 +237,18 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
         failures,
         invalid: plan.problems.iter().filter(|p| p.index.is_none_or(|i| opts.shard.contains(i))).cloned().collect(),
         seconds,
-        images_per_minute: if seconds > 0.0 { rendered as f64 * 60.0 / seconds } else { 0.0 },
+        images_per_minute: (done > 0 && seconds > 0.0).then(|| done as f64 * 60.0 / seconds),
     })
 }
 
-/// Parses and validates the whole of `input` as [`run`] does, without touching the output
-/// folder or a model: callers run it before loading the model, so a bad line 9,000 is
-/// reported in a second. Errors as [`run`] does; with `skip_invalid`, the plan lists them.
+/// Parses and validates the whole of `input` as [`run`] does, without writing to the output
+/// folder or loading a model: callers run it before loading the model, so a bad line 9,000 is
+/// reported in a second. Errors as [`run`] does (also when the folder's manifests come from
+/// another shard count, see [`check_shard_count`](super::shard::check_shard_count)); with
+/// `skip_invalid`, the plan lists the problems.
 pub fn validate(input: &BatchInput, opts: &BatchOptions<'_>) -> Result<Plan> {
+    // Only reads the folder's listing: a run split another way is refused before any work.
+    super::shard::check_shard_count(&opts.out_dir, opts.shard)?;
     let mut plan = Plan::new(input, &opts.defaults, opts.validate_scheduler);
     if let Some(layers) = opts.clip_layers {
         plan.check_clip_skip(layers);
