@@ -28,7 +28,7 @@
 # - All pods write into one shared volume (ReadWriteMany). Each shard keeps its own manifest
 #   (manifest-shard-<i>-of-<n>.jsonl) and holds a lock on it while running; the volume must
 #   support file locks (NFSv4, CephFS and most CSI file drivers do). A run split another way
-#   (another SHARDS into the same OUT) stops with an error.
+#   (another SHARDS into the same OUT) with images to render stops with an error.
 # - Seeds and file names depend only on --seed and the line, so a pod that is retried after a
 #   crash or eviction skips the images already done and redoes only missing, damaged or
 #   failed ones. A non-zero exit (some images failed) makes Kubernetes retry that index, up to

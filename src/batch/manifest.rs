@@ -164,27 +164,28 @@ impl ManifestWriter {
             .map_err(|e| Error::io_write(&path, e))?;
         // A lock can be held for a moment by a process that is starting another program (a
         // forked child keeps the descriptor until it execs), so contention is retried briefly.
-        // std's lock is flock(2) on Unix, as fs2's was, so older sdgen versions still exclude.
-        let mut attempt = file.try_lock();
+        // fs4's lock is flock(2) on Unix, as fs2's was, so older sdgen versions still exclude.
+        // Called through the trait: std's own `File::try_lock` is newer than the MSRV.
+        let mut attempt = fs4::FileExt::try_lock(&file);
         for _ in 0..20 {
             match &attempt {
-                Err(std::fs::TryLockError::WouldBlock) => {
+                Err(fs4::TryLockError::WouldBlock) => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
-                    attempt = file.try_lock();
+                    attempt = fs4::FileExt::try_lock(&file);
                 }
                 _ => break,
             }
         }
         match attempt {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+            Err(fs4::TryLockError::WouldBlock) => {
                 return Err(Error::invalid(format!(
                     "another sdgen batch is working on shard {shard} in {}; wait for it to finish, or run a \
                      different shard",
                     dir.display()
                 )));
             }
-            Err(std::fs::TryLockError::Error(e)) => {
+            Err(fs4::TryLockError::Error(e)) => {
                 return Err(Error::invalid(format!(
                     "cannot lock {}: {e} (the file system may not support locks; use a local or NFSv4 folder)",
                     path.display()

@@ -160,6 +160,17 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
         return Err(Error::invalid("the batch size must be at least 1"));
     }
 
+    // Manifests of another shard count: their tasks own (and may still be rendering) the
+    // images this run would render, so it is refused, unless it has nothing to do (a whole
+    // run after every shard finished only confirms them). Checked before this run's manifest
+    // exists, so a refused run leaves nothing behind.
+    if let Err(e) = super::shard::check_shard_count(&opts.out_dir, opts.shard) {
+        let (pending, _, _) = pending_jobs(plan.jobs(opts.shard), &opts.out_dir, &opts.defaults.run_key)?;
+        if !pending.is_empty() {
+            return Err(e);
+        }
+    }
+
     let started_at = SystemTime::now();
     atomic::create_folder(&opts.out_dir)?;
     let mut writer = ManifestWriter::open(&opts.out_dir, opts.shard)?;
@@ -241,14 +252,10 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
     })
 }
 
-/// Parses and validates the whole of `input` as [`run`] does, without writing to the output
-/// folder or loading a model: callers run it before loading the model, so a bad line 9,000 is
-/// reported in a second. Errors as [`run`] does (also when the folder's manifests come from
-/// another shard count, see [`check_shard_count`](super::shard::check_shard_count)); with
-/// `skip_invalid`, the plan lists the problems.
+/// Parses and validates the whole of `input` as [`run`] does, without touching the output
+/// folder or a model: callers run it before loading the model, so a bad line 9,000 is
+/// reported in a second. Errors as [`run`] does; with `skip_invalid`, the plan lists them.
 pub fn validate(input: &BatchInput, opts: &BatchOptions<'_>) -> Result<Plan> {
-    // Only reads the folder's listing: a run split another way is refused before any work.
-    super::shard::check_shard_count(&opts.out_dir, opts.shard)?;
     let mut plan = Plan::new(input, &opts.defaults, opts.validate_scheduler);
     if let Some(layers) = opts.clip_layers {
         plan.check_clip_skip(layers);

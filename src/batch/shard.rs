@@ -200,10 +200,13 @@ impl Shard {
     }
 }
 
-/// Refuses to run `shard` in a folder whose manifests come from splitting the file into a
-/// different number of shards. Their shards cover other lines than this run's, so it would
-/// render images that they did or are still doing: the classic case is a Slurm task redone
-/// with `sbatch --array=2`, which Slurm reports as an array of one task (shard 0/1).
+/// An error when `dir` holds manifests from splitting the file into a different number of
+/// shards than `shard`'s. Their shards cover other lines than this run's, so it would render
+/// images that they did or are still doing: the classic case is a Slurm task redone with
+/// `sbatch --array=2`, which Slurm reports as an array of one task (shard 0/1). [`run`]
+/// refuses such a run when it has images to render.
+///
+/// [`run`]: super::run()
 pub fn check_shard_count(dir: &std::path::Path, shard: Shard) -> Result<()> {
     let Some((count, example)) = manifest::shard_counts(dir)?.into_iter().find(|(c, _)| *c != shard.count) else {
         return Ok(());
