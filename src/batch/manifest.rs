@@ -122,7 +122,8 @@ pub(crate) fn read_all(dir: &Path) -> Result<ManifestSet> {
 pub(crate) fn shard_counts(dir: &Path) -> Result<Vec<(usize, String)>> {
     let listing = match std::fs::read_dir(dir) {
         Ok(listing) => listing,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        // Nothing there, or a file in the way: no manifests; creating the folder says why.
+        Err(_) if !dir.is_dir() => return Ok(Vec::new()),
         Err(e) => return Err(Error::io_op(IoOp::ListFolder, dir, e)),
     };
     let mut counts: Vec<(usize, String)> = Vec::new();
