@@ -1,6 +1,10 @@
 //! Link-time settings for libtorch: an rpath so the binary finds libtorch without
 //! `LD_LIBRARY_PATH`, and a forced link of `libtorch_cuda.so` when it can be loaded.
 //!
+//! The rpath lists `$ORIGIN/../lib` and `$ORIGIN/lib` before the build's own libtorch folder:
+//! a binary copied with its libraries (`tools/install.sh PREFIX` puts them in `PREFIX/lib`)
+//! uses those wherever the prefix is moved, and the binary in `target/` the build's.
+//!
 //! rustc links with `--as-needed`; nothing in sdgen calls into `libtorch_cuda.so` directly,
 //! so the linker would drop it and CUDA would be silently unavailable at run time.
 
@@ -15,7 +19,9 @@ fn main() {
         return;
     };
     let lib = Path::new(&lib);
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // `$ORIGIN` reaches the linker as written (no shell in between); the dynamic loader
+    // replaces it with the binary's folder.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib:$ORIGIN/lib:{}", lib.display());
 
     let cuda = lib.join("libtorch_cuda.so");
     println!("cargo:rerun-if-changed={}", cuda.display());

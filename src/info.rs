@@ -20,6 +20,8 @@ pub struct Info {
     pub cudnn_available: bool,
     pub devices: Vec<GpuInfo>,
     pub cpu_threads: i32,
+    /// The folder the running libtorch was loaded from (Linux: read from `/proc/self/maps`).
+    pub libtorch_path: Option<std::path::PathBuf>,
 }
 
 /// The libtorch version this binary was built against (tch pins it).
@@ -38,6 +40,7 @@ impl Info {
             cudnn_available: tch::Cuda::cudnn_is_available(),
             devices,
             cpu_threads: tch::get_num_threads(),
+            libtorch_path: libtorch_folder(),
         }
     }
 
@@ -45,6 +48,10 @@ impl Info {
         let mut s = String::new();
         let _ = writeln!(s, "sdgen {}", self.sdgen_version);
         let _ = writeln!(s, "libtorch {}", self.libtorch_version);
+        match &self.libtorch_path {
+            Some(p) => _ = writeln!(s, "libtorch found in: {}", p.display()),
+            None => _ = writeln!(s, "libtorch found in: unknown"),
+        }
         let _ = writeln!(
             s,
             "CUDA: {}{}",
@@ -63,6 +70,19 @@ impl Info {
         let _ = writeln!(s, "CPU threads: {}", self.cpu_threads);
         s
     }
+}
+
+/// The folder holding the `libtorch_cpu` the process mapped, which tells an installed binary
+/// from one still using the libtorch it was built against.
+fn libtorch_folder() -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        // The path is the sixth field and may itself hold spaces.
+        let path = line.splitn(6, char::is_whitespace).nth(5)?.trim_start();
+        let file = std::path::Path::new(path);
+        let name = file.file_name()?.to_str()?;
+        name.starts_with("libtorch_cpu.").then(|| file.parent().map(std::path::Path::to_path_buf)).flatten()
+    })
 }
 
 fn gpu_info(index: usize) -> GpuInfo {

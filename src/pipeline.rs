@@ -101,6 +101,11 @@ pub struct Progress<'a> {
     /// Model evaluations done so far, and in all.
     pub step: usize,
     pub steps: usize,
+    /// Sampling steps done so far, and in all, as `--steps` counts them (less the steps img2img
+    /// skips). Progress displays show these: Heun-like samplers evaluate the model twice per
+    /// step and PLMS once more than its steps, so `step` would read "39 of 20" or "21 of 20".
+    pub sampling_step: usize,
+    pub sampling_steps: usize,
     /// The latents after this step, `[batch, channels, h/8, w/8]`, on the device.
     pub latents: &'a Tensor,
     cancel: &'a Cell<bool>,
@@ -699,6 +704,9 @@ impl Pipeline {
         let both = |t: &Tensor| if guided { Tensor::cat(&[t, t], 0) } else { t.shallow_clone() };
         let extra = inpaint.as_ref().and_then(|ip| ip.masked_latents.as_ref().map(|m| (both(&ip.mask), both(m))));
         let runs = timesteps.len() - begin;
+        let sampling_steps = first.steps.saturating_sub(begin / scheduler.order()).max(1);
+        // Evaluations map evenly onto steps; the last evaluation always completes the last step.
+        let sampling_step = |done: usize| if done >= runs { sampling_steps } else { done * sampling_steps / runs };
         for (i, &t) in timesteps.iter().enumerate().skip(begin) {
             let x = scheduler.scale_model_input(&both(&latents), i);
             // Inpainting UNets take the mask and the masked image's latents beside the latents.
@@ -724,7 +732,14 @@ impl Pipeline {
                 };
                 latents = (mask.ones_like() - mask) * known + mask * &latents;
             }
-            on_step(Progress { step: i + 1 - begin, steps: runs, latents: &latents, cancel: &cancel });
+            on_step(Progress {
+                step: i + 1 - begin,
+                steps: runs,
+                sampling_step: sampling_step(i + 1 - begin),
+                sampling_steps,
+                latents: &latents,
+                cancel: &cancel,
+            });
             if cancel.get() {
                 return Err(Error::Cancelled);
             }

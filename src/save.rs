@@ -90,7 +90,7 @@ impl crate::batch::Backend for PipelineBackend<'_> {
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Vec<std::result::Result<Vec<u8>, String>> {
         let requests: Vec<crate::Request> = jobs.iter().map(|j| j.request.clone()).collect();
-        let mut step = |p: crate::pipeline::Progress| on_step(p.step, p.steps);
+        let mut step = |p: crate::pipeline::Progress| on_step(p.sampling_step, p.sampling_steps);
         // Jobs of one group share their LoRAs (`group_jobs`).
         if let Some(first) = requests.first() {
             if let Err(e) = self.pipeline.apply_loras(first) {

@@ -15,7 +15,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use fs2::FileExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -117,6 +116,36 @@ pub(crate) fn read_all(dir: &Path) -> Result<ManifestSet> {
     Ok(set)
 }
 
+/// The shard counts of the non-empty shard manifests in `dir`, with one file name for each;
+/// a missing folder has none. An empty manifest is only a run that stopped before its first
+/// image, and says nothing about how the file is split.
+pub(crate) fn shard_counts(dir: &Path) -> Result<Vec<(usize, String)>> {
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        // Nothing there, or a file in the way: no manifests; creating the folder says why.
+        Err(_) if !dir.is_dir() => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io_op(IoOp::ListFolder, dir, e)),
+    };
+    let mut counts: Vec<(usize, String)> = Vec::new();
+    for item in listing {
+        let item = item.map_err(|e| Error::io_op(IoOp::ListFolder, dir, e))?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        let Some(count) = name
+            .strip_prefix(MANIFEST_PREFIX)
+            .and_then(|rest| rest.strip_suffix(".jsonl"))
+            .and_then(|rest| rest.split_once("-of-"))
+            .and_then(|(_, n)| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if item.metadata().is_ok_and(|m| m.len() > 0) && !counts.iter().any(|(c, _)| *c == count) {
+            counts.push((count, name));
+        }
+    }
+    counts.sort();
+    Ok(counts)
+}
+
 /// A shard's manifest, open for appending and locked for as long as it lives.
 #[derive(Debug)]
 pub(crate) struct ManifestWriter {
@@ -136,28 +165,33 @@ impl ManifestWriter {
             .map_err(|e| Error::io_write(&path, e))?;
         // A lock can be held for a moment by a process that is starting another program (a
         // forked child keeps the descriptor until it execs), so contention is retried briefly.
-        let mut attempt = file.try_lock_exclusive();
+        // fs4's lock is flock(2) on Unix, as fs2's was, so older sdgen versions still exclude.
+        // Called through the trait: std's own `File::try_lock` is newer than the MSRV.
+        let mut attempt = fs4::FileExt::try_lock(&file);
         for _ in 0..20 {
             match &attempt {
-                Err(e) if e.kind() == fs2::lock_contended_error().kind() => {
+                Err(fs4::TryLockError::WouldBlock) => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
-                    attempt = file.try_lock_exclusive();
+                    attempt = fs4::FileExt::try_lock(&file);
                 }
                 _ => break,
             }
         }
-        if let Err(e) = attempt {
-            if e.kind() == fs2::lock_contended_error().kind() {
+        match attempt {
+            Ok(()) => {}
+            Err(fs4::TryLockError::WouldBlock) => {
                 return Err(Error::invalid(format!(
                     "another sdgen batch is working on shard {shard} in {}; wait for it to finish, or run a \
                      different shard",
                     dir.display()
                 )));
             }
-            return Err(Error::invalid(format!(
-                "cannot lock {}: {e} (the file system may not support locks; use a local or NFSv4 folder)",
-                path.display()
-            )));
+            Err(fs4::TryLockError::Error(e)) => {
+                return Err(Error::invalid(format!(
+                    "cannot lock {}: {e} (the file system may not support locks; use a local or NFSv4 folder)",
+                    path.display()
+                )));
+            }
         }
         // A crash mid-append leaves a line without its newline: end it, so that the next record
         // starts on a line of its own and only the torn one is unreadable.

@@ -21,7 +21,7 @@ pub mod shard;
 pub use manifest::{sha256_hex, ManifestEntry, ManifestStatus};
 pub use parse::{derive_seed, output_name, BatchInput, Defaults, Format, LineError, Plan, PlannedLine, KNOWN_KEYS};
 pub use run::{accept, group_jobs, run, validate, BatchOptions, Event, Failure, Summary};
-pub use shard::{merge, status, FailedImage, Shard, StatusReport, SHARD_COUNT_ENV};
+pub use shard::{check_shard_count, merge, status, FailedImage, Shard, StatusReport, SHARD_COUNT_ENV, SHARD_ENV};
 
 use crate::Request;
 

@@ -110,8 +110,9 @@ pub struct Summary {
     /// Problems in this shard's lines (only with `skip_invalid`; those lines did not run).
     pub invalid: Vec<LineError>,
     pub seconds: f64,
-    /// Rendered images per minute of this run.
-    pub images_per_minute: f64,
+    /// Images written per minute of this run; `None` (null) until one is written, since a
+    /// rate over skipped or failed images only would be meaningless.
+    pub images_per_minute: Option<f64>,
 }
 
 impl Summary {
@@ -123,14 +124,13 @@ impl Summary {
     /// A short human-readable summary.
     pub fn render(&self) -> String {
         let mut text = format!(
-            "{} images: {} done, {} skipped (already done), {} failed in {:.1}s ({:.1} images/min); shard {}, \
-             output {}",
+            "{} images: {} done, {} skipped (already done), {} failed in {:.1}s{}; shard {}, output {}",
             self.images,
             self.done,
             self.skipped,
             self.failed,
             self.seconds,
-            self.images_per_minute,
+            self.images_per_minute.map(|r| format!(" ({r:.1} images/min)")).unwrap_or_default(),
             self.shard,
             self.out_dir.display()
         );
@@ -158,6 +158,17 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
     let plan = validate(input, opts)?;
     if opts.batch_size == 0 {
         return Err(Error::invalid("the batch size must be at least 1"));
+    }
+
+    // Manifests of another shard count: their tasks own (and may still be rendering) the
+    // images this run would render, so it is refused, unless it has nothing to do (a whole
+    // run after every shard finished only confirms them). Checked before this run's manifest
+    // exists, so a refused run leaves nothing behind.
+    if let Err(e) = super::shard::check_shard_count(&opts.out_dir, opts.shard) {
+        let (pending, _, _) = pending_jobs(plan.jobs(opts.shard), &opts.out_dir, &opts.defaults.run_key)?;
+        if !pending.is_empty() {
+            return Err(e);
+        }
     }
 
     let started_at = SystemTime::now();
@@ -224,7 +235,6 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
     let _ = atomic::remove_stale_temps(&opts.out_dir, Stale::OlderThan(started_at));
 
     let seconds = started.elapsed().as_secs_f64();
-    let rendered = done + failures.len();
     Ok(Summary {
         input: input.name.clone(),
         out_dir: opts.out_dir.clone(),
@@ -238,7 +248,7 @@ pub fn run(input: &BatchInput, opts: &BatchOptions<'_>, backend: &mut dyn Backen
         failures,
         invalid: plan.problems.iter().filter(|p| p.index.is_none_or(|i| opts.shard.contains(i))).cloned().collect(),
         seconds,
-        images_per_minute: if seconds > 0.0 { rendered as f64 * 60.0 / seconds } else { 0.0 },
+        images_per_minute: (done > 0 && seconds > 0.0).then(|| done as f64 * 60.0 / seconds),
     })
 }
 

@@ -17,8 +17,12 @@ use super::run::BatchOptions;
 use crate::output::atomic::{self, OnExisting};
 use crate::{Error, Result};
 
-/// The variable that gives the shard count next to `JOB_COMPLETION_INDEX`.
+/// The variable that gives the shard count next to `JOB_COMPLETION_INDEX`, or overrides
+/// `SLURM_ARRAY_TASK_COUNT`.
 pub const SHARD_COUNT_ENV: &str = "SDGEN_SHARD_COUNT";
+/// The variable that names the shard (`i/n`, or `i` with [`SHARD_COUNT_ENV`]) ahead of Slurm's
+/// and Kubernetes' variables: how one task of an array is redone.
+pub const SHARD_ENV: &str = "SDGEN_SHARD";
 
 /// Shard `index` of `count`: the lines whose index mod `count` == `index`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -84,11 +88,15 @@ impl Shard {
 
     /// [`Shard::select`] with the environment given as a lookup, in this order:
     /// 1. `flag` (`i/n`);
-    /// 2. a Slurm job array: index `(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / STEP`
-    ///    (`SLURM_ARRAY_TASK_STEP`, default 1), count `count` or `SLURM_ARRAY_TASK_COUNT`;
-    /// 3. a Kubernetes indexed Job: index `JOB_COMPLETION_INDEX`, count `count` or
+    /// 2. `SDGEN_SHARD`: `i/n`, or `i` with the count from `count` or `SDGEN_SHARD_COUNT`;
+    /// 3. a Slurm job array: index `(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / STEP`
+    ///    (`SLURM_ARRAY_TASK_STEP`, default 1), count `SLURM_ARRAY_TASK_COUNT`. A count from
+    ///    `count` or `SDGEN_SHARD_COUNT` overrides it; when it differs from the array's, the array
+    ///    is a resubmission of some tasks (`sbatch --array=2`), whose minimum is not the original
+    ///    one, so the index is `SLURM_ARRAY_TASK_ID` itself (ids numbered from 0, as shards);
+    /// 4. a Kubernetes indexed Job: index `JOB_COMPLETION_INDEX`, count `count` or
     ///    `SDGEN_SHARD_COUNT`, which must be the Job's `completions`;
-    /// 4. otherwise the whole file.
+    /// 5. otherwise the whole file.
     pub fn select_with(
         flag: Option<&str>,
         count: Option<usize>,
@@ -114,15 +122,47 @@ impl Shard {
             }
         };
 
+        let explicit_count = match count {
+            Some(c) => Some(c),
+            None => number(SHARD_COUNT_ENV)?,
+        };
+        if let Some(text) = env(SHARD_ENV).filter(|v| !v.trim().is_empty()) {
+            let shard = if text.contains('/') {
+                Shard::parse(&text).map_err(|e| Error::invalid(format!("{SHARD_ENV}: {e}")))?
+            } else {
+                let index = number(SHARD_ENV)?.unwrap_or_default();
+                let count = explicit_count.ok_or_else(|| {
+                    Error::invalid(format!(
+                        "{SHARD_ENV}={text} needs a shard count: write {SHARD_ENV}={text}/N, or set {SHARD_COUNT_ENV}"
+                    ))
+                })?;
+                Shard::new(index, count).map_err(|e| Error::invalid(format!("{SHARD_ENV}={text}: {e}")))?
+            };
+            if explicit_count.is_some_and(|c| c != shard.count) {
+                return Err(Error::invalid(format!(
+                    "{SHARD_ENV}={text} and the shard count {} (--shard-count or {SHARD_COUNT_ENV}) disagree",
+                    explicit_count.unwrap_or_default()
+                )));
+            }
+            return Ok(shard);
+        }
+
         if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
+            let array_count = number("SLURM_ARRAY_TASK_COUNT")?;
+            if let Some(count) = explicit_count.filter(|c| array_count != Some(*c)) {
+                return Shard::new(id, count).map_err(|e| {
+                    Error::invalid(format!(
+                        "SLURM_ARRAY_TASK_ID={id} with {count} shards ({SHARD_COUNT_ENV} or --shard-count, which \
+                         differs from SLURM_ARRAY_TASK_COUNT, so the task id is taken as the shard index): {e}; \
+                         set {SHARD_ENV}=i/{count} to name the shard"
+                    ))
+                });
+            }
             let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
             let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
-            let count = match count {
-                Some(c) => c,
-                None => number("SLURM_ARRAY_TASK_COUNT")?.ok_or_else(|| {
-                    Error::invalid("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; pass --shard i/n")
-                })?,
-            };
+            let count = array_count.ok_or_else(|| {
+                Error::invalid("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not; pass --shard i/n")
+            })?;
             if id < min || (id - min) % step != 0 {
                 return Err(Error::invalid(format!(
                     "SLURM_ARRAY_TASK_ID={id} does not fit SLURM_ARRAY_TASK_MIN={min} and \
@@ -140,15 +180,12 @@ impl Shard {
         }
 
         if let Some(index) = number("JOB_COMPLETION_INDEX")? {
-            let count = match count {
-                Some(c) => c,
-                None => number(SHARD_COUNT_ENV)?.ok_or_else(|| {
-                    Error::invalid(format!(
-                        "JOB_COMPLETION_INDEX is set but the shard count is not: pass --shard-count N or set \
-                         {SHARD_COUNT_ENV} to the Job's spec.completions"
-                    ))
-                })?,
-            };
+            let count = explicit_count.ok_or_else(|| {
+                Error::invalid(format!(
+                    "JOB_COMPLETION_INDEX is set but the shard count is not: pass --shard-count N or set \
+                     {SHARD_COUNT_ENV} to the Job's spec.completions"
+                ))
+            })?;
             return Shard::new(index, count)
                 .map_err(|e| Error::invalid(format!("JOB_COMPLETION_INDEX={index} with {count} shards: {e}")));
         }
@@ -161,6 +198,27 @@ impl Shard {
         }
         Ok(Shard::ALL)
     }
+}
+
+/// An error when `dir` holds manifests from splitting the file into a different number of
+/// shards than `shard`'s. Their shards cover other lines than this run's, so it would render
+/// images that they did or are still doing: the classic case is a Slurm task redone with
+/// `sbatch --array=2`, which Slurm reports as an array of one task (shard 0/1). [`run`]
+/// refuses such a run when it has images to render.
+///
+/// [`run`]: super::run()
+pub fn check_shard_count(dir: &std::path::Path, shard: Shard) -> Result<()> {
+    let Some((count, example)) = manifest::shard_counts(dir)?.into_iter().find(|(c, _)| *c != shard.count) else {
+        return Ok(());
+    };
+    Err(Error::invalid(format!(
+        "{} holds manifests of this batch split into {count} shards ({example}), but this run is shard {shard}: \
+         it would render images those shards did or are doing. To redo one task of that run, pass --shard \
+         i/{count}, or set {SHARD_ENV}=i/{count} (in a Slurm array resubmitted for some tasks, \
+         {SHARD_COUNT_ENV}={count} is enough when the array ids are the shard numbers). To split the file \
+         differently, use a new output folder.",
+        dir.display()
+    )))
 }
 
 /// One image's state across all manifests.
@@ -407,6 +465,56 @@ mod tests {
         assert!(message.contains("--shard-count") && message.contains(SHARD_COUNT_ENV), "{message}");
         let e = env(&[("JOB_COMPLETION_INDEX", "5"), (SHARD_COUNT_ENV, "5")]);
         assert!(Shard::select_with(None, None, &e).is_err());
+    }
+
+    #[test]
+    fn sdgen_shard_overrides_slurm_and_a_redone_task_keeps_its_number() {
+        // `sbatch --array=2` to redo one task: Slurm calls it an array of one.
+        let redo = [("SLURM_ARRAY_TASK_ID", "2"), ("SLURM_ARRAY_TASK_MIN", "2"), ("SLURM_ARRAY_TASK_COUNT", "1")];
+        assert_eq!(Shard::select_with(None, None, &env(&redo)).ok(), Some(Shard::ALL));
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = redo.to_vec();
+            vars.extend_from_slice(extra);
+            Shard::select_with(None, None, &env(&vars))
+        };
+        assert_eq!(with(&[(SHARD_ENV, "2/4")]).ok(), Some(Shard { index: 2, count: 4 }));
+        assert_eq!(with(&[(SHARD_ENV, "3"), (SHARD_COUNT_ENV, "4")]).ok(), Some(Shard { index: 3, count: 4 }));
+        assert_eq!(with(&[(SHARD_COUNT_ENV, "4")]).ok(), Some(Shard { index: 2, count: 4 }));
+        assert!(with(&[(SHARD_ENV, "3")]).is_err());
+        assert!(with(&[(SHARD_ENV, "4/4")]).is_err());
+        assert!(with(&[(SHARD_ENV, "1/4"), (SHARD_COUNT_ENV, "5")]).is_err());
+        assert!(with(&[(SHARD_COUNT_ENV, "2")]).is_err());
+        // The flag still wins.
+        assert_eq!(
+            Shard::select_with(Some("1/4"), None, &env(&[(SHARD_ENV, "2/4")])).ok(),
+            Some(Shard::new(1, 4).ok()).flatten()
+        );
+        // A full array with the same count keeps Slurm's numbering (offset included).
+        let full = [
+            ("SLURM_ARRAY_TASK_ID", "12"),
+            ("SLURM_ARRAY_TASK_MIN", "10"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            (SHARD_COUNT_ENV, "4"),
+        ];
+        assert_eq!(Shard::select_with(None, None, &env(&full)).ok(), Some(Shard { index: 2, count: 4 }));
+    }
+
+    #[test]
+    fn a_folder_split_another_way_is_refused() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::invalid(e.to_string()))?;
+        check_shard_count(dir.path(), Shard::ALL)?;
+        std::fs::write(dir.path().join("manifest-shard-2-of-4.jsonl"), "{}\n")
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        // An empty manifest (a run stopped before its first image) does not count.
+        std::fs::write(dir.path().join("manifest-shard-0-of-1.jsonl"), "")
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        check_shard_count(dir.path(), Shard { index: 1, count: 4 })?;
+        let message = check_shard_count(dir.path(), Shard::ALL).unwrap_err().to_string();
+        assert!(
+            message.contains("4 shards") && message.contains("--shard i/4") && message.contains(SHARD_ENV),
+            "{message}"
+        );
+        Ok(())
     }
 
     #[test]

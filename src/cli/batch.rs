@@ -28,11 +28,13 @@ pub struct BatchArgs {
     /// Lines with equal size, steps and scheduler run together in UNet batches of up to N.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub batch_size: usize,
-    /// Take every line whose index mod n == i. Without it, Slurm's SLURM_ARRAY_TASK_ID /
-    /// SLURM_ARRAY_TASK_COUNT or Kubernetes' JOB_COMPLETION_INDEX are used.
+    /// Take every line whose index mod n == i. Without it: SDGEN_SHARD (i/n), then Slurm's
+    /// SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT, then Kubernetes' JOB_COMPLETION_INDEX. To
+    /// redo one task of a sharded run, name its shard here or in SDGEN_SHARD.
     #[arg(long, value_name = "i/n")]
     pub shard: Option<String>,
-    /// The shard count to go with JOB_COMPLETION_INDEX (or set SDGEN_SHARD_COUNT).
+    /// The shard count to go with JOB_COMPLETION_INDEX or SDGEN_SHARD=i, overriding
+    /// SLURM_ARRAY_TASK_COUNT (or set SDGEN_SHARD_COUNT).
     #[arg(long, value_name = "N")]
     pub shard_count: Option<usize>,
     /// Run the valid lines even when some lines are invalid.

@@ -34,6 +34,10 @@ pub struct GenerateArgs {
     pub output: OutputArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Print what was written as one JSON object on stdout (paths, seeds, timings; see the
+    /// README) instead of one path a line.
+    #[arg(long)]
+    pub json: bool,
     /// The arguments the config file set (their ids), which a `--from` record overrides.
     #[arg(skip)]
     pub from_config: Vec<String>,
@@ -67,6 +71,34 @@ fn from_settings(from: &std::path::Path, flags: Settings) -> anyhow::Result<Sett
     }
 }
 
+/// What `generate --json` prints: the files written, and how long it all took.
+#[derive(serde::Serialize)]
+struct Report {
+    images: Vec<ImageReport>,
+    /// Sampling steps per image, as `--steps` counts them (less those img2img skips).
+    steps: usize,
+    /// Loading (and checking) the model, before the first image.
+    load_seconds: f64,
+    /// Denoising, decoding and writing every image.
+    generate_seconds: f64,
+    /// From start to the last file written.
+    total_seconds: f64,
+    /// Sampling steps per second over `generate_seconds`.
+    steps_per_second: f64,
+}
+
+#[derive(serde::Serialize)]
+struct ImageReport {
+    path: PathBuf,
+    seed: u64,
+    seconds: f64,
+}
+
+/// How often a run without a terminal says where it is within one image.
+const STEP_LINE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A step bar when stderr is a terminal (and not quiet); hidden otherwise, where [`run`]
+/// prints lines instead.
 pub fn progress_bar(quiet: bool) -> ProgressBar {
     let target = if quiet || !std::io::stderr().is_terminal() {
         ProgressDrawTarget::hidden()
@@ -85,6 +117,7 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let limits = args.limits.limits();
     let started = std::time::SystemTime::now();
+    let clock = std::time::Instant::now();
     // Precedence, decided here once: flags, then the --from record, then the config file,
     // then the model's and sdgen's defaults (in `Settings::resolve_request`).
     let mut flags = Settings {
@@ -124,24 +157,46 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if !seed_given {
         eprintln!("seed: {}", req.seed);
     }
+    let loaded = std::time::Instant::now();
+    let load_seconds = loaded.duration_since(clock).as_secs_f64();
+    // A terminal gets a bar; a log file (stderr not a terminal) gets lines, as batch does.
+    let lines = !args.output.quiet && !std::io::stderr().is_terminal();
     let bar = progress_bar(args.output.quiet);
     bar.set_length(req.steps as u64);
     let timestamp = sdgen::save::run_timestamp();
-    let mut written = Vec::new();
+    let mut images = Vec::new();
+    let mut steps_run = 0;
+    let mut steps_per_image = req.steps;
     for i in 0..req.num_images {
         let single = Request { seed: req.image_seed(i), num_images: 1, ..req.clone() };
         bar.set_prefix(format!("image {}/{}", i + 1, req.num_images));
         bar.reset();
         let image_started = std::time::Instant::now();
+        let mut last_line = image_started;
+        let mut image_steps = 0;
         let out = pipe.generate(&single, &mut |p| {
             if i == 0 && p.step == 1 && !args.output.quiet {
                 if let Some(note) = sdgen::limits::slow_notice(image_started.elapsed(), p.steps, req.num_images) {
                     bar.suspend(|| eprintln!("{note}"));
                 }
             }
-            bar.set_length(p.steps as u64);
-            bar.set_position(p.step as u64);
+            image_steps = p.sampling_steps;
+            bar.set_length(p.sampling_steps as u64);
+            bar.set_position(p.sampling_step as u64);
+            if lines && p.sampling_step < p.sampling_steps && last_line.elapsed() >= STEP_LINE_INTERVAL {
+                last_line = std::time::Instant::now();
+                eprintln!(
+                    "image {}/{}: step {}/{} ({:.1}s)",
+                    i + 1,
+                    req.num_images,
+                    p.sampling_step,
+                    p.sampling_steps,
+                    image_started.elapsed().as_secs_f64()
+                );
+            }
         })?;
+        steps_run += image_steps;
+        steps_per_image = image_steps;
         for g in out {
             let path = sdgen::save::save(
                 &g,
@@ -152,13 +207,61 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 args.output.overwrite,
             )
             .with_context(|| format!("writing image {} of {}", i + 1, req.num_images))?;
-            written.push(path);
+            let seconds = image_started.elapsed().as_secs_f64();
+            if lines {
+                eprintln!(
+                    "image {}/{}: {} (seed {}, {seconds:.1}s, {})",
+                    i + 1,
+                    req.num_images,
+                    path.display(),
+                    single.seed,
+                    rate(image_steps, seconds)
+                );
+            }
+            images.push(ImageReport { path, seed: single.seed, seconds });
         }
     }
     bar.finish_and_clear();
+    let written: Vec<PathBuf> = images.iter().map(|r| r.path.clone()).collect();
     sdgen::save::remove_stale_temps(&written, started);
-    for p in written {
-        println!("{}", p.display());
+    let generate_seconds = loaded.elapsed().as_secs_f64();
+    let report = Report {
+        steps: steps_per_image,
+        load_seconds,
+        generate_seconds,
+        total_seconds: clock.elapsed().as_secs_f64(),
+        steps_per_second: if generate_seconds > 0.0 { steps_run as f64 / generate_seconds } else { 0.0 },
+        images,
+    };
+    if !args.output.quiet {
+        eprintln!(
+            "done: {} image{} in {:.1}s ({}; model load {:.1}s)",
+            report.images.len(),
+            if report.images.len() == 1 { "" } else { "s" },
+            report.total_seconds,
+            rate(steps_run, generate_seconds),
+            report.load_seconds
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for r in &report.images {
+            println!("{}", r.path.display());
+        }
     }
     Ok(())
+}
+
+/// `12.3 steps/s`, or `0.41 s/step` when slower than a step a second.
+fn rate(steps: usize, seconds: f64) -> String {
+    if steps == 0 || seconds <= 0.0 {
+        return "no steps".into();
+    }
+    let per_second = steps as f64 / seconds;
+    if per_second >= 1.0 {
+        format!("{per_second:.1} steps/s")
+    } else {
+        format!("{:.2} s/step", 1.0 / per_second)
+    }
 }

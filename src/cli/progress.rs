@@ -96,6 +96,8 @@ pub struct BatchProgress {
     total: usize,
     started: Instant,
     count: std::cell::Cell<usize>,
+    /// Images written (not failed), for the rate.
+    written: std::cell::Cell<usize>,
 }
 
 impl BatchProgress {
@@ -103,8 +105,11 @@ impl BatchProgress {
         let bars = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let overall = multi.add(ProgressBar::new(total as u64));
+            // No rate before the first image is done: indicatif's estimate from nothing is noise.
             let per_minute = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.1}/min", state.per_sec() * 60.0);
+                if state.pos() > 0 {
+                    let _ = write!(w, "{:.1}/min", state.per_sec() * 60.0);
+                }
             };
             let style = ProgressStyle::with_template(OVERALL_TEMPLATE)
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -120,7 +125,13 @@ impl BatchProgress {
             overall.enable_steady_tick(Duration::from_millis(500));
             (multi, overall, step)
         });
-        BatchProgress { bars, total, started: Instant::now(), count: std::cell::Cell::new(0) }
+        BatchProgress {
+            bars,
+            total,
+            started: Instant::now(),
+            count: std::cell::Cell::new(0),
+            written: std::cell::Cell::new(0),
+        }
     }
 
     fn start_group(&self, group: &[Job]) {
@@ -155,9 +166,16 @@ impl BatchProgress {
                 overall.inc(1);
             }
             None => {
+                if entry.error.is_none() {
+                    self.written.set(self.written.get() + 1);
+                }
                 let minutes = self.started.elapsed().as_secs_f64() / 60.0;
-                let rate = if minutes > 0.0 { n as f64 / minutes } else { 0.0 };
-                eprintln!("[{n}/{}] line {}: {outcome}  {rate:.1} images/min", self.total, job.line);
+                let rate = match self.written.get() {
+                    0 => String::new(),
+                    w if minutes > 0.0 => format!("  {:.1} images/min", w as f64 / minutes),
+                    _ => String::new(),
+                };
+                eprintln!("[{n}/{}] line {}: {outcome}{rate}", self.total, job.line);
             }
         }
     }
