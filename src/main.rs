@@ -28,7 +28,11 @@ impl log::Log for StderrLog {
 static LOGGER: StderrLog = StderrLog;
 
 fn main() -> ExitCode {
-    signals::remove_temps_on_signal();
+    let cli = Cli::parse();
+    // The server shuts down gracefully on the signals itself and writes no files.
+    if !matches!(cli.command, Command::Serve(_)) {
+        signals::remove_temps_on_signal();
+    }
     sdgen::device::keep_freed_memory();
     let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Warn));
     // libtorch failures inside a run panic in tch and come back from the library as errors
@@ -45,7 +49,6 @@ fn main() -> ExitCode {
             default_hook(info);
         }
     }));
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => cli::generate::run(args).map(|()| true),
         Command::Batch(args) => cli::batch::run(args),
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Schedulers => cli::schedulers::run().map(|()| true),
         Command::Info(args) => cli::info::run(&args).map(|()| true),
         Command::Bench(args) => cli::bench::run(&args).map(|()| true),
+        Command::Serve(args) => cli::serve::run(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ pub mod info;
 pub mod license;
 pub mod progress;
 pub mod schedulers;
+pub mod serve;
 pub mod show;
 
 use clap::{Args, Parser, Subcommand};
@@ -40,6 +41,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Time one generation: load, first step, steps/s, VAE decode, peak memory.
     Bench(bench::BenchArgs),
+    /// Serve the A1111 and OpenAI image APIs and a web page, keeping the model loaded.
+    Serve(serve::ServeArgs),
 }
 
 /// Which model, on which device, in which precision.
