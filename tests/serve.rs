@@ -263,8 +263,12 @@ fn interrupt_stops_the_running_job() {
     let started = std::time::Instant::now();
     loop {
         let p = get(&server, "/sdapi/v1/progress").body;
-        if p["state"]["sampling_step"].as_u64().unwrap_or(0) > 0 {
+        if p["state"]["sampling_step"].as_u64().unwrap_or(0) > 0 && p["current_image"].is_string() {
             assert!(p["progress"].as_f64().unwrap() > 0.0);
+            let preview = rgb(&png(&p["current_image"]));
+            assert_eq!(preview.dimensions(), (8, 8), "one pixel per latent pixel");
+            let skipped = get(&server, "/sdapi/v1/progress?skip_current_image=true").body;
+            assert!(skipped["current_image"].is_null());
             break;
         }
         if job.is_finished() {
@@ -375,4 +379,37 @@ fn the_binary_warns_when_open_to_the_network_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(lines.any(|l| l.unwrap().contains("stopped")));
+}
+
+#[test]
+fn shutdown_finishes_the_running_job_and_answers_queued_ones_503() {
+    let server = start(|o| o.max_batch = 1);
+    let addr = server.addr();
+    let send = |seed: u64| {
+        std::thread::spawn(move || {
+            let body = json!({"prompt": "last", "seed": seed, "steps": 300, "width": 64, "height": 64});
+            answer(
+                ureq::post(&format!("http://{addr}/sdapi/v1/txt2img"))
+                    .set("Content-Type", "application/json")
+                    .send_string(&body.to_string()),
+            )
+        })
+    };
+    let wait_for = |what: &str, done: &dyn Fn(&Value) -> bool| {
+        let started = std::time::Instant::now();
+        while !done(&get(&server, "/sdapi/v1/progress?skip_current_image=true").body) {
+            assert!(started.elapsed().as_secs() < 120, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let running = send(1);
+    wait_for("the first job never started", &|p| p["state"]["sampling_step"].as_u64().unwrap_or(0) > 0);
+    let queued = send(2);
+    wait_for("the second job was never queued", &|p| p["state"]["job_count"] == 2);
+    server.shutdown().unwrap();
+    let (running, queued) = (running.join().unwrap(), queued.join().unwrap());
+    assert_eq!(running.status, 200, "the running job finishes: {}", running.body);
+    assert_eq!(running.body["images"].as_array().unwrap().len(), 1);
+    assert_eq!(queued.status, 503, "{}", queued.body);
+    assert!(ureq::get(&format!("http://{addr}/health")).call().is_err(), "nothing listens after shutdown");
 }

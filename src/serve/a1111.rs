@@ -10,7 +10,7 @@ use crate::plan::Settings;
 use crate::request::PromptSyntax;
 use crate::{schedulers, Generated, Request};
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -254,8 +254,19 @@ pub fn info(app: &App, req: &Request, generated: &[&Generated], interrupted: boo
     })
 }
 
-pub async fn progress(State(app): State<Arc<App>>) -> Response {
+/// Where the running job is; `current_image` is a latent preview (base64 PNG) unless
+/// `?skip_current_image=true`.
+pub async fn progress(
+    State(app): State<Arc<App>>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    use base64::Engine;
     let p = lock(&app.queue.progress).clone();
+    let skip = query.get("skip_current_image").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let current_image = match (&p.preview, skip) {
+        (Some(png), false) => Some(base64::engine::general_purpose::STANDARD.encode(png.as_slice())),
+        _ => None,
+    };
     let fraction = if p.steps > 0 { p.step as f64 / p.steps as f64 } else { 0.0 };
     let eta = match p.started {
         Some(t) if fraction > 0.0 => {
@@ -277,7 +288,7 @@ pub async fn progress(State(app): State<Arc<App>>) -> Response {
             "sampling_step": p.step,
             "sampling_steps": p.steps,
         },
-        "current_image": null,
+        "current_image": current_image,
         "textinfo": null,
     }))
     .into_response()

@@ -11,6 +11,7 @@
 pub mod a1111;
 pub mod models;
 pub mod openai;
+pub mod preview;
 pub mod queue;
 pub mod web;
 

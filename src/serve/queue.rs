@@ -70,7 +70,12 @@ pub struct ProgressState {
     pub started: Option<Instant>,
     /// Images in the running batch.
     pub images: usize,
+    /// A PNG of the first image's latents, refreshed at most every [`PREVIEW_EVERY`].
+    pub preview: Option<Arc<Vec<u8>>>,
 }
+
+/// How often the running job's preview is redrawn.
+pub const PREVIEW_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -308,8 +313,16 @@ fn run_generation(queue: &Queue, pipe: &Pipeline, jobs: Vec<(Request, oneshot::S
         .collect();
     let steps_each = valid.first().map_or(0, |(r, _)| r.steps);
     let total_steps = steps_each * rows.len().div_ceil(queue.max_batch).max(1);
-    *lock(&queue.progress) =
-        ProgressState { active: true, step: 0, steps: total_steps, started: Some(Instant::now()), images: rows.len() };
+    *lock(&queue.progress) = ProgressState {
+        active: true,
+        step: 0,
+        steps: total_steps,
+        started: Some(Instant::now()),
+        images: rows.len(),
+        preview: None,
+    };
+    let arch = pipe.spec().arch;
+    let mut last_preview: Option<Instant> = None;
     let started = Instant::now();
     let mut results: Vec<Vec<(Generated, Vec<u8>)>> = valid.iter().map(|_| Vec::new()).collect();
     let mut failures: Vec<Option<Failure>> = valid.iter().map(|_| None).collect();
@@ -324,7 +337,15 @@ fn run_generation(queue: &Queue, pipe: &Pipeline, jobs: Vec<(Request, oneshot::S
         let mut on_step = |p: crate::pipeline::Progress| {
             queue.metrics.steps.fetch_add((p.step - last.min(p.step)) as u64, Ordering::Relaxed);
             last = p.step;
+            let due = last_preview.is_none_or(|t| t.elapsed() >= PREVIEW_EVERY);
+            let preview = if due { super::preview::png(p.latents, arch).map(Arc::new) } else { None };
+            if due {
+                last_preview = Some(Instant::now());
+            }
             let mut pr = lock(&queue.progress);
+            if preview.is_some() {
+                pr.preview = preview;
+            }
             pr.step = done_steps + p.step;
             pr.steps = pr.steps.max(done_steps + p.steps);
             drop(pr);
