@@ -354,9 +354,33 @@ fn run_generation(queue: &Queue, pipe: &Pipeline, jobs: Vec<(Request, oneshot::S
             }
         };
         queue.metrics.batches.fetch_add(1, Ordering::Relaxed);
-        match pipe.generate_many(&reqs, &mut on_step) {
-            Ok(images) => {
-                for ((j, _), g) in chunk.iter().zip(images) {
+        let mut outcome = pipe.generate_many(&reqs, &mut on_step).map(|images| (chunk.to_vec(), images));
+        // A batch of several jobs that failed as a whole (say, out of memory) is retried one
+        // job at a time, so one job's failure is not every job's.
+        let owners: std::collections::BTreeSet<usize> = chunk.iter().map(|(j, _)| *j).collect();
+        if matches!(&outcome, Err(e) if !matches!(e, Error::Cancelled)) && owners.len() > 1 {
+            let mut parts = Vec::new();
+            for j in owners {
+                let rows: Vec<(usize, Request)> = chunk.iter().filter(|(o, _)| *o == j).cloned().collect();
+                let reqs: Vec<Request> = rows.iter().map(|(_, r)| r.clone()).collect();
+                match pipe.generate_many(&reqs, &mut on_step) {
+                    Ok(images) => parts.push((rows, images)),
+                    Err(Error::Cancelled) => {
+                        interrupted = true;
+                        break;
+                    }
+                    Err(e) => failures[j] = Some(e.into()),
+                }
+            }
+            outcome = Ok(parts.into_iter().fold((Vec::new(), Vec::new()), |(mut r, mut g), (rows, images)| {
+                r.extend(rows);
+                g.extend(images);
+                (r, g)
+            }));
+        }
+        match outcome {
+            Ok((rows, images)) => {
+                for ((j, _), g) in rows.iter().zip(images) {
                     match crate::save::png_bytes(&g) {
                         Ok(png) => results[*j].push((g, png)),
                         Err(e) => failures[*j] = Some(e.into()),
