@@ -67,7 +67,8 @@ fn txt2img_gives_the_pixels_and_metadata_of_sdgen_generate() {
         &server,
         "/sdapi/v1/txt2img",
         r#"{"prompt": "a red fox", "negative_prompt": "blurry", "steps": 3, "seed": 11, "width": 64,
-            "height": 64, "cfg_scale": 7, "sampler_name": "Euler a", "enable_hr": false, "styles": []}"#,
+            "height": 64, "cfg_scale": 7, "sampler_name": "Euler a", "enable_hr": false, "styles": [],
+            "override_settings": {"sd_model_checkpoint": "tiny-sd"}}"#,
     );
     assert_eq!(a.status, 200, "{}", a.body);
     let images = a.body["images"].as_array().unwrap();
@@ -123,6 +124,12 @@ fn bad_input_is_a_4xx_naming_the_field_and_the_server_keeps_serving() {
         ("/sdapi/v1/txt2img", r#"{"seed": -5}"#, 400, Some("seed")),
         ("/sdapi/v1/txt2img", r#"{"cfg_scale": -1, "steps": 2, "width": 64, "height": 64}"#, 400, Some("cfg_scale")),
         ("/sdapi/v1/txt2img", r#"{"enable_hr": true}"#, 400, Some("enable_hr")),
+        (
+            "/sdapi/v1/txt2img",
+            r#"{"override_settings": {"sd_model_checkpoint": "tiny-sd2"}}"#,
+            400,
+            Some("override_settings.sd_model_checkpoint"),
+        ),
         ("/sdapi/v1/img2img", r#"{"prompt": "x"}"#, 400, Some("init_images")),
         ("/sdapi/v1/img2img", r#"{"init_images": ["!!!"]}"#, 400, Some("init_images")),
         ("/sdapi/v1/img2img", r#"{"init_images": ["aGVsbG8="]}"#, 400, Some("init_images")),
@@ -412,4 +419,48 @@ fn shutdown_finishes_the_running_job_and_answers_queued_ones_503() {
     assert_eq!(running.body["images"].as_array().unwrap().len(), 1);
     assert_eq!(queued.status, 503, "{}", queued.body);
     assert!(ureq::get(&format!("http://{addr}/health")).call().is_err(), "nothing listens after shutdown");
+}
+
+/// Debian's headless Chromium, when installed (`chromium` or `chromium-headless-shell`).
+fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    ["chromium-headless-shell", "chromium", "chromium-browser"]
+        .iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |d| d.join(name)))
+        .find(|p| p.is_file())
+        .or_else(|| {
+            let lib = PathBuf::from("/usr/lib/chromium/chromium-headless-shell");
+            lib.is_file().then_some(lib)
+        })
+}
+
+#[test]
+fn the_web_page_generates_an_image_in_headless_chromium() {
+    let Some(browser) = chromium() else {
+        eprintln!("skipped: no chromium or chromium-headless-shell on PATH");
+        return;
+    };
+    let server = start(|_| {});
+    let url = format!("http://{}/?prompt=a+red+fox&steps=4&width=64&height=64&seed=3&generate=1", server.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let run = |action: &str| {
+        let out = std::process::Command::new(&browser)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=60000"])
+            .args(["--window-size=900,1400", &format!("--user-data-dir={}", dir.path().join("profile").display())])
+            .arg(action)
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run("--dump-dom");
+    assert!(dom.contains("<progress"), "no progress bar");
+    assert!(dom.contains(r#"id="image0""#) && dom.contains("data:image/png;base64,"), "no image:\n{dom}");
+    assert!(dom.contains(r#"id="license""#) && dom.contains("Steps: 4"), "no parameters or licence:\n{dom}");
+    let shot = dir.path().join("page.png");
+    run(&format!("--screenshot={}", shot.display()));
+    let shot = image::open(&shot).unwrap();
+    assert_eq!(shot.width(), 900);
+    server.shutdown().unwrap();
 }

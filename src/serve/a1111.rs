@@ -122,6 +122,19 @@ fn to_request(app: &App, b: &GenerationBody, img2img: bool) -> Result<Request, A
             }
         },
     };
+    // A per-request model is honoured only when it is the loaded one: switching for one
+    // request would reload under every other client's jobs.
+    if let Some(v) = b.override_settings.as_ref().and_then(|o| o.get("sd_model_checkpoint")).filter(|v| !v.is_null()) {
+        let field = "override_settings.sd_model_checkpoint";
+        let loaded = lock(&app.queue.loaded).name.clone();
+        let wanted = v.as_str().ok_or_else(|| ApiError::bad(field, "sd_model_checkpoint must be a model name"))?;
+        if app.models.find(wanted).is_none_or(|e| e.name != loaded) {
+            return Err(ApiError::bad(
+                field,
+                format!("{wanted:?} is not the loaded model ({loaded}); switch with POST /sdapi/v1/options first"),
+            ));
+        }
+    }
     let batch = b.batch_size.unwrap_or(1);
     let iters = b.n_iter.unwrap_or(1);
     if batch == 0 || iters == 0 {
