@@ -66,6 +66,11 @@ fn decode(path: &Path, bytes: &[u8], what: &str) -> Result<Image> {
     Ok(Image { width, height, rgb: img.into_raw() })
 }
 
+/// Decodes image bytes given in memory (a server upload), with the same size limits as files.
+pub fn decode_bytes(bytes: &[u8], what: &str) -> Result<Image> {
+    decode(Path::new("(upload)"), bytes, what)
+}
+
 impl InputImage {
     /// Reads and decodes an image file (`what` names it in messages: "init image", "mask").
     /// `keep` holds the pixels in memory; otherwise they are read again when needed.

@@ -24,6 +24,7 @@ pub mod prompt;
 pub mod request;
 pub mod save;
 pub mod schedulers;
+pub mod serve;
 pub mod tokenizer;
 
 pub use error::{Error, ErrorKind, Result};

@@ -27,7 +27,6 @@ impl log::Log for StderrLog {
 static LOGGER: StderrLog = StderrLog;
 
 fn main() -> ExitCode {
-    signals::remove_temps_on_signal();
     sdgen::device::keep_freed_memory();
     let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Warn));
     // libtorch failures inside a run panic in tch and come back from the library as errors
@@ -56,6 +55,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The server shuts down gracefully on the signals itself and writes no files.
+    if !matches!(cli.command, Command::Serve(_)) {
+        signals::remove_temps_on_signal();
+    }
     let result = match cli.command {
         Command::Generate(args) => cli::generate::run(args).map(|()| true),
         Command::Batch(args) => cli::batch::run(args),
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cli::bench::run(&args).map(|()| true),
         Command::Completions(args) => cli::tools::completions(&args).map(|()| true),
         Command::Man(args) => cli::tools::man(&args).map(|()| true),
+        Command::Serve(args) => cli::serve::run(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

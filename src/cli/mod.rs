@@ -8,6 +8,7 @@ pub mod info;
 pub mod license;
 pub mod progress;
 pub mod schedulers;
+pub mod serve;
 pub mod show;
 pub mod tools;
 
@@ -77,6 +78,8 @@ pub enum Command {
   sdgen man | man -l -
   sdgen man --dir /usr/local/share/man/man1")]
     Man(tools::ManArgs),
+    /// Serve the A1111 and OpenAI image APIs and a web page, keeping the model loaded.
+    Serve(serve::ServeArgs),
 }
 
 /// Which model, on which device, in which precision.
