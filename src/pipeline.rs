@@ -164,10 +164,14 @@ pub struct Pipeline {
     prediction_override: Option<PredictionType>,
     /// Recent prompt embeddings by (text, layer): batch files repeat prompts and negative
     /// prompts, and each is encoded once.
-    embed_cache: std::cell::RefCell<std::collections::HashMap<(String, Option<usize>, bool), TextEmbeds>>,
+    embed_cache: std::cell::RefCell<std::collections::HashMap<EmbedKey, TextEmbeds>>,
     /// The LoRAs patched into the UNet and text encoders, and the weights they replaced.
     loras: crate::lora::Applied,
 }
+
+/// What an encoding is cached by: the text, the layer it is taken from, and whether it was
+/// read with A1111's syntax.
+type EmbedKey = (String, Option<usize>, bool);
 
 /// A prompt's encoding: the cross-attention states `[1, 77, dim]` and, for SDXL, the second
 /// encoder's pooled, projected embedding `[1, projection_dim]`; in the UNet's device and dtype.

@@ -609,7 +609,7 @@ mod tests {
         assert_eq!(&c[1].ids[..3], &[1000, 1, 1001]);
         // 70 tokens, a comma, then 10 more: the 4 tokens after the comma that fit and the
         // rest move on, so the first chunk ends at the comma.
-        let text = format!("{} , {}", vec!["x"; 70].join(" "), vec!["yy"; 10].join(" "));
+        let text = format!("{} , {}", ["x"; 70].join(" "), ["yy"; 10].join(" "));
         let c = chunks(&parse_attention(&text), &tok, sp);
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].ids[71], 9);
