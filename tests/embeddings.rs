@@ -40,6 +40,8 @@ fn request(case: &Value) -> Request {
         width: case["width"].as_u64().unwrap() as u32,
         height: case["height"].as_u64().unwrap() as u32,
         scheduler: case["scheduler"].as_str().unwrap().into(),
+        // diffusers' reading of the prompt: the truncated case cuts at 77 tokens.
+        prompt_syntax: sdgen::request::PromptSyntax::Plain,
         ..Request::default()
     }
 }
