@@ -997,7 +997,7 @@ impl Pipeline {
             pad: tok.pad_id(),
             comma: tok.tokenize(",").first().copied(),
         };
-        let mut chunks = crate::prompt::chunks(&pieces, &|t| tok.tokenize(t), specials);
+        let mut chunks = crate::prompt::chunks(&pieces, &|t| tok.tokenize(t), &|id| tok.group_len(id), specials);
         if chunks.len() > crate::prompt::MAX_CHUNKS {
             // A prompt of thousands of words would make every attention layer as long: cut.
             let dropped: Vec<i64> = chunks[crate::prompt::MAX_CHUNKS..]
@@ -1020,7 +1020,7 @@ impl Pipeline {
                 pad: tok2.pad_id(),
                 comma: tok2.tokenize(",").first().copied(),
             };
-            crate::prompt::chunks(&pieces, &|t| tok2.tokenize(t), specials2)
+            crate::prompt::chunks(&pieces, &|t| tok2.tokenize(t), &|id| tok2.group_len(id), specials2)
         });
         let mut states = Vec::with_capacity(chunks.len());
         let mut pooled = None;

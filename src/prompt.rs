@@ -232,8 +232,15 @@ pub struct Specials {
 
 /// A1111's `tokenize_line`: each piece's tokens (from `tokenize`, without BOS/EOS) packed
 /// into chunks of 75, each wrapped in BOS/EOS and padded; `BREAK` starts a new chunk; when a
-/// chunk fills, the tokens after a comma within its last 20 move to the next chunk.
-pub fn chunks(pieces: &[Piece], tokenize: &dyn Fn(&str) -> Vec<i64>, sp: Specials) -> Vec<Chunk> {
+/// chunk fills, the tokens after a comma within its last 20 move to the next chunk; a
+/// multi-vector embedding (`group(id)` > 1 ids from its first) is never split: when it does
+/// not fit, the chunk closes before it.
+pub fn chunks(
+    pieces: &[Piece],
+    tokenize: &dyn Fn(&str) -> Vec<i64>,
+    group: &dyn Fn(i64) -> usize,
+    sp: Specials,
+) -> Vec<Chunk> {
     let mut out: Vec<Chunk> = Vec::new();
     let mut tokens: Vec<i64> = Vec::new();
     let mut weights: Vec<f64> = Vec::new();
@@ -273,7 +280,8 @@ pub fn chunks(pieces: &[Piece], tokenize: &dyn Fn(&str) -> Vec<i64>, sp: Special
                     weights = moved_weights;
                 }
             }
-            if tokens.len() == CHUNK_TOKENS {
+            let n = group(token);
+            if tokens.len() == CHUNK_TOKENS || (n > 1 && tokens.len() + n > CHUNK_TOKENS) {
                 close(&mut tokens, &mut weights, &mut out);
                 last_comma = None;
             }
@@ -600,7 +608,8 @@ mod tests {
         let sp = Specials { bos: 1000, eos: 1001, pad: 1002, comma: Some(9) };
         // Each "word" is one token: its length.
         let tok = |s: &str| s.split_whitespace().map(|w| if w == "," { 9 } else { w.len() as i64 }).collect();
-        let c = chunks(&parse_attention("aa (bbb) BREAK c"), &tok, sp);
+        let one = |_: i64| 1;
+        let c = chunks(&parse_attention("aa (bbb) BREAK c"), &tok, &one, sp);
         assert_eq!(c.len(), 2);
         assert_eq!(&c[0].ids[..4], &[1000, 2, 3, 1001]);
         assert_eq!(c[0].ids[4], 1002);
@@ -610,13 +619,18 @@ mod tests {
         // 70 tokens, a comma, then 10 more: the 4 tokens after the comma that fit and the
         // rest move on, so the first chunk ends at the comma.
         let text = format!("{} , {}", ["x"; 70].join(" "), ["yy"; 10].join(" "));
-        let c = chunks(&parse_attention(&text), &tok, sp);
+        let c = chunks(&parse_attention(&text), &tok, &one, sp);
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].ids[71], 9);
         assert_eq!(c[0].ids[72], 1001);
         assert_eq!(&c[1].ids[..12], &[1000, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1001]);
         // Empty prompt: one chunk of BOS, EOS, padding.
-        let c = chunks(&parse_attention(""), &tok, sp);
+        let c = chunks(&parse_attention(""), &tok, &one, sp);
         assert_eq!((c.len(), &c[0].ids[..3]), (1, &[1000, 1001, 1002][..]));
+        // A 3-id group (an embedding of 3 vectors) after 73 tokens moves whole to the next chunk.
+        let tok3 = |s: &str| s.split_whitespace().map(|w| if w == "E" { 500 } else { w.len() as i64 }).collect();
+        let three = |id: i64| if id == 500 { 3 } else { 1 };
+        let c = chunks(&parse_attention(&format!("{} E", ["x"; 73].join(" "))), &tok3, &three, sp);
+        assert_eq!((c.len(), c[0].ids[74], c[1].ids[1]), (2, 1001, 500));
     }
 }

@@ -375,6 +375,12 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// How many ids the token `id` starts: a multi-vector embedding's first id starts all its
+    /// vectors' ids; any other id, 1.
+    pub fn group_len(&self, id: i64) -> usize {
+        self.added.iter().find(|t| t.id == id).map_or(1, |t| 1 + t.more.len())
+    }
+
     /// Why [`Tokenizer::add_embedding_token`] would fail, if it would; else the names it adds.
     pub fn check_embedding_token(&self, token: &str, vectors: usize) -> std::result::Result<Vec<String>, String> {
         if token.is_empty() || token.trim() != token {

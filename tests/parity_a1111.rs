@@ -68,7 +68,7 @@ fn a1111_syntax_matches_the_reference() {
         };
         for (n, enc) in case["encodings"].as_object().unwrap() {
             let text = enc["text"].as_str().unwrap();
-            let ours: Vec<i64> = chunks(&parse_attention(text), &|t| tok.tokenize(t), specials)
+            let ours: Vec<i64> = chunks(&parse_attention(text), &|t| tok.tokenize(t), &|_| 1, specials)
                 .into_iter()
                 .flat_map(|c| c.ids)
                 .collect();
