@@ -11,10 +11,15 @@ struct StderrLog;
 
 impl log::Log for StderrLog {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::Level::Warn
+        metadata.level() <= log::Level::Warn || metadata.target() == sdgen::serve::ACCESS_LOG
     }
 
     fn log(&self, record: &log::Record) {
+        // The server's access log is already one JSON object a line.
+        if record.target() == sdgen::serve::ACCESS_LOG {
+            eprintln!("{}", record.args());
+            return;
+        }
         if self.enabled(record.metadata()) {
             let level = if record.level() == log::Level::Error { "error" } else { "warning" };
             eprintln!("{level}: {}", record.args());
@@ -28,7 +33,8 @@ static LOGGER: StderrLog = StderrLog;
 
 fn main() -> ExitCode {
     sdgen::device::keep_freed_memory();
-    let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Warn));
+    // Info only for the server's access log (see `StderrLog::enabled`).
+    let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Info));
     // libtorch failures inside a run panic in tch and come back from the library as errors
     // (reported once, below); only other panics are bugs worth the default report.
     let default_hook = std::panic::take_hook();

@@ -385,7 +385,13 @@ fn the_binary_warns_when_open_to_the_network_and_stops_on_sigterm() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(lines.any(|l| l.unwrap().contains("stopped")));
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+    // Structured logs: the request as one JSON object a line.
+    let access: Vec<Value> = rest.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect();
+    let health = access.iter().find(|v| v["path"] == "/health").unwrap_or_else(|| panic!("no access log: {rest:?}"));
+    assert_eq!((health["method"].as_str(), health["status"].as_u64()), (Some("GET"), Some(200)));
+    assert!(health["ms"].as_f64().is_some() && health["time"].as_str().is_some_and(|t| t.ends_with('Z')));
 }
 
 #[test]
@@ -463,4 +469,28 @@ fn the_web_page_generates_an_image_in_headless_chromium() {
     let shot = image::open(&shot).unwrap();
     assert_eq!(shot.width(), 900);
     server.shutdown().unwrap();
+}
+
+#[test]
+fn real_clients_drive_the_server() {
+    // A1111's `webuiapi` and the `openai` package, installed by tools/test.sh into a
+    // throwaway venv, against a live server (tools/serve_clients.py checks their answers).
+    let python = match std::env::var("SDGEN_CLIENTS_PYTHON") {
+        Ok(p) => p,
+        Err(_) if std::env::var_os("CI").is_some() => panic!("CI must provide SDGEN_CLIENTS_PYTHON (tools/test.sh)"),
+        Err(_) => {
+            eprintln!("skipped: SDGEN_CLIENTS_PYTHON not set; tools/test.sh sets it up");
+            return;
+        }
+    };
+    let server = start(|_| {});
+    let addr = server.addr();
+    let out = std::process::Command::new(python)
+        .arg(common::root().join("tools/serve_clients.py"))
+        .args([addr.ip().to_string(), addr.port().to_string()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "clients failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("all client checks passed"), "{stdout}");
 }

@@ -257,7 +257,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/images/generations", post(openai::generations))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth));
-    Router::new().route("/health", get(health)).merge(api).fallback(not_found).with_state(app)
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(access_log))
+        .with_state(app)
 }
 
 /// 200 while taking requests, 503 once shutting down (so a load balancer stops sending).
@@ -330,6 +335,26 @@ pub fn authorized(app: &App, headers: &HeaderMap) -> bool {
         return same_secret(expected.as_bytes(), &decoded);
     }
     false
+}
+
+/// The `log` target of the access log: one JSON object per request.
+pub const ACCESS_LOG: &str = "sdgen::access";
+
+/// Structured logs: every request as one JSON line (time, method, path, status, duration)
+/// at info level on [`ACCESS_LOG`]; `sdgen serve` prints them on stderr.
+async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+    let resp = next.run(req).await;
+    let line = serde_json::json!({
+        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "method": method,
+        "path": path,
+        "status": resp.status().as_u16(),
+        "ms": (started.elapsed().as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+    });
+    log::info!(target: ACCESS_LOG, "{line}");
+    resp
 }
 
 async fn auth(State(app): State<Arc<App>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
