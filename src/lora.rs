@@ -402,7 +402,62 @@ fn read_modules(path: &Path) -> Result<Vec<Module>> {
     }
     let tensors = Tensor::read_safetensors(path).map_err(|e| Error::weights(path, format!("not a LoRA file: {e}")))?;
     let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
-    parse(path, &tensors)
+    let peft = PeftAlphas::read(path)?;
+    parse(path, &tensors, &peft)
+}
+
+/// diffusers' `lora_adapter_metadata` header entry: each component's PEFT `LoraConfig`,
+/// flattened as `unet.lora_alpha`, `unet.alpha_pattern`, `text_encoder.lora_alpha`, ...
+/// diffusers scales a PEFT module by `alpha / rank`, `alpha` from `alpha_pattern` (a key
+/// matching the module name's end, PEFT's `(.*\.)?(key)$`) or else `lora_alpha`.
+#[derive(Debug, Default)]
+struct PeftAlphas {
+    /// Per component prefix (`unet`, `text_encoder`, `text_encoder_2`): `lora_alpha` and the
+    /// `alpha_pattern` entries.
+    by_prefix: HashMap<String, ComponentAlphas>,
+}
+
+/// One component's `lora_alpha` and its `alpha_pattern` (key as a regex, alpha).
+type ComponentAlphas = (Option<f64>, Vec<(regex::Regex, f64)>);
+
+impl PeftAlphas {
+    fn read(path: &Path) -> Result<PeftAlphas> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::weights(path, format!("not a LoRA file: {e}")))?;
+        let Some(raw) = meta.metadata().as_ref().and_then(|m| m.get("lora_adapter_metadata").cloned()) else {
+            return Ok(PeftAlphas::default());
+        };
+        let bad = |what: String| Error::weights(path, format!("lora_adapter_metadata: {what}"));
+        let v: serde_json::Value = serde_json::from_str(&raw).map_err(|e| bad(format!("not JSON ({e})")))?;
+        let obj = v.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
+        let mut out = PeftAlphas::default();
+        for (key, value) in obj {
+            let Some((prefix, field)) = key.split_once('.') else { continue };
+            let entry = out.by_prefix.entry(prefix.to_string()).or_default();
+            match field {
+                "lora_alpha" => entry.0 = value.as_f64(),
+                "alpha_pattern" => {
+                    for (pattern, alpha) in value.as_object().into_iter().flatten() {
+                        let re = regex::Regex::new(&format!(r"^(.*\.)?({pattern})$"))
+                            .map_err(|e| bad(format!("alpha_pattern key '{pattern}': {e}")))?;
+                        let alpha =
+                            alpha.as_f64().ok_or_else(|| bad(format!("alpha of '{pattern}' is not a number")))?;
+                        entry.1.push((re, alpha));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// The alpha of a PEFT module (`unet.down_blocks.0...to_q`), if the metadata gives one.
+    fn alpha(&self, module: &str) -> Option<f64> {
+        let (prefix, rest) = module.split_once('.')?;
+        let (lora_alpha, patterns) = self.by_prefix.get(prefix)?;
+        patterns.iter().find(|(re, _)| re.is_match(rest)).map(|(_, a)| *a).or(*lora_alpha)
+    }
 }
 
 /// Pickles are refused by their extension, before a model is loaded.
@@ -461,7 +516,7 @@ fn locate(module: &str) -> (Option<Target>, String) {
     (None, module.to_string())
 }
 
-fn parse(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<Vec<Module>> {
+fn parse(path: &Path, tensors: &HashMap<String, Tensor>, peft: &PeftAlphas) -> Result<Vec<Module>> {
     let mut by_module: BTreeMap<String, HashMap<String, &Tensor>> = BTreeMap::new();
     for (k, t) in tensors {
         let (m, p) = split_key(k);
@@ -474,6 +529,8 @@ fn parse(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<Vec<Module>> 
         let alpha = match p.get("alpha") {
             Some(a) if a.numel() == 1 => Some(a.to_kind(Kind::Double).double_value(&[])),
             Some(_) => return Err(bad(name, "alpha is not a single number".into())),
+            // PEFT files saved by diffusers keep their alphas in the header's metadata.
+            None if p.contains_key("lora_A.weight") => peft.alpha(name),
             None => None,
         };
         let scale = |rank: i64| match alpha {
@@ -636,7 +693,7 @@ mod tests {
         t.insert("lora_unet_x.lokr_w1".to_string(), w1);
         t.insert("lora_unet_x.lokr_w2".to_string(), w2);
         t.insert("lora_unet_x.alpha".to_string(), Tensor::from(8f32));
-        let m = parse(Path::new("x.safetensors"), &t).unwrap();
+        let m = parse(Path::new("x.safetensors"), &t, &PeftAlphas::default()).unwrap();
         // Neither factored: scale 1 whatever alpha says.
         let want = [1f32, 0., 2., 0., 0., 1., 0., 2., 3., 0., 4., 0., 0., 3., 0., 4.];
         assert_eq!(Vec::<f32>::try_from(m[0].delta.view([-1])).unwrap(), want);

@@ -74,7 +74,12 @@ fn run_case(pipe: &Pipeline, case: &Value) -> (Vec<String>, Vec<u8>) {
         .unwrap()
         .unwrap();
     let mut failures = Vec::new();
-    if seen != req.steps || worst > FP32.latents {
+    // sdgen merges ΔW into the weights, diffusers adds x·Aᵀ·Bᵀ·scale beside them: the same
+    // sum in another order. At the metadata case's scale 4 (lora_alpha 8 / rank 2) the tiny
+    // model's LoRA dwarfs its weights and the reordering shows more (measured 4.2e-4; a wrong
+    // alpha gives ~1).
+    let bound = if id.contains("peft_alpha") { 2e-3 } else { FP32.latents };
+    if seen != req.steps || worst > bound {
         failures.push(format!("{id}: {seen} steps, latents differ by {worst:e} × max(1, |latents|)"));
     }
     let image = pipe.decode(&denoised.latents).unwrap().remove(0).rgb;

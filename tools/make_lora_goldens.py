@@ -317,11 +317,25 @@ def main():
         },
     }
     files["sdxl_kohya_ldm.safetensors"] = ldm_kohya_file(xl_pipe, files["sdxl_kohya.safetensors"])
+    # The PEFT file again, with its alphas only in diffusers' `lora_adapter_metadata` header
+    # (as `save_lora_weights(..., unet_lora_adapter_metadata=...)` writes them): lora_alpha
+    # 8 for the UNet with an alpha_pattern of 4 for the self-attention queries, 1 for the text
+    # encoder, rank 2.
+    files["sd_peft_alpha.safetensors"] = dict(files["sd_peft.safetensors"])
+    header = {}
+    for prefix, alpha, pattern in (("unet", 8, {"attn1.to_q": 4}), ("text_encoder", 1, {})):
+        targets = sorted({k[len(prefix) + 1:].rsplit(".", 2)[0] for k in files["sd_peft.safetensors"]
+                          if k.startswith(prefix + ".")})
+        header.update({f"{prefix}.r": 2, f"{prefix}.lora_alpha": alpha, f"{prefix}.target_modules": targets,
+                       f"{prefix}.rank_pattern": {}, f"{prefix}.alpha_pattern": pattern})
     modules = {}
     for name, sd in files.items():
         sd = {k: v.to(torch.float32).contiguous() for k, v in sd.items()}
         files[name] = sd
-        save_file(sd, os.path.join(OUT, name), metadata={"generator": "tools/make_lora_goldens.py"})
+        # One metadata key per file: safetensors writes several in a random order.
+        meta = ({"lora_adapter_metadata": json.dumps(header, indent=2, sort_keys=True)}
+                if name == "sd_peft_alpha.safetensors" else {"generator": "tools/make_lora_goldens.py"})
+        save_file(sd, os.path.join(OUT, name), metadata=meta)
         modules[name] = len({k.rsplit(".", 2)[0] if k.startswith(("unet.", "text_encoder")) else k.split(".")[0]
                              for k in sd})
 
@@ -354,6 +368,8 @@ def main():
     diffusers_case("sd_kohya_w0.8_64x64", sd_pipe, "weights/tiny-sd", [("sd_kohya.safetensors", 0.8)], 64, 64, 7.5)
     diffusers_case("sd_kohya_w1.0_64x96", sd_pipe, "weights/tiny-sd", [("sd_kohya.safetensors", 1.0)], 64, 96, 7.5)
     diffusers_case("sd_peft_w1.0_64x64", sd_pipe, "weights/tiny-sd", [("sd_peft.safetensors", 1.0)], 64, 64, 7.5)
+    diffusers_case("sd_peft_alpha_w1.0_64x64", sd_pipe, "weights/tiny-sd", [("sd_peft_alpha.safetensors", 1.0)], 64,
+                   64, 7.5)
     diffusers_case("sd_stack_kohya0.8_peft0.5_64x64", sd_pipe, "weights/tiny-sd",
                    [("sd_kohya.safetensors", 0.8), ("sd_peft.safetensors", 0.5)], 64, 64, 7.5)
     diffusers_case("sdxl_kohya_w0.8_64x96", xl_pipe, "weights/tiny-sdxl", [("sdxl_kohya.safetensors", 0.8)], 64, 96,
