@@ -338,7 +338,7 @@ fn batch_takes_a1111_and_diffusers_spellings() {
 #[test]
 fn help_has_examples_and_clap_defaults() {
     let home = tempfile::tempdir().unwrap();
-    for sub in ["generate", "batch", "show", "license", "schedulers", "info", "bench", "completions", "man"] {
+    for sub in ["generate", "batch", "show", "license", "schedulers", "info", "bench", "completions", "man", "serve"] {
         let out = sdgen(home.path()).args([sub, "--help"]).output().unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.contains("Examples:\n  sdgen "), "{sub}: {text}");

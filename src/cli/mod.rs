@@ -79,6 +79,10 @@ pub enum Command {
   sdgen man --dir /usr/local/share/man/man1")]
     Man(tools::ManArgs),
     /// Serve the A1111 and OpenAI image APIs and a web page, keeping the model loaded.
+    #[command(after_help = "Examples:
+  sdgen serve --model weights/tiny-sd     (then open http://127.0.0.1:7860/)
+  sdgen serve --models-dir ~/models --model sd15 --listen 0.0.0.0:7860 --api-key SECRET
+  sdgen serve --model weights/tiny-sdxl --api-auth user:pass --queue 32")]
     Serve(serve::ServeArgs),
 }
 
