@@ -422,14 +422,24 @@ type ComponentAlphas = (Option<f64>, Vec<(regex::Regex, f64)>);
 
 impl PeftAlphas {
     fn read(path: &Path) -> Result<PeftAlphas> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::weights(path, format!("not a LoRA file: {e}")))?;
-        let Some(raw) = meta.metadata().as_ref().and_then(|m| m.get("lora_adapter_metadata").cloned()) else {
+        // Only the header: the tensors were read already.
+        use std::io::Read;
+        let bad = |what: String| Error::weights(path, format!("lora_adapter_metadata: {what}"));
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+        let len = u64::from_le_bytes(len);
+        if len > 100 << 20 {
+            return Err(Error::weights(path, format!("not a LoRA file: a {len}-byte safetensors header")));
+        }
+        let mut header = vec![0u8; len as usize];
+        file.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+        let header: serde_json::Value = serde_json::from_slice(&header)
+            .map_err(|e| Error::weights(path, format!("not a LoRA file: its header is not JSON ({e})")))?;
+        let Some(raw) = header.pointer("/__metadata__/lora_adapter_metadata").and_then(|v| v.as_str()) else {
             return Ok(PeftAlphas::default());
         };
-        let bad = |what: String| Error::weights(path, format!("lora_adapter_metadata: {what}"));
-        let v: serde_json::Value = serde_json::from_str(&raw).map_err(|e| bad(format!("not JSON ({e})")))?;
+        let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| bad(format!("not JSON ({e})")))?;
         let obj = v.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
         let mut out = PeftAlphas::default();
         for (key, value) in obj {

@@ -914,13 +914,7 @@ impl Pipeline {
     /// at sampling step `k`. Rows whose token counts differ (A1111 prompts with more chunks
     /// than their negative) run as separate UNet calls, as A1111 does by default.
     fn unet_rows(&self, x: &Tensor, t: f64, rows: &[Vec<(usize, Conditioning)>], k: usize) -> Result<Tensor> {
-        let picked: Vec<&Conditioning> = rows
-            .iter()
-            .map(|sched| {
-                let ends: Vec<(usize, String)> = sched.iter().map(|(e, _)| (*e, String::new())).collect();
-                &sched[crate::prompt::index_at(&ends, k)].1
-            })
-            .collect();
+        let picked: Vec<&Conditioning> = rows.iter().map(|sched| &sched[crate::prompt::index_at(sched, k)].1).collect();
         let len = |c: &Conditioning| c.context.size().get(1).copied().unwrap_or(0);
         if picked.iter().all(|c| len(c) == len(picked[0])) {
             return self.unet.forward_cond(x, t, &cat_rows(&picked));

@@ -508,8 +508,9 @@ pub fn schedule(prompt: &str, steps: usize) -> Vec<(usize, String)> {
         .collect()
 }
 
-/// The text a 0-based sampling step uses, from a [`schedule`].
-pub fn index_at(schedule: &[(usize, String)], step: usize) -> usize {
+/// Which entry of a [`schedule`] (or of anything keyed by its end steps) a 0-based sampling
+/// step uses.
+pub fn index_at<T>(schedule: &[(usize, T)], step: usize) -> usize {
     schedule.iter().position(|(end, _)| step <= *end).unwrap_or(schedule.len().saturating_sub(1))
 }
 
