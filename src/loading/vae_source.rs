@@ -209,15 +209,15 @@ fn is_xl(name: &str) -> bool {
     name.to_ascii_lowercase().contains("xl")
 }
 
-/// The last part of a hub id, or the file's stem / the folder's name.
+/// The last part of a hub id (a label that is no local path), else the file's name (with
+/// its extension, as A1111's `VAE:` shows it) or the folder's.
 fn short_name(label: &str, path: &Path) -> String {
-    if !path.exists() || label.contains('@') {
+    if !Path::new(label).exists() {
         let repo = label.split('@').next().unwrap_or(label);
         return repo.rsplit('/').next().unwrap_or(repo).to_string();
     }
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let stem = if path.is_file() { path.file_stem() } else { path.file_name() };
-    stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| label.to_string())
+    path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| label.to_string())
 }
 
 fn header(path: &Path) -> Result<Header> {
