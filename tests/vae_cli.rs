@@ -215,3 +215,23 @@ fn bad_vaes_are_refused_before_anything_is_written() {
         .stderr(predicate::str::contains("only a decoder"));
     assert!(pngs(&out).is_empty());
 }
+
+#[test]
+fn a_hub_vae_missing_offline_says_what_to_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    sdgen()
+        .env("HF_HUB_CACHE", dir.path().join("hub"))
+        .args(["generate", "a cat", "--steps", "1", "-W", "64", "-H", "64", "-q", "--device", "cpu", "--model"])
+        .arg(weights("tiny-sd"))
+        .args(["--vae", "madebyollin/taesd", "--out"])
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("HF_HUB_OFFLINE")
+                .and(predicate::str::contains("madebyollin/taesd"))
+                .and(predicate::str::contains("config.json")),
+        );
+    assert!(pngs(&out).is_empty());
+}
