@@ -410,6 +410,7 @@ mod tests {
             ("tiny-taesdxl", "AutoencoderTiny", true),
             ("tiny-sd-vae2", "AutoencoderKL", false),
             ("tiny-sd-vae2.safetensors", "AutoencoderKL", false),
+            ("tiny-sd-vae2/diffusion_pytorch_model.safetensors", "AutoencoderKL", false),
             ("tiny-taesd/diffusion_pytorch_model.safetensors", "AutoencoderTiny", false),
             ("tiny-taesd-madebyollin/taesd_decoder.safetensors", "AutoencoderTiny", false),
             ("tiny-sd", "AutoencoderKL", false),
@@ -448,6 +449,27 @@ mod tests {
             (kl.block_out_channels, kl.layers_per_block, kl.latent_channels),
             (saved.block_out_channels, saved.layers_per_block, saved.latent_channels)
         );
+    }
+
+    #[test]
+    fn ldm_names_under_first_stage_model_load_the_same_tensors() {
+        let plain = root().join("weights/tiny-sd-vae2.safetensors");
+        let tmp = tempfile::tempdir().unwrap();
+        let prefixed = tmp.path().join("vae.safetensors");
+        let tensors = tch::Tensor::read_safetensors(&plain).unwrap();
+        let renamed: Vec<(String, tch::Tensor)> =
+            tensors.iter().map(|(k, t)| (format!("first_stage_model.{k}"), t.shallow_clone())).collect();
+        tch::Tensor::write_safetensors(&renamed, &prefixed).unwrap();
+        let a = VaeSwap::inspect(&plain, "a", &model_vae(), false).unwrap();
+        let b = VaeSwap::inspect(&prefixed, "b", &model_vae(), false).unwrap();
+        let (wa, wb) = (a.weights(Device::Cpu, Kind::Float).unwrap(), b.weights(Device::Cpu, Kind::Float).unwrap());
+        for name in ["decoder.up_blocks.0.resnets.0.conv1.weight", "encoder.mid_block.attentions.0.to_q.weight"] {
+            let shape = wa.shape_of(name).unwrap();
+            let (x, y) = (wa.get(name, &shape).unwrap(), wb.get(name, &shape).unwrap());
+            assert!(x.equal(&y), "{name}");
+        }
+        crate::models::autoencoder::Autoencoder::new(&wb, &b.config).unwrap();
+        wb.finish().unwrap();
     }
 
     #[test]
