@@ -633,8 +633,8 @@ impl Settings {
             recorded.config_dir = None;
             recorded.arch = None;
         }
-        // Another VAE on the command line: the recorded hash is not its.
-        if self.vae.as_ref().is_some_and(|v| Some(v) != recorded.vae.as_ref()) {
+        // A VAE on the command line is taken as it is now, even under the recorded name.
+        if self.vae.is_some() {
             recorded.vae_sha256 = None;
         }
         self.or(recorded)

@@ -105,7 +105,7 @@ fn from_refuses_a_changed_or_missing_vae() {
     let png = generate("tiny-sd", Some(&vae), &dir.path().join("a"));
 
     // Other weights under the same name: refused, nothing written.
-    std::fs::copy(weights("tiny-taesd/diffusion_pytorch_model.safetensors"), &vae).unwrap();
+    std::fs::copy(weights("tiny-sd-vae2/diffusion_pytorch_model.safetensors"), &vae).unwrap();
     let out = dir.path().join("changed");
     sdgen()
         .arg("generate")
@@ -117,6 +117,17 @@ fn from_refuses_a_changed_or_missing_vae() {
         .code(1)
         .stderr(predicate::str::contains("has changed since the image was made"));
     assert!(pngs(&out).is_empty());
+    // Named on the command line, the file is taken as it is now.
+    sdgen()
+        .arg("generate")
+        .arg("--from")
+        .arg(&png)
+        .arg("--vae")
+        .arg(&vae)
+        .args(["-q", "--out"])
+        .arg(dir.path().join("explicit"))
+        .assert()
+        .success();
 
     std::fs::remove_file(&vae).unwrap();
     sdgen()
