@@ -15,6 +15,11 @@
                     (`encoder.down.0.block.0...`, no `first_stage_model.` prefix), as
                     vae-ft-mse-840000-ema-pruned.safetensors is shipped.
 
+- tests/fixtures/vae-layouts/taesd.json
+                    the tensor names and shapes (no weights) of a full-size AutoencoderTiny
+                    with TAESD's published config, under diffusers' names and as madebyollin's
+                    taesd_decoder/taesd_encoder files, to test reading the config off shapes.
+
 Random weights from fixed seeds: running the script twice gives byte-identical files.
 
     /work/refenv/bin/python tools/make_tiny_vaes.py [WEIGHTS_DIR]   # default weights/
@@ -115,8 +120,27 @@ def save_kl(out):
     save_file(ldm, os.path.join(out, "tiny-sd-vae2.safetensors"))
 
 
+def taesd_layout(path):
+    """Full-size TAESD names and shapes; madebyollin's files number the decoder from 1."""
+    from diffusers import AutoencoderTiny
+
+    sd = AutoencoderTiny().state_dict()
+    layout = {
+        "diffusers": {k: list(v.shape) for k, v in sd.items()},
+        "madebyollin_decoder": {
+            f"{int(k.split('.')[2]) + 1}.{k.split('.', 3)[3]}": list(v.shape)
+            for k, v in sd.items() if k.startswith("decoder.")
+        },
+    }
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(layout, f, indent=0, sort_keys=True)
+        f.write("\n")
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "weights")
+    taesd_layout(os.path.join(REPO, "tests", "fixtures", "vae-layouts", "taesd.json"))
     taesd = save_tiny(out, "tiny-taesd", 11)
     save_tiny(out, "tiny-taesdxl", 12)
     save_tiny(out, "tiny-taesd-16ch", 13, latent_channels=16)

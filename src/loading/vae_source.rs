@@ -472,6 +472,42 @@ mod tests {
         wb.finish().unwrap();
     }
 
+    /// Full-size TAESD (`tests/fixtures/vae-layouts/taesd.json`, shapes only): the config
+    /// read off the shapes is TAESD's published one, from diffusers' names and from
+    /// madebyollin's decoder file.
+    #[test]
+    fn full_size_taesd_layouts_give_taesd_config() {
+        let text = std::fs::read_to_string(root().join("tests/fixtures/vae-layouts/taesd.json")).unwrap();
+        let layouts: BTreeMap<String, BTreeMap<String, Vec<i64>>> = serde_json::from_str(&text).unwrap();
+        let want = TinyVaeConfig::taesd();
+        let h = Header::new("taesd.safetensors", layouts["diffusers"].clone());
+        assert!(matches!(classify(&h), Layout::Tiny));
+        let cfg = tiny_config(&h, "encoder.layers.", "decoder.layers.", 0).unwrap();
+        assert_eq!(cfg.encoder_block_out_channels, want.encoder_block_out_channels);
+        assert_eq!(cfg.num_encoder_blocks, want.num_encoder_blocks);
+        assert_eq!(cfg.decoder_block_out_channels, want.decoder_block_out_channels);
+        assert_eq!(cfg.num_decoder_blocks, want.num_decoder_blocks);
+        assert_eq!((cfg.latent_channels, cfg.in_channels, cfg.out_channels), (4, 3, 3));
+        let h = Header::new("taesd_decoder.safetensors", layouts["madebyollin_decoder"].clone());
+        assert!(matches!(classify(&h), Layout::MadebyollinDecoder));
+        let cfg = tiny_config(&h, "", "", 1).unwrap();
+        assert_eq!(cfg.decoder_block_out_channels, want.decoder_block_out_channels);
+        assert_eq!(cfg.num_decoder_blocks, want.num_decoder_blocks);
+    }
+
+    /// madebyollin/taesd's published config.json parses to the defaults.
+    #[test]
+    fn published_taesd_config_parses() {
+        let text = r#"{"_class_name": "AutoencoderTiny", "_diffusers_version": "0.20.0.dev0", "act_fn": "relu",
+            "decoder_block_out_channels": [64, 64, 64, 64], "encoder_block_out_channels": [64, 64, 64, 64],
+            "force_upcast": false, "in_channels": 3, "latent_channels": 4, "latent_magnitude": 3,
+            "latent_shift": 0.5, "num_decoder_blocks": [3, 3, 3, 1], "num_encoder_blocks": [1, 3, 3, 3],
+            "out_channels": 3, "scaling_factor": 1.0, "upsampling_scaling_factor": 2}"#;
+        let cfg = TinyVaeConfig::from_json(Path::new("config.json"), text).unwrap();
+        assert_eq!(cfg.num_decoder_blocks, TinyVaeConfig::taesd().num_decoder_blocks);
+        assert_eq!(cfg.scale_factor(), 8);
+    }
+
     #[test]
     fn xl_is_read_from_the_vae_own_name_only() {
         let tmp = tempfile::tempdir().unwrap();
