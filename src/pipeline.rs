@@ -853,11 +853,12 @@ impl Pipeline {
     /// them. An `AutoencoderKL` samples them, one draw per request from its generator; an
     /// `AutoencoderTiny` gives them directly and draws nothing (diffusers' `retrieve_latents`
     /// takes `.latents` when there is no distribution), so the generator is where it was.
-    /// SDXL encodes a `force_upcast` VAE in fp32 and applies `latents_mean`/`latents_std`
-    /// when given.
+    /// SDXL encodes a `force_upcast` VAE in fp32 whatever the dtype (diffusers' SDXL img2img
+    /// and inpainting `prepare_latents` test the flag alone, bf16 included; only the decode
+    /// also asks for fp16) and applies `latents_mean`/`latents_std` when given.
     fn encode_image(&self, image: &Tensor, noise: &mut BatchNoise) -> Result<Tensor> {
         let sdxl = self.spec.arch == Arch::Sdxl;
-        let upcast = sdxl && self.vae.force_upcast() && self.aux.kind == Kind::Half;
+        let upcast = sdxl && self.vae.force_upcast() && self.aux.kind != Kind::Float;
         let (vae, kind) = if upcast { (self.vae_fp32()?, Kind::Float) } else { (&self.vae, self.aux.kind) };
         let x = image.to_device(self.aux.device).to_kind(kind);
         let z = match vae {

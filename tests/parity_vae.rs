@@ -2,8 +2,9 @@
 //! `AutoencoderTiny` (TAESD, TAESDXL) and a second `AutoencoderKL` alone (a fixed latent
 //! decoded, a fixed image encoded), and whole pipeline runs with `vae=` swapped: SD with
 //! TAESD (folder and madebyollin's decoder file) and with the second KL VAE (folder and LDM
-//! file), SDXL with TAESDXL, img2img and 4-channel inpainting with TAESD (whose encoder draws
-//! nothing from the generator).
+//! file), SDXL with TAESDXL, img2img and 4-channel inpainting with TAESD and SDXL img2img with
+//! TAESDXL (whose encoders draw nothing from the generator); and SDXL's fp16 decode, upcast
+//! or not as the swapped VAE's `force_upcast` says.
 
 mod common;
 
@@ -47,7 +48,8 @@ fn second_kl_autoencoder_decodes_and_encodes_as_diffusers() {
 
 /// Latents after every step (relative to max(1, |latents|), as `common::FP32`) and the 8-bit
 /// image. Measured on an AMD EPYC: latents 2.1e-6 at most, whole-run images 1 level (a
-/// rounding flip), decoding diffusers' own final latents 0 levels. The bounds are
+/// rounding flip), decoding diffusers' own final latents 0 levels (SDXL img2img with
+/// TAESDXL: latents 1.2e-6, image 1, alone 1). The bounds are
 /// `common::FP32`'s (another CPU's summation order moves latents by ~1e-6, and may flip a
 /// pixel's rounding by one level).
 const LATENTS_TOL: f64 = 1e-4;
@@ -151,6 +153,11 @@ fn img2img_with_taesd_encodes_without_drawing() {
 }
 
 #[test]
+fn sdxl_img2img_with_taesdxl_encodes_without_drawing() {
+    assert_case("xl_i2i_taesdxl", "weights/tiny-taesdxl");
+}
+
+#[test]
 fn inpainting_with_taesd_encodes_without_drawing() {
     assert_case("sd_inp4_taesd", "weights/tiny-taesd");
 }
@@ -167,5 +174,75 @@ fn taesd_in_fp16_stays_near_diffusers_fp32() {
     for (id, vae) in [("sd_taesd", "weights/tiny-taesd"), ("xl_taesdxl", "weights/tiny-taesdxl")] {
         let (latents, px) = run_case_in(id, vae, "fp16", 4);
         assert!(latents <= 1e-2 && px <= 24, "{id} fp16: latents {latents:e}, image {px}/255");
+    }
+}
+
+/// A twin of tiny-sdxl's own VAE in a temporary folder: the same weights, with the config's
+/// `force_upcast` set to `upcast` (`false` as madebyollin/sdxl-vae-fp16-fix says, named so).
+fn sdxl_vae_twin(dir: &std::path::Path, upcast: bool) -> std::path::PathBuf {
+    let own = root().join("weights/tiny-sdxl/vae");
+    let twin = dir.join(if upcast { "tiny-sdxl-vae-upcast" } else { "tiny-sdxl-vae-fp16-fix" });
+    common::copy_dir(&own, &twin);
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(own.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["force_upcast"], true, "tiny-sdxl's own VAE says force_upcast");
+    cfg["force_upcast"] = serde_json::Value::Bool(upcast);
+    std::fs::write(twin.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    twin
+}
+
+/// `z` (the UNet's latents) decoded by `vae` in `kind` as the pipeline turns it into 8-bit
+/// RGB (`(x / 2 + 0.5).clamp(0, 1) · 255`, rounded), HWC.
+fn decode_u8(vae: &Vae, z: &tch::Tensor, kind: Kind) -> Vec<u8> {
+    let x = vae.decode(&(z.to_kind(kind) / vae.config.scaling_factor));
+    let x = (x / 2.0 + 0.5).clamp(0.0, 1.0).to_kind(Kind::Float);
+    let u8s = (x.permute([0, 2, 3, 1]) * 255.0).round().to_kind(Kind::Uint8).contiguous();
+    Vec::<u8>::try_from(u8s.view([-1])).unwrap()
+}
+
+/// diffusers' SDXL pipelines decode an fp16 run with the VAE upcast to fp32 only when the
+/// VAE's config says `force_upcast` (`needs_upcasting = vae.dtype == float16 and
+/// vae.config.force_upcast` in `StableDiffusionXLPipeline.__call__`), and with `vae=` swapped
+/// it is the swapped VAE's config that says it: madebyollin/sdxl-vae-fp16-fix says `false`
+/// and decodes in fp16. The twins share tiny-sdxl's VAE weights, so only the flag differs:
+/// - `force_upcast: false`: the fp16 pipeline's image is the VAE's own fp16 decode, byte for
+///   byte, and differs from the fp32 decode (measured on an AMD EPYC: by 1 level in 1076 of
+///   18432 values; the test asks only that they differ, which any fp16 decode of these
+///   latents does by hundreds of values);
+/// - `force_upcast: true` (the model's own VAE, or a swapped twin saying so): the fp16
+///   pipeline's image is the fp32 pipeline's, byte for byte.
+#[test]
+fn sdxl_fp16_decode_upcasts_only_as_the_swapped_vae_config_says() {
+    use sdgen::pipeline::{LoadOptions, Pipeline};
+    let g = golden(&root().join("tests/fixtures/goldens-sdxl/euler_64x96.safetensors"));
+    // An fp16 run's latents are fp16: the fp32 decodes below start from the same values.
+    let latents = get(&g, "latents").get(3).to_kind(Kind::Half);
+    let dir = tempfile::tempdir().unwrap();
+    let (fix, upcast) = (sdxl_vae_twin(dir.path(), false), sdxl_vae_twin(dir.path(), true));
+    let load = |vae: Option<&std::path::Path>, dtype: &str| {
+        let opts = LoadOptions { vae: vae.map(|p| p.to_path_buf()), ..common::cpu("weights/tiny-sdxl", dtype) };
+        Pipeline::load(&opts).unwrap_or_else(|e| panic!("{vae:?} {dtype}: {e}"))
+    };
+    let image = |p: &Pipeline| p.decode(&latents).unwrap().remove(0).rgb;
+    let fp32 = image(&load(None, "fp32"));
+
+    let vae = Vae::load(&fix, Device::Cpu, Kind::Half).unwrap();
+    assert!(!vae.config.force_upcast);
+    let own_fp16 = decode_u8(&vae, &latents, Kind::Half);
+    let fixed = image(&load(Some(&fix), "fp16"));
+    let differ = fixed.iter().zip(&fp32).filter(|(a, b)| a != b).count();
+    let worst = fixed.iter().zip(&fp32).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    eprintln!(
+        "force_upcast false: fp16 image differs from fp32 in {differ} of {} values, by up to {worst}",
+        fp32.len()
+    );
+    assert!(fixed == own_fp16, "with force_upcast false the fp16 run's image is not the VAE's fp16 decode");
+    assert!(differ > 0, "with force_upcast false the fp16 run's image equals the fp32 decode: it was upcast");
+    // The same twin in an fp32 run decodes as the model's own VAE (the weights are the same).
+    assert!(image(&load(Some(&fix), "fp32")) == fp32);
+
+    for (what, vae) in [("the model's own VAE", None), ("a swapped VAE saying force_upcast", Some(upcast.as_path()))] {
+        let half = image(&load(vae, "fp16"));
+        assert!(half == fp32, "fp16 with {what}: the image is not the fp32 decode (not upcast)");
     }
 }

@@ -4,8 +4,9 @@ Runs the real pipelines (CPU, fp32, one thread, deterministic) with `vae=` repla
 `StableDiffusionPipeline` on weights/tiny-sd with the tiny AutoencoderTiny (weights/tiny-taesd)
 and with a second AutoencoderKL (weights/tiny-sd-vae2), `StableDiffusionXLPipeline` on
 weights/tiny-sdxl with the tiny TAESDXL (weights/tiny-taesdxl), and
-`StableDiffusionImg2ImgPipeline` on tiny-sd with the tiny autoencoder (its encoder gives the
-latents directly, so nothing is drawn from the generator before the noise: checked here).
+`StableDiffusionImg2ImgPipeline` on tiny-sd with the tiny autoencoder and
+`StableDiffusionXLImg2ImgPipeline` on tiny-sdxl with TAESDXL (their encoders give the latents
+directly, so nothing is drawn from the generator before the noise: checked here).
 
 Per case: the initial noise, the latents after every step, the image (`output_type="np"`, float
 NHWC and 8-bit). `components.safetensors` holds each autoencoder alone: a fixed latent decoded
@@ -44,6 +45,9 @@ CASES = [
      "guidance": 5.0},
     {"id": "sd_i2i_taesd", "pipeline": "StableDiffusionImg2ImgPipeline", "model": "tiny-sd", "vae": "tiny-taesd",
      "guidance": 7.5, "strength": 0.75},
+    # SDXL img2img: the encoder is TAESDXL's (no force_upcast, no latents_mean/std: only scaled).
+    {"id": "xl_i2i_taesdxl", "pipeline": "StableDiffusionXLImg2ImgPipeline", "model": "tiny-sdxl",
+     "vae": "tiny-taesdxl", "guidance": 5.0, "strength": 0.75},
     # 4-channel UNet inpainting: the init image and the masked image are both encoded, neither draws.
     {"id": "sd_inp4_taesd", "pipeline": "StableDiffusionInpaintPipeline", "model": "tiny-sd", "vae": "tiny-taesd",
      "guidance": 7.5, "strength": 0.75, "mask": MASK},
