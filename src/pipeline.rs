@@ -27,6 +27,7 @@ use crate::models::unet::{Conditioning, UNet};
 use crate::models::vae::{Vae, VaeTiling};
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::plan::{Arch, Layout, ModelOptions, ModelSpec, PredictionType, Sampler};
+use crate::preview::Previewer;
 use crate::request::{Image, ModelRecord, PromptSyntax, Record, Request};
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::Tokenizer;
@@ -167,6 +168,8 @@ pub struct Pipeline {
     embed_cache: std::cell::RefCell<std::collections::HashMap<EmbedKey, TextEmbeds>>,
     /// The LoRAs patched into the UNet and text encoders, and the weights they replaced.
     loras: crate::lora::Applied,
+    /// What [`Pipeline::preview`] uses.
+    previewer: Previewer,
 }
 
 /// What an encoding is cached by: the text, the layer it is taken from, and whether it was
@@ -362,6 +365,7 @@ impl Pipeline {
             arch_forced: spec.arch_forced,
             embeddings: Vec::new(),
         };
+        let previewer = Previewer::cheap(spec.arch);
         let mut pipe = Pipeline {
             tokenizer: parts.tokenizer,
             text_encoder: parts.text_encoder,
@@ -384,6 +388,7 @@ impl Pipeline {
             prediction_override: opts.prediction_type,
             embed_cache: Default::default(),
             loras: Default::default(),
+            previewer,
         };
         pipe.load_embeddings_inner(&opts.embeddings)?;
         if let Some(dir) = &opts.embeddings_dir {
@@ -521,6 +526,22 @@ impl Pipeline {
         }
         self.vae_tiling = tiling;
         Ok(())
+    }
+
+    /// Previews of `latents` as the step callback gets them ([`Progress::latents`]): one small
+    /// image per batch row, made by the pipeline's [`Previewer`] (A1111's cheap latent → RGB
+    /// projection unless [`Pipeline::set_previewer`] gave another). Cheap next to a step.
+    pub fn preview(&self, latents: &Tensor) -> Result<Vec<Image>> {
+        self.previewer.preview(latents)
+    }
+
+    /// Makes [`Pipeline::preview`] use `previewer`.
+    pub fn set_previewer(&mut self, previewer: Previewer) {
+        self.previewer = previewer;
+    }
+
+    pub fn previewer(&self) -> &Previewer {
+        &self.previewer
     }
 
     pub fn model(&self) -> &ModelRecord {

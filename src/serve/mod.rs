@@ -11,7 +11,6 @@
 pub mod a1111;
 pub mod models;
 pub mod openai;
-pub mod preview;
 pub mod queue;
 pub mod web;
 

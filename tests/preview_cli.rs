@@ -1,0 +1,269 @@
+//! Previews while images form: the library's step-callback previews (checked against A1111's
+//! cheap projection computed here from the same latents), the batch backend's preview files
+//! (seen from its own step callback, so without timing), and `generate --preview` end to end:
+//! the preview exists while the image forms and is gone when the run ends, fails or is
+//! stopped by a signal; `--preview 0` is refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sdgen::batch::{Backend, Job};
+use sdgen::pipeline::Pipeline;
+use sdgen::preview::{Previewer, CHEAP_SD, CHEAP_SDXL};
+use sdgen::save::{BatchPreviews, PipelineBackend};
+use sdgen::{Image, Request};
+use tch::{Kind, Tensor};
+
+fn request(prompt: &str, seed: u64, steps: usize) -> Request {
+    Request {
+        prompt: prompt.into(),
+        seed,
+        steps,
+        guidance: 7.5,
+        width: 64,
+        height: 72,
+        scheduler: "euler".into(),
+        ..Request::default()
+    }
+}
+
+/// A1111's `cheap_approximation` on `latents` `[b, 4, h, w]`, computed here in f64 from the
+/// latent values: the largest difference from `images`, in 8-bit levels.
+fn cheap_by_hand(latents: &Tensor, coefs: &[[f32; 3]; 4], images: &[Image]) -> u8 {
+    let (b, c, h, w) = latents.size4().unwrap();
+    assert_eq!((c, images.len()), (4, b as usize));
+    let values = Vec::<f32>::try_from(latents.to_kind(Kind::Float).contiguous().view([-1])).unwrap();
+    let (h, w) = (h as usize, w as usize);
+    let mut worst = 0u8;
+    for (r, image) in images.iter().enumerate() {
+        assert_eq!((image.width as usize, image.height as usize), (w, h), "one pixel per latent pixel");
+        for y in 0..h {
+            for x in 0..w {
+                for ch in 0..3 {
+                    let v: f64 = coefs
+                        .iter()
+                        .enumerate()
+                        .map(|(l, row)| values[((r * 4 + l) * h + y) * w + x] as f64 * row[ch] as f64)
+                        .sum();
+                    let expected = ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8;
+                    worst = worst.max(expected.abs_diff(image.rgb[(y * w + x) * 3 + ch]));
+                }
+            }
+        }
+    }
+    worst
+}
+
+/// Previews from the step callback for every row of a batch, through `Pipeline::preview`.
+fn callback_previews(model: &str, coefs: &[[f32; 3]; 4]) {
+    let pipe = Pipeline::load(&common::cpu_fp32(model)).expect("tiny model loads");
+    let reqs = [request("a red square", 1, 3), request("a blue circle", 2, 3)];
+    let mut seen = Vec::new();
+    pipe.generate_many(&reqs, &mut |p| {
+        let images = pipe.preview(p.latents).expect("preview");
+        let worst = cheap_by_hand(p.latents, coefs, &images);
+        seen.push((p.sampling_step, images, worst));
+    })
+    .expect("generate");
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    for (step, images, worst) in &seen {
+        // Measured: 0 levels (a sum landing within float rounding of .5 may round either way).
+        assert!(*worst <= 1, "{model} step {step}: {worst} levels from A1111's projection");
+        assert_eq!((images[0].width, images[0].height), (8, 9));
+        assert_ne!(images[0].rgb, images[1].rgb, "each row has its own preview");
+    }
+    assert_ne!(seen[0].1[0].rgb, seen[2].1[0].rgb, "previews change as the image forms");
+}
+
+#[test]
+fn step_callback_previews_are_a1111_cheap_projection_of_every_row() {
+    callback_previews("weights/tiny-sd", &CHEAP_SD);
+}
+
+#[test]
+fn sdxl_previews_use_the_sdxl_matrix() {
+    callback_previews("weights/tiny-sdxl", &CHEAP_SDXL);
+}
+
+#[test]
+fn a_previewer_set_on_the_pipeline_is_the_one_used() {
+    let mut pipe = Pipeline::load(&common::cpu_fp32("weights/tiny-sd")).expect("tiny model loads");
+    let latents = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 0.0]).view([1, 4, 1, 1]);
+    assert_eq!(pipe.preview(&latents).unwrap()[0].rgb, vec![165, 154, 154], "SD's first row");
+    pipe.set_previewer(Previewer::cheap(sdgen::plan::Arch::Sdxl));
+    assert_eq!(pipe.preview(&latents).unwrap()[0].rgb, vec![171, 181, 184], "SDXL's first row");
+}
+
+fn job(i: usize, prompt: &str) -> Job {
+    Job {
+        line: i + 1,
+        index: i,
+        image: 0,
+        request: request(prompt, 10 + i as u64, 4),
+        file_name: format!("{i:05}.png"),
+    }
+}
+
+/// What preview files the batch backend's step callback sees, step by step, and what the
+/// folder holds after the render.
+fn batch_previews(previews: Option<usize>) -> (Vec<Vec<String>>, Vec<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut pipe = Pipeline::load(&common::cpu_fp32("weights/tiny-sd")).expect("tiny model loads");
+    let out = dir.path().to_path_buf();
+    let mut backend = PipelineBackend {
+        pipeline: &mut pipe,
+        previews: previews.map(|every| BatchPreviews { every, out_dir: out.clone() }),
+    };
+    let jobs = [job(0, "a red square"), job(1, "a blue circle")];
+    let mut seen = Vec::new();
+    let results = backend.render(&jobs, &mut |_, _| seen.push(names(&out)));
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    (seen, names(&out))
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn batch_writes_previews_only_when_asked_and_removes_them() {
+    let both = vec!["00000.preview.png".to_string(), "00001.preview.png".to_string()];
+    // Every 2 of 4 steps: written after step 2 (seen from step 3 on), not for the last step.
+    let (seen, after) = batch_previews(Some(2));
+    assert_eq!(seen, vec![vec![], vec![], both.clone(), both.clone()]);
+    assert!(after.is_empty(), "{after:?}");
+    let (seen, after) = batch_previews(Some(1));
+    assert_eq!(seen, vec![vec![], both.clone(), both.clone(), both]);
+    assert!(after.is_empty(), "{after:?}");
+    let (seen, after) = batch_previews(None);
+    assert!(seen.iter().all(Vec::is_empty), "{seen:?}");
+    assert!(after.is_empty(), "{after:?}");
+}
+
+fn tiny_model() -> PathBuf {
+    common::root().join("weights/tiny-sd")
+}
+
+/// `sdgen generate` on the tiny model into `out`, after the shell commands `setup`.
+fn sdgen(setup: &str, args: &[&str], out: &Path) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("{setup}\nexec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_sdgen"))
+        .args(args)
+        .arg("--model")
+        .arg(tiny_model())
+        .arg("--out")
+        .arg(out)
+        .args(["--width", "64", "--height", "64", "--seed", "7", "--quiet", "--device", "cpu"])
+        .env_remove("SDGEN_MODEL")
+        .env("HOME", out.parent().unwrap_or(out));
+    cmd
+}
+
+fn previews_in(out: &Path) -> Vec<String> {
+    names(out).into_iter().filter(|n| n.ends_with(".preview.png") || n.starts_with('.')).collect()
+}
+
+#[test]
+fn generate_preview_ends_with_the_image_and_no_preview() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let output = sdgen("", &["generate", "a red square", "--steps", "3", "--preview", "1", "-b", "2"], &out)
+        .output()
+        .expect("run sdgen");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let images: Vec<String> = names(&out).into_iter().filter(|n| n.ends_with(".png")).collect();
+    assert_eq!(images.len(), 2, "{images:?}");
+    assert!(previews_in(&out).is_empty(), "{:?}", names(&out));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("preview"), "no warning");
+}
+
+#[test]
+fn preview_zero_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let output = sdgen("", &["generate", "a red square", "--preview", "0"], &out).output().expect("run sdgen");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--preview") && stderr.contains("at least 1"), "{stderr}");
+    assert!(!out.exists(), "nothing written");
+}
+
+#[test]
+fn a_run_that_fails_after_previews_leaves_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).expect("out");
+    std::fs::write(out.join("LICENSE-NOTICE.txt"), b"notice").expect("notice");
+    // Files may grow to one 512-byte block: the 8×8 previews (about 200 bytes) are written,
+    // the 64×64 image with its metadata is not, and the run fails after the loop.
+    let setup = "trap '' XFSZ; ulimit -f 1";
+    let args = ["generate", "a red square", "--steps", "3", "--preview", "1", "--name", "cat"];
+    let output = sdgen(setup, &args, &out).output().expect("run sdgen");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("cat.png") && !stderr.contains("no preview"), "{stderr}");
+    assert_eq!(names(&out), vec!["LICENSE-NOTICE.txt".to_string()]);
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_while_previewing_removes_the_preview() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let args = ["generate", "a red square", "--steps", "500", "--preview", "1", "--name", "cat"];
+    let mut child = sdgen("", &args, &out).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start sdgen");
+    let preview = out.join("cat.preview.png");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // The preview exists while the image forms: wait for it (500 steps leave time).
+    let bytes = loop {
+        if let Ok(bytes) = std::fs::read(&preview) {
+            break bytes;
+        }
+        assert!(Instant::now() < deadline, "no preview after 120 s: {:?}", names(&out));
+        assert!(child.try_wait().expect("poll").is_none(), "sdgen ended before a preview");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let decoded = image::load_from_memory(&bytes).expect("a whole PNG, never a partial one");
+    assert_eq!((decoded.width(), decoded.height()), (8, 8));
+    // SAFETY: kill on the id of a child that has not been reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let status = child.wait().expect("reap");
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
+    assert!(previews_in(&out).is_empty(), "{:?}", names(&out));
+}
+
+#[test]
+fn batch_cli_previews_only_on_request_and_leaves_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(&prompts, "a red square\na blue circle\n").expect("prompts");
+    for extra in [&[][..], &["--preview", "1"][..]] {
+        let out = dir.path().join(format!("out{}", extra.len()));
+        let output = Command::new(env!("CARGO_BIN_EXE_sdgen"))
+            .arg("batch")
+            .arg(&prompts)
+            .arg("--model")
+            .arg(tiny_model())
+            .arg("--out")
+            .arg(&out)
+            .args(["--steps", "3", "--width", "64", "--height", "64", "--quiet", "--device", "cpu"])
+            .args(extra)
+            .env_remove("SDGEN_MODEL")
+            .output()
+            .expect("run sdgen");
+        assert!(output.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&output.stderr));
+        let pngs = names(&out).into_iter().filter(|n| n.ends_with(".png")).count();
+        assert_eq!(pngs, 2, "{extra:?}: {:?}", names(&out));
+        assert!(previews_in(&out).is_empty(), "{extra:?}: {:?}", names(&out));
+    }
+}
