@@ -7,9 +7,11 @@ pub mod embeddings;
 pub(crate) mod layers;
 pub mod nn;
 pub mod resnet;
+pub mod taesd;
 pub mod unet;
 pub mod unet_blocks;
 pub mod vae;
 
+pub use taesd::{TinyVae, TinyVaeConfig};
 pub use unet::{UNet, UNetConfig};
 pub use vae::{Vae, VaeConfig};
