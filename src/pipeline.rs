@@ -544,6 +544,25 @@ impl Pipeline {
         &self.previewer
     }
 
+    /// Makes [`Pipeline::preview`] decode with the tiny autoencoder (`AutoencoderTiny`: TAESD,
+    /// TAESDXL) in the diffusers folder `dir`, loaded where and as the VAE runs. Its latent
+    /// channels must be the model's.
+    pub fn load_preview_vae(&mut self, dir: &Path) -> Result<()> {
+        let vae = catch_torch("loading the preview autoencoder", || {
+            crate::models::TinyVae::load(dir, self.aux.device, self.aux.kind)
+        })?;
+        let (theirs, ours) = (vae.config.latent_channels, self.spec.latent_channels());
+        if theirs != ours {
+            return Err(Error::invalid(format!(
+                "the tiny autoencoder in {} decodes {theirs} latent channels but this model's latents have {ours}: \
+                 use one made for this model (TAESD for SD 1.x/2.x, TAESDXL for SDXL)",
+                dir.display()
+            )));
+        }
+        self.previewer = Previewer::tiny(vae);
+        Ok(())
+    }
+
     pub fn model(&self) -> &ModelRecord {
         &self.model
     }

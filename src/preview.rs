@@ -14,6 +14,7 @@
 //! so it decodes them as they are. RGB values in [-1, 1] become 8-bit pixels as the full
 //! decode's do (`x / 2 + 0.5`, clamped, × 255, rounded).
 
+use crate::models::TinyVae;
 use crate::plan::Arch;
 use crate::request::Image;
 use crate::{Error, Result};
@@ -46,6 +47,7 @@ pub struct Previewer {
 
 enum Inner {
     Cheap(&'static [[f32; 3]; 4]),
+    Tiny(Box<TinyVae>),
 }
 
 impl std::fmt::Debug for Previewer {
@@ -64,9 +66,17 @@ impl Previewer {
         Previewer { inner: Inner::Cheap(coefs) }
     }
 
+    /// Decodes previews with a tiny autoencoder (on its device, in its dtype), at full size.
+    /// It must be made for the model's latents: TAESD for SD 1.x/2.x, TAESDXL for SDXL (they
+    /// have the same shapes, so only their names tell them apart).
+    pub fn tiny(vae: TinyVae) -> Previewer {
+        Previewer { inner: Inner::Tiny(Box::new(vae)) }
+    }
+
     pub fn method(&self) -> PreviewMethod {
         match self.inner {
             Inner::Cheap(_) => PreviewMethod::Cheap,
+            Inner::Tiny(_) => PreviewMethod::Tiny,
         }
     }
 
@@ -94,6 +104,20 @@ impl Previewer {
                     let x = latents.detach().to_device(Device::Cpu).to_kind(Kind::Float);
                     // [b, 4, h, w] → [b, h, w, 4] · [4, 3] → [b, h, w, 3], already pixel order.
                     images_hwc(&x.permute([0, 2, 3, 1]).matmul(&matrix))
+                }
+                Inner::Tiny(ref vae) => {
+                    let c = &vae.config;
+                    if size[1] != c.latent_channels {
+                        return Err(Error::invalid(format!(
+                            "the tiny autoencoder from {} decodes {} latent channels; these latents have {}",
+                            c.path.display(),
+                            c.latent_channels,
+                            size[1]
+                        )));
+                    }
+                    // As diffusers' pipelines decode: latents / scaling_factor (1 for TAESD).
+                    let z = latents.detach().to_device(vae.device()).to_kind(vae.kind()) / c.scaling_factor;
+                    images_hwc(&vae.decode(&z).to_device(Device::Cpu).permute([0, 2, 3, 1]))
                 }
             }
         })

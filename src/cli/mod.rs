@@ -455,8 +455,23 @@ pub struct OutputArgs {
 }
 
 /// `--preview-vae SOURCE`: makes the pipeline's previews a tiny autoencoder's decodes.
-pub fn load_preview_vae(_pipe: &mut sdgen::Pipeline, source: &str, _quiet: bool) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "--preview-vae {source}: this build cannot load tiny autoencoders yet; leave --preview-vae out for cheap previews"
-    )
+pub fn load_preview_vae(pipe: &mut sdgen::Pipeline, source: &str, quiet: bool) -> anyhow::Result<()> {
+    use sdgen::loading::source::ModelSource;
+    let dir = match ModelSource::parse(source)? {
+        ModelSource::Folder(dir) => dir,
+        ModelSource::SingleFile(file) => anyhow::bail!(
+            "--preview-vae {}: single files are not read for previews yet; give the tiny autoencoder's \
+             diffusers folder (config.json and diffusion_pytorch_model.safetensors)",
+            file.display()
+        ),
+        ModelSource::Hub { repo, .. } => anyhow::bail!(
+            "--preview-vae {repo}: hub ids are not fetched for previews yet; download the repo \
+             (e.g. madebyollin/taesd) and give its folder"
+        ),
+    };
+    pipe.load_preview_vae(&dir)?;
+    if !quiet {
+        eprintln!("previews: tiny autoencoder {}", dir.display());
+    }
+    Ok(())
 }
