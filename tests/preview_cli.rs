@@ -165,6 +165,7 @@ fn sdgen(setup: &str, args: &[&str], out: &Path) -> Command {
         .arg(out)
         .args(["--width", "64", "--height", "64", "--seed", "7", "--quiet", "--device", "cpu"])
         .env_remove("SDGEN_MODEL")
+        .env_remove("XDG_CONFIG_HOME")
         .env("HOME", out.parent().unwrap_or(out));
     cmd
 }
@@ -384,4 +385,40 @@ fn preview_vae_errors_name_the_source() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("16 latent channels"), "{stderr}");
     assert!(names(&out).iter().all(|n| !n.ends_with(".png")), "{:?}", names(&out));
+}
+
+/// Writes `$HOME/.config/sdgen/config.json` for [`sdgen`] runs into `home/out`.
+fn config(home: &Path, json: &str) {
+    let dir = home.join(".config/sdgen");
+    std::fs::create_dir_all(&dir).expect("config folder");
+    std::fs::write(dir.join("config.json"), json).expect("config");
+}
+
+#[test]
+fn config_file_keys_preview_and_preview_vae() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    config(dir.path(), r#"{"preview": 0}"#);
+    let output = sdgen("", &["generate", "a red square", "--steps", "2"], &out).output().expect("run sdgen");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("config file") && stderr.contains("at least 1"), "{stderr}");
+    // A preview autoencoder in the config file is for the runs that preview: others ignore it
+    // without a word, while one given alone on the command line gets a warning.
+    let missing = dir.path().join("no-such-taesd");
+    config(dir.path(), &serde_json::json!({ "preview-vae": missing }).to_string());
+    let output = sdgen("", &["generate", "a red square", "--steps", "2"], &out).output().expect("run sdgen");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && !stderr.contains("preview"), "{stderr}");
+    let output =
+        sdgen("", &["generate", "a red square", "--steps", "2", "--preview", "1"], &out).output().expect("run sdgen");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("no-such-taesd"), "{stderr}");
+    config(dir.path(), "{}");
+    let vae = missing.to_str().expect("utf-8 path");
+    let output = sdgen("", &["generate", "a red square", "--steps", "2", "--preview-vae", vae], &out)
+        .output()
+        .expect("run sdgen");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.contains("used only with --preview"), "{stderr}");
 }

@@ -33,7 +33,8 @@ pub enum Command {
     #[command(after_help = "Examples:
   sdgen generate \"a lighthouse at dawn\" -m weights/tiny-sd -s 42
   sdgen generate -p \"a red fox\" --sampler \"DPM++ 2M Karras\" --cfg-scale 6 -W 640 -H 448
-  sdgen generate --from old.png --steps 30      (an sdgen or A1111 PNG, or a parameters .txt)")]
+  sdgen generate --from old.png --steps 30      (an sdgen or A1111 PNG, or a parameters .txt)
+  sdgen generate \"a red fox\" --steps 30 --preview 5   (NAME.preview.png while it forms)")]
     Generate(generate::GenerateArgs),
     /// Generate images for every line of a prompt file (txt, jsonl, csv); resumable, shardable.
     #[command(after_help = "Examples:
@@ -371,9 +372,10 @@ pub struct PreviewArgs {
     /// --preview-vae it is A1111's "Approx cheap": one pixel per latent pixel, 1/8 of the size.
     #[arg(long, value_name = "N", value_parser = preview_every, help_heading = "Previews")]
     pub preview: Option<usize>,
-    /// Decode the previews with this tiny autoencoder (TAESD for SD 1.x/2.x, TAESDXL for SDXL):
-    /// a folder, a .safetensors file or a hub id; full-size previews. Used with --preview.
-    #[arg(long, value_name = "SOURCE", help_heading = "Previews")]
+    /// Decode the previews with this tiny autoencoder (TAESD for SD 1.x/2.x, TAESDXL for SDXL),
+    /// a diffusers AutoencoderTiny folder (config.json and its weights): full-size previews.
+    /// Used with --preview.
+    #[arg(long, value_name = "DIR", help_heading = "Previews")]
     pub preview_vae: Option<String>,
 }
 
