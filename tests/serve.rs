@@ -256,7 +256,17 @@ fn a_full_queue_answers_503_with_retry_after() {
 
 #[test]
 fn interrupt_stops_the_running_job() {
-    let server = start(|_| {});
+    interrupt_after_a_preview(start(|_| {}), (8, 8));
+}
+
+#[test]
+fn progress_previews_from_a_tiny_autoencoder_are_full_size() {
+    let server = start(|o| o.preview_vae = Some(common::root().join("weights/tiny-taesd")));
+    interrupt_after_a_preview(server, (64, 64));
+}
+
+/// Starts a long job, waits for its progress preview (`dims` in size), interrupts it.
+fn interrupt_after_a_preview(server: Server, dims: (u32, u32)) {
     let addr = server.addr();
     let job = std::thread::spawn(move || {
         let body =
@@ -273,7 +283,7 @@ fn interrupt_stops_the_running_job() {
         if p["state"]["sampling_step"].as_u64().unwrap_or(0) > 0 && p["current_image"].is_string() {
             assert!(p["progress"].as_f64().unwrap() > 0.0);
             let preview = rgb(&png(&p["current_image"]));
-            assert_eq!(preview.dimensions(), (8, 8), "one pixel per latent pixel");
+            assert_eq!(preview.dimensions(), dims, "8×8: one pixel per latent pixel; 64×64: decoded");
             let skipped = get(&server, "/sdapi/v1/progress?skip_current_image=true").body;
             assert!(skipped["current_image"].is_null());
             break;

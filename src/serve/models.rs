@@ -22,6 +22,8 @@ pub struct Models {
     /// The starting model's name.
     pub start_name: String,
     pub dir: Option<PathBuf>,
+    /// A tiny autoencoder (diffusers folder) that decodes every model's progress previews.
+    pub preview_vae: Option<PathBuf>,
 }
 
 impl Models {
@@ -52,6 +54,15 @@ impl Models {
             _ => wanted,
         };
         self.list().into_iter().find(|e| e.name == bare || stem(&e.name) == bare)
+    }
+
+    /// Loads a model with [`Models::preview_vae`] for its previews.
+    pub fn load(&self, opts: &LoadOptions) -> Result<crate::Pipeline> {
+        let mut pipe = crate::Pipeline::load(opts)?;
+        if let Some(dir) = &self.preview_vae {
+            pipe.load_preview_vae(dir)?;
+        }
+        Ok(pipe)
     }
 
     /// How to load the model named `name`.
