@@ -16,7 +16,7 @@ pub mod web;
 
 use crate::error::ErrorKind;
 use crate::limits::Limits;
-use crate::pipeline::{LoadOptions, Pipeline};
+use crate::pipeline::LoadOptions;
 use crate::{Error, Request, Result};
 use axum::body::Body;
 use axum::extract::State;
