@@ -8,7 +8,7 @@
 - tiny-taesd-madebyollin/taesd_decoder.safetensors
                     tiny-taesd's decoder under the original madebyollin/taesd names
                     (`N.weight`: the decoder's Sequential starts with a Clamp, so index + 1).
-- tiny-sd-vae2/     a second AutoencoderKL for tiny-sd: other block channels (16/32), the same
+- tiny-sd-vae2/     a second AutoencoderKL for tiny-sd: other block channels (32 at every level), the same
                     latent channels, scale and scaling_factor.
 - tiny-sd-vae2.safetensors
                     the same weights as one file with original LDM names
@@ -96,10 +96,10 @@ def save_kl(out):
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 32, 32),
+        block_out_channels=(32, 32, 32, 32),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=8,
+        norm_num_groups=32,
         sample_size=64,
         scaling_factor=0.18215,
     )

@@ -112,6 +112,11 @@ pub struct ModelArgs {
     /// Single-file checkpoints: sd1, sd2 or sdxl, instead of detecting it from tensor shapes.
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<String>,
+    /// Another VAE instead of the model's own: a diffusers VAE folder, a model folder with
+    /// vae/, a .safetensors file (diffusers or original names; TAESD's taesd_decoder too) or
+    /// a hub id (stabilityai/sd-vae-ft-mse, madebyollin/taesd, madebyollin/taesdxl).
+    #[arg(long, value_name = "SOURCE")]
+    pub vae: Option<String>,
     #[command(flatten)]
     pub memory: MemoryArgs,
     #[command(flatten)]
@@ -165,6 +170,7 @@ impl ModelArgs {
             conv: self.memory.cpu_conv.as_deref().map(sdgen::models::conv::ConvAlgo::parse).transpose()?,
             embeddings: (!self.embeddings.embedding.is_empty()).then(|| self.embeddings.embedding.clone()),
             embeddings_dir: self.embeddings.embeddings_dir.clone(),
+            vae: self.vae.clone(),
             ..Settings::default()
         })
     }
@@ -201,7 +207,17 @@ pub fn load_options(settings: &Settings, quiet: bool) -> anyhow::Result<sdgen::L
         }
         _ => None,
     };
+    let (vae, vae_label) = match &settings.vae {
+        Some(v) => {
+            let (path, label) = vae_source(v, fp16, quiet)?;
+            (Some(path), label)
+        }
+        None => (None, None),
+    };
     Ok(sdgen::LoadOptions {
+        vae,
+        vae_label,
+        vae_sha256: settings.vae_sha256.clone(),
         model: path,
         device,
         dtype,
@@ -220,6 +236,37 @@ pub fn load_options(settings: &Settings, quiet: bool) -> anyhow::Result<sdgen::L
             .clone()
             .or_else(|| std::env::var_os("SDGEN_EMBEDDINGS_DIR").filter(|v| !v.is_empty()).map(PathBuf::from)),
     })
+}
+
+/// `--vae SOURCE` on disk: a local folder or file as it is (its label the string given), or a
+/// hub VAE fetched into the Hugging Face cache (its label `repo@commit`, so `--from` finds
+/// exactly these weights again).
+fn vae_source(source: &str, fp16: bool, quiet: bool) -> anyhow::Result<(PathBuf, Option<String>)> {
+    use sdgen::loading::source::ModelSource;
+    let parsed = ModelSource::parse(source).map_err(|e| anyhow::anyhow!("--vae: {e}"))?;
+    match parsed {
+        ModelSource::Folder(p) | ModelSource::SingleFile(p) => Ok((p, None)),
+        ModelSource::Hub { repo, revision } => {
+            let path = sdgen::loading::hub::fetch_vae(
+                &repo,
+                revision.as_deref(),
+                fp16,
+                &mut progress::DownloadBar::new(quiet),
+            )?;
+            let commit = path
+                .ancestors()
+                .find(|p| p.parent().and_then(|q| q.file_name()).is_some_and(|n| n == "snapshots"))
+                .and_then(|p| p.file_name())
+                .map(|c| c.to_string_lossy().into_owned());
+            Ok((
+                path,
+                Some(match commit {
+                    Some(c) => format!("{repo}@{c}"),
+                    None => source.to_string(),
+                }),
+            ))
+        }
+    }
 }
 
 /// What to generate; every field is optional so `--from` and batch files can fill the rest.

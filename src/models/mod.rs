@@ -1,6 +1,7 @@
 //! The Stable Diffusion networks, built from each component's `config.json`.
 
 pub mod attention;
+pub mod autoencoder;
 pub mod clip;
 pub mod conv;
 pub mod embeddings;

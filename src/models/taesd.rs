@@ -268,7 +268,7 @@ impl Block {
 #[derive(Debug)]
 enum Layer {
     Conv(Conv2d),
-    Block(Block),
+    Block(Box<Block>),
     Act(Act),
     Upsample(i64),
 }
@@ -305,7 +305,7 @@ fn encoder(w: &Weights, cfg: &TinyVaeConfig) -> Result<Vec<Layer>> {
             conv_no_bias(&at, c, c, 3, 2, 1)?
         }));
         for _ in 0..n {
-            layers.push(Layer::Block(Block::load(&w.pp(layers.len()), c, c, act)?));
+            layers.push(Layer::Block(Box::new(Block::load(&w.pp(layers.len()), c, c, act)?)));
         }
     }
     let last = cfg.encoder_block_out_channels[cfg.encoder_block_out_channels.len() - 1];
@@ -323,7 +323,7 @@ fn decoder(w: &Weights, cfg: &TinyVaeConfig) -> Result<Vec<Layer>> {
     let n = ch.len();
     for (i, (&c, &blocks)) in ch.iter().zip(&cfg.num_decoder_blocks).enumerate() {
         for _ in 0..blocks {
-            layers.push(Layer::Block(Block::load(&w.pp(layers.len()), c, c, act)?));
+            layers.push(Layer::Block(Box::new(Block::load(&w.pp(layers.len()), c, c, act)?)));
         }
         if i + 1 < n {
             layers.push(Layer::Upsample(cfg.upsampling_scaling_factor));
