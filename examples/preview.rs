@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
         ..LoadOptions::default()
     })?;
     if let Some(dir) = taesd {
-        pipe.load_preview_vae(dir.as_ref())?;
+        pipe.load_preview_vae(dir.as_ref(), None)?;
     }
     sdgen::output::create_folder(&out)?;
 

@@ -573,21 +573,49 @@ impl Pipeline {
         &self.previewer
     }
 
-    /// Makes [`Pipeline::preview`] decode with the tiny autoencoder (`AutoencoderTiny`: TAESD,
-    /// TAESDXL) in the diffusers folder `dir`, loaded where and as the VAE runs. Its latent
-    /// channels must be the model's.
-    pub fn load_preview_vae(&mut self, dir: &Path) -> Result<()> {
-        let vae = catch_torch("loading the preview autoencoder", || {
-            crate::models::TinyVae::load(dir, self.aux.device, self.aux.kind)
-        })?;
-        let (theirs, ours) = (vae.config.latent_channels, self.spec.latent_channels());
+    /// Makes [`Pipeline::preview`] decode with a tiny autoencoder (`AutoencoderTiny`: TAESD,
+    /// TAESDXL), loaded where and as the VAE runs: a diffusers folder, a model folder with
+    /// `vae/`, or a single `.safetensors` file (madebyollin's `taesd_decoder` too), as `--vae`
+    /// reads them ([`crate::loading::vae_source`]). `label` is what the source is called (the
+    /// path as given, or the hub id it came from; default: `path`): TAESD and TAESDXL have the
+    /// same shapes, so `xl` in the label or the file's name says which. It must fit the model:
+    /// its latent channels, and TAESDXL for SDXL, TAESD for the others.
+    pub fn load_preview_vae(&mut self, path: &Path, label: Option<&str>) -> Result<()> {
+        use crate::models::autoencoder::AutoencoderConfig;
+        let shown = path.display().to_string();
+        let label = label.unwrap_or(&shown);
+        let what = format!("preview autoencoder {label}");
+        let swap =
+            crate::loading::vae_source::VaeSwap::inspect(path, label, &self.spec.vae, self.aux.kind == Kind::Half)?;
+        let AutoencoderConfig::Tiny(config) = &swap.config else {
+            return Err(Error::invalid(format!(
+                "{what} is an {}; previews take a tiny autoencoder (AutoencoderTiny: TAESD, TAESDXL). To decode \
+                 the images with it, give it as --vae",
+                swap.config.class_name()
+            )));
+        };
+        let (theirs, ours) = (config.latent_channels, self.spec.latent_channels());
         if theirs != ours {
             return Err(Error::invalid(format!(
-                "the tiny autoencoder in {} decodes {theirs} latent channels but this model's latents have {ours}: \
-                 use one made for this model (TAESD for SD 1.x/2.x, TAESDXL for SDXL)",
-                dir.display()
+                "{what} decodes {theirs} latent channels but this model's latents have {ours}: use one made for \
+                 this model (TAESD for SD 1.x/2.x, TAESDXL for SDXL)"
             )));
         }
+        let sdxl = self.spec.arch == Arch::Sdxl;
+        if swap.named_xl != sdxl {
+            let (is, want) = if sdxl { ("a TAESD for SD 1.x/2.x", "TAESDXL") } else { ("a TAESDXL for SDXL", "TAESD") };
+            return Err(Error::invalid(format!(
+                "{what} is {is} (told by its name, as TAESD and TAESDXL have the same shapes) and this is an {} \
+                 model: use {want}, or put xl in the name of one made for SDXL",
+                self.spec.arch.name()
+            )));
+        }
+        let vae = catch_torch("loading the preview autoencoder", || {
+            let w = swap.weights(self.aux.device, self.aux.kind)?;
+            let vae = crate::models::TinyVae::new(&w, config)?;
+            w.finish()?;
+            Ok(vae)
+        })?;
         self.previewer = Previewer::tiny(vae);
         Ok(())
     }

@@ -287,7 +287,7 @@ fn max_level_diff(a: &[u8], b: &[u8]) -> u8 {
 fn tiny_previews(model: &str, taesd: &str, golden_file: &str, guidance: f64) {
     let mut pipe = Pipeline::load(&common::cpu_fp32(model)).expect("tiny model loads");
     let dir = common::root().join("weights").join(taesd);
-    pipe.load_preview_vae(&dir).expect("tiny autoencoder loads");
+    pipe.load_preview_vae(&dir, None).expect("tiny autoencoder loads");
     assert_eq!(pipe.previewer().method(), sdgen::preview::PreviewMethod::Tiny);
     let direct = sdgen::models::TinyVae::load(&dir, tch::Device::Cpu, Kind::Float).unwrap();
     let req = Request {
@@ -335,9 +335,37 @@ fn tiny_autoencoder_previews_for_sdxl() {
 #[test]
 fn a_tiny_autoencoder_for_other_latents_is_refused() {
     let mut pipe = Pipeline::load(&common::cpu_fp32("weights/tiny-sd")).expect("tiny model loads");
-    let e = pipe.load_preview_vae(&common::root().join("weights/tiny-taesd-16ch")).unwrap_err().to_string();
+    let e = pipe.load_preview_vae(&common::root().join("weights/tiny-taesd-16ch"), None).unwrap_err().to_string();
     assert!(e.contains("16 latent channels") && e.contains("have 4"), "{e}");
     assert_eq!(pipe.previewer().method(), sdgen::preview::PreviewMethod::Cheap, "the cheap one stays");
+    let weights = common::root().join("weights");
+    let e = pipe.load_preview_vae(&weights.join("tiny-taesdxl"), None).unwrap_err().to_string();
+    assert!(e.contains("TAESDXL for SDXL") && e.contains("use TAESD"), "{e}");
+    let e = pipe.load_preview_vae(&weights.join("tiny-sd-vae2"), None).unwrap_err().to_string();
+    assert!(e.contains("AutoencoderKL") && e.contains("--vae"), "{e}");
+    let mut xl = Pipeline::load(&common::cpu_fp32("weights/tiny-sdxl")).expect("tiny model loads");
+    let e = xl.load_preview_vae(&weights.join("tiny-taesd"), None).unwrap_err().to_string();
+    assert!(e.contains("TAESD for SD 1.x/2.x") && e.contains("use TAESDXL"), "{e}");
+    // Named by the label (a hub id, say) when the path does not say xl.
+    xl.load_preview_vae(&weights.join("tiny-taesd"), Some("madebyollin/taesdxl")).expect("xl by its label");
+    assert_eq!(pipe.previewer().method(), sdgen::preview::PreviewMethod::Cheap, "the cheap one stays");
+}
+
+#[test]
+fn madebyollin_decoder_file_previews_as_the_diffusers_folder() {
+    let weights = common::root().join("weights");
+    let latents = Tensor::randn([2, 4, 6, 5], (Kind::Float, tch::Device::Cpu));
+    let mut pipe = Pipeline::load(&common::cpu_fp32("weights/tiny-sd")).expect("tiny model loads");
+    pipe.load_preview_vae(&weights.join("tiny-taesd"), None).expect("folder");
+    let folder = pipe.preview(&latents).expect("preview");
+    let file = weights.join("tiny-taesd-madebyollin/taesd_decoder.safetensors");
+    pipe.load_preview_vae(&file, None).expect("madebyollin's decoder file");
+    let single = pipe.preview(&latents).expect("preview");
+    assert_eq!((folder.len(), folder[0].width, folder[0].height), (2, 40, 48));
+    // The same weights under other names: the same network, so the same pixels (measured 0).
+    for (a, b) in folder.iter().zip(&single) {
+        assert!(max_level_diff(&a.rgb, &b.rgb) <= 1);
+    }
 }
 
 #[cfg(unix)]

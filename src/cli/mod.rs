@@ -419,10 +419,10 @@ pub struct PreviewArgs {
     /// --preview-vae it is A1111's "Approx cheap": one pixel per latent pixel, 1/8 of the size.
     #[arg(long, value_name = "N", value_parser = preview_every, help_heading = "Previews")]
     pub preview: Option<usize>,
-    /// Decode the previews with this tiny autoencoder (TAESD for SD 1.x/2.x, TAESDXL for SDXL),
-    /// a diffusers AutoencoderTiny folder (config.json and its weights): full-size previews.
-    /// Used with --preview.
-    #[arg(long, value_name = "DIR", help_heading = "Previews")]
+    /// Decode the previews with this tiny autoencoder (TAESD for SD 1.x/2.x, TAESDXL for SDXL):
+    /// a folder, a .safetensors file (taesd_decoder too) or a hub id (madebyollin/taesd), as
+    /// --vae takes them; full-size previews. Used with --preview.
+    #[arg(long, value_name = "SOURCE", help_heading = "Previews")]
     pub preview_vae: Option<String>,
 }
 
@@ -503,24 +503,14 @@ pub struct OutputArgs {
     pub quiet: bool,
 }
 
-/// `--preview-vae SOURCE`: makes the pipeline's previews a tiny autoencoder's decodes.
+/// `--preview-vae SOURCE`: makes the pipeline's previews a tiny autoencoder's decodes (a
+/// folder, a file or a hub id, as `--vae` takes them).
 pub fn load_preview_vae(pipe: &mut sdgen::Pipeline, source: &str, quiet: bool) -> anyhow::Result<()> {
-    use sdgen::loading::source::ModelSource;
-    let dir = match ModelSource::parse(source)? {
-        ModelSource::Folder(dir) => dir,
-        ModelSource::SingleFile(file) => anyhow::bail!(
-            "--preview-vae {}: single files are not read for previews yet; give the tiny autoencoder's \
-             diffusers folder (config.json and diffusion_pytorch_model.safetensors)",
-            file.display()
-        ),
-        ModelSource::Hub { repo, .. } => anyhow::bail!(
-            "--preview-vae {repo}: hub ids are not fetched for previews yet; download the repo \
-             (e.g. madebyollin/taesd) and give its folder"
-        ),
-    };
-    pipe.load_preview_vae(&dir)?;
+    sdgen::loading::source::ModelSource::parse(source).map_err(|e| anyhow::anyhow!("--preview-vae: {e}"))?;
+    let (path, label) = vae_source(source, pipe.kind() == tch::Kind::Half, quiet)?;
+    pipe.load_preview_vae(&path, Some(label.as_deref().unwrap_or(source)))?;
     if !quiet {
-        eprintln!("previews: tiny autoencoder {}", dir.display());
+        eprintln!("previews: tiny autoencoder {}", label.as_deref().unwrap_or(source));
     }
     Ok(())
 }

@@ -33,10 +33,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes (img2img images come base64 in the body).
     #[arg(long, default_value_t = 32 << 20, value_name = "BYTES")]
     pub max_body_bytes: usize,
-    /// Decode the progress previews (`current_image`) with this tiny autoencoder, a diffusers
-    /// AutoencoderTiny folder (TAESD for SD 1.x/2.x, TAESDXL for SDXL): full size instead of
+    /// Decode the progress previews (`current_image`) with this tiny autoencoder (TAESD for
+    /// SD 1.x/2.x, TAESDXL for SDXL), a folder or a .safetensors file: full size instead of
     /// A1111's 1/8-size cheap projection.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "PATH")]
     pub preview_vae: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,

@@ -54,8 +54,9 @@ pub struct ServeOptions {
     pub api_auth: Option<(String, String)>,
     /// Shut down gracefully on Ctrl-C / SIGTERM (the binary); tests stop with [`Server::shutdown`].
     pub handle_signals: bool,
-    /// Decode the progress previews with this tiny autoencoder (a diffusers `AutoencoderTiny`
-    /// folder) instead of A1111's cheap projection, for every model loaded.
+    /// Decode the progress previews with this tiny autoencoder (a folder or file, see
+    /// [`Pipeline::load_preview_vae`](crate::Pipeline::load_preview_vae)) instead of A1111's
+    /// cheap projection, for every model loaded.
     pub preview_vae: Option<PathBuf>,
 }
 
@@ -121,7 +122,7 @@ impl Server {
             let name = start_name.clone();
             std::thread::Builder::new()
                 .name("sdgen-worker".into())
-                .spawn(move || match models.load(&load) {
+                .spawn(move || match models.load(&load, true) {
                     Ok(p) => {
                         *queue::lock(&queue.loaded) = queue::describe(&name, &p);
                         let _ = ready_tx.send(Ok(()));

@@ -267,7 +267,7 @@ fn switch_model(queue: &Queue, models: &Models, pipe: &mut Option<Pipeline>, nam
     let opts = models.load_options(name).map_err(Failure::from)?;
     // The old model goes first so two never share the memory; a failed load leaves none.
     *pipe = None;
-    let loaded = models.load(&opts).map_err(Failure::from)?;
+    let loaded = models.load(&opts, false).map_err(Failure::from)?;
     *lock(&queue.loaded) = describe(name, &loaded);
     *pipe = Some(loaded);
     Ok(())
