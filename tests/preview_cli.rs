@@ -249,8 +249,12 @@ fn batch_cli_previews_only_on_request_and_leaves_none() {
     let dir = tempfile::tempdir().expect("tempdir");
     let prompts = dir.path().join("prompts.txt");
     std::fs::write(&prompts, "a red square\na blue circle\n").expect("prompts");
-    for extra in [&[][..], &["--preview", "1"][..]] {
-        let out = dir.path().join(format!("out{}", extra.len()));
+    let taesd = common::root().join("weights/tiny-taesd");
+    let taesd = taesd.to_str().expect("utf-8 path");
+    for (i, extra) in
+        [&[][..], &["--preview", "1"][..], &["--preview", "1", "--preview-vae", taesd][..]].iter().enumerate()
+    {
+        let out = dir.path().join(format!("out{i}"));
         let output = Command::new(env!("CARGO_BIN_EXE_sdgen"))
             .arg("batch")
             .arg(&prompts)
@@ -259,7 +263,7 @@ fn batch_cli_previews_only_on_request_and_leaves_none() {
             .arg("--out")
             .arg(&out)
             .args(["--steps", "3", "--width", "64", "--height", "64", "--quiet", "--device", "cpu"])
-            .args(extra)
+            .args(*extra)
             .env_remove("SDGEN_MODEL")
             .output()
             .expect("run sdgen");
@@ -449,4 +453,34 @@ fn config_file_keys_preview_and_preview_vae() {
         .expect("run sdgen");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stderr.contains("used only with --preview"), "{stderr}");
+}
+
+/// A hub repo in a Hugging Face cache under `hub`, holding a copy of the folder `weights/NAME`.
+fn cache_repo(hub: &Path, repo: &str, name: &str) {
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let repo_dir = hub.join(format!("models--{}", repo.replace('/', "--")));
+    std::fs::create_dir_all(repo_dir.join("refs")).expect("refs");
+    std::fs::write(repo_dir.join("refs/main"), sha).expect("ref");
+    common::copy_dir(&common::root().join("weights").join(name), &repo_dir.join("snapshots").join(sha));
+}
+
+#[test]
+fn preview_vae_hub_ids_come_from_the_cache_and_are_told_apart_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = dir.path().join("hub");
+    cache_repo(&hub, "madebyollin/taesd", "tiny-taesd");
+    cache_repo(&hub, "madebyollin/taesdxl", "tiny-taesdxl");
+    let out = dir.path().join("out");
+    let run = |repo: &str| {
+        let args = ["generate", "a red square", "--steps", "2", "--preview", "1", "--preview-vae", repo];
+        sdgen("", &args, &out).env("HF_HUB_CACHE", &hub).env("HF_HUB_OFFLINE", "1").output().expect("run sdgen")
+    };
+    let output = run("madebyollin/taesd");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // The same shapes in a repo named xl: refused for an SD model.
+    let output = run("madebyollin/taesdxl");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("TAESDXL for SDXL"), "{stderr}");
+    assert_eq!(names(&out).iter().filter(|n| n.ends_with(".png")).count(), 1, "{:?}", names(&out));
+    assert!(previews_in(&out).is_empty(), "{:?}", names(&out));
 }
