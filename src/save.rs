@@ -92,17 +92,24 @@ impl PreviewFiles {
     /// For the step callback: writes the previews when this step is one of every `every`
     /// sampling steps. The last step is skipped: the image itself follows at once.
     pub fn on_step(&mut self, pipe: &crate::Pipeline, p: &crate::pipeline::Progress) {
-        let step = p.sampling_step;
-        // Heun-like samplers report each sampling step twice.
-        if step == self.last_step || step % self.every != 0 || step >= p.sampling_steps {
+        if !self.due(p.sampling_step, p.sampling_steps) {
             return;
         }
-        self.last_step = step;
         if let Err(e) = self.write(pipe, p.latents) {
             if !std::mem::replace(&mut self.warned, true) {
                 log::warn!("no preview: {e}");
             }
         }
+    }
+
+    /// Whether sampling step `step` of `steps` gets a preview, noting it as done. Heun-like
+    /// samplers report each sampling step twice: once is enough.
+    fn due(&mut self, step: usize, steps: usize) -> bool {
+        if step == self.last_step || step % self.every != 0 || step >= steps {
+            return false;
+        }
+        self.last_step = step;
+        true
     }
 
     fn write(&mut self, pipe: &crate::Pipeline, latents: &tch::Tensor) -> Result<()> {
@@ -207,5 +214,25 @@ impl crate::batch::Backend for PipelineBackend<'_> {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due_steps(every: usize, reports: &[usize], steps: usize) -> Vec<usize> {
+        let mut p = PreviewFiles::new(every, &[]);
+        reports.iter().copied().filter(|&s| p.due(s, steps)).collect()
+    }
+
+    #[test]
+    fn previews_every_n_sampling_steps_once_each_never_the_last() {
+        assert_eq!(due_steps(1, &[1, 2, 3, 4], 4), vec![1, 2, 3]);
+        assert_eq!(due_steps(2, &[1, 2, 3, 4, 5, 6, 7], 7), vec![2, 4, 6]);
+        assert_eq!(due_steps(3, &[1, 2, 3, 4, 5, 6], 6), vec![3]);
+        // Heun: every sampling step reported twice (the last once).
+        assert_eq!(due_steps(1, &[1, 1, 2, 2, 3], 3), vec![1, 2]);
+        assert_eq!(due_steps(5, &[1, 2], 2), Vec::<usize>::new());
     }
 }
