@@ -431,6 +431,20 @@ mod tests {
     }
 
     #[test]
+    fn a1111_vae_is_summarised_and_said_not_used() {
+        let text = "a cat\nNegative prompt: \nSteps: 12, Sampler: Euler, CFG scale: 6, Seed: 1, Size: 64x64, \
+                    Model hash: abc, Model: foo, VAE hash: 735e4c3a44, VAE: vae-ft-mse-840000-ema-pruned.safetensors, \
+                    Version: v1.10.1";
+        let i = from_parameters(text).unwrap();
+        assert_eq!(i.settings.vae, None, "the other machine's file is not taken");
+        assert!(i.warnings.iter().any(|w| w.contains("vae-ft-mse") && w.contains("--vae")), "{:?}", i.warnings);
+        assert!(!i.warnings.iter().any(|w| w.contains("not understood")), "{:?}", i.warnings);
+        let summary = Summary::of(&Source::A1111 { parameters: text.to_string() });
+        assert_eq!(summary.vae.as_deref(), Some("vae-ft-mse-840000-ema-pruned.safetensors (hash 735e4c3a44)"));
+        assert!(summary.render().contains("vae:       vae-ft-mse"), "{}", summary.render());
+    }
+
+    #[test]
     fn a1111_text_to_settings() {
         let text = "a cat, sitting\nNegative prompt: dog\nSteps: 12, Sampler: DPM++ 2M, Schedule type: Karras, \
                     CFG scale: 6.5, Seed: 77, Size: 64x96, Clip skip: 2, Hires upscale: 2, ENSD: 31337, \

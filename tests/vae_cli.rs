@@ -169,6 +169,24 @@ fn batch_records_the_vae() {
 #[test]
 fn serve_takes_vae() {
     sdgen().args(["serve", "--help"]).assert().success().stdout(predicate::str::contains("--vae <SOURCE>"));
+    // The server's images carry the VAE like generate's.
+    let load = sdgen::LoadOptions {
+        model: weights("tiny-sd"),
+        vae: Some(weights("tiny-taesd")),
+        device: "cpu".parse().unwrap(),
+        ..Default::default()
+    };
+    let mut opts = sdgen::serve::ServeOptions::new(load);
+    opts.listen = "127.0.0.1:0".parse().unwrap();
+    let server = sdgen::serve::Server::start(opts).expect("server starts");
+    let resp = ureq::post(&format!("http://{}/sdapi/v1/txt2img", server.addr()))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"prompt": "a fox", "steps": 2, "seed": 3, "width": 64, "height": 64}"#)
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
+    let info: serde_json::Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
+    assert!(info["infotexts"][0].as_str().unwrap().contains("VAE: tiny-taesd"), "{info}");
+    server.shutdown().unwrap();
 }
 
 #[test]

@@ -31,6 +31,7 @@ from make_goldens import PROMPTS, f32, versions  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W = lambda *p: os.path.join(REPO, "weights", *p)  # noqa: E731
 INIT = "tests/fixtures/img2img/init_64x96.png"
+MASK = "tests/fixtures/img2img/mask_64x96.png"
 SEED = 0
 PROMPT = PROMPTS["plain"][0]
 
@@ -43,6 +44,9 @@ CASES = [
      "guidance": 5.0},
     {"id": "sd_i2i_taesd", "pipeline": "StableDiffusionImg2ImgPipeline", "model": "tiny-sd", "vae": "tiny-taesd",
      "guidance": 7.5, "strength": 0.75},
+    # 4-channel UNet inpainting: the init image and the masked image are both encoded, neither draws.
+    {"id": "sd_inp4_taesd", "pipeline": "StableDiffusionInpaintPipeline", "model": "tiny-sd", "vae": "tiny-taesd",
+     "guidance": 7.5, "strength": 0.75, "mask": MASK},
 ]
 
 
@@ -67,10 +71,10 @@ def load_vae(name):
     ).eval()
 
 
-def init_image():
+def init_image(rel=INIT):
     from diffusers.utils import load_image
 
-    return load_image(os.path.join(REPO, INIT))
+    return load_image(os.path.join(REPO, rel))
 
 
 def components():
@@ -126,6 +130,8 @@ def run_case(c):
                 callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"])
     if "strength" in c:
         args.update(image=init_image(), strength=c["strength"])
+        if "mask" in c:
+            args.update(mask_image=init_image(c["mask"]), width=64, height=96)
     else:
         args.update(width=64, height=96)
     encoded = {}
@@ -133,7 +139,7 @@ def run_case(c):
 
     def encode(*a, **k):
         out = orig_encode(*a, **k)
-        encoded["latents"] = out.latents.clone()
+        encoded.setdefault("latents", out.latents.clone())
         return out
 
     pipe.vae.encode = encode

@@ -37,8 +37,9 @@ pub struct VaeSwap {
     pub file: PathBuf,
     pub sha256: String,
     pub config: AutoencoderConfig,
-    /// Whether its names say it is for SDXL (`xl` in the source, file or folder name, or in the
-    /// config's `_name_or_path`). TAESD and TAESDXL have the same shapes and configs.
+    /// Whether its names say it is for SDXL (`xl` in the file or folder name, the hub repo's
+    /// name, or the config's `_name_or_path`; not in the folders above, which may say anything).
+    /// TAESD and TAESDXL have the same shapes and configs.
     pub named_xl: bool,
     /// Stored names that differ from diffusers' (LDM or madebyollin files): requested name →
     /// stored tensor.
@@ -110,7 +111,7 @@ impl VaeSwap {
             }
         };
         let name_or_path = value.get("_name_or_path").and_then(|v| v.as_str()).unwrap_or("");
-        let named_xl = is_xl(label) || is_xl(&name) || is_xl(name_or_path);
+        let named_xl = is_xl(&name) || is_xl(name_or_path);
         let sha256 = crate::loading::sha256_file_cached(&file)?;
         Ok(VaeSwap { source: label.to_string(), name, file, sha256, config, named_xl, sources: None })
     }
@@ -180,7 +181,7 @@ impl VaeSwap {
                 )))
             }
         };
-        let named_xl = is_xl(label) || is_xl(&name);
+        let named_xl = is_xl(&name);
         let sha256 = crate::loading::sha256_file_cached(path)?;
         Ok(VaeSwap { source: label.to_string(), name, file: path.to_path_buf(), sha256, config, named_xl, sources })
     }
@@ -204,7 +205,7 @@ impl VaeSwap {
     }
 }
 
-/// `xl` in a name, as a word part: `taesdxl`, `sdxl-vae-fp16-fix`, `vae_xl`.
+/// `xl` anywhere in a name: `taesdxl`, `sdxl-vae-fp16-fix`, `vae_xl`.
 fn is_xl(name: &str) -> bool {
     name.to_ascii_lowercase().contains("xl")
 }
@@ -412,7 +413,8 @@ mod tests {
             ("tiny-taesd/diffusion_pytorch_model.safetensors", "AutoencoderTiny", false),
             ("tiny-taesd-madebyollin/taesd_decoder.safetensors", "AutoencoderTiny", false),
             ("tiny-sd", "AutoencoderKL", false),
-            ("tiny-sdxl/vae/diffusion_pytorch_model.safetensors", "AutoencoderKL", true),
+            // Only the file's own name counts, and it says nothing of SDXL.
+            ("tiny-sdxl/vae/diffusion_pytorch_model.safetensors", "AutoencoderKL", false),
         ];
         for (rel, class, xl) in cases {
             let p = w.join(rel);
@@ -446,6 +448,23 @@ mod tests {
             (kl.block_out_channels, kl.layers_per_block, kl.latent_channels),
             (saved.block_out_channels, saved.layers_per_block, saved.latent_channels)
         );
+    }
+
+    #[test]
+    fn xl_is_read_from_the_vae_own_name_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = root().join("weights/tiny-taesd");
+        for (rel, xl) in [("sdxl-stuff/taesd", false), ("models/my-taesdxl", true), ("models/TAESD_XL", true)] {
+            let dir = tmp.path().join(rel);
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+                std::fs::copy(src.join(f), dir.join(f)).unwrap();
+            }
+            let swap = VaeSwap::inspect(&dir, &dir.display().to_string(), &model_vae(), false).unwrap();
+            assert_eq!(swap.named_xl, xl, "{rel}");
+        }
+        // A hub repo: its name.
+        assert_eq!(short_name("madebyollin/taesdxl@0123", Path::new("/nonexistent")), "taesdxl");
     }
 
     #[test]

@@ -391,7 +391,8 @@ impl TinyVae {
     }
 
     /// diffusers' `vae.decode(z).sample`: `z` is the latent already divided by the scaling
-    /// factor (1 for TAESD); the image comes back in about [-1, 1], unclamped.
+    /// factor (1 for TAESD), on the weights' device and in their dtype; the image comes back
+    /// `[n, out_channels, h·scale, w·scale]` in about [-1, 1], unclamped.
     pub fn decode(&self, z: &Tensor) -> Tensor {
         let x = (z / 3.0).tanh() * 3.0;
         run(&self.decoder, x) * 2.0 - 1.0
