@@ -128,7 +128,8 @@ pub struct Progress<'a> {
     /// step and PLMS once more than its steps, so `step` would read "39 of 20" or "21 of 20".
     pub sampling_step: usize,
     pub sampling_steps: usize,
-    /// The latents after this step, `[batch, channels, h/8, w/8]`, on the device.
+    /// The latents after this step, `[batch, channels, h/8, w/8]`, on the device (scaled as
+    /// the UNet sees them); [`Pipeline::preview`] turns them into images.
     pub latents: &'a Tensor,
     cancel: &'a Cell<bool>,
 }
