@@ -484,3 +484,28 @@ fn preview_vae_hub_ids_come_from_the_cache_and_are_told_apart_by_name() {
     assert_eq!(names(&out).iter().filter(|n| n.ends_with(".png")).count(), 1, "{:?}", names(&out));
     assert!(previews_in(&out).is_empty(), "{:?}", names(&out));
 }
+
+#[test]
+fn a_cancelled_run_leaves_no_preview() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipe = Pipeline::load(&common::cpu_fp32("weights/tiny-sd")).expect("tiny model loads");
+    let image = dir.path().join("sub/cat.png");
+    let preview = dir.path().join("sub/cat.preview.png");
+    let mut seen = Vec::new();
+    let result = {
+        let mut files = sdgen::save::PreviewFiles::new(1, std::slice::from_ref(&image));
+        assert_eq!(files.paths(), vec![preview.as_path()]);
+        pipe.generate(&request("a red square", 3, 5), &mut |p| {
+            files.on_step(&pipe, &p);
+            let bytes = std::fs::read(&preview).ok();
+            seen.push(bytes.map(|b| image::load_from_memory(&b).expect("a whole PNG").width()));
+            if p.sampling_step == 3 {
+                p.cancel();
+            }
+        })
+    };
+    assert!(matches!(result, Err(sdgen::Error::Cancelled)), "{result:?}");
+    assert_eq!(seen, vec![Some(8), Some(8), Some(8)], "written from the first step, folder made");
+    assert!(!preview.exists() && !image.exists());
+    assert!(names(&dir.path().join("sub")).is_empty(), "{:?}", names(&dir.path().join("sub")));
+}
