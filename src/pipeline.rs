@@ -28,6 +28,7 @@ use crate::models::unet::{Conditioning, UNet};
 use crate::models::vae::VaeTiling;
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::plan::{Arch, Layout, ModelOptions, ModelSpec, PredictionType, Sampler};
+use crate::preview::Previewer;
 use crate::request::{Image, ModelRecord, PromptSyntax, Record, Request};
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::Tokenizer;
@@ -127,7 +128,8 @@ pub struct Progress<'a> {
     /// step and PLMS once more than its steps, so `step` would read "39 of 20" or "21 of 20".
     pub sampling_step: usize,
     pub sampling_steps: usize,
-    /// The latents after this step, `[batch, channels, h/8, w/8]`, on the device.
+    /// The latents after this step, `[batch, channels, h/8, w/8]`, on the device (scaled as
+    /// the UNet sees them); [`Pipeline::preview`] turns them into images.
     pub latents: &'a Tensor,
     cancel: &'a Cell<bool>,
 }
@@ -188,6 +190,8 @@ pub struct Pipeline {
     embed_cache: std::cell::RefCell<std::collections::HashMap<EmbedKey, TextEmbeds>>,
     /// The LoRAs patched into the UNet and text encoders, and the weights they replaced.
     loras: crate::lora::Applied,
+    /// What [`Pipeline::preview`] uses.
+    previewer: Previewer,
 }
 
 /// What an encoding is cached by: the text, the layer it is taken from, and whether it was
@@ -391,6 +395,7 @@ impl Pipeline {
             embeddings: Vec::new(),
             vae: spec.vae_swap.as_ref().map(|s| s.record()),
         };
+        let previewer = Previewer::cheap(spec.arch);
         let mut pipe = Pipeline {
             tokenizer: parts.tokenizer,
             text_encoder: parts.text_encoder,
@@ -413,6 +418,7 @@ impl Pipeline {
             prediction_override: opts.prediction_type,
             embed_cache: Default::default(),
             loras: Default::default(),
+            previewer,
         };
         pipe.load_embeddings_inner(&opts.embeddings)?;
         if let Some(dir) = &opts.embeddings_dir {
@@ -549,6 +555,69 @@ impl Pipeline {
             t.check()?;
         }
         self.vae_tiling = tiling;
+        Ok(())
+    }
+
+    /// Previews of `latents` as the step callback gets them ([`Progress::latents`]): one small
+    /// image per batch row, made by the pipeline's [`Previewer`] (A1111's cheap latent → RGB
+    /// projection unless [`Pipeline::set_previewer`] gave another). Cheap next to a step.
+    pub fn preview(&self, latents: &Tensor) -> Result<Vec<Image>> {
+        self.previewer.preview(latents)
+    }
+
+    /// Makes [`Pipeline::preview`] use `previewer`.
+    pub fn set_previewer(&mut self, previewer: Previewer) {
+        self.previewer = previewer;
+    }
+
+    pub fn previewer(&self) -> &Previewer {
+        &self.previewer
+    }
+
+    /// Makes [`Pipeline::preview`] decode with a tiny autoencoder (`AutoencoderTiny`: TAESD,
+    /// TAESDXL), loaded where and as the VAE runs: a diffusers folder, a model folder with
+    /// `vae/`, or a single `.safetensors` file (madebyollin's `taesd_decoder` too), as `--vae`
+    /// reads them ([`crate::loading::vae_source`]). `label` is what the source is called (the
+    /// path as given, or the hub id it came from; default: `path`): TAESD and TAESDXL have the
+    /// same shapes, so `xl` in the label or the file's name says which. It must fit the model:
+    /// its latent channels, and TAESDXL for SDXL, TAESD for the others.
+    pub fn load_preview_vae(&mut self, path: &Path, label: Option<&str>) -> Result<()> {
+        use crate::models::autoencoder::AutoencoderConfig;
+        let shown = path.display().to_string();
+        let label = label.unwrap_or(&shown);
+        let what = format!("preview autoencoder {label}");
+        let swap =
+            crate::loading::vae_source::VaeSwap::inspect(path, label, &self.spec.vae, self.aux.kind == Kind::Half)?;
+        let AutoencoderConfig::Tiny(config) = &swap.config else {
+            return Err(Error::invalid(format!(
+                "{what} is an {}; previews take a tiny autoencoder (AutoencoderTiny: TAESD, TAESDXL). To decode \
+                 the images with it, give it as --vae",
+                swap.config.class_name()
+            )));
+        };
+        let (theirs, ours) = (config.latent_channels, self.spec.latent_channels());
+        if theirs != ours {
+            return Err(Error::invalid(format!(
+                "{what} decodes {theirs} latent channels but this model's latents have {ours}: use one made for \
+                 this model (TAESD for SD 1.x/2.x, TAESDXL for SDXL)"
+            )));
+        }
+        let sdxl = self.spec.arch == Arch::Sdxl;
+        if swap.named_xl != sdxl {
+            let (is, want) = if sdxl { ("a TAESD for SD 1.x/2.x", "TAESDXL") } else { ("a TAESDXL for SDXL", "TAESD") };
+            return Err(Error::invalid(format!(
+                "{what} is {is} (told by its name, as TAESD and TAESDXL have the same shapes) and this is an {} \
+                 model: use {want}, or put xl in the name of one made for SDXL",
+                self.spec.arch.name()
+            )));
+        }
+        let vae = catch_torch("loading the preview autoencoder", || {
+            let w = swap.weights(self.aux.device, self.aux.kind)?;
+            let vae = crate::models::TinyVae::new(&w, config)?;
+            w.finish()?;
+            Ok(vae)
+        })?;
+        self.previewer = Previewer::tiny(vae);
         Ok(())
     }
 

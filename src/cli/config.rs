@@ -82,6 +82,7 @@ pub fn parse_from(args: Vec<OsString>, config: Option<&Path>) -> anyhow::Result<
                 a.gen.forget_defaults(m);
                 a.limits.forget_defaults(m);
                 forget(&mut a.num_images, m, "num_images");
+                a.from_config = from_config;
             }
             Command::Bench(a) => a.model.forget_defaults(m),
             _ => {}

@@ -33,7 +33,8 @@ pub enum Command {
     #[command(after_help = "Examples:
   sdgen generate \"a lighthouse at dawn\" -m weights/tiny-sd -s 42
   sdgen generate -p \"a red fox\" --sampler \"DPM++ 2M Karras\" --cfg-scale 6 -W 640 -H 448
-  sdgen generate --from old.png --steps 30      (an sdgen or A1111 PNG, or a parameters .txt)")]
+  sdgen generate --from old.png --steps 30      (an sdgen or A1111 PNG, or a parameters .txt)
+  sdgen generate \"a red fox\" --steps 30 --preview 5   (NAME.preview.png while it forms)")]
     Generate(generate::GenerateArgs),
     /// Generate images for every line of a prompt file (txt, jsonl, csv); resumable, shardable.
     #[command(after_help = "Examples:
@@ -410,6 +411,42 @@ impl GenerationArgs {
     }
 }
 
+/// Previews while images form (`sdgen::preview`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct PreviewArgs {
+    /// Write NAME.preview.png beside each image every N sampling steps while it forms, replaced
+    /// each time and removed when the image is written (or the run fails or is stopped). Without
+    /// --preview-vae it is A1111's "Approx cheap": one pixel per latent pixel, 1/8 of the size.
+    #[arg(long, value_name = "N", value_parser = preview_every, help_heading = "Previews")]
+    pub preview: Option<usize>,
+    /// Decode the previews with this tiny autoencoder (TAESD for SD 1.x/2.x, TAESDXL for SDXL):
+    /// a folder, a .safetensors file (taesd_decoder too) or a hub id (madebyollin/taesd), as
+    /// --vae takes them; full-size previews. Used with --preview.
+    #[arg(long, value_name = "SOURCE", help_heading = "Previews")]
+    pub preview_vae: Option<String>,
+}
+
+/// `--preview N`: N ≥ 1 sampling steps between previews.
+fn preview_every(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("N is how many sampling steps apart previews are written, so at least 1 \
+                      (leave --preview out for no previews)"
+            .into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a whole number of steps")),
+    }
+}
+
+impl PreviewArgs {
+    /// `--preview-vae` does nothing without `--preview`: say so when the command line (not the
+    /// config file, which may set it for the runs that preview) gave it alone.
+    pub fn warn_unused(&self, from_config: &[String]) {
+        if self.preview.is_none() && self.preview_vae.is_some() && !from_config.iter().any(|id| id == "preview_vae") {
+            log::warn!("--preview-vae is used only with --preview N; no previews are made");
+        }
+    }
+}
+
 /// Limits on what one request may ask for (see `sdgen::limits`), and the NaN guard.
 #[derive(Args, Debug, Clone, Default)]
 pub struct LimitArgs {
@@ -464,4 +501,16 @@ pub struct OutputArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+/// `--preview-vae SOURCE`: makes the pipeline's previews a tiny autoencoder's decodes (a
+/// folder, a file or a hub id, as `--vae` takes them).
+pub fn load_preview_vae(pipe: &mut sdgen::Pipeline, source: &str, quiet: bool) -> anyhow::Result<()> {
+    sdgen::loading::source::ModelSource::parse(source).map_err(|e| anyhow::anyhow!("--preview-vae: {e}"))?;
+    let (path, label) = vae_source(source, pipe.kind() == tch::Kind::Half, quiet)?;
+    pipe.load_preview_vae(&path, Some(label.as_deref().unwrap_or(source)))?;
+    if !quiet {
+        eprintln!("previews: tiny autoencoder {}", label.as_deref().unwrap_or(source));
+    }
+    Ok(())
 }
