@@ -1,6 +1,7 @@
 //! `sdgen serve` over real HTTP on the tiny model: the A1111 and OpenAI APIs, the same pixels
 //! as `sdgen generate`, bad input answered 4xx naming the field, auth, a bounded queue,
-//! interrupt, model switching, the web page, and the binary's start, warning and shutdown.
+//! interrupt, model and VAE switching, the web page, and the binary's start, warning and
+//! shutdown.
 
 mod common;
 
@@ -136,6 +137,10 @@ fn bad_input_is_a_4xx_naming_the_field_and_the_server_keeps_serving() {
         ("/sdapi/v1/options", r#"{"sd_model_checkpoint": "../../etc/passwd"}"#, 400, Some("sd_model_checkpoint")),
         ("/sdapi/v1/options", r#"{"sd_model_checkpoint": 3}"#, 400, Some("sd_model_checkpoint")),
         ("/sdapi/v1/options", "[1]", 400, None),
+        // No --vae-dir: only the model's own VAE can be chosen.
+        ("/sdapi/v1/options", r#"{"sd_vae": "vae-ft-mse.safetensors"}"#, 400, Some("sd_vae")),
+        ("/sdapi/v1/options", r#"{"sd_vae": false}"#, 400, Some("sd_vae")),
+        ("/sdapi/v1/txt2img", r#"{"override_settings": {"sd_vae": "x"}}"#, 400, Some("override_settings.sd_vae")),
     ];
     for (path, body, status, field) in cases {
         let a = post(&server, path, body);
@@ -341,6 +346,92 @@ fn options_switch_among_the_models_folder_by_name() {
     let info: Value = serde_json::from_str(a.body["info"].as_str().unwrap()).unwrap();
     assert_eq!(info["sd_model_name"], "tiny-sd2");
     assert_eq!(get(&server, "/sdapi/v1/loras").body, json!([]));
+    server.shutdown().unwrap();
+}
+
+/// `--vae-dir` as A1111's VAE folder: `GET /sdapi/v1/sd-vae` lists it by name, `sd_vae` in
+/// the options switches (the image is `sdgen generate --vae`'s, not the model's own VAE's),
+/// "Automatic" goes back, and a VAE that does not fit a model refuses that model's switch
+/// with the loaded one still serving.
+#[test]
+fn sd_vae_lists_and_switches_among_the_vae_folder_by_name() {
+    let weights = common::root().join("weights");
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(&weights.join("tiny-sd-vae2"), &dir.path().join("tiny-sd-vae2"));
+    common::copy_dir(&weights.join("tiny-taesd"), &dir.path().join("tiny-taesd"));
+    std::fs::copy(weights.join("tiny-sd-vae2.safetensors"), dir.path().join("ldm-vae2.safetensors")).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a VAE").unwrap();
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    let server = start(|o| {
+        o.models_dir = Some(weights.clone());
+        o.vae_dir = Some(dir.path().to_path_buf());
+    });
+    let list = get(&server, "/sdapi/v1/sd-vae").body;
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|v| v["model_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ldm-vae2.safetensors", "tiny-sd-vae2", "tiny-taesd"]);
+    assert!(list.as_array().unwrap().iter().all(|v| !v["filename"].as_str().unwrap().contains('/')), "{list}");
+    assert_eq!(get(&server, "/sdapi/v1/options").body["sd_vae"], "Automatic");
+
+    let body = r#"{"prompt": "a red fox", "steps": 3, "seed": 11, "width": 64, "height": 64, "cfg_scale": 7,
+                   "sampler_name": "Euler a"}"#;
+    let txt2img = |extra: &str| {
+        let a = post(&server, "/sdapi/v1/txt2img", &body.replace('}', &format!("{extra}}}")));
+        assert_eq!(a.status, 200, "{}", a.body);
+        let info: Value = serde_json::from_str(a.body["info"].as_str().unwrap()).unwrap();
+        (rgb(&png(&a.body["images"][0])), info["infotexts"][0].as_str().unwrap().to_string())
+    };
+    let (own, own_text) = txt2img("");
+    assert!(!own_text.contains("VAE:"), "{own_text}");
+
+    let a = post(&server, "/sdapi/v1/options", r#"{"sd_vae": "tiny-sd-vae2", "samples_format": "png"}"#);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(get(&server, "/sdapi/v1/options").body["sd_vae"], "tiny-sd-vae2");
+    let (swapped, text) = txt2img("");
+    assert!(text.contains("VAE: tiny-sd-vae2"), "{text}");
+    assert_ne!(swapped, own, "the swapped VAE gave the model's own VAE's image");
+    // A request may name the loaded VAE, not another one.
+    assert_eq!(txt2img(r#", "override_settings": {"sd_vae": "tiny-sd-vae2"}"#).0, swapped);
+    let a = post(&server, "/sdapi/v1/txt2img", r#"{"override_settings": {"sd_vae": "Automatic"}}"#);
+    assert_eq!((a.status, a.body["field"].as_str()), (400, Some("override_settings.sd_vae")), "{}", a.body);
+
+    let out = dir.path().join("cli");
+    assert_cmd::Command::cargo_bin("sdgen")
+        .unwrap()
+        .env_remove("SDGEN_MODEL")
+        .env("OMP_NUM_THREADS", "1")
+        .args(["generate", "a red fox", "--steps", "3", "--seed", "11", "--width", "64", "--height", "64"])
+        .args(["--guidance", "7", "--scheduler", "Euler a", "--device", "cpu", "-q", "--name", "cli.png"])
+        .arg("--vae")
+        .arg(weights.join("tiny-sd-vae2"))
+        .arg("--model")
+        .arg(tiny())
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    assert_eq!(swapped, rgb(&std::fs::read(out.join("cli.png")).unwrap()), "sd_vae and --vae differ");
+
+    // Unknown names and paths are refused before anything is queued.
+    for name in ["nope", "../tiny-sd-vae2", "notes.txt", "empty"] {
+        let a = post(&server, "/sdapi/v1/options", &json!({ "sd_vae": name }).to_string());
+        assert_eq!((a.status, a.body["field"].as_str()), (400, Some("sd_vae")), "{name}: {}", a.body);
+    }
+    // SD's VAE does not fit SDXL (scaling 0.18215, not 0.13025): tiny-sd stays loaded.
+    let a = post(&server, "/sdapi/v1/options", r#"{"sd_model_checkpoint": "tiny-sdxl"}"#);
+    assert_eq!((a.status, a.body["field"].as_str()), (400, Some("sd_vae")), "{}", a.body);
+    assert!(a.body["detail"].as_str().unwrap().contains("scaling_factor"), "{}", a.body);
+    let opts = get(&server, "/sdapi/v1/options").body;
+    assert!(opts["sd_model_checkpoint"].as_str().unwrap().starts_with("tiny-sd ["), "{opts}");
+    assert_eq!(opts["sd_vae"], "tiny-sd-vae2");
+    // The same weights with LDM names, then back to the model's own.
+    assert_eq!(post(&server, "/sdapi/v1/options", r#"{"sd_vae": "ldm-vae2"}"#).status, 200);
+    assert_eq!(txt2img("").0, swapped);
+    assert_eq!(post(&server, "/sdapi/v1/options", r#"{"sd_vae": "None"}"#).status, 200);
+    assert_eq!(get(&server, "/sdapi/v1/options").body["sd_vae"], "Automatic");
+    assert_eq!(txt2img("").0, own);
+    // Model and VAE in one request: one reload.
+    let a = post(&server, "/sdapi/v1/options", r#"{"sd_model_checkpoint": "tiny-sd2", "sd_vae": "Automatic"}"#);
+    assert_eq!(a.status, 200, "{}", a.body);
     server.shutdown().unwrap();
 }
 

@@ -15,6 +15,11 @@ pub struct ServeArgs {
     /// name (A1111's `sd_model_checkpoint`); --model may name one of them.
     #[arg(long, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
+    /// A folder of VAEs (.safetensors files and diffusers VAE folders, KL or tiny) clients may
+    /// switch to by name (A1111's `sd_vae`, listed by GET /sdapi/v1/sd-vae); "Automatic" is
+    /// the model's own VAE; a --vae given at start is listed too, by its name.
+    #[arg(long, value_name = "DIR")]
+    pub vae_dir: Option<PathBuf>,
     /// Address and port to listen on. Anything but a loopback address lets other machines in.
     #[arg(long, default_value = "127.0.0.1:7860", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
@@ -67,10 +72,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             bail!("--models-dir {} is not a folder", dir.display());
         }
     }
+    if let Some(dir) = &args.vae_dir {
+        if !dir.is_dir() {
+            bail!("--vae-dir {} is not a folder", dir.display());
+        }
+    }
     let load = sdgen::LoadOptions { limits: args.limits.limits(), ..super::load_options(&settings, false)? };
     let mut opts = sdgen::serve::ServeOptions::new(load);
     opts.listen = args.listen;
     opts.models_dir = args.models_dir.clone();
+    opts.vae_dir = args.vae_dir.clone();
     opts.limits = args.limits.limits();
     opts.queue_capacity = args.queue;
     opts.max_batch = args.max_batch;

@@ -135,6 +135,20 @@ fn to_request(app: &App, b: &GenerationBody, img2img: bool) -> Result<Request, A
             ));
         }
     }
+    // A per-request VAE likewise: the loaded one ("Automatic"/"None" when the model's own is).
+    if let Some(v) = b.override_settings.as_ref().and_then(|o| o.get("sd_vae")).filter(|v| !v.is_null()) {
+        let field = "override_settings.sd_vae";
+        let wanted = v.as_str().ok_or_else(|| ApiError::bad(field, "sd_vae must be a VAE name or \"Automatic\""))?;
+        let choice = app.models.vae_choice(field, wanted).map_err(|e| ApiError::bad(field, e.to_string()))?;
+        let loaded = lock(&app.queue.loaded).vae.clone();
+        if choice.map(|e| e.name) != loaded {
+            let loaded = loaded.as_deref().unwrap_or(super::models::OWN_VAE);
+            return Err(ApiError::bad(
+                field,
+                format!("{wanted:?} is not the loaded VAE ({loaded}); switch with POST /sdapi/v1/options first"),
+            ));
+        }
+    }
     let batch = b.batch_size.unwrap_or(1);
     let iters = b.n_iter.unwrap_or(1);
     if batch == 0 || iters == 0 {
@@ -367,33 +381,59 @@ pub async fn get_options(State(app): State<Arc<App>>) -> Response {
     Json(json!({
         "sd_model_checkpoint": title(&loaded.name, loaded.hash.as_deref()),
         "sd_checkpoint_hash": loaded.hash,
+        "sd_vae": loaded.vae.as_deref().unwrap_or(super::models::OWN_VAE),
         "CLIP_stop_at_last_layers": 1,
         "samples_format": "png",
     }))
     .into_response()
 }
 
-/// Only `sd_model_checkpoint` does anything; other options are accepted and ignored, as
-/// clients send whole option sets.
+/// Only `sd_model_checkpoint` and `sd_vae` do anything (one reload for both); other options
+/// are accepted and ignored, as clients send whole option sets.
 pub async fn set_options(State(app): State<Arc<App>>, body: Body) -> Response {
     let run = async {
         let options: serde_json::Map<String, Value> = read_json(body, app.max_body_bytes).await?;
-        if let Some(v) = options.get("sd_model_checkpoint") {
-            let name = v
-                .as_str()
-                .ok_or_else(|| ApiError::bad("sd_model_checkpoint", "sd_model_checkpoint must be a model name"))?;
-            let entry = app.models.find(name).ok_or_else(|| {
-                let names: Vec<String> = app.models.list().into_iter().map(|e| e.name).collect();
-                ApiError::bad(
-                    "sd_model_checkpoint",
-                    format!("no model named {name:?} (GET /sdapi/v1/sd-models lists them: {})", names.join(", ")),
-                )
-            })?;
-            submit(&app, Work::SwitchModel(entry.name)).await?;
+        let model = match options.get("sd_model_checkpoint") {
+            None => None,
+            Some(v) => {
+                let name = v
+                    .as_str()
+                    .ok_or_else(|| ApiError::bad("sd_model_checkpoint", "sd_model_checkpoint must be a model name"))?;
+                let entry = app.models.find(name).ok_or_else(|| {
+                    let names: Vec<String> = app.models.list().into_iter().map(|e| e.name).collect();
+                    ApiError::bad(
+                        "sd_model_checkpoint",
+                        format!("no model named {name:?} (GET /sdapi/v1/sd-models lists them: {})", names.join(", ")),
+                    )
+                })?;
+                Some(entry.name)
+            }
+        };
+        let vae = match options.get("sd_vae") {
+            None => None,
+            Some(v) => {
+                let name =
+                    v.as_str().ok_or_else(|| ApiError::bad("sd_vae", "sd_vae must be a VAE name or \"Automatic\""))?;
+                let choice =
+                    app.models.vae_choice("sd_vae", name).map_err(|e| ApiError::bad("sd_vae", e.to_string()))?;
+                Some(choice.map_or_else(|| super::models::OWN_VAE.to_string(), |e| e.name))
+            }
+        };
+        if model.is_some() || vae.is_some() {
+            submit(&app, Work::Switch { model, vae }).await?;
         }
         Ok::<_, ApiError>(Json(Value::Null).into_response())
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /sdapi/v1/sd-vae`: the VAEs `sd_vae` may name (the `--vae` the server started with,
+/// then `--vae-dir`'s), as A1111 lists them: `model_name` is the file's or folder's name,
+/// `filename` too (A1111 gives a path; a client has no business with the server's).
+pub async fn sd_vae(State(app): State<Arc<App>>) -> Response {
+    let list: Vec<Value> =
+        app.models.vaes().into_iter().map(|e| json!({"model_name": e.name, "filename": e.name})).collect();
+    Json(list).into_response()
 }
 
 pub async fn loras() -> Response {

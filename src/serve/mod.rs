@@ -40,6 +40,8 @@ pub struct ServeOptions {
     pub model_name: Option<String>,
     /// Models `sd_model_checkpoint` may switch to, by name.
     pub models_dir: Option<PathBuf>,
+    /// VAEs (`.safetensors` files and diffusers VAE folders) `sd_vae` may switch to, by name.
+    pub vae_dir: Option<PathBuf>,
     /// What one request may ask for.
     pub limits: Limits,
     /// Jobs waiting at most; one more is refused with 503.
@@ -68,6 +70,7 @@ impl ServeOptions {
             load,
             model_name: None,
             models_dir: None,
+            vae_dir: None,
             limits: Limits::default(),
             queue_capacity: 16,
             max_batch: 8,
@@ -113,6 +116,7 @@ impl Server {
             start_name: start_name.clone(),
             dir: opts.models_dir,
             preview_vae: opts.preview_vae,
+            vae_dir: opts.vae_dir,
         };
         let queue = Arc::new(Queue::new(opts.queue_capacity, opts.max_batch));
         // The worker loads the model itself, so the pipeline never crosses threads.
@@ -122,9 +126,10 @@ impl Server {
             let name = start_name.clone();
             std::thread::Builder::new()
                 .name("sdgen-worker".into())
-                .spawn(move || match models.load(&load, true) {
+                .spawn(move || match models.load(&load, None, true) {
                     Ok(p) => {
-                        *queue::lock(&queue.loaded) = queue::describe(&name, &p);
+                        let vae = models.start_vae().map(|e| e.name);
+                        *queue::lock(&queue.loaded) = queue::describe(&name, vae, &p);
                         let _ = ready_tx.send(Ok(()));
                         queue::run_worker(queue, models, Some(p));
                     }
@@ -261,6 +266,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/sdapi/v1/samplers", get(a1111::samplers))
         .route("/sdapi/v1/schedulers", get(a1111::schedulers))
         .route("/sdapi/v1/sd-models", get(a1111::sd_models))
+        .route("/sdapi/v1/sd-vae", get(a1111::sd_vae))
         .route("/sdapi/v1/options", get(a1111::get_options).post(a1111::set_options))
         .route("/sdapi/v1/loras", get(a1111::loras))
         .route("/v1/images/generations", post(openai::generations))
@@ -441,6 +447,7 @@ fn field_in_message(message: &str) -> Option<String> {
         "num_images" => "batch_size",
         "strength" => "denoising_strength",
         "sd_model_checkpoint" => "sd_model_checkpoint",
+        "sd_vae" => "sd_vae",
         _ if message.contains("scheduler") || message.contains("sampler") => "sampler_name",
         _ => return None,
     };

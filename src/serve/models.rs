@@ -1,5 +1,6 @@
 //! The models a server may switch among: the one it started with and the entries of
-//! `--models-dir`, chosen by name only (a request never names a path).
+//! `--models-dir`, chosen by name only (a request never names a path); and likewise the
+//! VAEs (A1111's `sd_vae`): the one given with `--vae` at start and the entries of `--vae-dir`.
 
 use crate::pipeline::LoadOptions;
 use crate::{Error, Result};
@@ -24,6 +25,19 @@ pub struct Models {
     pub dir: Option<PathBuf>,
     /// A tiny autoencoder (folder or file) that decodes every model's progress previews.
     pub preview_vae: Option<PathBuf>,
+    /// VAEs `sd_vae` may switch to, by name.
+    pub vae_dir: Option<PathBuf>,
+}
+
+/// What A1111's `sd_vae` says when the model's own VAE is loaded; "None" means the same.
+pub const OWN_VAE: &str = "Automatic";
+
+/// Whether an `sd_vae` value asks for the model's own VAE (A1111's "Automatic" picks a VAE
+/// named after the checkpoint when there is one; sdgen has no such files, so both mean the
+/// model's own).
+pub fn is_own_vae(name: &str) -> bool {
+    let name = name.trim();
+    name.is_empty() || name.eq_ignore_ascii_case(OWN_VAE) || name.eq_ignore_ascii_case("None")
 }
 
 impl Models {
@@ -56,11 +70,73 @@ impl Models {
         self.list().into_iter().find(|e| e.name == bare || stem(&e.name) == bare)
     }
 
+    /// The VAEs a client may choose: the one the server started with (`--vae`), then the
+    /// folder's (`.safetensors` files and diffusers VAE folders), by name.
+    pub fn vaes(&self) -> Vec<Entry> {
+        let mut out: Vec<Entry> = self.start_vae().into_iter().collect();
+        if let Some(dir) = &self.vae_dir {
+            let mut found: Vec<Entry> = std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| is_vae(&e.path()))
+                        .filter_map(|e| Some(Entry { name: e.file_name().to_str()?.to_string(), path: e.path() }))
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.sort_by(|a, b| a.name.cmp(&b.name));
+            let start = out.first().map(|e| e.name.clone());
+            out.extend(found.into_iter().filter(|e| Some(&e.name) != start.as_ref()));
+        }
+        out
+    }
+
+    /// The VAE the server started with, named as clients see it.
+    pub fn start_vae(&self) -> Option<Entry> {
+        let path = self.base.vae.clone()?;
+        let name = match &self.base.vae_label {
+            Some(label) => name_of(Path::new(label)),
+            None => name_of(&path),
+        };
+        Some(Entry { name, path })
+    }
+
+    /// Finds a VAE by the name a client gives: its name or its name without `.safetensors`.
+    pub fn find_vae(&self, wanted: &str) -> Option<Entry> {
+        let wanted = wanted.trim();
+        self.vaes().into_iter().find(|e| e.name == wanted || stem(&e.name) == wanted)
+    }
+
+    /// The VAE named `name` (`None`: the model's own), or an error naming `field` and listing
+    /// the choices.
+    pub fn vae_choice(&self, field: &str, name: &str) -> Result<Option<Entry>> {
+        if is_own_vae(name) {
+            return Ok(None);
+        }
+        self.find_vae(name).map(Some).ok_or_else(|| {
+            let mut names = vec![OWN_VAE.to_string()];
+            names.extend(self.vaes().into_iter().map(|e| e.name));
+            Error::invalid(format!(
+                "{field}: no VAE named {name:?} (GET /sdapi/v1/sd-vae lists them; {}: {})",
+                if self.vae_dir.is_some() { "choose one of" } else { "the server has no --vae-dir, so only" },
+                names.join(", ")
+            ))
+        })
+    }
+
     /// Loads a model with [`Models::preview_vae`] for its previews. One that does not fit the
     /// model (TAESD on SDXL) fails the load when `strict` (the starting model: a mistake in the
     /// server's options); for a model switched to, its previews stay cheap, with a warning.
-    pub fn load(&self, opts: &LoadOptions, strict: bool) -> Result<crate::Pipeline> {
-        let mut pipe = crate::Pipeline::load(opts)?;
+    /// `spec` is the model's [`LoadOptions::inspect`] when the caller has it already.
+    pub fn load(
+        &self,
+        opts: &LoadOptions,
+        spec: Option<crate::plan::ModelSpec>,
+        strict: bool,
+    ) -> Result<crate::Pipeline> {
+        let mut pipe = match spec {
+            Some(spec) => crate::Pipeline::from_spec(opts, spec)?,
+            None => crate::Pipeline::load(opts)?,
+        };
         if let Some(path) = &self.preview_vae {
             match pipe.load_preview_vae(path, None) {
                 Ok(()) => {}
@@ -71,23 +147,32 @@ impl Models {
         Ok(pipe)
     }
 
-    /// How to load the model named `name`.
-    pub fn load_options(&self, name: &str) -> Result<LoadOptions> {
+    /// How to load the model named `name` with the VAE named `vae` (`None`: the model's own).
+    pub fn load_options(&self, name: &str, vae: Option<&str>) -> Result<LoadOptions> {
         let entry = self.find(name).ok_or_else(|| {
             let names: Vec<String> = self.list().into_iter().map(|e| e.name).collect();
             Error::invalid(format!("sd_model_checkpoint: no model named {name:?}; available: {}", names.join(", ")))
         })?;
-        if entry.name == self.start_name && entry.path == self.base.model {
-            return Ok(self.base.clone());
+        let mut opts = if entry.name == self.start_name && entry.path == self.base.model {
+            self.base.clone()
+        } else {
+            LoadOptions {
+                model: entry.path,
+                source_label: None,
+                config_dir: None,
+                arch: None,
+                prediction_type: None,
+                ..self.base.clone()
+            }
+        };
+        match vae.map(|v| self.vae_choice("sd_vae", v)).transpose()?.flatten() {
+            // The starting VAE keeps its label (a hub id) as given.
+            Some(e) if self.start_vae().as_ref() == Some(&e) => {}
+            // Records name a folder's VAE by its name there, never by the server's path.
+            Some(e) => (opts.vae, opts.vae_label, opts.vae_sha256) = (Some(e.path), Some(e.name), None),
+            None => (opts.vae, opts.vae_label, opts.vae_sha256) = (None, None, None),
         }
-        Ok(LoadOptions {
-            model: entry.path,
-            source_label: None,
-            config_dir: None,
-            arch: None,
-            prediction_type: None,
-            ..self.base.clone()
-        })
+        Ok(opts)
     }
 }
 
@@ -99,6 +184,15 @@ pub fn name_of(path: &Path) -> String {
 /// `x.safetensors` → `x`.
 pub fn stem(name: &str) -> &str {
     name.strip_suffix(".safetensors").unwrap_or(name)
+}
+
+/// A diffusers VAE folder (with `config.json`) or a `.safetensors` file.
+fn is_vae(path: &Path) -> bool {
+    if path.is_dir() {
+        path.join("config.json").is_file()
+    } else {
+        path.extension().is_some_and(|x| x == "safetensors")
+    }
 }
 
 /// A diffusers folder (with `model_index.json` or `unet/`) or a `.safetensors` file.

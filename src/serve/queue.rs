@@ -3,8 +3,8 @@
 //! HTTP handlers push [`Job`]s and await a oneshot reply; the worker takes the first job and
 //! every queued job that can share its UNet batch (same model settings, size, steps,
 //! sampler, guidance; text-to-image only), runs them with [`Pipeline::generate_many`] and
-//! answers each. Model switches go through the same queue so they happen between jobs, in
-//! the order asked.
+//! answers each. Model and VAE switches go through the same queue so they happen between
+//! jobs, in the order asked.
 
 use super::models::Models;
 use crate::error::ErrorKind;
@@ -21,8 +21,9 @@ pub enum Work {
     /// `num_images` images, image `i` from seed `seed + i`; the scheduler may be empty (the
     /// model's own).
     Generate(Box<Request>),
-    /// Load another model from the models folder by name.
-    SwitchModel(String),
+    /// Load another model from the models folder and/or another VAE, by name; `None` keeps
+    /// the loaded one. The VAE's name is `sd_vae`'s ("Automatic": the model's own).
+    Switch { model: Option<String>, vae: Option<String> },
 }
 
 /// The answer to a job.
@@ -98,6 +99,8 @@ pub struct Loaded {
     pub name: String,
     /// sha256 of the UNet weights.
     pub hash: Option<String>,
+    /// The VAE's name (`sd_vae`) when it is not the model's own.
+    pub vae: Option<String>,
     pub default_scheduler: String,
     pub default_size: (u32, u32),
 }
@@ -215,7 +218,7 @@ impl Queue {
 fn images_of(work: &Work) -> usize {
     match work {
         Work::Generate(r) => r.num_images,
-        Work::SwitchModel(_) => 0,
+        Work::Switch { .. } => 0,
     }
 }
 
@@ -237,8 +240,8 @@ pub fn run_worker(queue: Arc<Queue>, models: Models, mut pipe: Option<Pipeline>)
         let mut gen = Vec::new();
         for job in batch {
             match job.work {
-                Work::SwitchModel(name) => {
-                    let result = switch_model(&queue, &models, &mut pipe, &name);
+                Work::Switch { model, vae } => {
+                    let result = switch(&queue, &models, &mut pipe, model.as_deref(), vae.as_deref());
                     let _ = job.reply.send(result.map(|()| Outcome { images: Vec::new(), interrupted: false }));
                 }
                 Work::Generate(req) => gen.push((*req, job.reply)),
@@ -260,24 +263,53 @@ pub fn run_worker(queue: Arc<Queue>, models: Models, mut pipe: Option<Pipeline>)
     }
 }
 
-fn switch_model(queue: &Queue, models: &Models, pipe: &mut Option<Pipeline>, name: &str) -> Result<(), Failure> {
-    if lock(&queue.loaded).name == name && pipe.is_some() {
+/// Loads `model` with `vae` (each `None`: the loaded one's) unless they are loaded already.
+/// A VAE keeps being used across model switches, as A1111's `sd_vae` does.
+fn switch(
+    queue: &Queue,
+    models: &Models,
+    pipe: &mut Option<Pipeline>,
+    model: Option<&str>,
+    vae: Option<&str>,
+) -> Result<(), Failure> {
+    let current = lock(&queue.loaded).clone();
+    let name = model.unwrap_or(&current.name).to_string();
+    let vae = match vae {
+        None => current.vae.clone(),
+        Some(v) => models.vae_choice("sd_vae", v)?.map(|e| e.name),
+    };
+    if current.name == name && current.vae == vae && pipe.is_some() {
         return Ok(());
     }
-    let opts = models.load_options(name).map_err(Failure::from)?;
+    let opts = models.load_options(&name, vae.as_deref())?;
+    // Checked before the old model goes: a VAE that does not fit the model (latent channels,
+    // scaling) is refused with the loaded model still serving.
+    let spec = match opts.inspect() {
+        Ok(spec) => spec,
+        Err(e) => {
+            let own = crate::LoadOptions { vae: None, vae_label: None, vae_sha256: None, ..opts.clone() };
+            return Err(match &vae {
+                Some(v) if own.inspect().is_ok() => {
+                    Failure { kind: e.kind(), message: format!("sd_vae: {v:?} does not fit the model {name:?}: {e}") }
+                }
+                _ => e.into(),
+            });
+        }
+    };
     // The old model goes first so two never share the memory; a failed load leaves none.
     *pipe = None;
-    let loaded = models.load(&opts, false).map_err(Failure::from)?;
-    *lock(&queue.loaded) = describe(name, &loaded);
+    let loaded = models.load(&opts, Some(spec), false)?;
+    *lock(&queue.loaded) = describe(&name, vae, &loaded);
     *pipe = Some(loaded);
     Ok(())
 }
 
 /// The API's view of a loaded pipeline.
-pub fn describe(name: &str, p: &Pipeline) -> Loaded {
+pub fn describe(name: &str, vae: Option<String>, p: &Pipeline) -> Loaded {
     Loaded {
         name: name.to_string(),
         hash: p.model().hash.clone(),
+        vae,
         default_scheduler: p.default_scheduler(),
         default_size: p.spec().default_size(),
     }
