@@ -246,3 +246,44 @@ fn sdxl_fp16_decode_upcasts_only_as_the_swapped_vae_config_says() {
         assert!(half == fp32, "fp16 with {what}: the image is not the fp32 decode (not upcast)");
     }
 }
+
+/// diffusers' SDXL img2img and inpainting encode the init image with a `force_upcast` VAE in
+/// fp32 whatever the pipeline's dtype (`prepare_latents` tests the flag alone), bf16 included;
+/// one that says `false` encodes in the pipeline's dtype. With twins of the same weights in a
+/// bf16 run the first step's latents differ only by the encoder's dtype, so they must differ
+/// (measured on an AMD EPYC: by 9.4e-2; equal would mean the flag was ignored, as it was
+/// before sdgen upcast for bf16).
+#[test]
+fn sdxl_bf16_img2img_encodes_in_fp32_as_force_upcast_says() {
+    use sdgen::init_image::InputImage;
+    use sdgen::pipeline::{LoadOptions, Pipeline};
+    use sdgen::Request;
+    let dir = tempfile::tempdir().unwrap();
+    let init = InputImage::open(&root().join("tests/fixtures/img2img/init_64x96.png"), "init image", true).unwrap();
+    let req = Request {
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        steps: 4,
+        guidance: 5.0,
+        width: init.width,
+        height: init.height,
+        scheduler: "EulerDiscreteScheduler".into(),
+        init_image: Some(init),
+        strength: Some(0.75),
+        ..Request::default()
+    };
+    let first_step = |upcast: bool| {
+        let opts =
+            LoadOptions { vae: Some(sdxl_vae_twin(dir.path(), upcast)), ..common::cpu("weights/tiny-sdxl", "bf16") };
+        let pipe = Pipeline::load(&opts).unwrap();
+        let mut first = None;
+        pipe.denoise(std::slice::from_ref(&req), &mut |p| {
+            first.get_or_insert_with(|| p.latents.to_kind(Kind::Float));
+        })
+        .unwrap()
+        .unwrap();
+        first.unwrap()
+    };
+    let d = max_abs_diff(&first_step(true), &first_step(false));
+    eprintln!("bf16 img2img, first step's latents, force_upcast true vs false: {d:e}");
+    assert!(d > 0.0, "a force_upcast VAE encoded in bf16 (as one without the flag)");
+}

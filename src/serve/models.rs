@@ -203,3 +203,64 @@ fn is_model(path: &Path) -> bool {
         path.extension().is_some_and(|x| x == "safetensors")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn models(dir: &Path, start_vae: Option<(&str, Option<&str>)>) -> Models {
+        let base = LoadOptions {
+            model: dir.join("model"),
+            vae: start_vae.map(|(p, _)| dir.join(p)),
+            vae_label: start_vae.and_then(|(_, l)| l.map(str::to_string)),
+            vae_sha256: start_vae.map(|_| "ab".repeat(32)),
+            ..LoadOptions::default()
+        };
+        Models { base, start_name: "model".into(), dir: None, preview_vae: None, vae_dir: Some(dir.join("vaes")) }
+    }
+
+    #[test]
+    fn vaes_are_the_start_one_then_the_folders_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let vaes = dir.path().join("vaes");
+        std::fs::create_dir_all(vaes.join("kl-folder")).unwrap();
+        std::fs::write(vaes.join("kl-folder/config.json"), "{}").unwrap();
+        std::fs::create_dir_all(vaes.join("no-config")).unwrap();
+        for f in ["b.safetensors", "a.ckpt", "fix.safetensors"] {
+            std::fs::write(vaes.join(f), "").unwrap();
+        }
+        // Started with a hub VAE: named by the repo, its path is the cache's.
+        let m = models(dir.path(), Some(("cache/snap", Some("madebyollin/sdxl-vae-fp16-fix"))));
+        let names: Vec<String> = m.vaes().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["sdxl-vae-fp16-fix", "b.safetensors", "fix.safetensors", "kl-folder"]);
+        assert_eq!(m.find_vae("b").unwrap().name, "b.safetensors");
+        assert!(m.find_vae("a.ckpt").is_none() && m.find_vae("no-config").is_none());
+        assert!(m.find_vae("../vaes/b.safetensors").is_none());
+
+        // The start VAE keeps its label and recorded sha256; a folder's is named by its name.
+        let start = m.load_options("model", Some("sdxl-vae-fp16-fix")).unwrap();
+        assert_eq!(start.vae_label.as_deref(), Some("madebyollin/sdxl-vae-fp16-fix"));
+        assert!(start.vae_sha256.is_some());
+        let b = m.load_options("model", Some("b")).unwrap();
+        assert_eq!(
+            (b.vae, b.vae_label, b.vae_sha256),
+            (Some(vaes.join("b.safetensors")), Some("b.safetensors".into()), None)
+        );
+        for own in [None, Some("Automatic"), Some("None"), Some("automatic")] {
+            let o = m.load_options("model", own).unwrap();
+            assert_eq!((o.vae, o.vae_label, o.vae_sha256), (None, None, None), "{own:?}");
+        }
+        let e = m.vae_choice("sd_vae", "nope").unwrap_err().to_string();
+        assert!(e.starts_with("sd_vae: ") && e.contains("fix.safetensors") && e.contains("Automatic"), "{e}");
+    }
+
+    #[test]
+    fn without_a_folder_only_the_start_vae_and_automatic() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Models { vae_dir: None, ..models(dir.path(), Some(("my-vae.safetensors", None))) };
+        assert_eq!(m.vaes().into_iter().map(|e| e.name).collect::<Vec<_>>(), ["my-vae.safetensors"]);
+        let e = m.vae_choice("override_settings.sd_vae", "x").unwrap_err().to_string();
+        assert!(e.contains("no --vae-dir"), "{e}");
+        assert!(Models { vae_dir: None, ..models(dir.path(), None) }.vaes().is_empty());
+    }
+}
