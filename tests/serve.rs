@@ -6,6 +6,7 @@
 mod common;
 
 use base64::Engine;
+use predicates::prelude::PredicateBooleanExt;
 use sdgen::serve::{ServeOptions, Server};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -410,6 +411,18 @@ fn sd_vae_lists_and_switches_among_the_vae_folder_by_name() {
         .assert()
         .success();
     assert_eq!(swapped, rgb(&std::fs::read(out.join("cli.png")).unwrap()), "sd_vae and --vae differ");
+    // `sdgen serve --vae-dir` of a folder that is not there stops before loading anything.
+    assert_cmd::Command::cargo_bin("sdgen")
+        .unwrap()
+        .env_remove("SDGEN_MODEL")
+        .args(["serve", "--listen", "127.0.0.1:0", "--device", "cpu", "--vae-dir"])
+        .arg(dir.path().join("no-such-folder"))
+        .arg("--model")
+        .arg(tiny())
+        .timeout(std::time::Duration::from_secs(120))
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("--vae-dir").and(predicates::str::contains("is not a folder")));
 
     // Unknown names and paths are refused before anything is queued.
     for name in ["nope", "../tiny-sd-vae2", "notes.txt", "empty"] {
