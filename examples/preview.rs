@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     // The callback cannot return an error: keep the first one and stop the run with it.
     let mut failed = None;
     let images = pipe.generate(&request, &mut |p| {
-        let written = pipe.preview(p.latents).and_then(|previews| {
+        let written = pipe.preview(p.preview_latents()).and_then(|previews| {
             let png = sdgen::output::encode_png(&previews[0], &[])?;
             let path = out.join(format!("step-{:02}.png", p.sampling_step));
             sdgen::output::write_file(&path, &png, sdgen::output::OnExisting::Overwrite)

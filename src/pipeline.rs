@@ -128,13 +128,25 @@ pub struct Progress<'a> {
     /// step and PLMS once more than its steps, so `step` would read "39 of 20" or "21 of 20".
     pub sampling_step: usize,
     pub sampling_steps: usize,
-    /// The latents after this step, `[batch, channels, h/8, w/8]`, on the device (scaled as
-    /// the UNet sees them); [`Pipeline::preview`] turns them into images.
+    /// The latents after this step, `[batch, channels, h/8, w/8]`, on the device (in the
+    /// VAE's scaled latent space, as the loop holds them; for sigma samplers still carrying
+    /// noise of size σ).
     pub latents: &'a Tensor,
+    /// The model's estimate at this step of the clean latents the run is heading for
+    /// (x̂₀, same shape and space), when the sampler's noise level could be read
+    /// ([`crate::schedulers::denoised`]). Early in a run it shows the composition where
+    /// `latents` is still mostly noise; it is what A1111's previews show.
+    pub denoised: Option<&'a Tensor>,
     cancel: &'a Cell<bool>,
 }
 
-impl Progress<'_> {
+impl<'a> Progress<'a> {
+    /// What previews show: [`Progress::denoised`] where there is one, else the latents;
+    /// [`Pipeline::preview`] turns it into images.
+    pub fn preview_latents(&self) -> &'a Tensor {
+        self.denoised.unwrap_or(self.latents)
+    }
+
     /// Stops the run after this step: the call returns [`Error::Cancelled`].
     pub fn cancel(&self) {
         self.cancel.set(true);
@@ -558,7 +570,7 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Previews of `latents` as the step callback gets them ([`Progress::latents`]): one small
+    /// Previews of latents as the step callback gets them ([`Progress::preview_latents`]): one small
     /// image per batch row, made by the pipeline's [`Previewer`] (A1111's cheap latent → RGB
     /// projection unless [`Pipeline::set_previewer`] gave another). Cheap next to a step.
     pub fn preview(&self, latents: &Tensor) -> Result<Vec<Image>> {
@@ -776,6 +788,10 @@ impl Pipeline {
         };
         let mut scheduler = sampler.info.build(Some(sampler.schedule), &config, first.steps)?;
         let timesteps = scheduler.timesteps().to_vec();
+        let prediction = scheduler.config_json()["prediction_type"]
+            .as_str()
+            .and_then(crate::schedulers::prediction::Prediction::from_name)
+            .unwrap_or(crate::schedulers::prediction::Prediction::Epsilon);
         // One diffusers class can run several samplers (`algorithm_type`): record the one that
         // its effective config runs, not only the row that was named.
         let sampler = serde_json::from_value(scheduler.config_json())
@@ -825,6 +841,7 @@ impl Pipeline {
             } else {
                 out
             };
+            let denoised = crate::schedulers::denoised(&*scheduler, prediction, &eps, &latents, i);
             latents = scheduler.step(&eps, i, &latents, &mut noise)?;
             // Ordinary UNets inpaint by putting back the known region, noised to the next
             // step's level (clean after the last step).
@@ -842,6 +859,7 @@ impl Pipeline {
                 sampling_step: sampling_step(i + 1 - begin),
                 sampling_steps,
                 latents: &latents,
+                denoised: denoised.as_ref(),
                 cancel: &cancel,
             });
             if cancel.get() {

@@ -95,7 +95,7 @@ impl PreviewFiles {
         if !self.due(p.sampling_step, p.sampling_steps) {
             return;
         }
-        if let Err(e) = self.write(pipe, p.latents) {
+        if let Err(e) = self.write(pipe, p.preview_latents()) {
             if !std::mem::replace(&mut self.warned, true) {
                 log::warn!("no preview: {e}");
             }

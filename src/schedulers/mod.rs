@@ -91,6 +91,33 @@ pub trait Scheduler: Send {
     fn config_json(&self) -> serde_json::Value;
 }
 
+/// The model's estimate of the clean latents x̂₀ at evaluation `i`, from its (guided) output
+/// for latents `sample`, for previews: what A1111 shows while an image forms, where the
+/// latents themselves are still mostly noise early on. Works for every sampler through its
+/// own `add_noise`, which is affine in (x₀, ε) with the coefficients of evaluation `i`'s noise
+/// level: α = 1 means a sigma ladder (x = x₀ + σ·ε), anything else the variance-preserving
+/// form. `None` where the level can't be read or is pure noise (α = 0).
+pub fn denoised(
+    scheduler: &dyn Scheduler,
+    prediction: prediction::Prediction,
+    model_output: &Tensor,
+    sample: &Tensor,
+    i: usize,
+) -> Option<Tensor> {
+    use prediction::Noising;
+    let probe = |x0: f64, eps: f64| -> Option<f64> {
+        let opts = (tch::Kind::Float, tch::Device::Cpu);
+        let noised = scheduler.add_noise(&Tensor::full([1], x0, opts), &Tensor::full([1], eps, opts), i).ok()?;
+        noised.f_double_value(&[0]).ok()
+    };
+    let (alpha, sigma) = (probe(1.0, 0.0)?, probe(0.0, 1.0)?);
+    if !(alpha.is_finite() && sigma.is_finite()) || alpha <= 0.0 {
+        return None;
+    }
+    let at = if alpha == 1.0 { Noising::Sigma(sigma as f32) } else { Noising::Vp { alpha, sigma } };
+    Some(prediction.x0(model_output, sample, at))
+}
+
 /// Builds one scheduler from a config, a sigma schedule and a step count (≥ 1).
 pub type Constructor = fn(&SchedulerConfig, SigmaSchedule, usize) -> Result<Box<dyn Scheduler>>;
 

@@ -58,6 +58,16 @@ impl Noising {
 }
 
 impl Prediction {
+    /// The `prediction_type` value of a config (`epsilon`, `sample`, `v_prediction`).
+    pub fn from_name(name: &str) -> Option<Prediction> {
+        match name {
+            "epsilon" => Some(Prediction::Epsilon),
+            "sample" => Some(Prediction::Sample),
+            "v_prediction" => Some(Prediction::VPrediction),
+            _ => None,
+        }
+    }
+
     /// Reads `prediction_type`, accepting only the values this class implements.
     pub fn from_config(cfg: &ClassConfig, allowed: &[&str]) -> Result<Prediction> {
         Ok(match cfg.choice("prediction_type", allowed)?.as_str() {

@@ -369,7 +369,7 @@ fn run_generation(queue: &Queue, pipe: &Pipeline, jobs: Vec<(Request, oneshot::S
             queue.metrics.steps.fetch_add((p.step - last.min(p.step)) as u64, Ordering::Relaxed);
             last = p.step;
             let due = last_preview.is_none_or(|t| t.elapsed() >= PREVIEW_EVERY);
-            let preview = if due { first_preview_png(pipe, p.latents).map(Arc::new) } else { None };
+            let preview = if due { first_preview_png(pipe, p.preview_latents()).map(Arc::new) } else { None };
             if due {
                 last_preview = Some(Instant::now());
             }
