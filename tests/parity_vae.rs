@@ -245,6 +245,21 @@ fn sdxl_fp16_decode_upcasts_only_as_the_swapped_vae_config_says() {
         let half = image(&load(vae, "fp16"));
         assert!(half == fp32, "fp16 with {what}: the image is not the fp32 decode (not upcast)");
     }
+
+    // And diffusers' fp16 SDXL pipeline itself, decoding the same latents with each twin (its
+    // script checks the decoder ran in fp32 and fp16 respectively). Measured on an AMD EPYC:
+    // byte-identical, both. Another CPU's kernels may flip some roundings (1 level); the
+    // bound on how many is half the values an fp16 decode changes against the fp32 one
+    // (`differ`, 1076 here), so an upcast decode cannot pass for an fp16 one or the reverse.
+    let d = golden(&root().join(GOLDENS).join("xl_fp16_decode.safetensors"));
+    assert!(get(&d, "latents").to_kind(Kind::Half).equal(&latents), "the golden decodes other latents");
+    for (key, ours) in [("upcast", &fp32), ("fp16_fix", &fixed)] {
+        let want = Vec::<u8>::try_from(get(&d, &format!("{key}.image_u8")).view([-1])).unwrap();
+        let worst = ours.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        eprintln!("{key}: sdgen vs diffusers' fp16 pipeline: up to {worst} levels");
+        let (n, bound) = (ours.iter().zip(&want).filter(|(a, b)| a != b).count(), differ / 2);
+        assert!(worst <= 1 && n < bound, "{key}: {n} values differ from diffusers (bound {bound}), by up to {worst}");
+    }
 }
 
 /// diffusers' SDXL img2img and inpainting encode the init image with a `force_upcast` VAE in

@@ -8,6 +8,10 @@ weights/tiny-sdxl with the tiny TAESDXL (weights/tiny-taesdxl), and
 `StableDiffusionXLImg2ImgPipeline` on tiny-sdxl with TAESDXL (their encoders give the latents
 directly, so nothing is drawn from the generator before the noise: checked here).
 
+`xl_fp16_decode.safetensors`: `StableDiffusionXLPipeline` in fp16 on tiny-sdxl with twins of
+its own VAE (same weights) whose config says `force_upcast` true and false, decoding fixed
+latents put in at the last step: the pipeline's own decode logic (`needs_upcasting`).
+
 Per case: the initial noise, the latents after every step, the image (`output_type="np"`, float
 NHWC and 8-bit). `components.safetensors` holds each autoencoder alone: a fixed latent decoded
 and a fixed image encoded.
@@ -100,6 +104,50 @@ def components():
     return out
 
 
+def fp16_decodes():
+    """SDXL fp16 runs decoding the same fixed latents with VAE twins that differ only in
+    `force_upcast`: diffusers upcasts to fp32 only when it says true."""
+    import shutil
+    import tempfile
+
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    golden = load_file(os.path.join(REPO, "tests", "fixtures", "goldens-sdxl", "euler_64x96.safetensors"))
+    latents = golden["latents"][3].to(torch.float16)
+    out = {"latents": f32(latents)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for upcast in [True, False]:
+            twin = os.path.join(tmp, f"twin-{upcast}")
+            shutil.copytree(W("tiny-sdxl", "vae"), twin)
+            with open(os.path.join(twin, "config.json")) as f:
+                cfg = json.load(f)
+            cfg["force_upcast"] = upcast
+            with open(os.path.join(twin, "config.json"), "w") as f:
+                json.dump(cfg, f)
+            vae = AutoencoderKL.from_pretrained(twin, torch_dtype=torch.float16, local_files_only=True)
+            pipe = StableDiffusionXLPipeline.from_pretrained(W("tiny-sdxl"), vae=vae, torch_dtype=torch.float16,
+                                                             local_files_only=True, add_watermarker=False)
+            pipe.set_progress_bar_config(disable=True)
+            seen = []
+
+            def vae_dtype(module, args):
+                seen.append(args[0].dtype)
+
+            hook = pipe.vae.decoder.register_forward_pre_hook(vae_dtype)
+            images = pipe(prompt=PROMPT, num_inference_steps=1, width=64, height=96, output_type="np",
+                          generator=torch.Generator("cpu").manual_seed(SEED),
+                          callback_on_step_end=lambda _p, _i, _t, kw: {"latents": latents.clone()},
+                          callback_on_step_end_tensor_inputs=["latents"]).images
+            hook.remove()
+            want = torch.float32 if upcast else torch.float16
+            if seen != [want]:
+                raise RuntimeError(f"force_upcast {upcast}: the decoder ran in {seen}, expected {want}")
+            key = "upcast" if upcast else "fp16_fix"
+            out[f"{key}.image_u8"] = torch.from_numpy((images * 255).round().astype("uint8")).contiguous()
+    return out
+
+
 def run_case(c):
     import diffusers
     from diffusers import EulerDiscreteScheduler
@@ -180,6 +228,7 @@ def main():
     os.makedirs(out, exist_ok=True)
     quiet()
     save_file(components(), os.path.join(out, "components.safetensors"))
+    save_file(fp16_decodes(), os.path.join(out, "xl_fp16_decode.safetensors"))
     entries = []
     for c in CASES:
         entry, tensors = run_case(c)
