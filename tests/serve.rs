@@ -445,6 +445,9 @@ fn sd_vae_lists_and_switches_among_the_vae_folder_by_name() {
     // Model and VAE in one request: one reload.
     let a = post(&server, "/sdapi/v1/options", r#"{"sd_model_checkpoint": "tiny-sd2", "sd_vae": "Automatic"}"#);
     assert_eq!(a.status, 200, "{}", a.body);
+    let opts = get(&server, "/sdapi/v1/options").body;
+    assert!(opts["sd_model_checkpoint"].as_str().unwrap().starts_with("tiny-sd2 ["), "{opts}");
+    assert_eq!(opts["sd_vae"], "Automatic");
     server.shutdown().unwrap();
 }
 

@@ -66,6 +66,7 @@ def quiet():
     torch.use_deterministic_algorithms(True)
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
 
