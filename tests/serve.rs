@@ -372,6 +372,12 @@ fn sd_vae_lists_and_switches_among_the_vae_folder_by_name() {
     assert_eq!(names, ["ldm-vae2.safetensors", "tiny-sd-vae2", "tiny-taesd"]);
     assert!(list.as_array().unwrap().iter().all(|v| !v["filename"].as_str().unwrap().contains('/')), "{list}");
     assert_eq!(get(&server, "/sdapi/v1/options").body["sd_vae"], "Automatic");
+    // The folder is read on every listing: a VAE added later is there without a refresh
+    // (which A1111 clients may still send).
+    std::fs::write(dir.path().join("late.safetensors"), "").unwrap();
+    let list = get(&server, "/sdapi/v1/sd-vae").body;
+    assert!(list.as_array().unwrap().iter().any(|v| v["model_name"] == "late.safetensors"), "{list}");
+    assert_eq!(post(&server, "/sdapi/v1/refresh-vae", "").status, 200);
 
     let body = r#"{"prompt": "a red fox", "steps": 3, "seed": 11, "width": 64, "height": 64, "cfg_scale": 7,
                    "sampler_name": "Euler a"}"#;

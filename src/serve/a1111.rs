@@ -436,6 +436,12 @@ pub async fn sd_vae(State(app): State<Arc<App>>) -> Response {
     Json(list).into_response()
 }
 
+/// `POST /sdapi/v1/refresh-vae`: A1111 rescans its VAE folder; sdgen reads `--vae-dir` on
+/// every listing and lookup, so there is nothing to do.
+pub async fn refresh_vae() -> Response {
+    Json(Value::Null).into_response()
+}
+
 pub async fn loras() -> Response {
     (StatusCode::OK, Json(json!([]))).into_response()
 }

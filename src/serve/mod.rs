@@ -267,6 +267,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/sdapi/v1/schedulers", get(a1111::schedulers))
         .route("/sdapi/v1/sd-models", get(a1111::sd_models))
         .route("/sdapi/v1/sd-vae", get(a1111::sd_vae))
+        .route("/sdapi/v1/refresh-vae", post(a1111::refresh_vae))
         .route("/sdapi/v1/options", get(a1111::get_options).post(a1111::set_options))
         .route("/sdapi/v1/loras", get(a1111::loras))
         .route("/v1/images/generations", post(openai::generations))
