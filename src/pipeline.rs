@@ -18,6 +18,8 @@
 //! processes that hit the overflow. `offload` keeps the text encoder and the VAE on the
 //! CPU; `vae_tiling` decodes large images tile by tile.
 
+use crate::cuda::graphs::CudaCapture;
+use crate::cuda::{CudaOptions, GraphRunner, GraphStats};
 use crate::device::{device_name, kind_name, DType, DeviceChoice};
 use crate::embeddings::{Embedding, EmbeddingRecord, Vectors};
 use crate::error::catch_torch;
@@ -66,6 +68,9 @@ pub struct LoadOptions {
     /// A folder of embeddings, loaded after `embeddings`; files that do not fit the model are
     /// skipped with a warning.
     pub embeddings_dir: Option<PathBuf>,
+    /// CUDA graphs, channels-last layout, fp16 GEMM accumulation (see [`CudaOptions`]); none
+    /// of them is recorded, since none changes an image beyond float rounding.
+    pub cuda: CudaOptions,
 }
 
 impl LoadOptions {
@@ -167,7 +172,16 @@ pub struct Pipeline {
     embed_cache: std::cell::RefCell<std::collections::HashMap<EmbedKey, TextEmbeds>>,
     /// The LoRAs patched into the UNet and text encoders, and the weights they replaced.
     loras: crate::lora::Applied,
+    /// CUDA graphs of the UNet step, by input shapes; `None` when off or unavailable.
+    graphs: std::cell::RefCell<Option<GraphRunner<CudaCapture>>>,
+    /// Why graphs are not used, when they are not.
+    graphs_off: Option<String>,
+    /// cuBLAS fp16 accumulation around UNet calls (CUDA fp16 only, the shim loaded).
+    fp16_accumulation: bool,
 }
+
+/// How many UNet graphs (each with its own memory pool) a pipeline keeps.
+const GRAPH_CAPACITY: usize = 4;
 
 /// What an encoding is cached by: the text, the layer it is taken from, and whether it was
 /// read with A1111's syntax.
@@ -340,10 +354,28 @@ impl Pipeline {
             Some(s) => s,
             None => opts.inspect()?,
         };
-        let parts = match spec.layout {
+        let mut parts = match spec.layout {
             Layout::SingleFile => load_single_file(&spec, device, kind, aux, opts.conv)?,
             Layout::Folder => load_folder(&spec, device, kind, aux, opts.conv)?,
         };
+        if opts.cuda.channels_last {
+            parts.unet.set_channels_last();
+        }
+        let (graphs, graphs_off) = match (device, opts.cuda.graphs) {
+            (Device::Cuda(_), true) => match CudaCapture::new(device) {
+                Ok(c) => (Some(GraphRunner::new(c, GRAPH_CAPACITY)), None),
+                Err(why) => {
+                    log::warn!("CUDA graphs are off: {why}");
+                    (None, Some(why))
+                }
+            },
+            (Device::Cuda(_), false) => (None, Some("turned off (--no-cuda-graphs)".to_string())),
+            _ => (None, Some("not on CUDA".to_string())),
+        };
+        let fp16_accumulation = opts.cuda.fp16_accumulation && device.is_cuda() && kind == Kind::Half;
+        if opts.cuda.fp16_accumulation && !fp16_accumulation {
+            log::warn!("fp16 accumulation applies only to fp16 on CUDA; ignored for this run");
+        }
         let path = &spec.path;
         let name = opts.source_label.as_deref().map(hub_model_name).unwrap_or_else(|| {
             path.canonicalize()
@@ -384,6 +416,9 @@ impl Pipeline {
             prediction_override: opts.prediction_type,
             embed_cache: Default::default(),
             loras: Default::default(),
+            graphs: std::cell::RefCell::new(graphs),
+            graphs_off,
+            fp16_accumulation,
         };
         pipe.load_embeddings_inner(&opts.embeddings)?;
         if let Some(dir) = &opts.embeddings_dir {
@@ -484,7 +519,12 @@ impl Pipeline {
             text_encoder_2: self.text_encoder_2.as_mut(),
         };
         let state = &mut self.loras;
-        let reports = catch_torch("applying LoRAs", || state.set(models, loras))?;
+        let reports = catch_torch("applying LoRAs", || state.set(models, loras));
+        // Graphs read the weights they were captured with; patched or restored ones are new.
+        if let Some(g) = self.graphs.get_mut() {
+            g.clear();
+        }
+        let reports = reports?;
         // Cached prompt encodings came from the text encoders as they were.
         self.embed_cache.borrow_mut().clear();
         Ok(reports)
@@ -917,7 +957,7 @@ impl Pipeline {
         let picked: Vec<&Conditioning> = rows.iter().map(|sched| &sched[crate::prompt::index_at(sched, k)].1).collect();
         let len = |c: &Conditioning| c.context.size().get(1).copied().unwrap_or(0);
         if picked.iter().all(|c| len(c) == len(picked[0])) {
-            return self.unet.forward_cond(x, t, &cat_rows(&picked));
+            return self.unet_call(x, t, &cat_rows(&picked));
         }
         let mut outs = Vec::new();
         let mut start = 0;
@@ -927,10 +967,54 @@ impl Pipeline {
                 end += 1;
             }
             let part = x.narrow(0, start as i64, (end - start) as i64);
-            outs.push(self.unet.forward_cond(&part, t, &cat_rows(&picked[start..end]))?);
+            outs.push(self.unet_call(&part, t, &cat_rows(&picked[start..end]))?);
             start = end;
         }
         Ok(Tensor::cat(&outs, 0))
+    }
+
+    /// One UNet evaluation, through a CUDA graph for these shapes when graphs are on, with
+    /// cuBLAS fp16 accumulation when asked for.
+    fn unet_call(&self, x: &Tensor, t: f64, cond: &Conditioning) -> Result<Tensor> {
+        if self.fp16_accumulation {
+            match crate::cuda::with_fp16_accumulation(|| self.unet_call_inner(x, t, cond)) {
+                Ok(out) => return out,
+                Err(why) => log::warn!("fp16 accumulation is not available: {why}"),
+            }
+        }
+        self.unet_call_inner(x, t, cond)
+    }
+
+    fn unet_call_inner(&self, x: &Tensor, t: f64, cond: &Conditioning) -> Result<Tensor> {
+        let mut graphs = self.graphs.borrow_mut();
+        let Some(runner) = graphs.as_mut() else {
+            return self.unet.forward_cond(x, t, cond);
+        };
+        // Every input a device tensor, so that nothing is copied from the host in the graph.
+        let on_device = |o: &Option<Tensor>| o.as_ref().map(|v| v.to_device(self.device));
+        let timestep = self.unet.timestep_tensor(t);
+        let (pooled, time_ids) = (on_device(&cond.pooled), on_device(&cond.time_ids));
+        let mut inputs = vec![x, &timestep, &cond.context];
+        inputs.extend(pooled.iter().chain(time_ids.iter()));
+        let (has_pooled, has_ids) = (pooled.is_some(), time_ids.is_some());
+        runner.run(&inputs, &mut |b| {
+            let mut rest = b[3..].iter().map(Tensor::shallow_clone);
+            let c = Conditioning {
+                context: b[2].shallow_clone(),
+                pooled: if has_pooled { rest.next() } else { None },
+                time_ids: if has_ids { rest.next() } else { None },
+            };
+            self.unet.forward_cond_t(&b[0], &b[1], &c)
+        })
+    }
+
+    /// Whether UNet steps run as CUDA graphs and how often they were captured and replayed;
+    /// or why graphs are not used.
+    pub fn cuda_graphs(&self) -> std::result::Result<GraphStats, String> {
+        match &*self.graphs.borrow() {
+            Some(r) => Ok(r.stats()),
+            None => Err(self.graphs_off.clone().unwrap_or_else(|| "off".into())),
+        }
     }
 
     /// Text → embeddings `[1, 77, hidden]`, warning when the prompt was cut. `clip_skip`

@@ -72,6 +72,19 @@ impl LayerNorm {
     }
 }
 
+/// `x` `[n, c, h, w]` (or a `[out, in, k, k]` kernel) with the same values stored
+/// channels-last (NHWC), the layout cuDNN's fastest fp16 convolutions read and write: libtorch
+/// ops keep the layout of their inputs, so activations stay NHWC through the network.
+pub fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// Whether a 4-D tensor is stored channels-last (NHWC), as [`channels_last`] makes it.
+pub fn is_channels_last(x: &Tensor) -> bool {
+    let (s, st) = (x.size(), x.stride());
+    s.len() == 4 && s[1] > 1 && st[1] == 1 && st[3] == s[1] && st[2] == s[1] * s[3]
+}
+
 /// Multi-head attention core: `q`, `k`, `v` are `[batch, seq, heads*dim]`; returns the same
 /// layout. Uses libtorch's fused `scaled_dot_product_attention`, as diffusers' `AttnProcessor2_0`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, mask: Option<&Tensor>, causal: bool) -> Tensor {
