@@ -88,7 +88,15 @@ fn try_build_shim(lib: &Path) -> Result<(), String> {
     let mut cuda_includes: Vec<PathBuf> =
         std::env::var_os("SDGEN_CUDA_INCLUDE").map(|v| std::env::split_paths(&v).collect()).unwrap_or_default();
     cuda_includes.extend(nvidia.iter().map(|n| n.join("include")));
+    // Where `tools/setup.sh` puts the crt headers when LIBTORCH points elsewhere.
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    cuda_includes.push(manifest.join(".venv/cuda-include"));
     cuda_includes.push(PathBuf::from("/usr/local/cuda/include"));
+    // Headers installed later (setup.sh) rebuild the shim; only existing paths are watched,
+    // since a missing one would rerun this script on every build.
+    for d in cuda_includes.iter().chain([&manifest.join(".venv")]).filter(|d| d.exists()) {
+        println!("cargo:rerun-if-changed={}", d.display());
+    }
     let found = |header: &str| cuda_includes.iter().any(|d| d.join(header).exists());
     if !found("cuda_runtime_api.h") || !found("crt/host_config.h") {
         return Err(format!(

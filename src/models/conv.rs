@@ -139,7 +139,8 @@ impl Conv2d {
     /// forms) channels-last, so that cuDNN runs NHWC kernels on NHWC activations without
     /// transposing; the values do not change.
     pub(crate) fn make_channels_last(&mut self) {
-        if let Kernel::Direct { weight, .. } = &mut self.kernel {
+        // `gemm_small` kernels are the CPU's im2col GEMMs, which read the kernel as a matrix.
+        if let Kernel::Direct { weight, gemm_small: false } = &mut self.kernel {
             *weight = crate::models::nn::channels_last(weight);
             self.nhwc = true;
         }
@@ -256,7 +257,8 @@ impl Conv2d {
     pub fn forward_to_tokens(&self, x: &Tensor) -> Tensor {
         let (n, c, h, w) = x.size4().expect("conv2d expects [batch, channels, height, width]");
         match self.matrix() {
-            Some(m) => self.pointwise(m, &x.view([n, c, h * w]).transpose(1, 2), true),
+            // A view of NCHW input; channels-last input is copied (the CPU's GEMM wants NCHW).
+            Some(m) => self.pointwise(m, &x.reshape([n, c, h * w]).transpose(1, 2), true),
             None => self.forward(x).permute([0, 2, 3, 1]).reshape([n, h * w, self.out_channels]),
         }
     }
