@@ -37,12 +37,15 @@ int guarded(F&& f) {
   return 1;
 }
 
-// One captured graph and, while it is being captured, the side stream it captures on.
+// One graph, the side stream it is warmed up and captured on (never the legacy default
+// stream, which cannot be captured), and the guard that makes that stream current meanwhile.
 struct Graph {
   at::cuda::CUDAGraph graph;
   c10::DeviceIndex device;
-  std::optional<c10::cuda::CUDAStreamGuard> capturing;
-  explicit Graph(c10::DeviceIndex d) : graph(), device(d) {}
+  c10::cuda::CUDAStream stream;
+  std::optional<c10::cuda::CUDAStreamGuard> on_stream;
+  explicit Graph(c10::DeviceIndex d)
+      : graph(), device(d), stream(c10::cuda::getStreamFromPool(false, d)) {}
 };
 
 }  // namespace
@@ -50,7 +53,7 @@ struct Graph {
 extern "C" {
 
 // Bumped when an entry point changes; the Rust loader refuses another version.
-int sdgen_cuda_shim_version() { return 1; }
+int sdgen_cuda_shim_version() { return 2; }
 
 const char* sdgen_cuda_last_error() { return last_error.c_str(); }
 
@@ -68,21 +71,39 @@ int sdgen_cuda_graph_new(int device, void** out) {
 
 void sdgen_cuda_graph_free(void* g) { delete static_cast<Graph*>(g); }
 
-// Waits for the work queued so far, then begins capturing on a side stream of the pool
-// (never the legacy default stream, which cannot be captured) into the graph's own memory
-// pool. Capture mode "thread local": unsafe calls from this thread end the capture with an
-// error, other threads are not affected.
+// Makes the graph's side stream current, after the work queued so far: the warm-up call
+// runs there, so that what libtorch sets up lazily per stream (cuBLAS workspaces, cuDNN
+// plans) exists before the capture on that same stream.
+int sdgen_cuda_graph_warmup_begin(void* g) {
+  auto* graph = static_cast<Graph*>(g);
+  return guarded([&] {
+    c10::cuda::CUDAGuard guard(graph->device);
+    c10::cuda::device_synchronize();
+    graph->on_stream.emplace(graph->stream);
+  });
+}
+
+// Waits for the warm-up and restores the previous stream.
+int sdgen_cuda_graph_warmup_end(void* g) {
+  auto* graph = static_cast<Graph*>(g);
+  int rc = guarded([&] { graph->stream.synchronize(); });
+  graph->on_stream.reset();
+  return rc;
+}
+
+// Begins capturing on the side stream into the graph's own memory pool. Capture mode
+// "thread local": an unsafe call from this thread ends the capture with an error; other
+// threads (a VRAM sampler, a server's I/O) are not affected.
 int sdgen_cuda_graph_begin(void* g) {
   auto* graph = static_cast<Graph*>(g);
   return guarded([&] {
     c10::cuda::CUDAGuard guard(graph->device);
     c10::cuda::device_synchronize();
-    auto stream = c10::cuda::getStreamFromPool(false, graph->device);
-    graph->capturing.emplace(stream);
+    graph->on_stream.emplace(graph->stream);
     try {
       graph->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
     } catch (...) {
-      graph->capturing.reset();
+      graph->on_stream.reset();
       throw;
     }
   });
@@ -92,7 +113,7 @@ int sdgen_cuda_graph_begin(void* g) {
 int sdgen_cuda_graph_end(void* g) {
   auto* graph = static_cast<Graph*>(g);
   int rc = guarded([&] { graph->graph.capture_end(); });
-  graph->capturing.reset();
+  graph->on_stream.reset();
   if (rc == 0) {
     rc = guarded([&] { c10::cuda::device_synchronize(); });
   }
@@ -105,7 +126,7 @@ void sdgen_cuda_graph_abort(void* g) {
   auto* graph = static_cast<Graph*>(g);
   std::string kept = last_error;
   guarded([&] { graph->graph.capture_end(); });
-  graph->capturing.reset();
+  graph->on_stream.reset();
   guarded([&] { graph->graph.reset(); });
   (void)cudaGetLastError();
   last_error = kept;

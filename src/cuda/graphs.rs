@@ -1,12 +1,13 @@
-//! CUDA graphs for a fixed-shape call (the UNet step): the first call with a new set of input
-//! shapes runs eagerly (the warm-up, whose result is that call's answer) and is then captured
-//! into a graph that reads its inputs from static buffers; later calls with the same shapes
-//! copy their inputs into those buffers and replay the graph, one launch instead of
-//! hundreds. The bookkeeping ([`GraphRunner`]) is generic over [`Capture`], so the CPU tests
-//! run it with a fake that recomputes instead of replaying.
+//! CUDA graphs for a fixed-shape call (the UNet step). The first call with a new set of input
+//! shapes copies its inputs into static buffers, runs the call once to warm up (on the
+//! capture's side stream), captures it into a graph that reads those buffers, and replays the
+//! graph for its answer; later calls with the same shapes copy their inputs into the buffers
+//! and replay: one launch instead of hundreds. The bookkeeping ([`GraphRunner`]) is generic
+//! over [`Capture`], so the CPU tests run it with a fake that recomputes instead of replaying.
 //!
 //! A capture that fails (an op that syncs with the host, an allocation the capture refuses)
-//! falls back to eager calls for that key, with one `log::warn!` per runner saying why.
+//! falls back to eager calls for that key, with one `log::warn!` per runner saying why. An
+//! error of the call itself (bad conditioning, out of memory while warming up) is returned.
 
 use super::shim::Shim;
 use std::ffi::c_void;
@@ -28,13 +29,23 @@ impl GraphKey {
     }
 }
 
+/// Why a capture gave no graph.
+#[derive(Debug)]
+pub enum CaptureFailure {
+    /// The call failed on its own terms: returned as the call's error.
+    Call(crate::Error),
+    /// The call cannot be captured (or the capture machinery failed): run it eagerly.
+    Capture(String),
+}
+
 /// Records a call into a graph and replays it.
 pub trait Capture {
     type Graph;
-    /// Captures what `f` launches; returns the graph and `f`'s output tensor, which each
-    /// replay overwrites. A failure (including a libtorch panic inside `f`) is an `Err` with
-    /// the reason, and leaves the device as it was.
-    fn capture(&self, f: &mut dyn FnMut() -> crate::Result<Tensor>) -> Result<(Self::Graph, Tensor), String>;
+    /// Warms `f` up once, then captures what it launches; returns the graph and `f`'s output
+    /// tensor, which each replay overwrites. A libtorch panic inside the capture is a
+    /// [`CaptureFailure::Capture`] and leaves the device as it was; a panic while warming up
+    /// propagates (it is the call's failure, as it would be without graphs).
+    fn capture(&self, f: &mut dyn FnMut() -> crate::Result<Tensor>) -> Result<(Self::Graph, Tensor), CaptureFailure>;
     /// Runs the graph again. `f` is the captured call, for implementations that cannot replay.
     fn replay(
         &self,
@@ -49,7 +60,7 @@ pub trait Capture {
 pub struct GraphStats {
     pub captures: usize,
     pub replays: usize,
-    /// Calls run without a graph: warm-ups, and every call of a key whose capture failed.
+    /// Calls run without a graph: every call of a key whose capture failed.
     pub eager: usize,
     pub failures: usize,
 }
@@ -126,22 +137,27 @@ impl<C: Capture> GraphRunner<C> {
                 }
             };
         }
-        // New shapes: static buffers, a warm-up call on them (this call's answer), a capture.
+        // New shapes: static buffers, then warm-up and capture on them, and a first replay.
         let buffers: Vec<Tensor> = inputs.iter().map(|t| t.copy()).collect();
-        let answer = f(&buffers)?;
-        self.stats.eager += 1;
-        let entry = match self.capture.capture(&mut || f(&buffers)) {
+        let (entry, answer) = match self.capture.capture(&mut || f(&buffers)) {
             Ok((graph, output)) => {
                 self.stats.captures += 1;
-                Entry::Ready { graph, inputs: buffers, output }
+                self.capture.replay(&graph, &output, &mut || f(&buffers))?;
+                self.stats.replays += 1;
+                let answer = output.copy();
+                (Entry::Ready { graph, inputs: buffers, output }, answer)
             }
-            Err(why) => {
+            Err(CaptureFailure::Call(e)) => return Err(e),
+            Err(CaptureFailure::Capture(why)) => {
                 self.stats.failures += 1;
                 if !self.warned {
                     self.warned = true;
                     log::warn!("CUDA graph capture failed, running the UNet without graphs for these shapes: {why}");
                 }
-                Entry::Failed
+                drop(buffers);
+                self.stats.eager += 1;
+                let answer = f(&inputs.iter().map(|t| t.shallow_clone()).collect::<Vec<_>>())?;
+                (Entry::Failed, answer)
             }
         };
         self.entries.push((key, entry));
@@ -190,13 +206,31 @@ impl CudaCapture {
 impl Capture for CudaCapture {
     type Graph = CudaGraph;
 
-    fn capture(&self, f: &mut dyn FnMut() -> crate::Result<Tensor>) -> Result<(CudaGraph, Tensor), String> {
+    fn capture(&self, f: &mut dyn FnMut() -> crate::Result<Tensor>) -> Result<(CudaGraph, Tensor), CaptureFailure> {
+        let shim = self.shim;
+        let failed = |what: &str, rc| shim.check(rc, what).map_err(CaptureFailure::Capture);
         let mut ptr = std::ptr::null_mut();
         // SAFETY: `ptr` is a valid out-pointer; the device index is one tch resolved.
-        self.shim.check(unsafe { (self.shim.graph_new)(self.device as i32, &mut ptr) }, "creating a CUDA graph")?;
-        let graph = CudaGraph { ptr, shim: self.shim };
+        failed("creating a CUDA graph", unsafe { (shim.graph_new)(self.device as i32, &mut ptr) })?;
+        let graph = CudaGraph { ptr, shim };
+
+        // Warm-up on the capture's stream; the stream is restored even if the call panics.
+        struct OnStream<'a>(&'a CudaGraph);
+        impl Drop for OnStream<'_> {
+            fn drop(&mut self) {
+                // SAFETY: a graph whose warm-up began.
+                unsafe { (self.0.shim.graph_warmup_end)(self.0.ptr) };
+            }
+        }
         // SAFETY: a live graph from `graph_new`.
-        self.shim.check(unsafe { (self.shim.graph_begin)(graph.ptr) }, "beginning the capture")?;
+        failed("warming up on the capture stream", unsafe { (shim.graph_warmup_begin)(graph.ptr) })?;
+        {
+            let _restore = OnStream(&graph);
+            drop(f().map_err(CaptureFailure::Call)?);
+        }
+
+        // SAFETY: a live graph, not capturing.
+        failed("beginning the capture", unsafe { (shim.graph_begin)(graph.ptr) })?;
         // libtorch reports a refused operation by throwing, which tch turns into a panic; the
         // capture must be ended whatever happens inside.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -204,22 +238,24 @@ impl Capture for CudaCapture {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
                 // SAFETY: a graph whose capture began.
-                unsafe { (self.shim.graph_abort)(graph.ptr) };
-                return Err(e.to_string());
+                unsafe { (shim.graph_abort)(graph.ptr) };
+                return Err(CaptureFailure::Call(e));
             }
             Err(payload) => {
                 // SAFETY: as above.
-                unsafe { (self.shim.graph_abort)(graph.ptr) };
+                unsafe { (shim.graph_abort)(graph.ptr) };
                 let text = payload
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
-                return Err(text.lines().next().unwrap_or("libtorch failed during the capture").to_string());
+                return Err(CaptureFailure::Capture(
+                    text.lines().next().unwrap_or("libtorch failed during the capture").to_string(),
+                ));
             }
         };
         // SAFETY: a graph whose capture began and whose call returned.
-        self.shim.check(unsafe { (self.shim.graph_end)(graph.ptr) }, "ending the capture")?;
+        failed("ending the capture", unsafe { (shim.graph_end)(graph.ptr) })?;
         Ok((graph, output))
     }
 
@@ -246,12 +282,13 @@ mod tests {
 
     impl Capture for Fake {
         type Graph = ();
-        fn capture(&self, f: &mut dyn FnMut() -> crate::Result<Tensor>) -> Result<((), Tensor), String> {
+        fn capture(&self, f: &mut dyn FnMut() -> crate::Result<Tensor>) -> Result<((), Tensor), CaptureFailure> {
+            drop(f().map_err(CaptureFailure::Call)?); // the warm-up
             if self.fail {
-                return Err("capture refused by the fake".into());
+                return Err(CaptureFailure::Capture("capture refused by the fake".into()));
             }
             self.captured.set(self.captured.get() + 1);
-            Ok(((), f().map_err(|e| e.to_string())?))
+            Ok(((), f().map_err(CaptureFailure::Call)?))
         }
         fn replay(&self, _: &(), output: &Tensor, f: &mut dyn FnMut() -> crate::Result<Tensor>) -> crate::Result<()> {
             output.shallow_clone().copy_(&f()?);
@@ -277,7 +314,7 @@ mod tests {
             assert_eq!(out.max().double_value(&[]), 2.0 * i as f64 + 1.0, "call {i}");
             assert_eq!(out.min().double_value(&[]), 2.0 * i as f64 + 1.0, "call {i}");
         }
-        assert_eq!(r.stats(), GraphStats { captures: 1, replays: 3, eager: 1, failures: 0 });
+        assert_eq!(r.stats(), GraphStats { captures: 1, replays: 4, eager: 0, failures: 0 });
     }
 
     #[test]
@@ -292,7 +329,7 @@ mod tests {
             }
         }
         assert_eq!(r.keys().len(), 4);
-        assert_eq!(r.stats(), GraphStats { captures: 4, replays: 4, eager: 4, failures: 0 });
+        assert_eq!(r.stats(), GraphStats { captures: 4, replays: 8, eager: 0, failures: 0 });
         r.clear();
         assert!(r.keys().is_empty());
         let _ = r.run(&[&x(1, 77, Kind::Float), &t], &mut step).unwrap();

@@ -12,6 +12,8 @@ pub struct Shim {
     last_error: unsafe extern "C" fn() -> *const c_char,
     pub(crate) graph_new: unsafe extern "C" fn(c_int, *mut *mut c_void) -> c_int,
     pub(crate) graph_free: unsafe extern "C" fn(*mut c_void),
+    pub(crate) graph_warmup_begin: unsafe extern "C" fn(*mut c_void) -> c_int,
+    pub(crate) graph_warmup_end: unsafe extern "C" fn(*mut c_void) -> c_int,
     pub(crate) graph_begin: unsafe extern "C" fn(*mut c_void) -> c_int,
     pub(crate) graph_end: unsafe extern "C" fn(*mut c_void) -> c_int,
     pub(crate) graph_abort: unsafe extern "C" fn(*mut c_void),
@@ -29,7 +31,7 @@ impl std::fmt::Debug for Shim {
 }
 
 /// The shim's ABI version this binary speaks (`sdgen_cuda_shim_version`).
-const VERSION: c_int = 1;
+const VERSION: c_int = 2;
 
 #[cfg(sdgen_cuda_shim)]
 static EMBEDDED: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/libsdgen_cuda.so")));
@@ -111,6 +113,8 @@ fn load() -> Result<Shim, String> {
             last_error: sym(lib, b"sdgen_cuda_last_error")?,
             graph_new: sym(lib, b"sdgen_cuda_graph_new")?,
             graph_free: sym(lib, b"sdgen_cuda_graph_free")?,
+            graph_warmup_begin: sym(lib, b"sdgen_cuda_graph_warmup_begin")?,
+            graph_warmup_end: sym(lib, b"sdgen_cuda_graph_warmup_end")?,
             graph_begin: sym(lib, b"sdgen_cuda_graph_begin")?,
             graph_end: sym(lib, b"sdgen_cuda_graph_end")?,
             graph_abort: sym(lib, b"sdgen_cuda_graph_abort")?,
