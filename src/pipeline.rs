@@ -372,9 +372,15 @@ impl Pipeline {
             (Device::Cuda(_), false) => (None, Some("turned off (--no-cuda-graphs)".to_string())),
             _ => (None, Some("not on CUDA".to_string())),
         };
-        let fp16_accumulation = opts.cuda.fp16_accumulation && device.is_cuda() && kind == Kind::Half;
+        let mut fp16_accumulation = opts.cuda.fp16_accumulation && device.is_cuda() && kind == Kind::Half;
         if opts.cuda.fp16_accumulation && !fp16_accumulation {
             log::warn!("fp16 accumulation applies only to fp16 on CUDA; ignored for this run");
+        }
+        if fp16_accumulation {
+            if let Err(why) = crate::cuda::shim::Shim::get() {
+                log::warn!("fp16 accumulation is not available, ignored: {why}");
+                fp16_accumulation = false;
+            }
         }
         let path = &spec.path;
         let name = opts.source_label.as_deref().map(hub_model_name).unwrap_or_else(|| {
@@ -977,10 +983,9 @@ impl Pipeline {
     /// cuBLAS fp16 accumulation when asked for.
     fn unet_call(&self, x: &Tensor, t: f64, cond: &Conditioning) -> Result<Tensor> {
         if self.fp16_accumulation {
-            match crate::cuda::with_fp16_accumulation(|| self.unet_call_inner(x, t, cond)) {
-                Ok(out) => return out,
-                Err(why) => log::warn!("fp16 accumulation is not available: {why}"),
-            }
+            // The shim loaded at load time; a failure to flip the flag now is libtorch's.
+            return crate::cuda::with_fp16_accumulation(|| self.unet_call_inner(x, t, cond))
+                .map_err(|why| Error::Compute(format!("switching cuBLAS fp16 accumulation: {why}")))?;
         }
         self.unet_call_inner(x, t, cond)
     }

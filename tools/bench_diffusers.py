@@ -84,7 +84,10 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    with open(os.path.join(args.model, "model_index.json")) as f:
+        xl = json.load(f).get("_class_name") == "StableDiffusionXLPipeline"
 
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -94,8 +97,11 @@ def main():
     rss0 = rss_bytes("VmRSS")
     with VramSampler(device) as vram:
         t0 = time.perf_counter()
-        pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, safety_checker=None,
-                                                       requires_safety_checker=False)
+        if xl:
+            pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=dtype)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, safety_checker=None,
+                                                           requires_safety_checker=False)
         pipe = pipe.to(device)
         sync(device)
         load_s = time.perf_counter() - t0

@@ -164,6 +164,7 @@ mod tests {
         match Shim::get() {
             Ok(s) => assert!(s.device_count > 0 && tch::Cuda::is_available()),
             Err(e) => {
+                eprintln!("shim: {e}");
                 assert!(!tch::Cuda::is_available() || !built(), "CUDA is available, yet the shim failed: {e}");
                 assert!(
                     e.contains("not built") || e.contains("cannot be loaded") || e.contains("no CUDA device"),
