@@ -525,10 +525,14 @@ impl Pipeline {
             text_encoder_2: self.text_encoder_2.as_mut(),
         };
         let state = &mut self.loras;
+        let before = state.requests().to_vec();
         let reports = catch_torch("applying LoRAs", || state.set(models, loras));
-        // Graphs read the weights they were captured with; patched or restored ones are new.
-        if let Some(g) = self.graphs.get_mut() {
-            g.clear();
+        // Graphs read the weights they were captured with; patched or restored ones are new
+        // tensors. The same set again (each request of a batch) keeps them.
+        if reports.is_err() || self.loras.requests() != before.as_slice() {
+            if let Some(g) = self.graphs.get_mut() {
+                g.clear();
+            }
         }
         let reports = reports?;
         // Cached prompt encodings came from the text encoders as they were.
