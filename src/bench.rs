@@ -84,8 +84,15 @@ fn sync(device: Device) {
 /// Loads the model and generates `req.num_images` images in one batch (seeds `seed`,
 /// `seed + 1`, ...), `runs` times, timing each phase. Load and first-step figures are the
 /// first run's; speed figures the last run's (with CUDA graphs, the first run captures them).
-pub fn run(opts: &LoadOptions, req: &Request, runs: usize) -> Result<BenchReport> {
+/// With `profile` (CUDA only), the last run is recorded by libtorch's profiler into that file
+/// (Chrome trace JSON; its timings are then the profiled run's).
+pub fn run(opts: &LoadOptions, req: &Request, runs: usize, profile: Option<&Path>) -> Result<BenchReport> {
     let device = opts.device.resolve()?;
+    let shim = match (profile, device) {
+        (None, _) => None,
+        (Some(_), Device::Cuda(_)) => Some(crate::cuda::shim::Shim::get().map_err(crate::Error::Device)?),
+        (Some(_), _) => return Err(crate::Error::invalid("--profile records CUDA kernels: it needs --device cuda")),
+    };
     let sampler = VramSampler::start(device);
     let rss0 = proc_status_bytes("VmRSS");
     let t0 = Instant::now();
@@ -97,9 +104,15 @@ pub fn run(opts: &LoadOptions, req: &Request, runs: usize) -> Result<BenchReport
     let reqs: Vec<Request> =
         (0..batch).map(|i| Request { seed: req.image_seed(i), num_images: 1, ..req.clone() }).collect();
 
-    let mut timings = Vec::with_capacity(runs.max(1));
-    for _ in 0..runs.max(1) {
-        timings.push(timed_run(&pipe, &reqs, device)?);
+    let runs = runs.max(1);
+    let mut timings = Vec::with_capacity(runs);
+    for i in 0..runs {
+        timings.push(match (shim, profile) {
+            (Some(shim), Some(path)) if i + 1 == runs => {
+                shim.profile(path, || timed_run(&pipe, &reqs, device)).map_err(crate::Error::Compute)??
+            }
+            _ => timed_run(&pipe, &reqs, device)?,
+        });
     }
     let peak_vram = sampler.stop();
     let peak_rss = proc_status_bytes("VmHWM");

@@ -222,4 +222,12 @@ fn info_and_bench_say_whether_graphs_are_used() {
     assert!(first > 0.0 && per_min > 0.0, "{r}");
     let bad = sdgen().args(["bench", "--batch", "0"]).output().unwrap();
     assert!(!bad.status.success());
+    let profile = sdgen()
+        .args(["bench", "--device", "cpu", "--steps", "1", "--profile", "/nonexistent/p.json", "--model"])
+        .arg(root().join("weights/tiny-sd"))
+        .output()
+        .unwrap();
+    assert!(!profile.status.success());
+    let err = String::from_utf8_lossy(&profile.stderr);
+    assert!(err.contains("--profile") && err.contains("--device cuda"), "{err}");
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for a machine with an NVIDIA GPU and Python torch 2.11 (no Rust, no internet), in
-# one call of about 8 minutes (BUDGET_S, default 480: secondary runs are skipped, saying so,
-# when the budget is spent).
+# one call of about 8 minutes (BUDGET_S, default 500 s: secondary runs are skipped, saying
+# so, when the budget is spent). Run it with a 600 s limit.
 #
 # Needs, carried from the build machine (tools/build_gpu.sh makes both):
 #   .gpu/sdgen   a release binary built against a CUDA libtorch 2.11, with the CUDA shim
@@ -14,7 +14,8 @@
 #    kernels: at most 1 level apart), the tiny SDXL UNet (added conditioning) through a
 #    graph, CUDA against the CPU from the same seed.
 # 3. An SD 1.5-architecture model with random weights (fp16), then tools/bench.sh against
-#    diffusers at 512x512, 20 steps: batch 1 and 4, sdgen's options one by one, peak VRAM with
+#    diffusers at 512x512, 20 steps: batch 1 and 4, sdgen's options one by one, per-op
+#    profiles (libtorch's profiler: graphs, no graphs, channels-last), peak VRAM with
 #    VAE tiling, diffusers with torch.compile; then SDXL 1024x1024 (tools/make_sdxl_random.py)
 #    when the budget allows.
 #
@@ -24,7 +25,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 start=$SECONDS
-budget=${BUDGET_S:-480}
+budget=${BUDGET_S:-500}
 failed=()
 fail() {
     echo "!!! FAILED: $*"
@@ -70,7 +71,10 @@ fi
 
 echo "=== sdgen info"
 "$sdgen" info | tee "$work/info.txt" || fail "sdgen info"
-grep -q "^CUDA: available" "$work/info.txt" || fail "sdgen sees no CUDA"
+grep -q "^CUDA: available" "$work/info.txt" || {
+    fail "sdgen sees no CUDA"
+    finish
+}
 grep -q "^CUDA graphs shim: loaded" "$work/info.txt" || fail "the CUDA shim did not load (see its line above)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
@@ -189,12 +193,59 @@ PY
 }
 
 bench batch1 --steps 20 --batch 1 --runs 3
+if [[ $(left) -gt 240 ]]; then
+    echo "=== diffusers with torch.compile (reduce-overhead), batch 1, last of 3 calls"
+    timeout $(( $(left) - 150 < 240 ? $(left) - 150 : 240 )) env BENCH_SAVE="$work/bench-compile" SDGEN=$sdgen PYTHON=python3 tools/bench.sh \
+        "$work/sd15" --width 512 --height 512 --dtype fp16 --device cuda --steps 20 --runs 3 --compile \
+        || note "diffusers + torch.compile did not finish or failed here"
+else
+    note "torch.compile run skipped (budget)"
+fi
 echo "=== sdgen options one by one (batch 1, 20 steps, last of 2 calls)"
 solo "default (graphs)"
 solo "--no-cuda-graphs" --no-cuda-graphs
 solo "--channels-last" --channels-last
 solo "--channels-last --fp16-accumulation" --channels-last --fp16-accumulation
 solo "--channels-last --no-cuda-graphs" --channels-last --no-cuda-graphs
+# profile NAME [sdgen bench options]: libtorch's profiler over a 5-step run (after a warm-up
+# run): GPU kernels per step, their time, launches, and the ten costliest kernels.
+profile() {
+    local name=$1
+    shift
+    "$sdgen" bench --model "$work/sd15" --width 512 --height 512 --steps 5 --dtype fp16 --device cuda --runs 2 \
+        --json --profile "$work/prof-$name.json" "$@" >/dev/null 2>"$work/prof-$name.err" || {
+        cat "$work/prof-$name.err"
+        fail "profiling $name"
+        return 1
+    }
+    python3 - "$name" "$work/prof-$name.json" 5 <<'PY' || fail "reading the profile of $name"
+import collections, json, sys
+name, path, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t = json.load(open(path))
+ev = t["traceEvents"] if isinstance(t, dict) else t
+gpu = [e for e in ev if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+rt = [e for e in ev if e.get("cat") == "cuda_runtime"]
+launches = [e for e in rt if "Launch" in e.get("name", "")]
+graph_launches = [e for e in launches if "Graph" in e.get("name", "")]
+by = collections.defaultdict(lambda: [0, 0.0])
+for e in gpu:
+    by[e["name"]][0] += 1
+    by[e["name"]][1] += e["dur"]
+total = sum(v[1] for v in by.values())
+print(f"profile {name}: per step {len(gpu) / steps:.0f} GPU kernels/copies, {total / steps / 1000:.2f} ms GPU time, "
+      f"{len(launches) / steps:.1f} launch calls ({len(graph_launches)} graph launches in all)")
+for kname, (n, dur) in sorted(by.items(), key=lambda kv: -kv[1][1])[:10]:
+    print(f"    {dur / total:6.1%} {dur / steps / 1000:7.3f} ms/step {n / steps:6.1f}x  {kname[:110]}")
+PY
+}
+if [[ $(left) -gt 200 ]]; then
+    echo "=== per-op profiles (5 steps, batch 1)"
+    profile graphs
+    profile eager --no-cuda-graphs
+    profile channels-last --channels-last
+else
+    note "profiles skipped (budget)"
+fi
 if [[ $(left) -gt 150 ]]; then bench batch4 --steps 20 --batch 4 --runs 2; else note "batch 4 skipped (budget)"; fi
 if [[ $(left) -gt 90 ]]; then
     solo "--vae-tiling" --vae-tiling
@@ -206,14 +257,6 @@ sys.exit(0 if v <= 2.5e9 else 1)
 PY
 else
     note "VAE tiling run skipped (budget)"
-fi
-if [[ $(left) -gt 200 ]]; then
-    echo "=== diffusers with torch.compile (reduce-overhead), batch 1, last of 3 calls"
-    timeout $(($(left) - 20)) env BENCH_SAVE="$work/bench-compile" SDGEN=$sdgen PYTHON=python3 tools/bench.sh \
-        "$work/sd15" --width 512 --height 512 --dtype fp16 --device cuda --steps 20 --runs 3 --compile \
-        || note "diffusers + torch.compile did not finish or failed here"
-else
-    note "torch.compile run skipped (budget)"
 fi
 if [[ $(left) -gt 150 ]]; then
     echo "=== SDXL-architecture model with random weights (fp16), 1024x1024, 10 steps, last of 2 calls"

@@ -28,6 +28,10 @@ pub struct BenchArgs {
     /// (the first pays for warm-up and CUDA graph capture).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub runs: u32,
+    /// Record the last run with libtorch's profiler (CPU ops and CUDA kernels) into FILE, as
+    /// Chrome trace JSON (chrome://tracing, Perfetto). CUDA only.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<std::path::PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -55,7 +59,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ..Request::default()
     };
     sdgen::pipeline::check_request(&req, &Default::default())?;
-    let r = sdgen::bench::run(&opts, &req, args.runs as usize)?;
+    let r = sdgen::bench::run(&opts, &req, args.runs as usize, args.profile.as_deref())?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

@@ -9,6 +9,7 @@
 
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <exception>
 #include <optional>
+#include <set>
 #include <string>
 
 namespace {
@@ -53,7 +55,7 @@ struct Graph {
 extern "C" {
 
 // Bumped when an entry point changes; the Rust loader refuses another version.
-int sdgen_cuda_shim_version() { return 2; }
+int sdgen_cuda_shim_version() { return 3; }
 
 const char* sdgen_cuda_last_error() { return last_error.c_str(); }
 
@@ -151,6 +153,29 @@ int sdgen_cuda_fp16_accumulation(int* on) {
 
 int sdgen_cuda_set_fp16_accumulation(int on) {
   return guarded([&] { at::globalContext().setAllowFP16AccumulationCuBLAS(on != 0); });
+}
+
+// libtorch's Kineto profiler over CPU ops and CUDA kernels, as `torch.profiler.profile`
+// records them: started and stopped around a run, the trace written as Chrome JSON, for a
+// per-op profile (tools/gpu_check.sh summarises it). The replays of a CUDA graph show as
+// their kernels.
+int sdgen_profile_start() {
+  return guarded([&] {
+    using torch::profiler::impl::ActivityType;
+    torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
+    std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
+    torch::autograd::profiler::prepareProfiler(config, activities);
+    torch::autograd::profiler::enableProfiler(config, activities);
+  });
+}
+
+int sdgen_profile_stop(const char* path) {
+  return guarded([&] {
+    auto result = torch::autograd::profiler::disableProfiler();
+    if (path != nullptr && result) {
+      result->save(path);
+    }
+  });
 }
 
 }  // extern "C"

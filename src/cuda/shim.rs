@@ -19,6 +19,8 @@ pub struct Shim {
     pub(crate) graph_abort: unsafe extern "C" fn(*mut c_void),
     pub(crate) graph_replay: unsafe extern "C" fn(*mut c_void) -> c_int,
     fp16_accumulation: unsafe extern "C" fn(*mut c_int) -> c_int,
+    profile_start: unsafe extern "C" fn() -> c_int,
+    profile_stop: unsafe extern "C" fn(*const c_char) -> c_int,
     set_fp16_accumulation: unsafe extern "C" fn(c_int) -> c_int,
     /// CUDA devices the shim's libtorch sees.
     pub device_count: usize,
@@ -31,7 +33,7 @@ impl std::fmt::Debug for Shim {
 }
 
 /// The shim's ABI version this binary speaks (`sdgen_cuda_shim_version`).
-const VERSION: c_int = 2;
+const VERSION: c_int = 3;
 
 #[cfg(sdgen_cuda_shim)]
 static EMBEDDED: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/libsdgen_cuda.so")));
@@ -80,6 +82,28 @@ impl Shim {
         Ok(on != 0)
     }
 
+    /// Runs `f` under libtorch's Kineto profiler (CPU ops and CUDA kernels) and writes the
+    /// trace to `path` as Chrome trace JSON, as `torch.profiler` would.
+    pub fn profile<T>(&self, path: &std::path::Path, f: impl FnOnce() -> T) -> Result<T, String> {
+        let c_path = std::ffi::CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+        // SAFETY: no arguments.
+        self.check(unsafe { (self.profile_start)() }, "starting the profiler")?;
+        struct Stop<'a>(&'a Shim);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                // SAFETY: a null path only stops the profiler (on a panic inside `f`).
+                unsafe { (self.0.profile_stop)(std::ptr::null()) };
+            }
+        }
+        let stop = Stop(self);
+        let out = f();
+        std::mem::forget(stop);
+        // SAFETY: a NUL-terminated path that outlives the call.
+        self.check(unsafe { (self.profile_stop)(c_path.as_ptr()) }, "writing the profile")?;
+        Ok(out)
+    }
+
     pub fn set_fp16_accumulation(&self, on: bool) -> Result<(), String> {
         // SAFETY: plain value argument.
         self.check(unsafe { (self.set_fp16_accumulation)(c_int::from(on)) }, "setting cuBLAS fp16 accumulation")
@@ -120,6 +144,8 @@ fn load() -> Result<Shim, String> {
             graph_abort: sym(lib, b"sdgen_cuda_graph_abort")?,
             graph_replay: sym(lib, b"sdgen_cuda_graph_replay")?,
             fp16_accumulation: sym(lib, b"sdgen_cuda_fp16_accumulation")?,
+            profile_start: sym(lib, b"sdgen_profile_start")?,
+            profile_stop: sym(lib, b"sdgen_profile_stop")?,
             set_fp16_accumulation: sym(lib, b"sdgen_cuda_set_fp16_accumulation")?,
             device_count: 0,
         };
