@@ -267,17 +267,18 @@ impl Capture for CudaCapture {
     }
 }
 
+/// A CPU stand-in for [`CudaCapture`], for tests here and in the pipeline.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fake {
     use super::*;
     use std::cell::Cell;
 
     /// A CPU stand-in: "capturing" runs the call once for its output tensor, "replaying" runs
     /// it again on the static buffers and writes into that same tensor, as a replay does.
     /// It can be told to fail its captures.
-    struct Fake {
-        fail: bool,
-        captured: Cell<usize>,
+    pub(crate) struct Fake {
+        pub fail: bool,
+        pub captured: Cell<usize>,
     }
 
     impl Capture for Fake {
@@ -295,6 +296,13 @@ mod tests {
             Ok(())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::Fake;
+    use super::*;
+    use std::cell::Cell;
 
     fn step(inputs: &[Tensor]) -> crate::Result<Tensor> {
         Ok(&inputs[0] * 2.0 + &inputs[1])
