@@ -35,7 +35,7 @@ crt_headers() {
     done
     local tmp
     tmp=$(mktemp -d)
-    if "$python" -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp" "$CRT_WHEEL" \
+    if "$python" -m pip download --quiet --disable-pip-version-check --timeout 15 --retries 1 --no-deps -d "$tmp" "$CRT_WHEEL" \
         && "$python" -m zipfile -e "$tmp"/nvidia_cuda_crt-*.whl "$tmp/x" \
         && mkdir -p "$dest" && cp -r "$tmp/x/nvidia/cu13/include/crt" "$dest/"; then
         echo "setup: CUDA crt headers in $dest" >&2
