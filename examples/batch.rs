@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     );
     opts.batch_size = 4;
     opts.shard = Shard::select(None, None)?; // honours Slurm / Kubernetes array variables
-    let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &mut pipeline })?;
+    let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &mut pipeline, previews: None })?;
     eprintln!("{}", summary.render());
     Ok(())
 }

@@ -119,6 +119,8 @@ const USED: &[&str] = &[
     "Denoising strength",
     "Model hash",
     "Model",
+    "VAE hash",
+    "VAE",
     "Version",
     "RNG",
 ];
@@ -184,6 +186,12 @@ pub fn from_parameters(text: &str) -> Result<Imported> {
             }
             Err(e) => out.sampler_error = Some(e),
         }
+    }
+    // Like the model, the VAE names a file on the other machine: said, not used.
+    if let Some(vae) = p.get("VAE").or_else(|| p.get("VAE hash")) {
+        out.warnings.push(format!(
+            "VAE: the image was made with the VAE {vae:?}; sdgen uses the model's own unless you pass --vae"
+        ));
     }
     let unknown: Vec<&str> = p.params.iter().map(|(k, _)| k.as_str()).filter(|k| !USED.contains(k)).collect();
     if !unknown.is_empty() {
@@ -256,6 +264,9 @@ pub struct Summary {
     pub seed: Option<String>,
     pub size: Option<String>,
     pub model: Option<String>,
+    /// A VAE other than the model's own: its name or source and its short hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vae: Option<String>,
     pub license: Option<String>,
 }
 
@@ -275,6 +286,9 @@ impl Summary {
                     seed: Some(r.seed.to_string()),
                     size: Some(format!("{}x{}", r.width, r.height)),
                     model: Some(record.model.source.clone()),
+                    vae: record.model.vae.as_ref().map(|v| {
+                        format!("{} ({}, hash {})", v.source, v.class, v.sha256.chars().take(10).collect::<String>())
+                    }),
                     license: Some(format!("{} ({})", record.model.license.name, record.model.license.url)),
                 }
             }
@@ -295,6 +309,10 @@ impl Summary {
                     seed: get("Seed"),
                     size: get("Size"),
                     model: get("Model").or_else(|| get("Model hash")),
+                    vae: match (get("VAE"), get("VAE hash")) {
+                        (Some(name), Some(hash)) => Some(format!("{name} (hash {hash})")),
+                        (name, hash) => name.or(hash),
+                    },
                     license: None,
                 }
             }
@@ -314,6 +332,7 @@ impl Summary {
             ("seed", self.seed.as_ref()),
             ("size", self.size.as_ref()),
             ("model", self.model.as_ref()),
+            ("vae", self.vae.as_ref()),
             ("licence", self.license.as_ref()),
         ];
         let mut out = String::new();
@@ -409,6 +428,20 @@ mod tests {
         assert_eq!(n, "Euler");
         assert!(w.unwrap().contains("SGM Uniform"));
         assert!(a1111_sampler("DPM fast", None).unwrap_err().contains("--scheduler"));
+    }
+
+    #[test]
+    fn a1111_vae_is_summarised_and_said_not_used() {
+        let text = "a cat\nNegative prompt: \nSteps: 12, Sampler: Euler, CFG scale: 6, Seed: 1, Size: 64x64, \
+                    Model hash: abc, Model: foo, VAE hash: 735e4c3a44, VAE: vae-ft-mse-840000-ema-pruned.safetensors, \
+                    Version: v1.10.1";
+        let i = from_parameters(text).unwrap();
+        assert_eq!(i.settings.vae, None, "the other machine's file is not taken");
+        assert!(i.warnings.iter().any(|w| w.contains("vae-ft-mse") && w.contains("--vae")), "{:?}", i.warnings);
+        assert!(!i.warnings.iter().any(|w| w.contains("not understood")), "{:?}", i.warnings);
+        let summary = Summary::of(&Source::A1111 { parameters: text.to_string() });
+        assert_eq!(summary.vae.as_deref(), Some("vae-ft-mse-840000-ema-pruned.safetensors (hash 735e4c3a44)"));
+        assert!(summary.render().contains("vae:       vae-ft-mse"), "{}", summary.render());
     }
 
     #[test]

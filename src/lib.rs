@@ -21,6 +21,7 @@ pub mod output;
 pub mod pipeline;
 pub mod plan;
 pub mod preflight;
+pub mod preview;
 pub mod prompt;
 pub mod request;
 pub mod save;

@@ -23,12 +23,14 @@ use crate::cuda::{CudaOptions, GraphRunner, GraphStats};
 use crate::device::{device_name, kind_name, DType, DeviceChoice};
 use crate::embeddings::{Embedding, EmbeddingRecord, Vectors};
 use crate::error::catch_torch;
+use crate::models::autoencoder::{Autoencoder, AutoencoderConfig};
 use crate::models::clip::ClipTextModel;
 use crate::models::conv::ConvAlgo;
 use crate::models::unet::{Conditioning, UNet};
-use crate::models::vae::{Vae, VaeTiling};
+use crate::models::vae::VaeTiling;
 use crate::noise::{NoiseSource, SeededNoise};
 use crate::plan::{Arch, Layout, ModelOptions, ModelSpec, PredictionType, Sampler};
+use crate::preview::Previewer;
 use crate::request::{Image, ModelRecord, PromptSyntax, Record, Request};
 use crate::schedulers::SchedulerConfig;
 use crate::tokenizer::Tokenizer;
@@ -58,6 +60,14 @@ pub struct LoadOptions {
     pub offload: bool,
     /// Decode latents larger than one tile in overlapping, blended tiles.
     pub vae_tiling: Option<VaeTiling>,
+    /// Another autoencoder instead of the model's own (`--vae`): a local VAE folder, model
+    /// folder or `.safetensors` file (a hub VAE already fetched; see
+    /// [`crate::loading::vae_source`]).
+    pub vae: Option<PathBuf>,
+    /// What records name as the VAE's source (a hub id); default: the path.
+    pub vae_label: Option<String>,
+    /// The sha256 the VAE's weights must have (replaying a record); other weights are refused.
+    pub vae_sha256: Option<String>,
     /// How the UNet's convolutions run on the CPU in fp32: `Auto` is fastest, `Direct`
     /// uses the least memory (see [`crate::models::conv`]).
     pub conv: ConvAlgo,
@@ -80,7 +90,7 @@ impl LoadOptions {
     /// the embeddings folder is listed), so a wrong one fails before any weights load.
     pub fn inspect(&self) -> Result<ModelSpec> {
         let kind = self.dtype.resolve(self.device.resolve()?);
-        let spec = ModelSpec::inspect(
+        let mut spec = ModelSpec::inspect(
             &self.model,
             &ModelOptions {
                 config_dir: self.config_dir.as_deref(),
@@ -95,6 +105,18 @@ impl LoadOptions {
         }
         if let Some(dir) = &self.embeddings_dir {
             crate::embeddings::files_in(dir)?;
+        }
+        if let Some(path) = &self.vae {
+            let label = self.vae_label.clone().unwrap_or_else(|| path.display().to_string());
+            let swap = crate::loading::vae_source::VaeSwap::inspect(path, &label, &spec.vae, kind == Kind::Half)?;
+            if let Some(want) = self.vae_sha256.as_ref().filter(|w| **w != swap.sha256) {
+                return Err(Error::invalid(format!(
+                    "the VAE {label} has changed since the image was made (sha256 {} now, {want} then); give \
+                     --vae explicitly to use it anyway",
+                    swap.sha256
+                )));
+            }
+            spec.set_vae(swap)?;
         }
         Ok(spec)
     }
@@ -111,7 +133,8 @@ pub struct Progress<'a> {
     /// step and PLMS once more than its steps, so `step` would read "39 of 20" or "21 of 20".
     pub sampling_step: usize,
     pub sampling_steps: usize,
-    /// The latents after this step, `[batch, channels, h/8, w/8]`, on the device.
+    /// The latents after this step, `[batch, channels, h/8, w/8]`, on the device (scaled as
+    /// the UNet sees them); [`Pipeline::preview`] turns them into images.
     pub latents: &'a Tensor,
     cancel: &'a Cell<bool>,
 }
@@ -147,9 +170,9 @@ pub struct Pipeline {
     tokenizer_2: Option<Tokenizer>,
     text_encoder_2: Option<ClipTextModel>,
     unet: UNet,
-    vae: Vae,
+    vae: Autoencoder,
     /// An fp32 VAE for when the fp16 one overflows; built on first need.
-    vae_fp32: OnceCell<Vae>,
+    vae_fp32: OnceCell<Autoencoder>,
     /// Set once the fp32 fallback has been announced, so a batch warns only once.
     warned_vae_upcast: Cell<bool>,
     limits: crate::limits::Limits,
@@ -178,6 +201,8 @@ pub struct Pipeline {
     graphs_off: Option<String>,
     /// cuBLAS fp16 accumulation around UNet calls (CUDA fp16 only, the shim loaded).
     fp16_accumulation: bool,
+    /// What [`Pipeline::preview`] uses.
+    previewer: Previewer,
 }
 
 /// How many UNet graphs (each with its own memory pool) a pipeline keeps.
@@ -242,7 +267,7 @@ struct Parts {
     tokenizer_2: Option<Tokenizer>,
     text_encoder_2: Option<ClipTextModel>,
     unet: UNet,
-    vae: Vae,
+    vae: Autoencoder,
 }
 
 /// Loads exactly the files the spec lists, so that what is recorded is what ran.
@@ -307,8 +332,15 @@ fn load_single_file(spec: &ModelSpec, device: Device, kind: Kind, aux: Place, co
     Ok(Parts { tokenizer, text_encoder, tokenizer_2, text_encoder_2, unet, vae })
 }
 
-/// The VAE of a spec in any dtype (the fp32 fallback loads it a second time).
-fn load_vae(spec: &ModelSpec, device: Device, kind: Kind) -> Result<Vae> {
+/// The VAE of a spec in any dtype (the fp32 fallback loads it a second time): the swapped
+/// one (`--vae`) or the model's own.
+fn load_vae(spec: &ModelSpec, device: Device, kind: Kind) -> Result<Autoencoder> {
+    if let Some(swap) = &spec.vae_swap {
+        let w = swap.weights(device, kind)?;
+        let vae = Autoencoder::new(&w, &swap.config)?;
+        w.finish()?;
+        return Ok(vae);
+    }
     let w = match (&spec.prepared, spec.layout) {
         (Some(p), Layout::SingleFile) => p.file.weights(crate::loading::single_file::Component::Vae, device, kind)?,
         _ => {
@@ -320,7 +352,7 @@ fn load_vae(spec: &ModelSpec, device: Device, kind: Kind) -> Result<Vae> {
             crate::loading::Weights::open(std::slice::from_ref(&f.path), device, kind)?
         }
     };
-    let vae = Vae::new(&w, &spec.vae)?;
+    let vae = Autoencoder::new(&w, &AutoencoderConfig::Kl(spec.vae.clone()))?;
     w.finish()?;
     Ok(vae)
 }
@@ -399,7 +431,9 @@ impl Pipeline {
             config_dir: spec.config_dir.clone(),
             arch_forced: spec.arch_forced,
             embeddings: Vec::new(),
+            vae: spec.vae_swap.as_ref().map(|s| s.record()),
         };
+        let previewer = Previewer::cheap(spec.arch);
         let mut pipe = Pipeline {
             tokenizer: parts.tokenizer,
             text_encoder: parts.text_encoder,
@@ -425,6 +459,7 @@ impl Pipeline {
             graphs: std::cell::RefCell::new(graphs),
             graphs_off,
             fp16_accumulation,
+            previewer,
         };
         pipe.load_embeddings_inner(&opts.embeddings)?;
         if let Some(dir) = &opts.embeddings_dir {
@@ -573,6 +608,69 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Previews of `latents` as the step callback gets them ([`Progress::latents`]): one small
+    /// image per batch row, made by the pipeline's [`Previewer`] (A1111's cheap latent → RGB
+    /// projection unless [`Pipeline::set_previewer`] gave another). Cheap next to a step.
+    pub fn preview(&self, latents: &Tensor) -> Result<Vec<Image>> {
+        self.previewer.preview(latents)
+    }
+
+    /// Makes [`Pipeline::preview`] use `previewer`.
+    pub fn set_previewer(&mut self, previewer: Previewer) {
+        self.previewer = previewer;
+    }
+
+    pub fn previewer(&self) -> &Previewer {
+        &self.previewer
+    }
+
+    /// Makes [`Pipeline::preview`] decode with a tiny autoencoder (`AutoencoderTiny`: TAESD,
+    /// TAESDXL), loaded where and as the VAE runs: a diffusers folder, a model folder with
+    /// `vae/`, or a single `.safetensors` file (madebyollin's `taesd_decoder` too), as `--vae`
+    /// reads them ([`crate::loading::vae_source`]). `label` is what the source is called (the
+    /// path as given, or the hub id it came from; default: `path`): TAESD and TAESDXL have the
+    /// same shapes, so `xl` in the label or the file's name says which. It must fit the model:
+    /// its latent channels, and TAESDXL for SDXL, TAESD for the others.
+    pub fn load_preview_vae(&mut self, path: &Path, label: Option<&str>) -> Result<()> {
+        use crate::models::autoencoder::AutoencoderConfig;
+        let shown = path.display().to_string();
+        let label = label.unwrap_or(&shown);
+        let what = format!("preview autoencoder {label}");
+        let swap =
+            crate::loading::vae_source::VaeSwap::inspect(path, label, &self.spec.vae, self.aux.kind == Kind::Half)?;
+        let AutoencoderConfig::Tiny(config) = &swap.config else {
+            return Err(Error::invalid(format!(
+                "{what} is an {}; previews take a tiny autoencoder (AutoencoderTiny: TAESD, TAESDXL). To decode \
+                 the images with it, give it as --vae",
+                swap.config.class_name()
+            )));
+        };
+        let (theirs, ours) = (config.latent_channels, self.spec.latent_channels());
+        if theirs != ours {
+            return Err(Error::invalid(format!(
+                "{what} decodes {theirs} latent channels but this model's latents have {ours}: use one made for \
+                 this model (TAESD for SD 1.x/2.x, TAESDXL for SDXL)"
+            )));
+        }
+        let sdxl = self.spec.arch == Arch::Sdxl;
+        if swap.named_xl != sdxl {
+            let (is, want) = if sdxl { ("a TAESD for SD 1.x/2.x", "TAESDXL") } else { ("a TAESDXL for SDXL", "TAESD") };
+            return Err(Error::invalid(format!(
+                "{what} is {is} (told by its name, as TAESD and TAESDXL have the same shapes) and this is an {} \
+                 model: use {want}, or put xl in the name of one made for SDXL",
+                self.spec.arch.name()
+            )));
+        }
+        let vae = catch_torch("loading the preview autoencoder", || {
+            let w = swap.weights(self.aux.device, self.aux.kind)?;
+            let vae = crate::models::TinyVae::new(&w, config)?;
+            w.finish()?;
+            Ok(vae)
+        })?;
+        self.previewer = Previewer::tiny(vae);
+        Ok(())
+    }
+
     pub fn model(&self) -> &ModelRecord {
         &self.model
     }
@@ -623,16 +721,18 @@ impl Pipeline {
                  has no added conditioning to take them (it is not an SDXL model)",
             ));
         }
+        if req.init_image.is_some() && !self.vae.can_encode() {
+            return Err(Error::invalid(
+                "img2img and inpainting encode the init image, but this VAE has only a decoder (a taesd_decoder \
+                 file): use a VAE with an encoder (the diffusers TAESD folder) or drop --init-image",
+            ));
+        }
         if !self.limits.check_memory {
             return Ok(());
         }
-        crate::limits::check_decode_memory(
-            req,
-            &self.vae.config,
-            self.aux.device,
-            self.aux.kind,
-            self.vae_tiling.is_some(),
-        )
+        // The tiny autoencoder needs little memory to decode; only the KL VAE is estimated.
+        let Autoencoder::Kl(vae) = &self.vae else { return Ok(()) };
+        crate::limits::check_decode_memory(req, &vae.config, self.aux.device, self.aux.kind, self.vae_tiling.is_some())
     }
 
     /// Makes `req.num_images` images, image `i` from seed `req.seed + i`.
@@ -868,25 +968,33 @@ impl Pipeline {
         })
     }
 
-    /// Images `[n, 3, H, W]` in [-1, 1] → the encoder's sampled latents, scaled as the
-    /// UNet sees them, one draw per request from its generator. SDXL encodes a
-    /// `force_upcast` VAE in fp32 and applies `latents_mean`/`latents_std` when given.
+    /// Images `[n, 3, H, W]` in [-1, 1] → the encoder's latents, scaled as the UNet sees
+    /// them. An `AutoencoderKL` samples them, one draw per request from its generator; an
+    /// `AutoencoderTiny` gives them directly and draws nothing (diffusers' `retrieve_latents`
+    /// takes `.latents` when there is no distribution), so the generator is where it was.
+    /// SDXL encodes a `force_upcast` VAE in fp32 and applies `latents_mean`/`latents_std`
+    /// when given.
     fn encode_image(&self, image: &Tensor, noise: &mut BatchNoise) -> Result<Tensor> {
         let sdxl = self.spec.arch == Arch::Sdxl;
-        let upcast = sdxl && self.vae.config.force_upcast && self.aux.kind == Kind::Half;
+        let upcast = sdxl && self.vae.force_upcast() && self.aux.kind == Kind::Half;
         let (vae, kind) = if upcast { (self.vae_fp32()?, Kind::Float) } else { (&self.vae, self.aux.kind) };
-        let (mean, std) = vae.encode_distribution(&image.to_device(self.aux.device).to_kind(kind));
-        let eps = noise.randn(&mean.size(), self.aux.device, Kind::Float).to_kind(kind);
-        let z = mean + std * eps;
+        let x = image.to_device(self.aux.device).to_kind(kind);
+        let z = match vae {
+            Autoencoder::Kl(kl) => {
+                let (mean, std) = kl.encode_distribution(&x);
+                let eps = noise.randn(&mean.size(), self.aux.device, Kind::Float).to_kind(kind);
+                mean + std * eps
+            }
+            Autoencoder::Tiny(tiny) => tiny.encode(&x)?,
+        };
         self.finite(&z, crate::finite::Component::VaeEncoder)?;
-        let c = &vae.config;
-        let z = match (&c.latents_mean, &c.latents_std) {
-            (Some(m), Some(s)) if sdxl && m.len() as i64 == z.size()[1] && s.len() as i64 == z.size()[1] => {
+        let z = match vae.latents_mean_std() {
+            Some((m, s, _)) if sdxl && m.len() as i64 == z.size()[1] && s.len() as i64 == z.size()[1] => {
                 let (zk, zd) = (z.kind(), z.device());
                 let per = |v: &[f64]| Tensor::from_slice(v).view([1, -1, 1, 1]).to_kind(zk).to_device(zd);
-                (z - per(m)) * c.scaling_factor / per(s)
+                (z - per(m)) * vae.scaling_factor() / per(s)
             }
-            _ => z * c.scaling_factor,
+            _ => z * vae.scaling_factor(),
         };
         Ok(z.to_device(self.device).to_kind(self.kind))
     }
@@ -1193,7 +1301,7 @@ impl Pipeline {
         let _guard = tch::no_grad_guard();
         // diffusers' SDXL pipelines decode an fp16 VAE whose config says `force_upcast` in
         // fp32 from the start (SDXL's VAE overflows in fp16); the SD pipeline does not.
-        let upcast = self.spec.arch == Arch::Sdxl && self.vae.config.force_upcast && self.aux.kind == Kind::Half;
+        let upcast = self.spec.arch == Arch::Sdxl && self.vae.force_upcast() && self.aux.kind == Kind::Half;
         let (vae, kind) = if upcast { (self.vae_fp32()?, Kind::Float) } else { (&self.vae, self.aux.kind) };
         let z = unscale(vae, &latents.to_device(self.aux.device).to_kind(kind), self.spec.arch == Arch::Sdxl)?;
         let mut x = self.run_vae(vae, &z)?;
@@ -1222,7 +1330,7 @@ impl Pipeline {
     }
 
     /// The VAE's image for `z` (already divided by the scaling factor), tiled if asked.
-    fn run_vae(&self, vae: &Vae, z: &Tensor) -> Result<Tensor> {
+    fn run_vae(&self, vae: &Autoencoder, z: &Tensor) -> Result<Tensor> {
         match self.vae_tiling {
             Some(t) => vae.decode_tiled(z, t),
             None => Ok(vae.decode(z)),
@@ -1235,7 +1343,7 @@ impl Pipeline {
     }
 
     /// The fp32 VAE on the VAE's device, loaded from the weights again the first time.
-    fn vae_fp32(&self) -> Result<&Vae> {
+    fn vae_fp32(&self) -> Result<&Autoencoder> {
         if let Some(v) = self.vae_fp32.get() {
             return Ok(v);
         }
@@ -1288,14 +1396,13 @@ fn cat_rows(rows: &[&Conditioning]) -> Conditioning {
 /// pipelines (`mean_std`) with a VAE whose config gives per-channel `latents_mean` and
 /// `latents_std`, `latents · std / scaling_factor + mean`. diffusers' SD 1.x/2.x pipeline
 /// only divides.
-fn unscale(vae: &Vae, latents: &Tensor, mean_std: bool) -> Result<Tensor> {
-    let c = &vae.config;
-    match (&c.latents_mean, &c.latents_std) {
-        (Some(mean), Some(std)) if mean_std => {
+fn unscale(vae: &Autoencoder, latents: &Tensor, mean_std: bool) -> Result<Tensor> {
+    match vae.latents_mean_std() {
+        Some((mean, std, path)) if mean_std => {
             let channels = latents.size().get(1).copied().unwrap_or(0);
             if mean.len() as i64 != channels || std.len() as i64 != channels {
                 return Err(Error::config(
-                    &c.path,
+                    path,
                     format!(
                         "latents_mean and latents_std have {} and {} entries but the latents have {channels} channels",
                         mean.len(),
@@ -1306,9 +1413,9 @@ fn unscale(vae: &Vae, latents: &Tensor, mean_std: bool) -> Result<Tensor> {
             let per_channel = |v: &[f64]| {
                 Tensor::from_slice(v).view([1, -1, 1, 1]).to_kind(latents.kind()).to_device(latents.device())
             };
-            Ok(latents * per_channel(std) / c.scaling_factor + per_channel(mean))
+            Ok(latents * per_channel(std) / vae.scaling_factor() + per_channel(mean))
         }
-        _ => Ok(latents / c.scaling_factor),
+        _ => Ok(latents / vae.scaling_factor()),
     }
 }
 

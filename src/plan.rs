@@ -101,6 +101,9 @@ pub struct ModelSpec {
     pub config_hash: String,
     /// Single files: the checkpoint, already inspected and with its configs.
     pub(crate) prepared: Option<Box<crate::loading::single_file::Prepared>>,
+    /// The autoencoder used instead of the model's own (`--vae`), checked against the model
+    /// by [`ModelSpec::set_vae`]. Latent scaling comes from its config, not from `vae`.
+    pub vae_swap: Option<crate::loading::vae_source::VaeSwap>,
 }
 
 /// The options that decide what [`ModelSpec::inspect`] finds.
@@ -202,6 +205,7 @@ impl ModelSpec {
             config_dir: None,
             arch_forced: false,
             prepared: None,
+            vae_swap: None,
         })
     }
 
@@ -250,6 +254,7 @@ impl ModelSpec {
             config_dir: opts.config_dir.map(Path::to_path_buf),
             arch_forced: opts.arch.is_some(),
             prepared: Some(Box::new(prepared)),
+            vae_swap: None,
         })
     }
 
@@ -304,20 +309,95 @@ impl ModelSpec {
         Ok(())
     }
 
+    /// The config of the autoencoder that runs: the swapped one, else the model's own.
+    pub fn autoencoder(&self) -> crate::models::autoencoder::AutoencoderConfig {
+        match &self.vae_swap {
+            Some(s) => s.config.clone(),
+            None => crate::models::autoencoder::AutoencoderConfig::Kl(self.vae.clone()),
+        }
+    }
+
     /// How many latent channels the VAE makes, which text-to-image noise must have.
     pub fn latent_channels(&self) -> i64 {
-        self.vae.latent_channels
+        match &self.vae_swap {
+            Some(s) => s.config.latent_channels(),
+            None => self.vae.latent_channels,
+        }
     }
 
     /// Pixels per latent pixel along each side: 2^(VAE levels - 1), 8 for SD's VAE.
     pub fn vae_scale_factor(&self) -> u32 {
-        1 << self.vae.block_out_channels.len().saturating_sub(1).min(16)
+        match &self.vae_swap {
+            Some(s) => s.config.scale_factor(),
+            None => 1 << self.vae.block_out_channels.len().saturating_sub(1).min(16),
+        }
     }
 
     /// Whether the UNet is an inpainting one: it takes the latents, the mask and the masked
     /// image's latents (9 channels for SD's 4-channel VAE).
     pub fn is_inpainting(&self) -> bool {
-        self.unet.in_channels == 2 * self.vae.latent_channels + 1
+        self.unet.in_channels == 2 * self.latent_channels() + 1
+    }
+
+    /// Uses `swap` instead of the model's own VAE, after checking that it fits: its latent
+    /// channels must be the UNet's, its scale the model's VAE's; an `AutoencoderKL` must
+    /// share the model's VAE's `scaling_factor` (another value means another model family,
+    /// e.g. SDXL's 0.13025 against SD 1.x's 0.18215); a tiny autoencoder must be TAESDXL for
+    /// SDXL and TAESD otherwise, told apart by `xl` in its names (their shapes and configs
+    /// are identical).
+    pub fn set_vae(&mut self, swap: crate::loading::vae_source::VaeSwap) -> Result<()> {
+        use crate::models::autoencoder::AutoencoderConfig;
+        let what = format!("--vae {}", swap.source);
+        let c = swap.config.latent_channels();
+        let unet_in = self.unet.in_channels;
+        if unet_in != c && unet_in != 2 * c + 1 {
+            return Err(Error::invalid(format!(
+                "{what} makes {c}-channel latents, but the UNet of {} takes {unet_in} input channels (its own VAE \
+                 makes {}); this VAE belongs to another kind of model",
+                self.path.display(),
+                self.vae.latent_channels
+            )));
+        }
+        let own = 1u32 << self.vae.block_out_channels.len().saturating_sub(1).min(16);
+        if swap.config.scale_factor() != own {
+            return Err(Error::invalid(format!(
+                "{what} maps one latent to {} pixels, the model's own VAE to {own}; it belongs to another kind of model",
+                swap.config.scale_factor()
+            )));
+        }
+        match &swap.config {
+            AutoencoderConfig::Kl(cfg) => {
+                if (cfg.scaling_factor - self.vae.scaling_factor).abs() > 1e-9 {
+                    return Err(Error::invalid(format!(
+                        "{what} has scaling_factor {}, but this {} model's own VAE has {}: the VAE was trained \
+                         for another model family (0.18215 is SD 1.x/2.x's, 0.13025 SDXL's); pick a VAE made for \
+                         this model",
+                        cfg.scaling_factor,
+                        self.arch.name(),
+                        self.vae.scaling_factor
+                    )));
+                }
+            }
+            AutoencoderConfig::Tiny(_) => {
+                let sdxl = self.arch == Arch::Sdxl;
+                if swap.named_xl && !sdxl {
+                    return Err(Error::invalid(format!(
+                        "{what} is a TAESDXL (its name says xl), made for SDXL; this is an {} model: use TAESD \
+                         (madebyollin/taesd) instead",
+                        self.arch.name()
+                    )));
+                }
+                if !swap.named_xl && sdxl {
+                    return Err(Error::invalid(format!(
+                        "{what} is a TAESD for SD 1.x/2.x, and this is an SDXL model: use TAESDXL \
+                         (madebyollin/taesdxl). TAESD and TAESDXL have the same shapes, so sdgen tells them apart \
+                         by name: if this one is made for SDXL, put xl in its file or folder name"
+                    )));
+                }
+            }
+        }
+        self.vae_swap = Some(swap);
+        Ok(())
     }
 
     /// An inpainting UNet needs an init image and a mask to run at all.
@@ -336,7 +416,7 @@ impl ModelSpec {
     /// The UNet's inputs must be the VAE's latent channels, or those plus the mask and the
     /// masked image's latents for an inpainting UNet.
     fn check_latents(&self) -> Result<()> {
-        let (unet_in, latent) = (self.unet.in_channels, self.vae.latent_channels);
+        let (unet_in, latent) = (self.unet.in_channels, self.latent_channels());
         if unet_in == latent || self.is_inpainting() {
             return Ok(());
         }
@@ -489,6 +569,10 @@ pub struct Settings {
     /// Textual-inversion embedding files, and a folder of them (`--embedding`, `--embeddings-dir`).
     pub embeddings: Option<Vec<PathBuf>>,
     pub embeddings_dir: Option<PathBuf>,
+    /// `--vae`: another autoencoder (a folder, a `.safetensors` file or a hub id).
+    pub vae: Option<String>,
+    /// The sha256 the VAE had when a record was made: a replay refuses other weights.
+    pub vae_sha256: Option<String>,
 }
 
 macro_rules! layer {
@@ -533,7 +617,9 @@ impl Settings {
             loras,
             lora_dir,
             embeddings,
-            embeddings_dir
+            embeddings_dir,
+            vae,
+            vae_sha256
         )
     }
 
@@ -546,6 +632,10 @@ impl Settings {
             recorded.prediction_type = None;
             recorded.config_dir = None;
             recorded.arch = None;
+        }
+        // A VAE on the command line is taken as it is now, even under the recorded name.
+        if self.vae.is_some() {
+            recorded.vae_sha256 = None;
         }
         self.or(recorded)
     }
@@ -599,6 +689,8 @@ impl Settings {
             embeddings: (!r.model.embeddings.is_empty())
                 .then(|| r.model.embeddings.iter().map(|e| e.file.clone()).collect()),
             embeddings_dir: None,
+            vae: r.model.vae.as_ref().map(|v| v.source.clone()),
+            vae_sha256: r.model.vae.as_ref().map(|v| v.sha256.clone()),
         }
     }
 
@@ -714,6 +806,10 @@ pub fn run_key(spec: &ModelSpec, opts: &crate::LoadOptions) -> Result<String> {
     let embeddings = crate::embeddings::key_entries(&opts.embeddings, opts.embeddings_dir.as_deref())?;
     if !embeddings.is_empty() {
         subject["embeddings"] = serde_json::json!(embeddings);
+    }
+    // Absent without --vae, so older keys stay valid.
+    if let Some(swap) = &spec.vae_swap {
+        subject["vae"] = serde_json::json!(swap.sha256);
     }
     let digest = Sha256::digest(subject.to_string().as_bytes());
     Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())

@@ -345,6 +345,22 @@ pub struct ModelRecord {
     /// Textual-inversion embeddings loaded into the text encoders, in loading order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub embeddings: Vec<crate::embeddings::EmbeddingRecord>,
+    /// The autoencoder used instead of the model's own (`--vae`); absent: the model's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<VaeRecord>,
+}
+
+/// A swapped autoencoder (`--vae`), as records keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaeRecord {
+    /// The path or hub id it was loaded from.
+    pub source: String,
+    /// A short display name (A1111's `VAE:`).
+    pub name: String,
+    /// Full sha256 hex of its weights file (A1111's `VAE hash:` is the first 10 digits).
+    pub sha256: String,
+    /// diffusers' class: `AutoencoderKL` or `AutoencoderTiny`.
+    pub class: String,
 }
 
 /// Everything needed to make an image again, bit for bit on the same device.

@@ -1,5 +1,6 @@
 //! Ctrl-C and SIGTERM in the binary: remove the temporary file being written (so no hidden
-//! `.sdgen-tmp-*.part` stays behind), then die of the signal as before.
+//! `.sdgen-tmp-*.part` stays behind) and the previews of images not finished
+//! (`NAME.preview.png`), then die of the signal as before.
 //!
 //! The library installs nothing; it only keeps the list of in-flight temporary files once
 //! asked to ([`sdgen::output::atomic::track_in_flight_temps`]).

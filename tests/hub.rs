@@ -5,7 +5,7 @@
 //! `etag`, `x-linked-etag` for LFS files, `content-range`). Each test logs the requests, so
 //! it can tell exactly which files were fetched. The real hub is never contacted.
 
-use sdgen::loading::hub::{fetch_with, HubConfig, NoProgress};
+use sdgen::loading::hub::{fetch_vae_with, fetch_with, HubConfig, NoProgress};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -624,4 +624,74 @@ fn an_sdxl_repo_fetches_both_text_encoders() {
     let msg = fetch_with(&offline, "sdgen/tiny-sdxl", None, false, &mut NoProgress).unwrap_err().to_string();
     assert!(msg.contains("incomplete") && msg.contains("text_encoder_2/model.safetensors"), "{msg}");
     assert!(msg.contains("'tokenizer_2/*'") && msg.contains("'text_encoder_2/config.json'"), "{msg}");
+}
+
+/// `--vae` hub ids: a VAE repo (config and weights at the top, as stabilityai/sd-vae-ft-mse
+/// and madebyollin/taesd) gives only those two files, the fp16 variant when asked for; a
+/// pipeline repo gives only its `vae/` folder; a repo of one `.safetensors` file that file;
+/// offline, the cache alone. The fetched tiny autoencoder then decodes as the local one.
+#[test]
+fn hub_vaes_fetch_only_the_vae() {
+    no_proxy();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut taesd = read_tree(&root.join("weights/tiny-taesd"));
+    taesd.insert("diffusion_pytorch_model.fp16.safetensors".into(), b"fp16 stand-in".to_vec());
+    taesd.insert("diffusion_pytorch_model.bin".into(), b"pickle".to_vec());
+    taesd.insert("taesd_decoder.pth".into(), b"pickle".to_vec());
+    let ldm = std::fs::read(root.join("weights/tiny-sd-vae2.safetensors")).unwrap();
+    let one: Files = [("vae-ft.safetensors".to_string(), ldm.clone())].into_iter().collect();
+    let mut server = Server::start(hosted(vec![
+        ("madebyollin/taesd", taesd.clone(), None),
+        ("tiny/sd", tiny_with_junk(), None),
+        ("tiny/vae-original", one, None),
+    ]));
+    let tmp = tempfile::tempdir().unwrap();
+    let online = config(&server.endpoint, tmp.path(), false);
+
+    let got = fetch_vae_with(&online, "madebyollin/taesd", None, false, &mut NoProgress).unwrap();
+    assert_eq!(got, tmp.path().join("models--madebyollin--taesd").join("snapshots").join(SHA));
+    assert_eq!(
+        resolve_paths(&server.requests(), "madebyollin/taesd"),
+        ["config.json", "diffusion_pytorch_model.safetensors"].map(String::from).into_iter().collect()
+    );
+    server.clear();
+    let fp16 = tempfile::tempdir().unwrap();
+    fetch_vae_with(&config(&server.endpoint, fp16.path(), false), "madebyollin/taesd", None, true, &mut NoProgress)
+        .unwrap();
+    assert_eq!(
+        resolve_paths(&server.requests(), "madebyollin/taesd"),
+        ["config.json", "diffusion_pytorch_model.fp16.safetensors"].map(String::from).into_iter().collect()
+    );
+
+    server.clear();
+    let vae_dir = fetch_vae_with(&online, "tiny/sd", None, false, &mut NoProgress).unwrap();
+    assert_eq!(vae_dir, tmp.path().join("models--tiny--sd").join("snapshots").join(SHA).join("vae"));
+    assert_eq!(
+        resolve_paths(&server.requests(), "tiny/sd"),
+        // The model card comes too (small; it carries the licence).
+        ["vae/config.json", "vae/diffusion_pytorch_model.safetensors", "README.md"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
+
+    let file = fetch_vae_with(&online, "tiny/vae-original", None, false, &mut NoProgress).unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), ldm);
+
+    server.stop();
+    let offline = config(&server.endpoint, tmp.path(), true);
+    assert_eq!(fetch_vae_with(&offline, "madebyollin/taesd", None, false, &mut NoProgress).unwrap(), got);
+    let msg = fetch_vae_with(&offline, "madebyollin/taesdxl", None, false, &mut NoProgress).unwrap_err().to_string();
+    assert!(msg.contains("--vae") && msg.contains("diffusion_pytorch_model.safetensors"), "{msg}");
+
+    // The fetched autoencoder is the local one.
+    let opts = sdgen::LoadOptions {
+        vae: Some(got),
+        vae_label: Some(format!("madebyollin/taesd@{SHA}")),
+        ..common::cpu_fp32("weights/tiny-sd")
+    };
+    let pipe = sdgen::Pipeline::load(&opts).unwrap();
+    let v = pipe.model().vae.clone().unwrap();
+    assert_eq!((v.name.as_str(), v.class.as_str()), ("taesd", "AutoencoderTiny"));
+    assert_eq!(v.sha256, sha256(&taesd["diffusion_pytorch_model.safetensors"]));
 }

@@ -140,6 +140,7 @@ fn record(prompt: &str, negative: Option<&str>) -> Record {
             config_dir: None,
             arch_forced: false,
             embeddings: Vec::new(),
+            vae: None,
         },
         sampler: None,
         prediction_type: None,

@@ -256,7 +256,38 @@ fn a_full_queue_answers_503_with_retry_after() {
 
 #[test]
 fn interrupt_stops_the_running_job() {
-    let server = start(|_| {});
+    interrupt_after_a_preview(start(|_| {}), (8, 8));
+}
+
+#[test]
+fn progress_previews_from_a_tiny_autoencoder_are_full_size() {
+    let server = start(|o| o.preview_vae = Some(common::root().join("weights/tiny-taesd")));
+    interrupt_after_a_preview(server, (64, 64));
+}
+
+#[test]
+fn a_preview_autoencoder_that_does_not_fit_fails_the_start_not_a_switch() {
+    let weights = common::root().join("weights");
+    let load = sdgen::LoadOptions { model: tiny(), device: "cpu".parse().unwrap(), ..Default::default() };
+    let mut opts = ServeOptions::new(load);
+    opts.listen = "127.0.0.1:0".parse().unwrap();
+    opts.preview_vae = Some(weights.join("tiny-taesdxl"));
+    let e = Server::start(opts).err().expect("a TAESDXL on an SD model is refused").to_string();
+    assert!(e.contains("TAESDXL") && e.contains("use TAESD"), "{e}");
+    // Switching to SDXL with a TAESD: the switch works, its previews are the cheap ones.
+    let server = start(|o| {
+        o.models_dir = Some(weights.clone());
+        o.preview_vae = Some(weights.join("tiny-taesd"));
+    });
+    let a = post(&server, "/sdapi/v1/options", r#"{"sd_model_checkpoint": "tiny-sdxl"}"#);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = post(&server, "/sdapi/v1/txt2img", r#"{"prompt": "x", "steps": 2, "width": 64, "height": 64}"#);
+    assert_eq!(a.status, 200, "{}", a.body);
+    server.shutdown().unwrap();
+}
+
+/// Starts a long job, waits for its progress preview (`dims` in size), interrupts it.
+fn interrupt_after_a_preview(server: Server, dims: (u32, u32)) {
     let addr = server.addr();
     let job = std::thread::spawn(move || {
         let body =
@@ -273,7 +304,7 @@ fn interrupt_stops_the_running_job() {
         if p["state"]["sampling_step"].as_u64().unwrap_or(0) > 0 && p["current_image"].is_string() {
             assert!(p["progress"].as_f64().unwrap() > 0.0);
             let preview = rgb(&png(&p["current_image"]));
-            assert_eq!(preview.dimensions(), (8, 8), "one pixel per latent pixel");
+            assert_eq!(preview.dimensions(), dims, "8×8: one pixel per latent pixel; 64×64: decoded");
             let skipped = get(&server, "/sdapi/v1/progress?skip_current_image=true").body;
             assert!(skipped["current_image"].is_null());
             break;

@@ -1,11 +1,11 @@
 //! `sdgen batch FILE`: many prompts from a file, resumable and shardable.
 
-use super::{GenerationArgs, LimitArgs, ModelArgs};
+use super::{GenerationArgs, LimitArgs, ModelArgs, PreviewArgs};
 use anyhow::bail;
 use clap::Args;
 use sdgen::batch::{self, BatchInput, BatchOptions, Defaults, Shard};
 use sdgen::plan::{run_key, Settings};
-use sdgen::save::PipelineBackend;
+use sdgen::save::{BatchPreviews, PipelineBackend};
 use sdgen::Request;
 use std::path::PathBuf;
 
@@ -55,6 +55,11 @@ pub struct BatchArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub preview: PreviewArgs,
+    /// The arguments the config file set (their ids).
+    #[arg(skip)]
+    pub from_config: Vec<String>,
 }
 
 /// Runs the batch; `Ok(false)` when some lines failed (the exit code says so).
@@ -110,7 +115,12 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
     batch::validate(&input, &opts)?;
     opts.on_event = &on_event;
     let mut pipe = sdgen::Pipeline::from_spec(&load, spec)?;
-    let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &mut pipe })?;
+    args.preview.warn_unused(&args.from_config);
+    if let (Some(_), Some(source)) = (args.preview.preview, &args.preview.preview_vae) {
+        super::load_preview_vae(&mut pipe, source, args.quiet)?;
+    }
+    let previews = args.preview.preview.map(|every| BatchPreviews { every, out_dir: args.out.clone() });
+    let summary = batch::run(&input, &opts, &mut PipelineBackend { pipeline: &mut pipe, previews })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

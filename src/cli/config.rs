@@ -82,6 +82,7 @@ pub fn parse_from(args: Vec<OsString>, config: Option<&Path>) -> anyhow::Result<
                 a.gen.forget_defaults(m);
                 a.limits.forget_defaults(m);
                 forget(&mut a.num_images, m, "num_images");
+                a.from_config = from_config;
             }
             Command::Bench(a) => a.model.forget_defaults(m),
             _ => {}
@@ -226,6 +227,7 @@ pub fn take_config(flags: &mut Settings, ids: &[String]) -> Settings {
             "offload" => c.offload = f.offload.take(),
             "vae_tiling" => c.vae_tiling = f.vae_tiling.take(),
             "cpu_conv" => c.conv = f.conv.take(),
+            "vae" => c.vae = f.vae.take(),
             "original_size" => c.size_conditioning.original_size = f.size_conditioning.original_size.take(),
             "crop_coords" => c.size_conditioning.crop_coords = f.size_conditioning.crop_coords.take(),
             "target_size" => c.size_conditioning.target_size = f.size_conditioning.target_size.take(),

@@ -1,6 +1,6 @@
 //! `sdgen generate`: one prompt to PNG files.
 
-use super::{GenerationArgs, LimitArgs, ModelArgs, OutputArgs};
+use super::{GenerationArgs, LimitArgs, ModelArgs, OutputArgs, PreviewArgs};
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -34,6 +34,8 @@ pub struct GenerateArgs {
     pub output: OutputArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub preview: PreviewArgs,
     /// Print what was written as one JSON object on stdout (paths, seeds, timings; see the
     /// README) instead of one path a line.
     #[arg(long)]
@@ -158,6 +160,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
     }
     pipe.check(&req)?;
+    args.preview.warn_unused(&args.from_config);
+    if let (Some(_), Some(source)) = (args.preview.preview, &args.preview.preview_vae) {
+        super::load_preview_vae(&mut pipe, source, args.output.quiet)?;
+    }
     if !seed_given {
         eprintln!("seed: {}", req.seed);
     }
@@ -178,7 +184,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let image_started = std::time::Instant::now();
         let mut last_line = image_started;
         let mut image_steps = 0;
+        // Dropped after the image is written, or on an early return: the preview goes then.
+        let mut previews = match args.preview.preview {
+            Some(every) => {
+                let path =
+                    sdgen::save::image_path(&single, &args.output.out, args.output.name.as_deref(), i, &timestamp)?;
+                Some(sdgen::save::PreviewFiles::new(every, &[path]))
+            }
+            None => None,
+        };
         let out = pipe.generate(&single, &mut |p| {
+            if let Some(previews) = &mut previews {
+                previews.on_step(&pipe, &p);
+            }
             if i == 0 && p.step == 1 && !args.output.quiet {
                 if let Some(note) = sdgen::limits::slow_notice(image_started.elapsed(), p.steps, req.num_images) {
                     bar.suspend(|| eprintln!("{note}"));
@@ -224,6 +242,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             }
             images.push(ImageReport { path, seed: single.seed, seconds });
         }
+        drop(previews);
     }
     bar.finish_and_clear();
     let written: Vec<PathBuf> = images.iter().map(|r| r.path.clone()).collect();

@@ -33,7 +33,8 @@ pub enum Command {
     #[command(after_help = "Examples:
   sdgen generate \"a lighthouse at dawn\" -m weights/tiny-sd -s 42
   sdgen generate -p \"a red fox\" --sampler \"DPM++ 2M Karras\" --cfg-scale 6 -W 640 -H 448
-  sdgen generate --from old.png --steps 30      (an sdgen or A1111 PNG, or a parameters .txt)")]
+  sdgen generate --from old.png --steps 30      (an sdgen or A1111 PNG, or a parameters .txt)
+  sdgen generate \"a red fox\" --steps 30 --preview 5   (NAME.preview.png while it forms)")]
     Generate(generate::GenerateArgs),
     /// Generate images for every line of a prompt file (txt, jsonl, csv); resumable, shardable.
     #[command(after_help = "Examples:
@@ -111,6 +112,11 @@ pub struct ModelArgs {
     /// Single-file checkpoints: sd1, sd2 or sdxl, instead of detecting it from tensor shapes.
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<String>,
+    /// Another VAE instead of the model's own: a diffusers VAE folder, a model folder with
+    /// vae/, a .safetensors file (diffusers or original names; TAESD's taesd_decoder too) or
+    /// a hub id (stabilityai/sd-vae-ft-mse, madebyollin/taesd, madebyollin/taesdxl).
+    #[arg(long, value_name = "SOURCE")]
+    pub vae: Option<String>,
     #[command(flatten)]
     pub memory: MemoryArgs,
     #[command(flatten)]
@@ -193,6 +199,7 @@ impl ModelArgs {
             conv: self.memory.cpu_conv.as_deref().map(sdgen::models::conv::ConvAlgo::parse).transpose()?,
             embeddings: (!self.embeddings.embedding.is_empty()).then(|| self.embeddings.embedding.clone()),
             embeddings_dir: self.embeddings.embeddings_dir.clone(),
+            vae: self.vae.clone(),
             ..Settings::default()
         })
     }
@@ -229,7 +236,17 @@ pub fn load_options(settings: &Settings, quiet: bool) -> anyhow::Result<sdgen::L
         }
         _ => None,
     };
+    let (vae, vae_label) = match &settings.vae {
+        Some(v) => {
+            let (path, label) = vae_source(v, fp16, quiet)?;
+            (Some(path), label)
+        }
+        None => (None, None),
+    };
     Ok(sdgen::LoadOptions {
+        vae,
+        vae_label,
+        vae_sha256: settings.vae_sha256.clone(),
         model: path,
         device,
         dtype,
@@ -250,6 +267,37 @@ pub fn load_options(settings: &Settings, quiet: bool) -> anyhow::Result<sdgen::L
             .clone()
             .or_else(|| std::env::var_os("SDGEN_EMBEDDINGS_DIR").filter(|v| !v.is_empty()).map(PathBuf::from)),
     })
+}
+
+/// `--vae SOURCE` on disk: a local folder or file as it is (its label the string given), or a
+/// hub VAE fetched into the Hugging Face cache (its label `repo@commit`, so `--from` finds
+/// exactly these weights again).
+fn vae_source(source: &str, fp16: bool, quiet: bool) -> anyhow::Result<(PathBuf, Option<String>)> {
+    use sdgen::loading::source::ModelSource;
+    let parsed = ModelSource::parse(source).map_err(|e| anyhow::anyhow!("--vae: {e}"))?;
+    match parsed {
+        ModelSource::Folder(p) | ModelSource::SingleFile(p) => Ok((p, None)),
+        ModelSource::Hub { repo, revision } => {
+            let path = sdgen::loading::hub::fetch_vae(
+                &repo,
+                revision.as_deref(),
+                fp16,
+                &mut progress::DownloadBar::new(quiet),
+            )?;
+            let commit = path
+                .ancestors()
+                .find(|p| p.parent().and_then(|q| q.file_name()).is_some_and(|n| n == "snapshots"))
+                .and_then(|p| p.file_name())
+                .map(|c| c.to_string_lossy().into_owned());
+            Ok((
+                path,
+                Some(match commit {
+                    Some(c) => format!("{repo}@{c}"),
+                    None => source.to_string(),
+                }),
+            ))
+        }
+    }
 }
 
 /// What to generate; every field is optional so `--from` and batch files can fill the rest.
@@ -394,6 +442,42 @@ impl GenerationArgs {
     }
 }
 
+/// Previews while images form (`sdgen::preview`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct PreviewArgs {
+    /// Write NAME.preview.png beside each image every N sampling steps while it forms, replaced
+    /// each time and removed when the image is written (or the run fails or is stopped). Without
+    /// --preview-vae it is A1111's "Approx cheap": one pixel per latent pixel, 1/8 of the size.
+    #[arg(long, value_name = "N", value_parser = preview_every, help_heading = "Previews")]
+    pub preview: Option<usize>,
+    /// Decode the previews with this tiny autoencoder (TAESD for SD 1.x/2.x, TAESDXL for SDXL):
+    /// a folder, a .safetensors file (taesd_decoder too) or a hub id (madebyollin/taesd), as
+    /// --vae takes them; full-size previews. Used with --preview.
+    #[arg(long, value_name = "SOURCE", help_heading = "Previews")]
+    pub preview_vae: Option<String>,
+}
+
+/// `--preview N`: N ≥ 1 sampling steps between previews.
+fn preview_every(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("N is how many sampling steps apart previews are written, so at least 1 \
+                      (leave --preview out for no previews)"
+            .into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a whole number of steps")),
+    }
+}
+
+impl PreviewArgs {
+    /// `--preview-vae` does nothing without `--preview`: say so when the command line (not the
+    /// config file, which may set it for the runs that preview) gave it alone.
+    pub fn warn_unused(&self, from_config: &[String]) {
+        if self.preview.is_none() && self.preview_vae.is_some() && !from_config.iter().any(|id| id == "preview_vae") {
+            log::warn!("--preview-vae is used only with --preview N; no previews are made");
+        }
+    }
+}
+
 /// Limits on what one request may ask for (see `sdgen::limits`), and the NaN guard.
 #[derive(Args, Debug, Clone, Default)]
 pub struct LimitArgs {
@@ -448,4 +532,16 @@ pub struct OutputArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+/// `--preview-vae SOURCE`: makes the pipeline's previews a tiny autoencoder's decodes (a
+/// folder, a file or a hub id, as `--vae` takes them).
+pub fn load_preview_vae(pipe: &mut sdgen::Pipeline, source: &str, quiet: bool) -> anyhow::Result<()> {
+    sdgen::loading::source::ModelSource::parse(source).map_err(|e| anyhow::anyhow!("--preview-vae: {e}"))?;
+    let (path, label) = vae_source(source, pipe.kind() == tch::Kind::Half, quiet)?;
+    pipe.load_preview_vae(&path, Some(label.as_deref().unwrap_or(source)))?;
+    if !quiet {
+        eprintln!("previews: tiny autoencoder {}", label.as_deref().unwrap_or(source));
+    }
+    Ok(())
 }

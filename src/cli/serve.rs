@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// Largest request body in bytes (img2img images come base64 in the body).
     #[arg(long, default_value_t = 32 << 20, value_name = "BYTES")]
     pub max_body_bytes: usize,
+    /// Decode the progress previews (`current_image`) with this tiny autoencoder (TAESD for
+    /// SD 1.x/2.x, TAESDXL for SDXL), a folder or a .safetensors file: full size instead of
+    /// A1111's 1/8-size cheap projection.
+    #[arg(long, value_name = "PATH")]
+    pub preview_vae: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -77,6 +82,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     opts.api_key = args.api_key.clone();
     opts.api_auth = api_auth;
     opts.handle_signals = true;
+    opts.preview_vae = args.preview_vae.clone();
     if opts.is_open_to_network() {
         eprintln!(
             "warning: listening on {} without --api-key or --api-auth: anyone who can reach this machine can use it",

@@ -123,13 +123,56 @@ pub fn fetch_with(
     prefer_fp16: bool,
     progress: &mut dyn DownloadProgress,
 ) -> Result<PathBuf> {
+    fetch_what(config, repo, revision, prefer_fp16, progress, What::Pipeline)
+}
+
+/// Fetches a hub VAE with settings from the environment; see [`fetch_vae_with`].
+pub fn fetch_vae(
+    repo: &str,
+    revision: Option<&str>,
+    prefer_fp16: bool,
+    progress: &mut dyn DownloadProgress,
+) -> Result<PathBuf> {
+    fetch_vae_with(&HubConfig::from_env(), repo, revision, prefer_fp16, progress)
+}
+
+/// Like [`fetch_with`] for `--vae`: only a VAE's config and weights. A VAE repo
+/// (`stabilityai/sd-vae-ft-mse`, `madebyollin/taesd`: `config.json` and
+/// `diffusion_pytorch_model[.fp16].safetensors` at the top) gives its snapshot folder; a
+/// pipeline repo its `vae/` folder (only that is fetched); a repo of one `.safetensors` file
+/// (`stabilityai/sd-vae-ft-mse-original`) that file.
+pub fn fetch_vae_with(
+    config: &HubConfig,
+    repo: &str,
+    revision: Option<&str>,
+    prefer_fp16: bool,
+    progress: &mut dyn DownloadProgress,
+) -> Result<PathBuf> {
+    fetch_what(config, repo, revision, prefer_fp16, progress, What::Vae)
+}
+
+/// What a fetch is for: a whole pipeline (`--model`) or a VAE (`--vae`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum What {
+    Pipeline,
+    Vae,
+}
+
+fn fetch_what(
+    config: &HubConfig,
+    repo: &str,
+    revision: Option<&str>,
+    prefer_fp16: bool,
+    progress: &mut dyn DownloadProgress,
+    what: What,
+) -> Result<PathBuf> {
     let revision = revision.unwrap_or("main");
     // Both become paths in the cache, so they are checked here too, not only by the parser.
     check_repo_id(repo).map_err(|why| Error::invalid(format!("'{repo}' is not a hub repo id: {why}")))?;
     check_revision(revision).map_err(|why| Error::invalid(format!("'{revision}' is not a revision: {why}")))?;
     if config.offline {
-        return from_cache(config, repo, revision, prefer_fp16)
-            .map_err(|miss| not_cached(config, repo, revision, prefer_fp16, "HF_HUB_OFFLINE is set", &miss));
+        return from_cache(config, repo, revision, prefer_fp16, what)
+            .map_err(|miss| not_cached(config, repo, revision, prefer_fp16, "HF_HUB_OFFLINE is set", &miss, what));
     }
     let api = ApiBuilder::from_cache(Cache::new(config.cache_dir.clone()))
         .with_endpoint(config.endpoint.clone())
@@ -143,7 +186,7 @@ pub fn fetch_with(
         Ok(listing) => listing,
         // As huggingface_hub does: no connection is not an error while the cache has the model.
         Err(ListError::Unreachable(why)) => {
-            return from_cache(config, repo, revision, prefer_fp16).map_err(|miss| {
+            return from_cache(config, repo, revision, prefer_fp16, what).map_err(|miss| {
                 not_cached(
                     config,
                     repo,
@@ -151,13 +194,15 @@ pub fn fetch_with(
                     prefer_fp16,
                     &format!("{} cannot be reached ({why})", config.endpoint),
                     &miss,
+                    what,
                 )
             });
         }
         Err(ListError::Failed(e)) => return Err(e.into_error(config, repo, revision)),
     };
-    let plan = plan(&listing.files, prefer_fp16).map_err(|why| {
-        Error::Hub(format!("{repo}@{revision} on {} has no model sdgen can load: {why}", config.endpoint))
+    let plan = plan_for(what, &listing.files, prefer_fp16).map_err(|why| {
+        let thing = if what == What::Vae { "VAE" } else { "model" };
+        Error::Hub(format!("{repo}@{revision} on {} has no {thing} sdgen can load: {why}", config.endpoint))
     })?;
 
     let repo_dir = config.repo_dir(repo);
@@ -315,8 +360,42 @@ fn write_refs(repo_dir: &Path, revision: &str, sha: &str) -> Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Plan {
     files: Vec<String>,
-    /// For a repo that is one checkpoint, not a diffusers folder: that file.
+    /// For a repo that is one checkpoint, not a diffusers folder: that file (for a VAE from a
+    /// pipeline repo: its `vae` folder). The snapshot itself otherwise.
     single_file: Option<String>,
+}
+
+fn plan_for(what: What, listing: &[String], prefer_fp16: bool) -> std::result::Result<Plan, String> {
+    match what {
+        What::Pipeline => plan(listing, prefer_fp16),
+        What::Vae => plan_vae(listing, prefer_fp16),
+    }
+}
+
+/// The files of a VAE: `config.json` and one weights file at the top or under `vae/`, else
+/// a repo's single `.safetensors` file.
+fn plan_vae(listing: &[String], prefer_fp16: bool) -> std::result::Result<Plan, String> {
+    let has: BTreeSet<&str> = listing.iter().map(String::as_str).collect();
+    for dir in ["", "vae/"] {
+        let config = format!("{dir}config.json");
+        if !has.contains(config.as_str()) {
+            continue;
+        }
+        let plain = format!("{dir}diffusion_pytorch_model.safetensors");
+        let fp16 = format!("{dir}diffusion_pytorch_model.fp16.safetensors");
+        let pick = match (has.contains(plain.as_str()), has.contains(fp16.as_str())) {
+            (_, true) if prefer_fp16 => fp16,
+            (true, _) => plain,
+            (false, true) => fp16,
+            (false, false) => {
+                return Err(format!("{config} but no {plain} (nor its .fp16 variant)"));
+            }
+        };
+        let mut files = vec![config, pick];
+        files.extend(OPTIONAL.iter().filter(|f| has.contains(*f)).map(|f| f.to_string()));
+        return Ok(Plan { files, single_file: (!dir.is_empty()).then(|| "vae".to_string()) });
+    }
+    plan_single_file(&has).map_err(|why| format!("no config.json or vae/config.json, and {why}"))
 }
 
 fn plan(listing: &[String], prefer_fp16: bool) -> std::result::Result<Plan, String> {
@@ -434,7 +513,13 @@ struct Miss {
 }
 
 /// The cached snapshot for `revision`, when it holds everything [`plan`] asks for.
-fn from_cache(config: &HubConfig, repo: &str, revision: &str, prefer_fp16: bool) -> std::result::Result<PathBuf, Miss> {
+fn from_cache(
+    config: &HubConfig,
+    repo: &str,
+    revision: &str,
+    prefer_fp16: bool,
+    what: What,
+) -> std::result::Result<PathBuf, Miss> {
     let repo_dir = config.repo_dir(repo);
     let snapshots = repo_dir.join("snapshots");
     let is_commit = revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit());
@@ -450,7 +535,7 @@ fn from_cache(config: &HubConfig, repo: &str, revision: &str, prefer_fp16: bool)
     let snapshot = snapshots.join(&sha);
     let mut files = Vec::new();
     list_local(&snapshot, "", &mut files);
-    let plan = plan(&files, prefer_fp16).map_err(|why| Miss { snapshot: Some(snapshot.clone()), why })?;
+    let plan = plan_for(what, &files, prefer_fp16).map_err(|why| Miss { snapshot: Some(snapshot.clone()), why })?;
     Ok(match plan.single_file {
         Some(file) => snapshot.join(file),
         None => snapshot,
@@ -473,7 +558,15 @@ fn list_local(dir: &Path, prefix: &str, out: &mut Vec<String>) {
 }
 
 /// The error for a model that is needed from the cache but isn't all there.
-fn not_cached(config: &HubConfig, repo: &str, revision: &str, prefer_fp16: bool, cause: &str, miss: &Miss) -> Error {
+fn not_cached(
+    config: &HubConfig,
+    repo: &str,
+    revision: &str,
+    prefer_fp16: bool,
+    cause: &str,
+    miss: &Miss,
+    what: What,
+) -> Error {
     let variant = if prefer_fp16 { ".fp16" } else { "" };
     // Nothing cached may say whether the repo is SDXL: patterns for the second text encoder
     // and tokenizer then stay in the command, where they match nothing in other repos.
@@ -493,6 +586,9 @@ fn not_cached(config: &HubConfig, repo: &str, revision: &str, prefer_fp16: bool,
     include.extend(models.iter().map(|(dir, _)| format!("{dir}/config.json")));
     include.extend(models.iter().map(|(dir, stem)| format!("{dir}/{stem}{variant}.safetensors")));
     include.push("README.md".to_string());
+    if what == What::Vae {
+        include = vec!["config.json".to_string(), format!("diffusion_pytorch_model{variant}.safetensors")];
+    }
     let include = include.iter().map(|f| format!("'{f}'")).collect::<Vec<_>>().join(" ");
     let found = match &miss.snapshot {
         Some(snapshot) => format!("the cached snapshot {} is incomplete: {}", snapshot.display(), miss.why),
@@ -509,7 +605,10 @@ fn not_cached(config: &HubConfig, repo: &str, revision: &str, prefer_fp16: bool,
          `huggingface-cli download {repo} --revision {revision} --include {include}`, \
          then copy its cache folder {folder} into {cache} (or point HF_HUB_CACHE or HF_HOME at a copy);\n  \
          - or {network}, or set HF_ENDPOINT to a hub mirror you can reach;\n  \
-         - or pass --model a local diffusers folder or .safetensors file.",
+         - or pass {flag} a local {local}.",
+        flag = if what == What::Vae { "--vae" } else { "--model" },
+        local =
+            if what == What::Vae { "VAE folder or .safetensors file" } else { "diffusers folder or .safetensors file" },
         folder = Repo::model(repo.to_string()).folder_name(),
         cache = config.cache_dir.display(),
     ))
@@ -738,7 +837,7 @@ mod tests {
     fn not_cached_names_the_sdxl_files() {
         let cfg = HubConfig { endpoint: "http://x".into(), cache_dir: "/c".into(), token: None, offline: true };
         let miss = Miss { snapshot: None, why: "/c/models--a--b/refs/main".into() };
-        let msg = not_cached(&cfg, "a/b", "main", true, "HF_HUB_OFFLINE is set", &miss).to_string();
+        let msg = not_cached(&cfg, "a/b", "main", true, "HF_HUB_OFFLINE is set", &miss, What::Pipeline).to_string();
         for part in ["'tokenizer_2/*'", "'text_encoder_2/config.json'", "'text_encoder_2/model.fp16.safetensors'"] {
             assert!(msg.contains(part), "no {part} in {msg}");
         }
@@ -747,7 +846,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("unet")).unwrap();
         std::fs::write(dir.path().join("unet/config.json"), "{}").unwrap();
         let miss = Miss { snapshot: Some(dir.path().to_path_buf()), why: "missing vae/config.json".into() };
-        let msg = not_cached(&cfg, "a/b", "main", false, "offline", &miss).to_string();
+        let msg = not_cached(&cfg, "a/b", "main", false, "offline", &miss, What::Pipeline).to_string();
         assert!(!msg.contains("text_encoder_2") && msg.contains("'text_encoder/model.safetensors'"), "{msg}");
     }
 

@@ -8,6 +8,7 @@ pub mod hub;
 pub mod ldm_keys;
 pub mod single_file;
 pub mod source;
+pub mod vae_source;
 pub mod weights;
 
 pub use config::read_json;

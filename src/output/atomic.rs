@@ -270,11 +270,72 @@ pub fn track_in_flight_temps() {
 }
 
 /// Removes the temporary files being written right now (from another thread, say a signal
-/// handler's, just before the process exits). A writer that loses its file this way fails
-/// with an error; none of its bytes reach the destination. Returns how many were removed.
+/// handler's, just before the process exits), then the [`TransientFile`]s alive (previews),
+/// in that order so that a preview renamed into place meanwhile goes too. A writer that loses
+/// its file this way fails with an error; none of its bytes reach the destination. Returns
+/// how many were removed.
 pub fn remove_in_flight_temps() -> usize {
     let paths = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
-    paths.iter().filter(|p| std::fs::remove_file(p).is_ok()).count()
+    let temps = paths.iter().filter(|p| std::fs::remove_file(p).is_ok()).count();
+    let transient = TRANSIENT.lock().unwrap_or_else(|e| e.into_inner());
+    temps + transient.iter().filter(|p| std::fs::remove_file(p).is_ok()).count()
+}
+
+/// The [`TransientFile`]s alive now, while [`TRACKING`] is on.
+static TRANSIENT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A file that lives only while a run does, such as `NAME.preview.png` while image NAME forms:
+/// each [`TransientFile::write`] replaces it atomically (readers see a whole old or new file),
+/// and it is removed when this value is dropped, which covers a run that ends, fails or is
+/// cancelled, and by [`remove_in_flight_temps`] when the process gets a signal (once the
+/// binary opted in with [`track_in_flight_temps`]).
+#[derive(Debug)]
+pub struct TransientFile {
+    path: PathBuf,
+    written: bool,
+    tracked: bool,
+}
+
+impl TransientFile {
+    /// Nothing is written until [`TransientFile::write`]; the parent folder must exist then.
+    pub fn new(path: impl Into<PathBuf>) -> TransientFile {
+        let path = path.into();
+        let tracked = TRACKING.load(Ordering::SeqCst);
+        if tracked {
+            TRANSIENT.lock().unwrap_or_else(|e| e.into_inner()).push(path.clone());
+        }
+        TransientFile { path, written: false, tracked }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the file's contents atomically (see [`write_file`]).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let written = write_file(&self.path, bytes, OnExisting::Overwrite);
+        self.written |= written.is_ok();
+        written.map(drop)
+    }
+}
+
+impl Drop for TransientFile {
+    fn drop(&mut self) {
+        if self.tracked {
+            let mut paths = TRANSIENT.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = paths.iter().position(|p| *p == self.path) {
+                paths.swap_remove(i);
+            }
+        }
+        // Only a file this value wrote: one of that name that was there before is not ours.
+        if self.written {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("could not remove {}: {e}", self.path.display());
+                }
+            }
+        }
+    }
 }
 
 /// A temporary file's entry in [`IN_FLIGHT`], removed when dropped.
@@ -311,6 +372,34 @@ mod tests {
             fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn transient_file_is_replaced_and_removed_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.preview.png");
+        let mut file = TransientFile::new(&path);
+        assert!(!path.exists(), "nothing before the first write");
+        file.write(b"one").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        file.write(b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        drop(file);
+        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+    }
+
+    #[test]
+    fn transient_file_never_written_leaves_an_existing_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.preview.png");
+        fs::write(&path, b"someone else's").unwrap();
+        drop(TransientFile::new(&path));
+        assert_eq!(fs::read(&path).unwrap(), b"someone else's");
+        // A write into a folder that is missing fails and removes nothing either.
+        let mut missing = TransientFile::new(dir.path().join("no/such/c.png"));
+        assert!(missing.write(b"x").is_err());
+        drop(missing);
+        assert_eq!(names(dir.path()), vec!["b.preview.png".to_string()]);
     }
 
     #[test]

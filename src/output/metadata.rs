@@ -34,7 +34,7 @@ fn param_re() -> &'static Regex {
 /// ```text
 /// <prompt>
 /// Negative prompt: <negative>
-/// Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x512, Model hash: 0123456789, Model: v1-5, Clip skip: 2, RNG: CPU, Version: sdgen 0.1.0
+/// Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x512, Model hash: 0123456789, Model: v1-5, VAE hash: 735e4c3a44, VAE: vae-ft-mse-840000-ema-pruned.safetensors, Clip skip: 2, RNG: CPU, Version: sdgen 0.1.0
 /// ```
 ///
 /// `sampler_a1111` is the scheduler's A1111 display name and `schedule_type` its A1111
@@ -43,7 +43,8 @@ fn param_re() -> &'static Regex {
 /// "Automatic", which is Karras or exponential for some samplers. The negative line is always
 /// written, even empty, because ComfyUI's A1111 importer builds nothing without it. `RNG: CPU`
 /// says the noise comes from torch's CPU generator (A1111 assumes GPU). `Clip skip` is left out
-/// when it is 1 or unset, `Model hash` when the hash is unknown. Values are quoted as A1111
+/// when it is 1 or unset, `Model hash` when the hash is unknown, `VAE hash` and `VAE` when
+/// the model's own VAE ran. Values are quoted as A1111
 /// quotes them; the prompts are not (A1111 doesn't either).
 pub fn parameters_text(record: &Record, sampler_a1111: &str, schedule_type: Option<&str>) -> String {
     let req = &record.request;
@@ -61,6 +62,12 @@ pub fn parameters_text(record: &Record, sampler_a1111: &str, schedule_type: Opti
         params.push(("Model hash", hash.chars().take(10).collect()));
     }
     params.push(("Model", record.model.name.clone()));
+    if let Some(vae) = &record.model.vae {
+        // As A1111 writes a selected VAE: the first 10 hex digits of its file's sha256, and
+        // its name (A1111: the file name).
+        params.push(("VAE hash", vae.sha256.chars().take(10).collect()));
+        params.push(("VAE", vae.name.clone()));
+    }
     if let Some(skip) = req.clip_skip.filter(|&s| s > 1) {
         params.push(("Clip skip", skip.to_string()));
     }

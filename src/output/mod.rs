@@ -24,12 +24,12 @@ pub mod png_text;
 
 use std::path::{Path, PathBuf};
 
-pub use atomic::{create_folder, remove_stale_temps, write_file, OnExisting, Stale};
+pub use atomic::{create_folder, remove_stale_temps, write_file, OnExisting, Stale, TransientFile};
 pub use license::{ensure_notice_file, full_text, NOTICE_FILE_NAME};
 pub use metadata::{
     parameters_text, parse_parameters, read_record, ParsedParameters, LICENSE_KEY, PARAMETERS_KEY, RECORD_KEY,
 };
-pub use naming::{NameFields, Template, DEFAULT_TEMPLATE};
+pub use naming::{preview_path, NameFields, Template, DEFAULT_TEMPLATE};
 pub use png::{encode_png, read_text_chunks, write_png};
 
 use crate::{Image, Record, Result};

@@ -143,6 +143,17 @@ impl Template {
     }
 }
 
+/// Where the preview of the image at `image` goes while it forms: `NAME.preview.png` beside
+/// `NAME.png`.
+pub fn preview_path(image: &Path) -> PathBuf {
+    let name = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = match name.len().checked_sub(4) {
+        Some(cut) if name.is_char_boundary(cut) && name[cut..].eq_ignore_ascii_case(".png") => &name[..cut],
+        _ => name.as_str(),
+    };
+    image.with_file_name(format!("{stem}.preview.png"))
+}
+
 /// Refuses anything but plain names below the output folder.
 fn check_relative(template: &str, rel: &Path) -> Result<()> {
     let outside = || {
@@ -214,6 +225,13 @@ pub fn timestamp_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preview_path_is_beside_the_image() {
+        assert_eq!(preview_path(Path::new("out/a/cat.png")), PathBuf::from("out/a/cat.preview.png"));
+        assert_eq!(preview_path(Path::new("CAT.PNG")), PathBuf::from("CAT.preview.png"));
+        assert_eq!(preview_path(Path::new("x/0001-7")), PathBuf::from("x/0001-7.preview.png"));
+    }
 
     fn fields(prompt: &str) -> NameFields<'_> {
         NameFields { index: 7, seed: 1234, prompt, timestamp: "20261126-130501" }

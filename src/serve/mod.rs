@@ -11,13 +11,12 @@
 pub mod a1111;
 pub mod models;
 pub mod openai;
-pub mod preview;
 pub mod queue;
 pub mod web;
 
 use crate::error::ErrorKind;
 use crate::limits::Limits;
-use crate::pipeline::{LoadOptions, Pipeline};
+use crate::pipeline::LoadOptions;
 use crate::{Error, Request, Result};
 use axum::body::Body;
 use axum::extract::State;
@@ -55,6 +54,10 @@ pub struct ServeOptions {
     pub api_auth: Option<(String, String)>,
     /// Shut down gracefully on Ctrl-C / SIGTERM (the binary); tests stop with [`Server::shutdown`].
     pub handle_signals: bool,
+    /// Decode the progress previews with this tiny autoencoder (a folder or file, see
+    /// [`Pipeline::load_preview_vae`](crate::Pipeline::load_preview_vae)) instead of A1111's
+    /// cheap projection, for every model loaded.
+    pub preview_vae: Option<PathBuf>,
 }
 
 impl ServeOptions {
@@ -72,6 +75,7 @@ impl ServeOptions {
             api_key: None,
             api_auth: None,
             handle_signals: false,
+            preview_vae: None,
         }
     }
 
@@ -104,7 +108,12 @@ impl Server {
     /// Loads the model, binds the address and starts serving on threads of its own.
     pub fn start(opts: ServeOptions) -> Result<Server> {
         let start_name = opts.model_name.clone().unwrap_or_else(|| models::name_of(&opts.load.model));
-        let models = models::Models { base: opts.load.clone(), start_name: start_name.clone(), dir: opts.models_dir };
+        let models = models::Models {
+            base: opts.load.clone(),
+            start_name: start_name.clone(),
+            dir: opts.models_dir,
+            preview_vae: opts.preview_vae,
+        };
         let queue = Arc::new(Queue::new(opts.queue_capacity, opts.max_batch));
         // The worker loads the model itself, so the pipeline never crosses threads.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
@@ -113,7 +122,7 @@ impl Server {
             let name = start_name.clone();
             std::thread::Builder::new()
                 .name("sdgen-worker".into())
-                .spawn(move || match Pipeline::load(&load) {
+                .spawn(move || match models.load(&load, true) {
                     Ok(p) => {
                         *queue::lock(&queue.loaded) = queue::describe(&name, &p);
                         let _ = ready_tx.send(Ok(()));

@@ -22,6 +22,8 @@ pub struct Models {
     /// The starting model's name.
     pub start_name: String,
     pub dir: Option<PathBuf>,
+    /// A tiny autoencoder (folder or file) that decodes every model's progress previews.
+    pub preview_vae: Option<PathBuf>,
 }
 
 impl Models {
@@ -52,6 +54,21 @@ impl Models {
             _ => wanted,
         };
         self.list().into_iter().find(|e| e.name == bare || stem(&e.name) == bare)
+    }
+
+    /// Loads a model with [`Models::preview_vae`] for its previews. One that does not fit the
+    /// model (TAESD on SDXL) fails the load when `strict` (the starting model: a mistake in the
+    /// server's options); for a model switched to, its previews stay cheap, with a warning.
+    pub fn load(&self, opts: &LoadOptions, strict: bool) -> Result<crate::Pipeline> {
+        let mut pipe = crate::Pipeline::load(opts)?;
+        if let Some(path) = &self.preview_vae {
+            match pipe.load_preview_vae(path, None) {
+                Ok(()) => {}
+                Err(e) if !strict => log::warn!("{}: cheap previews, as {e}", opts.model.display()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(pipe)
     }
 
     /// How to load the model named `name`.

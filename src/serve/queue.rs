@@ -267,7 +267,7 @@ fn switch_model(queue: &Queue, models: &Models, pipe: &mut Option<Pipeline>, nam
     let opts = models.load_options(name).map_err(Failure::from)?;
     // The old model goes first so two never share the memory; a failed load leaves none.
     *pipe = None;
-    let loaded = Pipeline::load(&opts).map_err(Failure::from)?;
+    let loaded = models.load(&opts, false).map_err(Failure::from)?;
     *lock(&queue.loaded) = describe(name, &loaded);
     *pipe = Some(loaded);
     Ok(())
@@ -321,7 +321,6 @@ fn run_generation(queue: &Queue, pipe: &Pipeline, jobs: Vec<(Request, oneshot::S
         images: rows.len(),
         preview: None,
     };
-    let arch = pipe.spec().arch;
     let mut last_preview: Option<Instant> = None;
     let started = Instant::now();
     let mut results: Vec<Vec<(Generated, Vec<u8>)>> = valid.iter().map(|_| Vec::new()).collect();
@@ -338,7 +337,7 @@ fn run_generation(queue: &Queue, pipe: &Pipeline, jobs: Vec<(Request, oneshot::S
             queue.metrics.steps.fetch_add((p.step - last.min(p.step)) as u64, Ordering::Relaxed);
             last = p.step;
             let due = last_preview.is_none_or(|t| t.elapsed() >= PREVIEW_EVERY);
-            let preview = if due { super::preview::png(p.latents, arch).map(Arc::new) } else { None };
+            let preview = if due { first_preview_png(pipe, p.latents).map(Arc::new) } else { None };
             if due {
                 last_preview = Some(Instant::now());
             }
@@ -415,4 +414,11 @@ fn run_generation(queue: &Queue, pipe: &Pipeline, jobs: Vec<(Request, oneshot::S
         };
         let _ = reply.send(answer);
     }
+}
+
+/// The first image's preview as a PNG (see [`Pipeline::preview`]); `None` when it cannot be
+/// made, since a preview is never worth failing a job for.
+fn first_preview_png(pipe: &Pipeline, latents: &tch::Tensor) -> Option<Vec<u8>> {
+    let images = pipe.preview(latents).map_err(|e| log::debug!("no preview: {e}")).ok()?;
+    crate::output::encode_png(images.first()?, &[]).ok()
 }
