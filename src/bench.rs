@@ -20,17 +20,31 @@ pub struct BenchReport {
     pub width: u32,
     pub height: u32,
     pub steps: usize,
+    /// Images per batch (one UNet batch, twice that with guidance).
+    pub batch: usize,
+    /// How many times the batch ran; speed figures are the last run's.
+    pub runs: usize,
     pub threads: i32,
     pub weights_bytes: u64,
     pub load_s: f64,
     pub rss_before_load_bytes: u64,
     pub load_peak_rss_bytes: u64,
     pub first_step_s: f64,
+    /// From the first run's start to its decoded images (after loading).
+    pub first_image_s: f64,
     pub steps_per_s: f64,
+    /// Images per minute of the last run, denoising and decoding.
+    pub images_per_min: f64,
     pub vae_decode_s: f64,
     /// Peak resident memory of the whole run (load, denoising and decoding).
     pub peak_rss_bytes: u64,
     pub peak_vram_bytes: Option<u64>,
+    /// CUDA graph captures and replays, when graphs were on.
+    pub cuda_graphs: Option<crate::cuda::GraphStats>,
+    /// Why graphs were not used, when they were not.
+    pub cuda_graphs_off: Option<String>,
+    pub channels_last: bool,
+    pub fp16_accumulation: bool,
 }
 
 /// A `/proc/self/status` memory field (`VmRSS`, `VmHWM`) in bytes; 0 where unavailable.
@@ -67,9 +81,18 @@ fn sync(device: Device) {
     }
 }
 
-/// Loads the model and generates one image of `req`, timing each phase.
-pub fn run(opts: &LoadOptions, req: &Request) -> Result<BenchReport> {
+/// Loads the model and generates `req.num_images` images in one batch (seeds `seed`,
+/// `seed + 1`, ...), `runs` times, timing each phase. Load and first-step figures are the
+/// first run's; speed figures the last run's (with CUDA graphs, the first run captures them).
+/// With `profile` (CUDA only), the last run is recorded by libtorch's profiler into that file
+/// (Chrome trace JSON; its timings are then the profiled run's).
+pub fn run(opts: &LoadOptions, req: &Request, runs: usize, profile: Option<&Path>) -> Result<BenchReport> {
     let device = opts.device.resolve()?;
+    let shim = match (profile, device) {
+        (None, _) => None,
+        (Some(_), Device::Cuda(_)) => Some(crate::cuda::shim::Shim::get().map_err(crate::Error::Device)?),
+        (Some(_), _) => return Err(crate::Error::invalid("--profile records CUDA kernels: it needs --device cuda")),
+    };
     let sampler = VramSampler::start(device);
     let rss0 = proc_status_bytes("VmRSS");
     let t0 = Instant::now();
@@ -77,26 +100,24 @@ pub fn run(opts: &LoadOptions, req: &Request) -> Result<BenchReport> {
     sync(device);
     let load_s = t0.elapsed().as_secs_f64();
     let load_peak = proc_status_bytes("VmHWM");
+    let batch = req.num_images.max(1);
+    let reqs: Vec<Request> =
+        (0..batch).map(|i| Request { seed: req.image_seed(i), num_images: 1, ..req.clone() }).collect();
 
-    let mut stamps = Vec::with_capacity(req.steps);
-    let start = Instant::now();
-    let denoised = pipe.denoise(std::slice::from_ref(req), &mut |_| {
-        sync(device);
-        stamps.push(Instant::now());
-    })?;
-    let Some(denoised) = denoised else { return Err(crate::Error::invalid("nothing to benchmark")) };
-    let t1 = Instant::now();
-    let _images = pipe.decode(&denoised.latents)?;
-    sync(device);
-    let vae_decode_s = t1.elapsed().as_secs_f64();
+    let runs = runs.max(1);
+    let mut timings = Vec::with_capacity(runs);
+    for i in 0..runs {
+        timings.push(match (shim, profile) {
+            (Some(shim), Some(path)) if i + 1 == runs => {
+                shim.profile(path, || timed_run(&pipe, &reqs, device)).map_err(crate::Error::Compute)??
+            }
+            _ => timed_run(&pipe, &reqs, device)?,
+        });
+    }
     let peak_vram = sampler.stop();
     let peak_rss = proc_status_bytes("VmHWM");
-
-    let first = stamps.first().map(|s| s.duration_since(start).as_secs_f64()).unwrap_or(0.0);
-    let steps_per_s = match (stamps.first(), stamps.last()) {
-        (Some(a), Some(b)) if stamps.len() > 1 => (stamps.len() - 1) as f64 / b.duration_since(*a).as_secs_f64(),
-        _ => 1.0 / first.max(1e-9),
-    };
+    let (first, last) = (&timings[0], &timings[timings.len() - 1]);
+    let graphs = pipe.cuda_graphs();
     Ok(BenchReport {
         implementation: "sdgen",
         device: device_name(pipe.device()),
@@ -104,17 +125,54 @@ pub fn run(opts: &LoadOptions, req: &Request) -> Result<BenchReport> {
         width: req.width,
         height: req.height,
         steps: req.steps,
+        batch,
+        runs: timings.len(),
         threads: tch::get_num_threads(),
         weights_bytes: weights_bytes(&opts.model),
         load_s,
         rss_before_load_bytes: rss0,
         load_peak_rss_bytes: load_peak,
-        first_step_s: first,
-        steps_per_s,
-        vae_decode_s,
+        first_step_s: first.first_step_s,
+        first_image_s: first.total_s,
+        steps_per_s: last.steps_per_s,
+        images_per_min: batch as f64 * 60.0 / last.total_s,
+        vae_decode_s: last.decode_s,
         peak_rss_bytes: peak_rss,
         peak_vram_bytes: peak_vram,
+        cuda_graphs: graphs.as_ref().ok().copied(),
+        cuda_graphs_off: graphs.err(),
+        channels_last: opts.cuda.channels_last,
+        fp16_accumulation: opts.cuda.fp16_accumulation,
     })
+}
+
+/// One batch's timings: to the first step, per step, decoding, and in all.
+struct RunTimes {
+    first_step_s: f64,
+    steps_per_s: f64,
+    decode_s: f64,
+    total_s: f64,
+}
+
+fn timed_run(pipe: &Pipeline, reqs: &[Request], device: Device) -> Result<RunTimes> {
+    let mut stamps = Vec::with_capacity(reqs[0].steps);
+    sync(device);
+    let start = Instant::now();
+    let denoised = pipe.denoise(reqs, &mut |_| {
+        sync(device);
+        stamps.push(Instant::now());
+    })?;
+    let Some(denoised) = denoised else { return Err(crate::Error::invalid("nothing to benchmark")) };
+    let t1 = Instant::now();
+    let _images = pipe.decode(&denoised.latents)?;
+    sync(device);
+    let decode_s = t1.elapsed().as_secs_f64();
+    let first_step_s = stamps.first().map(|s| s.duration_since(start).as_secs_f64()).unwrap_or(0.0);
+    let steps_per_s = match (stamps.first(), stamps.last()) {
+        (Some(a), Some(b)) if stamps.len() > 1 => (stamps.len() - 1) as f64 / b.duration_since(*a).as_secs_f64(),
+        _ => 1.0 / first_step_s.max(1e-9),
+    };
+    Ok(RunTimes { first_step_s, steps_per_s, decode_s, total_s: start.elapsed().as_secs_f64() })
 }
 
 /// Samples the device memory in use every 5 ms on a background thread, through the CUDA

@@ -18,6 +18,8 @@ pub struct Info {
     pub cuda_linked: bool,
     pub cuda_available: bool,
     pub cudnn_available: bool,
+    /// The CUDA shim (CUDA graphs, fp16 accumulation): built, loaded, or why not.
+    pub cuda_shim: String,
     pub devices: Vec<GpuInfo>,
     pub cpu_threads: i32,
     /// The folder the running libtorch was loaded from (Linux: read from `/proc/self/maps`).
@@ -38,6 +40,13 @@ impl Info {
             cuda_linked: cfg!(sdgen_cuda_linked),
             cuda_available,
             cudnn_available: tch::Cuda::cudnn_is_available(),
+            cuda_shim: if cuda_available {
+                crate::cuda::shim::describe()
+            } else if crate::cuda::shim::built() {
+                "built, not loaded (CUDA is not available)".into()
+            } else {
+                crate::cuda::shim::describe()
+            },
             devices,
             cpu_threads: tch::get_num_threads(),
             libtorch_path: libtorch_folder(),
@@ -59,6 +68,7 @@ impl Info {
             if self.cuda_linked { "" } else { " (this build is linked without libtorch_cuda)" }
         );
         let _ = writeln!(s, "cuDNN: {}", if self.cudnn_available { "available" } else { "not available" });
+        let _ = writeln!(s, "CUDA graphs shim: {}", self.cuda_shim);
         let _ = writeln!(s, "CUDA devices: {}", self.devices.len());
         for d in &self.devices {
             let mem = d

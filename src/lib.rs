@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod cuda;
 pub mod device;
 pub mod embeddings;
 pub mod error;

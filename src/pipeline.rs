@@ -18,6 +18,8 @@
 //! processes that hit the overflow. `offload` keeps the text encoder and the VAE on the
 //! CPU; `vae_tiling` decodes large images tile by tile.
 
+use crate::cuda::graphs::CudaCapture;
+use crate::cuda::{CudaOptions, GraphRunner, GraphStats};
 use crate::device::{device_name, kind_name, DType, DeviceChoice};
 use crate::embeddings::{Embedding, EmbeddingRecord, Vectors};
 use crate::error::catch_torch;
@@ -76,6 +78,9 @@ pub struct LoadOptions {
     /// A folder of embeddings, loaded after `embeddings`; files that do not fit the model are
     /// skipped with a warning.
     pub embeddings_dir: Option<PathBuf>,
+    /// CUDA graphs, channels-last layout, fp16 GEMM accumulation (see [`CudaOptions`]); none
+    /// of them is recorded, since none changes an image beyond float rounding.
+    pub cuda: CudaOptions,
 }
 
 impl LoadOptions {
@@ -202,9 +207,18 @@ pub struct Pipeline {
     embed_cache: std::cell::RefCell<std::collections::HashMap<EmbedKey, TextEmbeds>>,
     /// The LoRAs patched into the UNet and text encoders, and the weights they replaced.
     loras: crate::lora::Applied,
+    /// CUDA graphs of the UNet step, by input shapes; `None` when off or unavailable.
+    graphs: std::cell::RefCell<Option<GraphRunner<CudaCapture>>>,
+    /// Why graphs are not used, when they are not.
+    graphs_off: Option<String>,
+    /// cuBLAS fp16 accumulation around UNet calls (CUDA fp16 only, the shim loaded).
+    fp16_accumulation: bool,
     /// What [`Pipeline::preview`] uses.
     previewer: Previewer,
 }
+
+/// How many UNet graphs (each with its own memory pool) a pipeline keeps.
+const GRAPH_CAPACITY: usize = 4;
 
 /// What an encoding is cached by: the text, the layer it is taken from, and whether it was
 /// read with A1111's syntax.
@@ -384,10 +398,34 @@ impl Pipeline {
             Some(s) => s,
             None => opts.inspect()?,
         };
-        let parts = match spec.layout {
+        let mut parts = match spec.layout {
             Layout::SingleFile => load_single_file(&spec, device, kind, aux, opts.conv)?,
             Layout::Folder => load_folder(&spec, device, kind, aux, opts.conv)?,
         };
+        if opts.cuda.channels_last {
+            parts.unet.set_channels_last();
+        }
+        let (graphs, graphs_off) = match (device, opts.cuda.graphs) {
+            (Device::Cuda(_), true) => match CudaCapture::new(device) {
+                Ok(c) => (Some(GraphRunner::new(c, GRAPH_CAPACITY)), None),
+                Err(why) => {
+                    log::warn!("CUDA graphs are off: {why}");
+                    (None, Some(why))
+                }
+            },
+            (Device::Cuda(_), false) => (None, Some("turned off (--no-cuda-graphs)".to_string())),
+            _ => (None, Some("not on CUDA".to_string())),
+        };
+        let mut fp16_accumulation = opts.cuda.fp16_accumulation && device.is_cuda() && kind == Kind::Half;
+        if opts.cuda.fp16_accumulation && !fp16_accumulation {
+            log::warn!("fp16 accumulation applies only to fp16 on CUDA; ignored for this run");
+        }
+        if fp16_accumulation {
+            if let Err(why) = crate::cuda::shim::Shim::get() {
+                log::warn!("fp16 accumulation is not available, ignored: {why}");
+                fp16_accumulation = false;
+            }
+        }
         let path = &spec.path;
         let name = opts.source_label.as_deref().map(hub_model_name).unwrap_or_else(|| {
             path.canonicalize()
@@ -430,6 +468,9 @@ impl Pipeline {
             prediction_override: opts.prediction_type,
             embed_cache: Default::default(),
             loras: Default::default(),
+            graphs: std::cell::RefCell::new(graphs),
+            graphs_off,
+            fp16_accumulation,
             previewer,
         };
         pipe.load_embeddings_inner(&opts.embeddings)?;
@@ -531,7 +572,16 @@ impl Pipeline {
             text_encoder_2: self.text_encoder_2.as_mut(),
         };
         let state = &mut self.loras;
-        let reports = catch_torch("applying LoRAs", || state.set(models, loras))?;
+        let before = state.requests().to_vec();
+        let reports = catch_torch("applying LoRAs", || state.set(models, loras));
+        // Graphs read the weights they were captured with; patched or restored ones are new
+        // tensors. The same set again (each request of a batch) keeps them.
+        if reports.is_err() || self.loras.requests() != before.as_slice() {
+            if let Some(g) = self.graphs.get_mut() {
+                g.clear();
+            }
+        }
+        let reports = reports?;
         // Cached prompt encodings came from the text encoders as they were.
         self.embed_cache.borrow_mut().clear();
         Ok(reports)
@@ -1044,7 +1094,7 @@ impl Pipeline {
         let picked: Vec<&Conditioning> = rows.iter().map(|sched| &sched[crate::prompt::index_at(sched, k)].1).collect();
         let len = |c: &Conditioning| c.context.size().get(1).copied().unwrap_or(0);
         if picked.iter().all(|c| len(c) == len(picked[0])) {
-            return self.unet.forward_cond(x, t, &cat_rows(&picked));
+            return self.unet_call(x, t, &cat_rows(&picked));
         }
         let mut outs = Vec::new();
         let mut start = 0;
@@ -1054,10 +1104,37 @@ impl Pipeline {
                 end += 1;
             }
             let part = x.narrow(0, start as i64, (end - start) as i64);
-            outs.push(self.unet.forward_cond(&part, t, &cat_rows(&picked[start..end]))?);
+            outs.push(self.unet_call(&part, t, &cat_rows(&picked[start..end]))?);
             start = end;
         }
         Ok(Tensor::cat(&outs, 0))
+    }
+
+    /// One UNet evaluation, through a CUDA graph for these shapes when graphs are on, with
+    /// cuBLAS fp16 accumulation when asked for.
+    fn unet_call(&self, x: &Tensor, t: f64, cond: &Conditioning) -> Result<Tensor> {
+        if self.fp16_accumulation {
+            // The shim loaded at load time; a failure to flip the flag now is libtorch's.
+            return crate::cuda::with_fp16_accumulation(|| self.unet_call_inner(x, t, cond))
+                .map_err(|why| Error::Compute(format!("switching cuBLAS fp16 accumulation: {why}")))?;
+        }
+        self.unet_call_inner(x, t, cond)
+    }
+
+    fn unet_call_inner(&self, x: &Tensor, t: f64, cond: &Conditioning) -> Result<Tensor> {
+        match self.graphs.borrow_mut().as_mut() {
+            Some(runner) => unet_through_graph(runner, &self.unet, x, t, cond),
+            None => self.unet.forward_cond(x, t, cond),
+        }
+    }
+
+    /// Whether UNet steps run as CUDA graphs and how often they were captured and replayed;
+    /// or why graphs are not used.
+    pub fn cuda_graphs(&self) -> std::result::Result<GraphStats, String> {
+        match &*self.graphs.borrow() {
+            Some(r) => Ok(r.stats()),
+            None => Err(self.graphs_off.clone().unwrap_or_else(|| "off".into())),
+        }
     }
 
     /// Text → embeddings `[1, 77, hidden]`, warning when the prompt was cut. `clip_skip`
@@ -1295,6 +1372,33 @@ impl Pipeline {
 }
 
 /// Batch-1 conditionings stacked into one batch.
+/// The UNet on `x` at `t` through `runner`: every input a device tensor (the timestep too),
+/// so that nothing is copied from the host inside a graph, in a fixed order (latents,
+/// timestep, context, then pooled and time ids when present).
+fn unet_through_graph<C: crate::cuda::graphs::Capture>(
+    runner: &mut GraphRunner<C>,
+    unet: &UNet,
+    x: &Tensor,
+    t: f64,
+    cond: &Conditioning,
+) -> Result<Tensor> {
+    let on_device = |o: &Option<Tensor>| o.as_ref().map(|v| v.to_device(unet.device()));
+    let timestep = unet.timestep_tensor(t);
+    let (pooled, time_ids) = (on_device(&cond.pooled), on_device(&cond.time_ids));
+    let mut inputs = vec![x, &timestep, &cond.context];
+    inputs.extend(pooled.iter().chain(time_ids.iter()));
+    let (has_pooled, has_ids) = (pooled.is_some(), time_ids.is_some());
+    runner.run(&inputs, &mut |b| {
+        let mut rest = b[3..].iter().map(Tensor::shallow_clone);
+        let c = Conditioning {
+            context: b[2].shallow_clone(),
+            pooled: if has_pooled { rest.next() } else { None },
+            time_ids: if has_ids { rest.next() } else { None },
+        };
+        unet.forward_cond_t(&b[0], &b[1], &c)
+    })
+}
+
 fn cat_rows(rows: &[&Conditioning]) -> Conditioning {
     let cat = |get: &dyn Fn(&Conditioning) -> Option<&Tensor>| -> Option<Tensor> {
         let parts: Option<Vec<&Tensor>> = rows.iter().map(|c| get(c)).collect();
@@ -1381,5 +1485,58 @@ impl NoiseSource for BatchNoise {
         row[0] = 1;
         let parts: Vec<Tensor> = self.streams.iter_mut().map(|s| s.randn(&row, Device::Cpu, Kind::Float)).collect();
         Tensor::cat(&parts, 0).to_device(device).to_kind(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::graphs::fake::Fake;
+
+    /// The pipeline's graph path (inputs into buffers in a fixed order, the conditioning rebuilt
+    /// from them) with a CPU stand-in for the capture, on the tiny SDXL UNet (added
+    /// conditioning) and SD UNet: several steps with new latents, timesteps and prompts give
+    /// exactly what the UNet gives eagerly (the same ops on the same values), from one capture
+    /// per shape.
+    #[test]
+    fn the_graph_path_gives_the_eager_results() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (model, added) in [("weights/tiny-sdxl/unet", true), ("weights/tiny-sd/unet", false)] {
+            let unet = UNet::load(&root.join(model), Device::Cpu, Kind::Float).unwrap();
+            let ctx_dim = match &unet.config.cross_attention_dim {
+                crate::models::unet::PerLevel::One(d) => *d,
+                crate::models::unet::PerLevel::List(v) => v[0],
+            };
+            let mut runner = GraphRunner::new(Fake { fail: false, captured: Default::default() }, 4);
+            for (step, t) in [999.0, 665.33, 1.0].into_iter().enumerate() {
+                tch::manual_seed(step as i64);
+                let x = Tensor::randn([2, unet.config.in_channels, 8, 8], (Kind::Float, Device::Cpu));
+                let mut cond = Conditioning::text(Tensor::randn([2, 77, ctx_dim], (Kind::Float, Device::Cpu)));
+                if added {
+                    let width = unet.config.pooled_text_width().unwrap();
+                    cond.pooled = Some(Tensor::randn([2, width], (Kind::Float, Device::Cpu)));
+                    cond.time_ids =
+                        Some(Tensor::from_slice(&[64.0f32, 64.0, 0.0, 0.0, 64.0, 64.0 + step as f32]).repeat([2, 1]));
+                }
+                let eager = unet.forward_cond(&x, t, &cond).unwrap();
+                let graphed = unet_through_graph(&mut runner, &unet, &x, t, &cond).unwrap();
+                let d = (&eager - &graphed).abs().max().double_value(&[]);
+                assert_eq!(d, 0.0, "{model} step {step}: the graph path differs by {d}");
+            }
+            assert_eq!(runner.stats().captures, 1, "{model}");
+            assert_eq!(runner.stats().replays, 3, "{model}");
+            // A conditioning that does not fit is the call's error, not a capture failure.
+            let x = Tensor::randn([2, unet.config.in_channels, 8, 8], (Kind::Float, Device::Cpu));
+            let bad = if added {
+                Conditioning::text(Tensor::zeros([2, 77, ctx_dim], (Kind::Float, Device::Cpu)))
+            } else {
+                Conditioning {
+                    pooled: Some(Tensor::zeros([2, 4], (Kind::Float, Device::Cpu))),
+                    ..Conditioning::text(Tensor::zeros([2, 77, ctx_dim], (Kind::Float, Device::Cpu)))
+                }
+            };
+            assert!(unet_through_graph(&mut runner, &unet, &x, 5.0, &bad).is_err());
+            assert_eq!(runner.stats().failures, 0);
+        }
     }
 }

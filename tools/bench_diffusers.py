@@ -1,11 +1,19 @@
 """The diffusers side of the side-by-side benchmark (see tools/bench.sh).
 
 Prints one JSON object with the same figures `sdgen bench --json` prints:
-load_s, rss_before_load_bytes, load_peak_rss_bytes, weights_bytes, first_step_s, steps_per_s,
-vae_decode_s, peak_rss_bytes (the whole run), peak_vram_bytes (device memory in use, sampled every 5 ms, the same way sdgen
-samples it), plus torch's own max_memory_reserved for reference.
+load_s, rss_before_load_bytes, load_peak_rss_bytes, weights_bytes, first_step_s, first_image_s,
+steps_per_s, images_per_min, vae_decode_s, peak_rss_bytes (the whole run), peak_vram_bytes
+(device memory in use, sampled every 5 ms, the same way sdgen samples it), plus torch's own
+max_memory_reserved for reference. As with sdgen, `--batch N` makes N images per call and
+`--runs R` calls the pipeline R times: first-step and first-image figures are the first call's,
+speed figures the last's (with `--compile`, the first call compiles).
 
     python tools/bench_diffusers.py MODEL --width 512 --height 512 --steps 20 --dtype fp16 --device cuda
+    python tools/bench_diffusers.py MODEL ... --compile [MODE] --channels-last --runs 3
+
+`--compile` wraps the UNet in `torch.compile` (mode `max-autotune-no-cudagraphs`,
+`reduce-overhead` (CUDA graphs, the default) or `max-autotune`), as diffusers' own speed guide
+does; `--channels-last` puts the UNet in channels-last memory format first.
 """
 
 import argparse
@@ -67,10 +75,19 @@ def main():
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--compile", nargs="?", const="reduce-overhead", default=None,
+                    choices=["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default"])
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--vae-tiling", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    with open(os.path.join(args.model, "model_index.json")) as f:
+        xl = json.load(f).get("_class_name") == "StableDiffusionXLPipeline"
 
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -80,35 +97,52 @@ def main():
     rss0 = rss_bytes("VmRSS")
     with VramSampler(device) as vram:
         t0 = time.perf_counter()
-        pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, safety_checker=None,
-                                                       requires_safety_checker=False)
+        if xl:
+            pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=dtype)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, safety_checker=None,
+                                                           requires_safety_checker=False)
         pipe = pipe.to(device)
         sync(device)
         load_s = time.perf_counter() - t0
         load_peak = rss_bytes("VmHWM")
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
-        stamps = []
+        if args.vae_tiling:
+            pipe.vae.enable_tiling()
+        if args.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+        if args.compile:
+            pipe.unet = torch.compile(pipe.unet, mode=args.compile, fullgraph=True)
 
-        def on_step(p, i, t, kw):
+        def one_run():
+            stamps = []
+
+            def on_step(p, i, t, kw):
+                sync(device)
+                stamps.append(time.perf_counter())
+                return kw
+
+            g = [torch.Generator("cpu").manual_seed(i) for i in range(args.batch)]
             sync(device)
-            stamps.append(time.perf_counter())
-            return kw
+            start = time.perf_counter()
+            latents = pipe("a photo of an astronaut riding a horse", num_inference_steps=args.steps,
+                           guidance_scale=args.guidance, width=args.width, height=args.height, generator=g,
+                           num_images_per_prompt=args.batch, output_type="latent",
+                           callback_on_step_end=on_step).images
+            sync(device)
+            t1 = time.perf_counter()
+            with torch.no_grad():
+                image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+                image = pipe.image_processor.postprocess(image, output_type="np")
+            sync(device)
+            end = time.perf_counter()
+            steps_per_s = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 1.0 / (stamps[0] - start)
+            return {"first_step_s": stamps[0] - start, "steps_per_s": steps_per_s, "decode_s": end - t1,
+                    "total_s": end - start}
 
-        g = torch.Generator("cpu").manual_seed(0)
-        sync(device)
-        start = time.perf_counter()
-        latents = pipe("a photo of an astronaut riding a horse", num_inference_steps=args.steps,
-                       guidance_scale=args.guidance, width=args.width, height=args.height, generator=g,
-                       output_type="latent", callback_on_step_end=on_step).images
-        sync(device)
-        t1 = time.perf_counter()
-        with torch.no_grad():
-            image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-            image = pipe.image_processor.postprocess(image, output_type="np")
-        sync(device)
-        decode_s = time.perf_counter() - t1
-    steps_per_s = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 1.0 / (stamps[0] - start)
+        runs = [one_run() for _ in range(max(1, args.runs))]
+    first, last = runs[0], runs[-1]
     out = {
         "impl": "diffusers",
         "device": str(device),
@@ -116,14 +150,20 @@ def main():
         "width": args.width,
         "height": args.height,
         "steps": args.steps,
+        "batch": args.batch,
+        "runs": len(runs),
+        "compile": args.compile,
+        "channels_last": args.channels_last,
         "threads": torch.get_num_threads(),
         "weights_bytes": weights,
         "load_s": load_s,
         "rss_before_load_bytes": rss0,
         "load_peak_rss_bytes": load_peak,
-        "first_step_s": stamps[0] - start,
-        "steps_per_s": steps_per_s,
-        "vae_decode_s": decode_s,
+        "first_step_s": first["first_step_s"],
+        "first_image_s": first["total_s"],
+        "steps_per_s": last["steps_per_s"],
+        "images_per_min": args.batch * 60.0 / last["total_s"],
+        "vae_decode_s": last["decode_s"],
         "peak_rss_bytes": rss_bytes("VmHWM"),
         "peak_vram_bytes": vram.peak if device.type == "cuda" else None,
         "torch_max_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None,

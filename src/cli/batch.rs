@@ -88,7 +88,8 @@ pub fn run(args: BatchArgs) -> anyhow::Result<bool> {
 
     // The defaults every line starts from, and the key of this model and precision, come from
     // the model's own files; --merge reads them the same way without loading any weights.
-    let load = sdgen::LoadOptions { limits, ..super::load_options(&settings, args.quiet)? };
+    let load =
+        sdgen::LoadOptions { limits, cuda: args.model.gpu.options(), ..super::load_options(&settings, args.quiet)? };
     let spec = load.inspect()?;
     let (request, _) = Settings { seed: Some(0), ..settings.clone() }.resolve_request(&spec, 0)?;
     let defaults = line_defaults(request, run_key(&spec, &load)?);

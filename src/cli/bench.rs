@@ -21,13 +21,25 @@ pub struct BenchArgs {
     /// The scheduler (DDIM by default, as tools/bench_diffusers.py).
     #[arg(long, default_value = "DDIMScheduler")]
     pub scheduler: String,
+    /// Images per batch (one UNet batch of this many rows, twice that with guidance).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub batch: u32,
+    /// Generate the batch this many times after loading; speed figures are the last run's
+    /// (the first pays for warm-up and CUDA graph capture).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Record the last run with libtorch's profiler (CPU ops and CUDA kernels) into FILE, as
+    /// Chrome trace JSON (chrome://tracing, Perfetto). CUDA only.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<std::path::PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let opts = super::load_options(&args.model.settings()?, true)?;
+    let opts =
+        sdgen::LoadOptions { cuda: args.model.gpu.options(), ..super::load_options(&args.model.settings()?, true)? };
     let (width, height) = match (args.width, args.height) {
         (Some(w), Some(h)) => (w, h),
         (w, h) => {
@@ -43,10 +55,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         width,
         height,
         scheduler: args.scheduler.clone(),
+        num_images: args.batch as usize,
         ..Request::default()
     };
     sdgen::pipeline::check_request(&req, &Default::default())?;
-    let r = sdgen::bench::run(&opts, &req)?;
+    let r = sdgen::bench::run(&opts, &req, args.runs as usize, args.profile.as_deref())?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -66,13 +79,28 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             mib(r.load_peak_rss_bytes),
             mib(r.rss_before_load_bytes)
         );
+        println!("batch           {} image(s), {} run(s)", r.batch, r.runs);
         println!("first step      {:.3} s", r.first_step_s);
-        println!("speed           {:.3} steps/s", r.steps_per_s);
+        println!("first image     {:.3} s", r.first_image_s);
+        println!("speed           {:.3} steps/s, {:.2} images/min", r.steps_per_s, r.images_per_min);
         println!("VAE decode      {:.3} s", r.vae_decode_s);
         println!("peak RSS, run   {:.1} MiB", mib(r.peak_rss_bytes));
         if let Some(v) = r.peak_vram_bytes {
             println!("peak VRAM       {:.1} MiB", mib(v));
         }
+        match (&r.cuda_graphs, &r.cuda_graphs_off) {
+            (Some(g), _) => println!(
+                "CUDA graphs     on: {} captured, {} replayed, {} eager, {} failed",
+                g.captures, g.replays, g.eager, g.failures
+            ),
+            (None, Some(why)) => println!("CUDA graphs     off: {why}"),
+            (None, None) => {}
+        }
+        println!(
+            "layout          {}{}",
+            if r.channels_last { "channels-last" } else { "NCHW" },
+            if r.fp16_accumulation { ", fp16 accumulation" } else { "" }
+        );
     }
     Ok(())
 }

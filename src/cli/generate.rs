@@ -143,7 +143,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     sdgen::pipeline::check_request(&early, &limits)?;
     sdgen::preflight::check_output_dir(&args.output.out)?;
     sdgen::preflight::check_names(&args.output.out, args.output.name.as_deref(), &early, args.output.overwrite)?;
-    let opts = sdgen::LoadOptions { limits, ..super::load_options(&settings, args.output.quiet)? };
+    let opts = sdgen::LoadOptions {
+        limits,
+        cuda: args.model.gpu.options(),
+        ..super::load_options(&settings, args.output.quiet)?
+    };
     let spec = opts.inspect()?;
     let (req, _) = settings.resolve_request(&spec, random_seed)?;
     spec.check_start(&req)?;

@@ -120,7 +120,36 @@ pub struct ModelArgs {
     #[command(flatten)]
     pub memory: MemoryArgs,
     #[command(flatten)]
+    pub gpu: GpuArgs,
+    #[command(flatten)]
     pub embeddings: EmbeddingArgs,
+}
+
+/// How the UNet runs on CUDA. None of these changes an image beyond float rounding, so
+/// records do not carry them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GpuArgs {
+    /// Run every UNet step eagerly instead of replaying a CUDA graph captured per image size
+    /// and batch (graphs cut kernel-launch overhead; they hold one memory pool per shape).
+    #[arg(long, help_heading = "GPU")]
+    pub no_cuda_graphs: bool,
+    /// Store convolution weights and activations channels-last (NHWC), the layout of cuDNN's
+    /// fastest fp16 kernels.
+    #[arg(long, help_heading = "GPU")]
+    pub channels_last: bool,
+    /// fp16 matrix multiplications accumulate in fp16 (cuBLAS): faster, less exact.
+    #[arg(long, help_heading = "GPU")]
+    pub fp16_accumulation: bool,
+}
+
+impl GpuArgs {
+    pub fn options(&self) -> sdgen::cuda::CudaOptions {
+        sdgen::cuda::CudaOptions {
+            graphs: !self.no_cuda_graphs,
+            channels_last: self.channels_last,
+            fp16_accumulation: self.fp16_accumulation,
+        }
+    }
 }
 
 /// Textual-inversion embeddings.
@@ -229,6 +258,8 @@ pub fn load_options(settings: &Settings, quiet: bool) -> anyhow::Result<sdgen::L
         vae_tiling: settings.vae_tiling,
         conv: settings.conv.unwrap_or_default(),
         limits: Default::default(),
+        // Set by each command from its GPU flags (not settings: records do not carry them).
+        cuda: Default::default(),
         embeddings: settings.embeddings.clone().unwrap_or_default(),
         // The environment comes last, under the flags and a --from record.
         embeddings_dir: settings

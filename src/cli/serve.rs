@@ -77,7 +77,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             bail!("--vae-dir {} is not a folder", dir.display());
         }
     }
-    let load = sdgen::LoadOptions { limits: args.limits.limits(), ..super::load_options(&settings, false)? };
+    let load = sdgen::LoadOptions {
+        limits: args.limits.limits(),
+        cuda: args.model.gpu.options(),
+        ..super::load_options(&settings, false)?
+    };
     let mut opts = sdgen::serve::ServeOptions::new(load);
     opts.listen = args.listen;
     opts.models_dir = args.models_dir.clone();

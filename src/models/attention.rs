@@ -218,6 +218,7 @@ impl Transformer2DModel {
 
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
         let (b, c, height, width) = x.size4().expect("transformer input is [batch, channels, height, width]");
+        let channels_last = crate::models::nn::is_channels_last(x);
         let h = self.norm.forward(x);
         let mut h = match &self.proj_in {
             Projection::Conv(conv) => conv.forward_to_tokens(&h),
@@ -228,7 +229,16 @@ impl Transformer2DModel {
         }
         let h = match &self.proj_out {
             Projection::Conv(conv) => conv.forward_from_tokens(&h, height, width),
-            Projection::Linear(l) => l.forward(&h).reshape([b, height, width, c]).permute([0, 3, 1, 2]).contiguous(),
+            // Tokens are NHWC memory: channels-last activations keep the view, others are copied
+            // back to NCHW.
+            Projection::Linear(l) => {
+                let nchw = l.forward(&h).reshape([b, height, width, c]).permute([0, 3, 1, 2]);
+                if channels_last {
+                    nchw
+                } else {
+                    nchw.contiguous()
+                }
+            }
         };
         h + x
     }

@@ -101,6 +101,8 @@ pub struct Conv2d {
     size: i64,
     stride: i64,
     padding: i64,
+    /// The kernel is stored channels-last ([`Conv2d::make_channels_last`]).
+    nhwc: bool,
 }
 
 impl Conv2d {
@@ -130,7 +132,18 @@ impl Conv2d {
         } else {
             Kernel::Direct { weight, gemm_small: fast }
         };
-        Conv2d { kernel, bias, in_channels, out_channels, size, stride, padding }
+        Conv2d { kernel, bias, in_channels, out_channels, size, stride, padding, nhwc: false }
+    }
+
+    /// Stores a kernel that libtorch's convolution runs (not the CPU's own Winograd or GEMM
+    /// forms) channels-last, so that cuDNN runs NHWC kernels on NHWC activations without
+    /// transposing; the values do not change.
+    pub(crate) fn make_channels_last(&mut self) {
+        // `gemm_small` kernels are the CPU's im2col GEMMs, which read the kernel as a matrix.
+        if let Kernel::Direct { weight, gemm_small: false } = &mut self.kernel {
+            *weight = crate::models::nn::channels_last(weight);
+            self.nhwc = true;
+        }
     }
 
     /// `[out, in, k, k]`.
@@ -244,7 +257,8 @@ impl Conv2d {
     pub fn forward_to_tokens(&self, x: &Tensor) -> Tensor {
         let (n, c, h, w) = x.size4().expect("conv2d expects [batch, channels, height, width]");
         match self.matrix() {
-            Some(m) => self.pointwise(m, &x.view([n, c, h * w]).transpose(1, 2), true),
+            // A view of NCHW input; channels-last input is copied (the CPU's GEMM wants NCHW).
+            Some(m) => self.pointwise(m, &x.reshape([n, c, h * w]).transpose(1, 2), true),
             None => self.forward(x).permute([0, 2, 3, 1]).reshape([n, h * w, self.out_channels]),
         }
     }
@@ -254,6 +268,8 @@ impl Conv2d {
         let (n, _, c) = t.size3().expect("tokens are [batch, positions, channels]");
         match self.matrix() {
             Some(m) => self.pointwise(m, &t.transpose(1, 2), false).view([n, self.out_channels, h, w]),
+            // Tokens `[n, h·w, c]` are already NHWC memory: a channels-last kernel takes the view.
+            None if self.nhwc => self.forward(&t.reshape([n, h, w, c]).permute([0, 3, 1, 2])),
             None => self.forward(&t.reshape([n, h, w, c]).permute([0, 3, 1, 2]).contiguous()),
         }
     }

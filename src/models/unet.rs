@@ -501,6 +501,8 @@ pub struct UNet {
     conv_out: Conv2d,
     device: Device,
     kind: Kind,
+    /// Kernels and activations are stored channels-last ([`UNet::set_channels_last`]).
+    channels_last: bool,
     /// Last: dropped after the tensors that may borrow the mapped weights.
     _map: MapGuard,
 }
@@ -680,6 +682,7 @@ impl UNet {
             conv_out: Conv2d::load(&w.pp("conv_out"), c0, cfg.out_channels, kout, 1, (kout - 1) / 2)?,
             device: w.device(),
             kind: w.kind(),
+            channels_last: false,
             _map: w.map_guard(),
         })
     }
@@ -714,6 +717,25 @@ impl UNet {
         conv("", "conv_out", &mut self.conv_out, f);
     }
 
+    /// Runs the convolutions on channels-last (NHWC) kernels and activations, the layout of
+    /// cuDNN's fastest fp16 kernels; input and output stay NCHW, and values change only by
+    /// float rounding. Meant for CUDA; right, but not faster, on the CPU. One-way.
+    pub fn set_channels_last(&mut self) {
+        if self.channels_last {
+            return;
+        }
+        self.visit_layers(&mut |_, layer| {
+            if let crate::models::layers::LayerMut::Conv(c) = layer {
+                c.make_channels_last();
+            }
+        });
+        self.channels_last = true;
+    }
+
+    pub fn is_channels_last(&self) -> bool {
+        self.channels_last
+    }
+
     /// Whether the UNet takes SDXL's added conditioning (pooled text and time ids).
     pub fn has_added_conditioning(&self) -> bool {
         self.add_embedding.is_some()
@@ -723,6 +745,18 @@ impl UNet {
     /// (`addition_embed_type: "text_time"`) needs the pooled text embeddings `[batch,
     /// pooled]` and the time ids `[batch, 6]`; one without refuses them rather than ignore them.
     pub fn forward_cond(&self, sample: &Tensor, timestep: f64, cond: &Conditioning) -> Result<Tensor> {
+        self.forward_cond_t(sample, &self.timestep_tensor(timestep), cond)
+    }
+
+    /// The timestep as [`UNet::forward_cond_t`] takes it: float32 `[1]` on the UNet's device.
+    pub fn timestep_tensor(&self, timestep: f64) -> Tensor {
+        Tensor::from_slice(&[timestep as f32]).to_device(self.device)
+    }
+
+    /// [`UNet::forward_cond`] with the timestep already a float32 device tensor of one value
+    /// (or one per row): no host-to-device copy inside, so the call can be captured in a
+    /// CUDA graph that reads the timestep from a buffer.
+    pub fn forward_cond_t(&self, sample: &Tensor, timestep: &Tensor, cond: &Conditioning) -> Result<Tensor> {
         let added = match (&self.add_embedding, &cond.pooled, &cond.time_ids) {
             (None, None, None) => None,
             (None, _, _) => {
@@ -762,18 +796,18 @@ impl UNet {
     /// its sinusoidal embedding; fractional values (Euler's 665.33) are kept. `h` and `w`
     /// need not be multiples of the total downsampling factor.
     pub fn forward(&self, sample: &Tensor, timestep: f64, encoder_hidden_states: &Tensor) -> Tensor {
-        self.run(sample, timestep, encoder_hidden_states, None)
+        self.run(sample, &self.timestep_tensor(timestep), encoder_hidden_states, None)
     }
 
     fn run(
         &self,
         sample: &Tensor,
-        timestep: f64,
+        timestep: &Tensor,
         encoder_hidden_states: &Tensor,
         added: Option<(&Tensor, &Tensor)>,
     ) -> Tensor {
         let batch = sample.size()[0];
-        let t = Tensor::from_slice(&[timestep as f32]).to_device(sample.device()).expand([batch], false);
+        let t = timestep.to_device(sample.device()).to_kind(Kind::Float).expand([batch], false);
         let mut temb = self.time_embedding.forward(&self.time_proj.forward(&t).to_kind(sample.kind()));
         if let (Some((pooled, ids)), Some(proj), Some(mlp)) = (added, &self.add_time_proj, &self.add_embedding) {
             // As diffusers: each id through the sinusoids (float32), [pooled, ids] promoted
@@ -790,6 +824,7 @@ impl UNet {
         let forward_upsample_size = size[2..].iter().any(|d| d % factor != 0);
 
         let sample = if self.config.center_input_sample { sample * 2.0 - 1.0 } else { sample.shallow_clone() };
+        let sample = if self.channels_last { crate::models::nn::channels_last(&sample) } else { sample };
         let mut h = self.conv_in.forward(&sample);
         let mut skips = vec![h.shallow_clone()];
         for block in &self.down_blocks {
@@ -811,7 +846,12 @@ impl UNet {
             };
             h = block.forward(&h, &mine, &temb, ctx, upsample_size);
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&h).silu())
+        let out = self.conv_out.forward(&self.conv_norm_out.forward(&h).silu());
+        if self.channels_last {
+            out.contiguous()
+        } else {
+            out
+        }
     }
 }
 
