@@ -40,6 +40,7 @@ if ! grep -aq sdgen_cuda_graph_replay "$bin"; then
 fi
 mkdir -p .gpu
 cp -f "$bin" .gpu/sdgen
+xz -T0 -6 -c "$bin" > .gpu/sdgen.xz
 echo "build_gpu: .gpu/sdgen ($(du -h .gpu/sdgen | cut -f1)) links libtorch_cuda and carries the CUDA shim" >&2
 
 mkdir -p .whl
