@@ -20,8 +20,10 @@
 #    when the budget allows.
 #
 # Every failed check prints "!!! FAILED" at once; the script ends with the list of them and
-# exits 1 if there is any. Set SDGEN, WORK, BUDGET_S to override the defaults. From the
-# device tool: carry [".gpu", ".whl"], timeout_s 600, command
+# exits 1 if there is any. Set SDGEN, WORK, BUDGET_S to override the defaults. The device
+# tool carries at most 64 MiB with the working tree, which is ~190 MiB whole: first
+# `tools/gpu_tree.sh slim` (sparse checkout; `tools/gpu_tree.sh full` after), then carry
+# [".gpu/sdgen.xz", ".whl"], timeout_s 600, command
 #   set -o pipefail; tools/gpu_check.sh 2>&1 | tee $OUT/gpu_check.log
 # (the reply keeps only the output's last 12,000 characters; the log comes back whole).
 set -uo pipefail
