@@ -24,8 +24,10 @@
 //! results agree with it to float rounding (the tests bound the difference); the choice is
 //! fixed per layer and input size, so a run repeats bit for bit.
 
-use crate::loading::Weights;
+use crate::loading::{MappedPages, Weights};
+use crate::models::winograd::{self, Tile};
 use crate::Result;
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 /// 3×3 convolutions with at least this many input or output channels, and at least half as
@@ -83,8 +85,69 @@ enum Kernel {
     Direct { weight: Tensor, gemm_small: bool },
     /// A 1×1 kernel as an `[out, in]` matrix.
     Pointwise(Tensor),
-    /// Winograd F(2×2, 3×3) weights `[16, out, in]`, index `4·a + b` for `G·w·Gᵀ[a, b]`.
-    Winograd(Tensor),
+    /// Winograd weights `[t², out, in]` (t = 4 for F(2×2, 3×3)), index `t·a + b` for
+    /// `G·w·Gᵀ[a, b]`, computed from the kernel when the layer first runs.
+    Winograd(Deferred),
+}
+
+/// Winograd weights made on first use, so that loading a model only maps its files.
+#[derive(Debug)]
+struct Deferred {
+    tile: Tile,
+    state: Mutex<Prepared>,
+}
+
+#[derive(Debug)]
+enum Prepared {
+    /// The `[out, in, 3, 3]` kernel; `pages`, where it is a mapped weight, are its bytes,
+    /// dropped from memory once the transformed weights are made.
+    Kernel {
+        weight: Tensor,
+        pages: Option<MappedPages>,
+    },
+    Transformed(Tensor),
+}
+
+impl Deferred {
+    fn new(tile: Tile, weight: Tensor, pages: Option<MappedPages>) -> Deferred {
+        Deferred { tile, state: Mutex::new(Prepared::Kernel { weight, pages }) }
+    }
+
+    fn ready(tile: Tile, u: Tensor) -> Deferred {
+        Deferred { tile, state: Mutex::new(Prepared::Transformed(u)) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Prepared> {
+        // A panic while transforming leaves the kernel in place: the state stays valid.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The transformed weights, made now if this is the first use.
+    fn weights(&self) -> Tensor {
+        let mut state = self.state();
+        if let Prepared::Kernel { weight, pages } = &*state {
+            let u = winograd::weights(weight, self.tile);
+            if let Some(pages) = pages {
+                pages.release();
+            }
+            *state = Prepared::Transformed(u);
+        }
+        match &*state {
+            Prepared::Transformed(u) => u.shallow_clone(),
+            Prepared::Kernel { .. } => unreachable!("transformed above"),
+        }
+    }
+
+    /// The same weights, tensors shared.
+    fn share(&self) -> Deferred {
+        let state = match &*self.state() {
+            Prepared::Kernel { weight, pages } => {
+                Prepared::Kernel { weight: weight.shallow_clone(), pages: pages.clone() }
+            }
+            Prepared::Transformed(u) => Prepared::Transformed(u.shallow_clone()),
+        };
+        Deferred { tile: self.tile, state: Mutex::new(state) }
+    }
 }
 
 /// A convolution's kernel saved before an adapter patched it.
@@ -104,16 +167,34 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn load(w: &Weights, in_ch: i64, out_ch: i64, kernel: i64, stride: i64, padding: i64) -> Result<Conv2d> {
-        let shape = [out_ch, in_ch, kernel, kernel];
+    pub fn load(w: &Weights, in_ch: i64, out_ch: i64, kernel_size: i64, stride: i64, padding: i64) -> Result<Conv2d> {
+        let shape = [out_ch, in_ch, kernel_size, kernel_size];
         let bias = Some(w.get("bias", &[out_ch])?);
         let algo = w.conv_algo();
-        let build = |weight: &Tensor| Conv2d::new(weight.shallow_clone(), bias, stride, padding, algo);
         if w.device() == Device::Cpu && w.kind() == Kind::Float && use_winograd(algo, &shape, stride, padding) {
             // The kernel is only read to make the transformed weights, which replace it.
-            return w.transform("weight", &shape, build);
+            let (weight, pages) = w.get_with_pages("weight", &shape)?;
+            let kernel = Kernel::Winograd(Deferred::new(Tile::F2, weight, pages));
+            return Ok(Conv2d {
+                kernel,
+                bias,
+                in_channels: in_ch,
+                out_channels: out_ch,
+                size: kernel_size,
+                stride,
+                padding,
+            });
         }
-        Ok(build(&w.get("weight", &shape)?))
+        Ok(Conv2d::new(w.get("weight", &shape)?, bias, stride, padding, algo))
+    }
+
+    /// A 3×3, stride 1, padding 1 convolution that runs as Winograd with `tile` on the CPU in
+    /// fp32 (for tests and measurements), its weights transformed now.
+    pub fn with_winograd(weight: Tensor, bias: Option<Tensor>, tile: Tile) -> Conv2d {
+        let s = weight.size();
+        assert!(s.len() == 4 && s[2] == 3 && s[3] == 3, "Winograd needs a 3x3 kernel, got {s:?}");
+        let kernel = Kernel::Winograd(Deferred::ready(tile, winograd::weights(&weight, tile)));
+        Conv2d { kernel, bias, in_channels: s[1], out_channels: s[0], size: 3, stride: 1, padding: 1 }
     }
 
     /// A convolution from a `[out, in, k, k]` kernel, with its algorithm chosen by `algo`,
@@ -124,7 +205,7 @@ impl Conv2d {
         let cpu_fp32 = weight.device() == Device::Cpu && weight.kind() == Kind::Float;
         let fast = cpu_fp32 && algo != ConvAlgo::Direct;
         let kernel = if cpu_fp32 && use_winograd(algo, &s, stride, padding) {
-            Kernel::Winograd(winograd_weights(&weight))
+            Kernel::Winograd(Deferred::ready(Tile::F2, winograd_weights(&weight)))
         } else if fast && size == 1 && s[3] == 1 && padding == 0 {
             Kernel::Pointwise(weight.reshape([out_channels, in_channels]))
         } else {
@@ -145,7 +226,7 @@ impl Conv2d {
                 Kernel::Direct { weight: weight.shallow_clone(), gemm_small: *gemm_small }
             }
             Kernel::Pointwise(m) => Kernel::Pointwise(m.shallow_clone()),
-            Kernel::Winograd(u) => Kernel::Winograd(u.shallow_clone()),
+            Kernel::Winograd(d) => Kernel::Winograd(d.share()),
         })
     }
 
@@ -166,7 +247,15 @@ impl Conv2d {
                 Kernel::Direct { weight: plus(weight, &delta.reshape(weight.size())), gemm_small: *gemm_small }
             }
             Kernel::Pointwise(m) => Kernel::Pointwise(plus(m, &delta.reshape(m.size()))),
-            Kernel::Winograd(u) => Kernel::Winograd(plus(u, &winograd_weights(delta))),
+            Kernel::Winograd(d) => {
+                let state = match &*d.state() {
+                    Prepared::Kernel { weight, .. } => {
+                        Prepared::Kernel { weight: plus(weight, &delta.reshape(weight.size())), pages: None }
+                    }
+                    Prepared::Transformed(u) => Prepared::Transformed(plus(u, &winograd::weights(delta, d.tile))),
+                };
+                Kernel::Winograd(Deferred { tile: d.tile, state: Mutex::new(state) })
+            }
         };
     }
 
@@ -174,7 +263,7 @@ impl Conv2d {
     /// speed example).
     pub fn algorithm(&self, height: i64, width: i64) -> &'static str {
         match &self.kernel {
-            Kernel::Winograd(_) => "winograd",
+            Kernel::Winograd(d) => d.tile.name(),
             Kernel::Pointwise(_) => "gemm",
             Kernel::Direct { gemm_small: true, .. } if self.small(height, width) => "im2col",
             Kernel::Direct { .. } => "direct",
@@ -193,7 +282,7 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let (n, _, h, w) = x.size4().expect("conv2d expects [batch, channels, height, width]");
         match &self.kernel {
-            Kernel::Winograd(u) => winograd_conv(x, u, self.bias.as_ref()),
+            Kernel::Winograd(d) => winograd::conv(x, &d.weights(), self.bias.as_ref(), d.tile),
             Kernel::Pointwise(m) => {
                 let y = self.pointwise(m, &x.reshape([n, self.in_channels, h * w]), false);
                 y.view([n, self.out_channels, h, w])
@@ -369,20 +458,20 @@ pub(crate) fn winograd_conv(x: &Tensor, u: &Tensor, bias: Option<&Tensor>) -> Te
 
 /// A pointer that threads write through at disjoint offsets.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(crate) struct SharedMut(pub(crate) *mut f32);
 // SAFETY: only used for writes to disjoint elements by scoped threads that are joined.
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
     /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
-    fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut f32 {
         self.0
     }
 }
 
 /// Runs `f` on `0..len` split into one contiguous range per intra-op thread.
-fn parallel(len: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+pub(crate) fn parallel(len: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     let threads = (tch::get_num_threads().max(1) as usize).min(len.max(1));
     let chunk = len.div_ceil(threads);
     std::thread::scope(|scope| {
@@ -598,5 +687,37 @@ mod tests {
             let want = back_conv.forward(&image);
             assert!((&back - &want).abs().max().double_value(&[]) < 1e-5);
         }
+    }
+
+    #[test]
+    fn winograd_weights_made_on_first_use_equal_those_made_at_load_bit_for_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conv.safetensors");
+        tch::manual_seed(11);
+        let weight = Tensor::randn([6, 5, 3, 3], (Kind::Float, Device::Cpu));
+        let bias = Tensor::randn([6], (Kind::Float, Device::Cpu));
+        Tensor::write_safetensors(&[("weight", &weight), ("bias", &bias)], &path).unwrap();
+        let w = Weights::open(std::slice::from_ref(&path), Device::Cpu, Kind::Float).unwrap();
+        w.set_conv_algo(ConvAlgo::Winograd);
+        let lazy = Conv2d::load(&w, 5, 6, 3, 1, 1).unwrap();
+        w.finish().unwrap();
+        let transformed = |c: &Conv2d| match &c.kernel {
+            Kernel::Winograd(d) => matches!(&*d.state(), Prepared::Transformed(_)),
+            _ => panic!("expected a Winograd layer"),
+        };
+        assert!(!transformed(&lazy), "loading must not transform");
+        let eager = Conv2d::new(weight, Some(bias), 1, 1, ConvAlgo::Winograd);
+        let x = Tensor::randn([2, 5, 7, 6], (Kind::Float, Device::Cpu));
+        let first = lazy.forward(&x);
+        assert!(transformed(&lazy));
+        assert!(first.equal(&eager.forward(&x)), "lazy and eager transforms must agree bit for bit");
+        assert!(lazy.forward(&x).equal(&first));
+        // A snapshot taken before first use, restored after, transforms again to the same.
+        let mut layer = Conv2d::load(&w, 5, 6, 3, 1, 1).unwrap();
+        let before = layer.snapshot();
+        layer.add_delta(&Tensor::ones([6, 5, 3, 3], (Kind::Float, Device::Cpu)));
+        assert!(!layer.forward(&x).equal(&first));
+        layer.restore(before);
+        assert!(layer.forward(&x).equal(&first));
     }
 }

@@ -10,6 +10,7 @@ pub mod resnet;
 pub mod unet;
 pub mod unet_blocks;
 pub mod vae;
+pub mod winograd;
 
 pub use unet::{UNet, UNetConfig};
 pub use vae::{Vae, VaeConfig};
