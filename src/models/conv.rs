@@ -39,6 +39,25 @@ pub const WINOGRAD_MIN_CHANNELS: i64 = 640;
 /// image run as im2col + GEMM on the CPU in fp32.
 pub const IM2COL_MAX_POSITIONS: i64 = 64;
 
+/// On models whose 3×3 layers run on [`FeatureMaps::Large`] maps (the VAE), layers with at
+/// least this many channels on both sides use Winograd with [`LARGE_MAPS_TILE`] on the CPU in
+/// fp32 ([`ConvAlgo::Auto`]).
+pub const LARGE_MAPS_MIN_CHANNELS: i64 = 128;
+
+/// The Winograd tile of [`LARGE_MAPS_MIN_CHANNELS`].
+pub const LARGE_MAPS_TILE: Tile = Tile::F4;
+
+/// The feature maps a model's convolutions mostly run on, which decide
+/// [`ConvAlgo::Auto`]'s choice ([`Weights::set_feature_maps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeatureMaps {
+    /// The UNet's: the latent's size and smaller, with the most channels on the smallest.
+    #[default]
+    Small,
+    /// The VAE's: up to the image's size, with 128–512 channels.
+    Large,
+}
+
 /// Which algorithm CPU fp32 convolutions use. GPU and half-precision runs always use
 /// libtorch's convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -50,8 +69,8 @@ pub enum ConvAlgo {
     Auto,
     /// libtorch's convolution everywhere: the least memory.
     Direct,
-    /// Winograd for every 3×3 stride-1 convolution however narrow (for tests and
-    /// measurements), GEMM for 1×1.
+    /// Winograd for every 3×3 stride-1 convolution however narrow, with the tile `Auto`
+    /// would use for the model's feature maps (for tests and measurements), GEMM for 1×1.
     Winograd,
 }
 
@@ -171,10 +190,11 @@ impl Conv2d {
         let shape = [out_ch, in_ch, kernel_size, kernel_size];
         let bias = Some(w.get("bias", &[out_ch])?);
         let algo = w.conv_algo();
-        if w.device() == Device::Cpu && w.kind() == Kind::Float && use_winograd(algo, &shape, stride, padding) {
+        let tile = winograd_tile(algo, w.feature_maps(), &shape, stride, padding);
+        if let (Some(tile), Device::Cpu, Kind::Float) = (tile, w.device(), w.kind()) {
             // The kernel is only read to make the transformed weights, which replace it.
             let (weight, pages) = w.get_with_pages("weight", &shape)?;
-            let kernel = Kernel::Winograd(Deferred::new(Tile::F2, weight, pages));
+            let kernel = Kernel::Winograd(Deferred::new(tile, weight, pages));
             return Ok(Conv2d {
                 kernel,
                 bias,
@@ -204,7 +224,7 @@ impl Conv2d {
         let (out_channels, in_channels, size) = (s[0], s[1], s[2]);
         let cpu_fp32 = weight.device() == Device::Cpu && weight.kind() == Kind::Float;
         let fast = cpu_fp32 && algo != ConvAlgo::Direct;
-        let kernel = if cpu_fp32 && use_winograd(algo, &s, stride, padding) {
+        let kernel = if cpu_fp32 && winograd_tile(algo, FeatureMaps::Small, &s, stride, padding).is_some() {
             Kernel::Winograd(Deferred::ready(Tile::F2, winograd_weights(&weight)))
         } else if fast && size == 1 && s[3] == 1 && padding == 0 {
             Kernel::Pointwise(weight.reshape([out_channels, in_channels]))
@@ -354,19 +374,22 @@ fn g_times(v: [f64; 3]) -> [f64; 4] {
     [v[0], 0.5 * (even + v[1]), 0.5 * (even - v[1]), v[2]]
 }
 
-/// Whether a CPU fp32 convolution with this `[out, in, k, k]` kernel runs as Winograd.
-fn use_winograd(algo: ConvAlgo, shape: &[i64], stride: i64, padding: i64) -> bool {
+/// Whether a CPU fp32 convolution with this `[out, in, k, k]` kernel runs as Winograd, and
+/// with which tile.
+fn winograd_tile(algo: ConvAlgo, maps: FeatureMaps, shape: &[i64], stride: i64, padding: i64) -> Option<Tile> {
     let (fewer, more) = (shape[0].min(shape[1]), shape[0].max(shape[1]));
-    let wide = fewer >= WINOGRAD_MIN_CHANNELS / 2 && more >= WINOGRAD_MIN_CHANNELS;
-    shape[2] == 3
-        && shape[3] == 3
-        && stride == 1
-        && padding == 1
-        && match algo {
-            ConvAlgo::Auto => wide,
-            ConvAlgo::Direct => false,
-            ConvAlgo::Winograd => true,
+    if !(shape[2] == 3 && shape[3] == 3 && stride == 1 && padding == 1) {
+        return None;
+    }
+    match (algo, maps) {
+        (ConvAlgo::Direct, _) => None,
+        (ConvAlgo::Winograd, FeatureMaps::Small) => Some(Tile::F2),
+        (ConvAlgo::Winograd, FeatureMaps::Large) => Some(LARGE_MAPS_TILE),
+        (ConvAlgo::Auto, FeatureMaps::Small) => {
+            (fewer >= WINOGRAD_MIN_CHANNELS / 2 && more >= WINOGRAD_MIN_CHANNELS).then_some(Tile::F2)
         }
+        (ConvAlgo::Auto, FeatureMaps::Large) => (fewer >= LARGE_MAPS_MIN_CHANNELS).then_some(LARGE_MAPS_TILE),
+    }
 }
 
 /// `U[4a + b] = (G · w · Gᵀ)[a, b]` for every (out, in) pair: `[out, in, 3, 3]` → `[16, out, in]`
