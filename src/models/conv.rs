@@ -14,8 +14,15 @@
 //!   the other: Winograd's
 //!   F(2×2, 3×3) algorithm. Its 16 batched GEMMs do 4/9 of the multiplications of the
 //!   direct algorithm; the input and output transforms are additions only. The transformed
-//!   weights (`[16, out, in]`, 16/9 the size of the kernel) are computed once at load, in
-//!   f64 and rounded to f32, and replace the kernel.
+//!   weights (`[16, out, in]`, 16/9 the size of the kernel) are computed in f64 and rounded
+//!   to f32 when the layer first runs (so loading only maps the file), and replace the kernel,
+//!   whose mapped pages are then dropped.
+//! - In models whose layers run on [`FeatureMaps::Large`] maps (the VAE: up to the image's
+//!   size at 128–512 channels), where oneDNN is near the GEMM speed and only fewer
+//!   multiplications help: 3×3, stride 1 layers with at least [`LARGE_MAPS_MIN_CHANNELS`]
+//!   channels on both sides run as Winograd F(4×4, 3×3) (`winograd.rs`: 36 products per 16
+//!   outputs, a quarter of direct's; weights 4× the kernel's size, made on first use as
+//!   above: about 0.5 GB more for SD's VAE decoder).
 //! - Any other convolution whose output is at most [`IM2COL_MAX_POSITIONS`] positions:
 //!   im2col and one GEMM.
 //! - Everything else, and every convolution on a GPU or in fp16/bf16: libtorch's `conv2d`.
@@ -41,8 +48,12 @@ pub const IM2COL_MAX_POSITIONS: i64 = 64;
 
 /// On models whose 3×3 layers run on [`FeatureMaps::Large`] maps (the VAE), layers with at
 /// least this many channels on both sides use Winograd with [`LARGE_MAPS_TILE`] on the CPU in
-/// fp32 ([`ConvAlgo::Auto`]).
-pub const LARGE_MAPS_MIN_CHANNELS: i64 = 128;
+/// fp32 ([`ConvAlgo::Auto`]). Measured with `examples/conv_speed.rs --only vae` on a 2-core
+/// AMD EPYC (where MKL's GEMM, which Winograd's products run on, reaches about half of
+/// oneDNN's direct convolution per multiply): F(4×4) is 1.1–1.4× direct at 512 channels
+/// (64² to 256² maps), but no faster at 256 and slower at 128, where the transforms cost
+/// more than the saved products.
+pub const LARGE_MAPS_MIN_CHANNELS: i64 = 512;
 
 /// The Winograd tile of [`LARGE_MAPS_MIN_CHANNELS`].
 pub const LARGE_MAPS_TILE: Tile = Tile::F4;

@@ -288,12 +288,37 @@ struct Geometry {
     rows: std::ops::Range<usize>,
 }
 
-/// `dst[k] += c · src[k]` over `dst`'s length.
+/// `dst[k] = Σ c · src(i)[k]` over the `(i, c)` terms, two at a time (unit-stride loops over
+/// `dst`'s length that the compiler vectorizes); `dst` is zero without terms.
 #[inline(always)]
-fn axpy(dst: &mut [f32], c: f32, src: &[f32]) {
-    let src = &src[..dst.len()];
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d += c * s;
+fn lincomb<'a>(dst: &mut [f32], terms: &[(usize, f32)], src: impl Fn(usize) -> &'a [f32]) {
+    let n = dst.len();
+    let mut pairs = terms.chunks(2);
+    match pairs.next() {
+        None => dst.fill(0.0),
+        Some(&[(i, c)]) => {
+            for (d, &x) in dst.iter_mut().zip(&src(i)[..n]) {
+                *d = c * x;
+            }
+        }
+        Some(two) => {
+            let ((i, c), (j, e)) = (two[0], two[1]);
+            for ((d, &x), &y) in dst.iter_mut().zip(&src(i)[..n]).zip(&src(j)[..n]) {
+                *d = c * x + e * y;
+            }
+        }
+    }
+    for pair in pairs {
+        if let &[(i, c)] = pair {
+            for (d, &x) in dst.iter_mut().zip(&src(i)[..n]) {
+                *d += c * x;
+            }
+        } else {
+            let ((i, c), (j, e)) = (pair[0], pair[1]);
+            for ((d, &x), &y) in dst.iter_mut().zip(&src(i)[..n]).zip(&src(j)[..n]) {
+                *d += c * x + e * y;
+            }
+        }
     }
 }
 
@@ -310,6 +335,9 @@ impl Geometry {
         let x = std::slice::from_raw_parts(x, n * channels * h * w);
         parallel(channels, |range| {
             let len = tw + 1;
+            // One input row with its padding: column p holds input column p − 1, zeros past
+            // the edges (m·len ≥ w + 2, and only 1..=w is ever written).
+            let mut padded = vec![0f32; m * len];
             // input[i][r][k]: padded column m·k + r of the tile row's input row i.
             let mut input = vec![vec![vec![0f32; len]; m]; t];
             // down[a][r][k]: the same after Bᵀ down the columns.
@@ -319,36 +347,31 @@ impl Geometry {
                     let (img, ty) = (row / th, row % th);
                     let plane = &x[(img * channels + ch) * h * w..][..h * w];
                     for (i, phases) in input.iter_mut().enumerate() {
-                        for p in phases.iter_mut() {
-                            p.fill(0.0);
-                        }
                         let y = (m * ty + i).wrapping_sub(1);
-                        if y < h {
-                            // Padded column p holds input column p − 1.
-                            for (col, &value) in plane[y * w..(y + 1) * w].iter().enumerate() {
-                                let p = col + 1;
-                                phases[p % m][p / m] = value;
+                        if y >= h {
+                            for p in phases.iter_mut() {
+                                p.fill(0.0);
+                            }
+                            continue;
+                        }
+                        padded[1..=w].copy_from_slice(&plane[y * w..(y + 1) * w]);
+                        for (k, columns) in padded.chunks_exact(m).enumerate() {
+                            for (phase, &value) in phases.iter_mut().zip(columns) {
+                                phase[k] = value;
                             }
                         }
                     }
                     for (a, coeffs) in bt.iter().enumerate() {
                         for r in 0..m {
-                            let dst = &mut down[a][r];
-                            dst.fill(0.0);
-                            for &(i, c) in coeffs {
-                                axpy(dst, c, &input[i][r]);
-                            }
+                            lincomb(&mut down[a][r], coeffs, |i| &input[i][r]);
                         }
                     }
                     let base = (row - rows.start) * tw;
-                    for a in 0..t {
+                    for (a, rows_a) in down.iter().enumerate() {
                         for (b, coeffs) in bt.iter().enumerate() {
                             let start = ((t * a + b) * channels + ch) * tiles + base;
                             let dst = std::slice::from_raw_parts_mut(v.ptr().add(start), tw);
-                            dst.fill(0.0);
-                            for &(j, c) in coeffs {
-                                axpy(dst, c, &down[a][j % m][j / m..]);
-                            }
+                            lincomb(dst, coeffs, |j| &rows_a[j % m][j / m..]);
                         }
                     }
                 }
@@ -381,10 +404,7 @@ impl Geometry {
                     let p = |a: usize, b: usize| &mm[((t * a + b) * channels + ch) * tiles + base..][..tw];
                     for (i, coeffs) in at.iter().enumerate() {
                         for (b, dst) in s[i].iter_mut().enumerate() {
-                            dst.fill(0.0);
-                            for &(a, c) in coeffs {
-                                axpy(dst, c, p(a, b));
-                            }
+                            lincomb(dst, coeffs, |a| p(a, b));
                         }
                     }
                     for i in 0..m {
@@ -393,10 +413,9 @@ impl Geometry {
                             break;
                         }
                         for (j, coeffs) in at.iter().enumerate() {
-                            let yj = &mut y[j];
-                            yj.fill(b0);
-                            for &(b, c) in coeffs {
-                                axpy(yj, c, &s[i][b]);
+                            lincomb(&mut y[j], coeffs, |b| &s[i][b]);
+                            for v in y[j].iter_mut() {
+                                *v += b0;
                             }
                         }
                         let dst_row = std::slice::from_raw_parts_mut(dst.add(row * w), w);
