@@ -695,6 +695,22 @@ mod tests {
     }
 
     #[test]
+    fn large_maps_use_f4_on_the_widest_layers_only() {
+        let tile = |algo, maps, shape: [i64; 4], stride, padding| winograd_tile(algo, maps, &shape, stride, padding);
+        let (auto, large, small) = (ConvAlgo::Auto, FeatureMaps::Large, FeatureMaps::Small);
+        assert_eq!(tile(auto, large, [512, 512, 3, 3], 1, 1), Some(Tile::F4));
+        assert_eq!(tile(auto, large, [256, 512, 3, 3], 1, 1), None, "512->256 stays direct");
+        assert_eq!(tile(auto, large, [128, 128, 3, 3], 1, 1), None);
+        assert_eq!(tile(auto, large, [512, 512, 3, 3], 2, 0), None, "the encoder's downsampling");
+        assert_eq!(tile(auto, large, [512, 512, 1, 1], 1, 0), None);
+        assert_eq!(tile(ConvAlgo::Direct, large, [512, 512, 3, 3], 1, 1), None);
+        assert_eq!(tile(ConvAlgo::Winograd, large, [8, 4, 3, 3], 1, 1), Some(Tile::F4));
+        assert_eq!(tile(ConvAlgo::Winograd, small, [8, 4, 3, 3], 1, 1), Some(Tile::F2));
+        assert_eq!(tile(auto, small, [512, 512, 3, 3], 1, 1), None, "the UNet's rule is unchanged");
+        assert_eq!(tile(auto, small, [1280, 640, 3, 3], 1, 1), Some(Tile::F2));
+    }
+
+    #[test]
     fn gemm_paths_match_direct_convolution() {
         assert_eq!(check(2, 12, 7, 5, 6, 1, 1, 0, ConvAlgo::Auto), "gemm");
         assert_eq!(check(2, 12, 7, 5, 6, 1, 1, 0, ConvAlgo::Winograd), "gemm");
