@@ -402,18 +402,18 @@ impl Geometry {
                     let dst = out.ptr().add((img * channels + ch) * h * w);
                     let base = (tile_row - rows.start) * tw;
                     let p = |a: usize, b: usize| &mm[((t * a + b) * channels + ch) * tiles + base..][..tw];
-                    for (i, coeffs) in at.iter().enumerate() {
-                        for (b, dst) in s[i].iter_mut().enumerate() {
+                    for (si, coeffs) in s.iter_mut().zip(&at) {
+                        for (b, dst) in si.iter_mut().enumerate() {
                             lincomb(dst, coeffs, |a| p(a, b));
                         }
                     }
-                    for i in 0..m {
+                    for (i, si) in s.iter().enumerate() {
                         let row = m * ty + i;
                         if row >= h {
                             break;
                         }
                         for (j, coeffs) in at.iter().enumerate() {
-                            lincomb(&mut y[j], coeffs, |b| &s[i][b]);
+                            lincomb(&mut y[j], coeffs, |b| &si[b]);
                             for v in y[j].iter_mut() {
                                 *v += b0;
                             }
