@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1; shift
-width=512 height=512 steps=20 dtype=fp32 device=cpu threads=${THREADS:-$(nproc)} repeat=1 decode_only=0
+width=512 height=512 steps=20 dtype=fp32 device=cpu threads=${THREADS:-$(env -u OMP_NUM_THREADS nproc)} repeat=1 decode_only=0
 extra=()
 while [[ $# -gt 0 ]]; do
     case $1 in
