@@ -68,7 +68,7 @@ pub struct LoadOptions {
     pub vae_label: Option<String>,
     /// The sha256 the VAE's weights must have (replaying a record); other weights are refused.
     pub vae_sha256: Option<String>,
-    /// How the UNet's convolutions run on the CPU in fp32: `Auto` is fastest, `Direct`
+    /// How the UNet's and the VAE's convolutions run on the CPU in fp32: `Auto` is fastest, `Direct`
     /// uses the least memory (see [`crate::models::conv`]).
     pub conv: ConvAlgo,
     /// What a request may ask for, and whether non-finite images are written.
@@ -310,7 +310,7 @@ fn load_folder(spec: &ModelSpec, device: Device, kind: Kind, aux: Place, conv: C
     w.set_conv_algo(conv);
     let unet = UNet::new(&w, &spec.unet)?;
     w.finish()?;
-    let vae = load_vae(spec, aux.device, aux.kind)?;
+    let vae = load_vae(spec, aux.device, aux.kind, conv)?;
     Ok(Parts { tokenizer, text_encoder, tokenizer_2, text_encoder_2, unet, vae })
 }
 
@@ -340,15 +340,16 @@ fn load_single_file(spec: &ModelSpec, device: Device, kind: Kind, aux: Place, co
     w.set_conv_algo(conv);
     let unet = UNet::new(&w, &spec.unet)?;
     w.finish()?;
-    let vae = load_vae(spec, aux.device, aux.kind)?;
+    let vae = load_vae(spec, aux.device, aux.kind, conv)?;
     Ok(Parts { tokenizer, text_encoder, tokenizer_2, text_encoder_2, unet, vae })
 }
 
 /// The VAE of a spec in any dtype (the fp32 fallback loads it a second time): the swapped
-/// one (`--vae`) or the model's own.
-fn load_vae(spec: &ModelSpec, device: Device, kind: Kind) -> Result<Autoencoder> {
+/// one (`--vae`) or the model's own, its CPU convolutions run as `conv` says.
+fn load_vae(spec: &ModelSpec, device: Device, kind: Kind, conv: ConvAlgo) -> Result<Autoencoder> {
     if let Some(swap) = &spec.vae_swap {
         let w = swap.weights(device, kind)?;
+        w.set_conv_algo(conv);
         let vae = Autoencoder::new(&w, &swap.config)?;
         w.finish()?;
         return Ok(vae);
@@ -364,6 +365,7 @@ fn load_vae(spec: &ModelSpec, device: Device, kind: Kind) -> Result<Autoencoder>
             crate::loading::Weights::open(std::slice::from_ref(&f.path), device, kind)?
         }
     };
+    w.set_conv_algo(conv);
     let vae = Autoencoder::new(&w, &AutoencoderConfig::Kl(spec.vae.clone()))?;
     w.finish()?;
     Ok(vae)
@@ -1366,7 +1368,7 @@ impl Pipeline {
         if let Some(v) = self.vae_fp32.get() {
             return Ok(v);
         }
-        let vae = load_vae(&self.spec, self.aux.device, Kind::Float)?;
+        let vae = load_vae(&self.spec, self.aux.device, Kind::Float, self.conv)?;
         Ok(self.vae_fp32.get_or_init(|| vae))
     }
 }

@@ -14,6 +14,10 @@ speed figures the last's (with `--compile`, the first call compiles).
 `--compile` wraps the UNet in `torch.compile` (mode `max-autotune-no-cudagraphs`,
 `reduce-overhead` (CUDA graphs, the default) or `max-autotune`), as diffusers' own speed guide
 does; `--channels-last` puts the UNet in channels-last memory format first.
+
+With --decode-only: loads the pipeline and decodes seeded random latents (N(0, 1) times the VAE's
+scaling factor) of the size twice, as `sdgen bench --decode-only`, and prints load_s,
+vae_decode_s, vae_decode_again_s and peak_rss_bytes.
 """
 
 import argparse
@@ -65,6 +69,34 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def decode_only(pipe, args, device, dtype, load_s):
+    g = torch.Generator("cpu").manual_seed(0)
+    f = pipe.vae_scale_factor
+    shape = (1, pipe.vae.config.latent_channels, args.height // f, args.width // f)
+    latents = (torch.randn(shape, generator=g) * pipe.vae.config.scaling_factor).to(device, dtype)
+    times = []
+    for _ in range(2):
+        sync(device)
+        t = time.perf_counter()
+        with torch.no_grad():
+            image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+            pipe.image_processor.postprocess(image, output_type="np")
+        sync(device)
+        times.append(time.perf_counter() - t)
+    print(json.dumps({
+        "impl": "diffusers",
+        "device": str(device),
+        "dtype": args.dtype,
+        "width": args.width,
+        "height": args.height,
+        "threads": torch.get_num_threads(),
+        "load_s": load_s,
+        "vae_decode_s": times[0],
+        "vae_decode_again_s": times[1],
+        "peak_rss_bytes": rss_bytes("VmHWM"),
+    }))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -81,6 +113,7 @@ def main():
                     choices=["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default"])
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--vae-tiling", action="store_true")
+    ap.add_argument("--decode-only", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,6 +139,9 @@ def main():
         sync(device)
         load_s = time.perf_counter() - t0
         load_peak = rss_bytes("VmHWM")
+        if args.decode_only:
+            decode_only(pipe, args, device, dtype, load_s)
+            return
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         if args.vae_tiling:

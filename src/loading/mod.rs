@@ -13,4 +13,5 @@ pub mod weights;
 
 pub use config::read_json;
 pub use hash::{sha256_file, sha256_file_cached};
+pub(crate) use weights::MappedPages;
 pub use weights::{Source, Weights};

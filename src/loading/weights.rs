@@ -57,6 +57,32 @@ pub struct TensorEntry {
     pub end: usize,
 }
 
+/// The bytes of one tensor in a mapped file (the mapping stays alive while this lives).
+#[derive(Clone)]
+pub(crate) struct MappedPages {
+    mmap: Arc<Mmap>,
+    start: usize,
+    end: usize,
+}
+
+impl std::fmt::Debug for MappedPages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MappedPages({}..{})", self.start, self.end)
+    }
+}
+
+impl MappedPages {
+    /// Drops the pages from memory; they are read again from the file if touched.
+    pub(crate) fn release(&self) {
+        let start = self.start & !4095;
+        // SAFETY: the mapping is a read-only file mapping; DONTNEED only drops clean pages,
+        // which are read again from the file if touched later.
+        unsafe {
+            let _ = self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, self.end - start);
+        }
+    }
+}
+
 /// One mapped `.safetensors` file with its validated header.
 pub struct MappedFile {
     pub path: PathBuf,
@@ -205,6 +231,7 @@ struct Store {
     device: Device,
     kind: Kind,
     conv: Cell<crate::models::conv::ConvAlgo>,
+    maps: Cell<crate::models::conv::FeatureMaps>,
 }
 
 /// A view of a set of weight files under a name prefix, like a folder path.
@@ -238,6 +265,7 @@ impl Weights {
                 device,
                 kind,
                 conv: Cell::new(Default::default()),
+                maps: Cell::new(Default::default()),
             }),
             prefix: String::new(),
         })
@@ -303,6 +331,17 @@ impl Weights {
         self.store.conv.set(algo);
     }
 
+    /// The feature maps the convolutions built from these weights run on (see
+    /// [`crate::models::conv::FeatureMaps`]).
+    pub fn feature_maps(&self) -> crate::models::conv::FeatureMaps {
+        self.store.maps.get()
+    }
+
+    /// Sets [`Weights::feature_maps`] for every view of this store; call it before building models.
+    pub fn set_feature_maps(&self, maps: crate::models::conv::FeatureMaps) {
+        self.store.maps.set(maps);
+    }
+
     fn full(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
@@ -347,31 +386,23 @@ impl Weights {
         MapGuard(self.store.files.iter().map(|f| f.mmap.clone()).collect())
     }
 
-    /// For a tensor that is only read at load to make another one (which the model keeps
-    /// instead): hands [`Weights::get`]'s tensor to `make`, then drops the tensor's pages from
-    /// the mapping, so that only `make`'s result stays in memory.
-    pub(crate) fn transform<R>(&self, name: &str, shape: &[i64], make: impl FnOnce(&Tensor) -> R) -> Result<R> {
+    /// For a tensor that is only read to make another one (which the model keeps instead):
+    /// [`Weights::get`]'s tensor, and its pages in the mapped file, to drop with
+    /// [`MappedPages::release`] once the other tensor is made, so that only that one stays in
+    /// memory.
+    pub(crate) fn get_with_pages(&self, name: &str, shape: &[i64]) -> Result<(Tensor, Option<MappedPages>)> {
         let t = self.get(name, shape)?;
-        let made = make(&t);
-        drop(t);
-        if let Some((_, entry)) = self.resolve(&self.full(name)) {
-            self.release(entry);
-        }
-        Ok(made)
+        let pages = self.resolve(&self.full(name)).map(|(_, entry)| self.pages(entry));
+        Ok((t, pages))
+    }
+
+    fn pages(&self, entry: &TensorEntry) -> MappedPages {
+        MappedPages { mmap: self.store.files[entry.file].mmap.clone(), start: entry.start, end: entry.end }
     }
 
     /// Drops a tensor's pages from its file's mapping; they are read again if touched.
     fn release(&self, entry: &TensorEntry) {
-        let file = &self.store.files[entry.file];
-        // SAFETY: the mapping is a read-only file mapping; DONTNEED only drops clean pages,
-        // which are read again from the file if touched later.
-        unsafe {
-            let _ = file.mmap.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                entry.start & !4095,
-                entry.end - (entry.start & !4095),
-            );
-        }
+        self.pages(entry).release();
     }
 
     /// The tensor `name` with the given shape, on the store's device, in its float dtype, in

@@ -14,8 +14,15 @@
 //!   the other: Winograd's
 //!   F(2×2, 3×3) algorithm. Its 16 batched GEMMs do 4/9 of the multiplications of the
 //!   direct algorithm; the input and output transforms are additions only. The transformed
-//!   weights (`[16, out, in]`, 16/9 the size of the kernel) are computed once at load, in
-//!   f64 and rounded to f32, and replace the kernel.
+//!   weights (`[16, out, in]`, 16/9 the size of the kernel) are computed in f64 and rounded
+//!   to f32 when the layer first runs (so loading only maps the file), and replace the kernel,
+//!   whose mapped pages are then dropped.
+//! - In models whose layers run on [`FeatureMaps::Large`] maps (the VAE: up to the image's
+//!   size at 128–512 channels), where oneDNN is near the GEMM speed and only fewer
+//!   multiplications help: 3×3, stride 1 layers with at least [`LARGE_MAPS_MIN_CHANNELS`]
+//!   channels on both sides run as Winograd F(4×4, 3×3) (`winograd.rs`: 36 products per 16
+//!   outputs, a quarter of direct's; weights 4× the kernel's size, made on first use as
+//!   above: about 0.5 GB more for SD's VAE decoder).
 //! - Any other convolution whose output is at most [`IM2COL_MAX_POSITIONS`] positions:
 //!   im2col and one GEMM.
 //! - Everything else, and every convolution on a GPU or in fp16/bf16: libtorch's `conv2d`.
@@ -24,8 +31,10 @@
 //! results agree with it to float rounding (the tests bound the difference); the choice is
 //! fixed per layer and input size, so a run repeats bit for bit.
 
-use crate::loading::Weights;
+use crate::loading::{MappedPages, Weights};
+use crate::models::winograd::{self, Tile};
 use crate::Result;
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 /// 3×3 convolutions with at least this many input or output channels, and at least half as
@@ -36,6 +45,29 @@ pub const WINOGRAD_MIN_CHANNELS: i64 = 640;
 /// Convolutions (that are not Winograd's) with at most this many output positions per
 /// image run as im2col + GEMM on the CPU in fp32.
 pub const IM2COL_MAX_POSITIONS: i64 = 64;
+
+/// On models whose 3×3 layers run on [`FeatureMaps::Large`] maps (the VAE), layers with at
+/// least this many channels on both sides use Winograd with [`LARGE_MAPS_TILE`] on the CPU in
+/// fp32 ([`ConvAlgo::Auto`]). Measured with `examples/conv_speed.rs --only vae` on a 2-core
+/// AMD EPYC (where MKL's GEMM, which Winograd's products run on, reaches about half of
+/// oneDNN's direct convolution per multiply): F(4×4) is 1.1–1.4× direct at 512 channels
+/// (64² to 256² maps), but no faster at 256 and slower at 128, where the transforms cost
+/// more than the saved products.
+pub const LARGE_MAPS_MIN_CHANNELS: i64 = 512;
+
+/// The Winograd tile of [`LARGE_MAPS_MIN_CHANNELS`].
+pub const LARGE_MAPS_TILE: Tile = Tile::F4;
+
+/// The feature maps a model's convolutions mostly run on, which decide
+/// [`ConvAlgo::Auto`]'s choice ([`Weights::set_feature_maps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeatureMaps {
+    /// The UNet's: the latent's size and smaller, with the most channels on the smallest.
+    #[default]
+    Small,
+    /// The VAE's: up to the image's size, with 128–512 channels.
+    Large,
+}
 
 /// Which algorithm CPU fp32 convolutions use. GPU and half-precision runs always use
 /// libtorch's convolution.
@@ -48,8 +80,8 @@ pub enum ConvAlgo {
     Auto,
     /// libtorch's convolution everywhere: the least memory.
     Direct,
-    /// Winograd for every 3×3 stride-1 convolution however narrow (for tests and
-    /// measurements), GEMM for 1×1.
+    /// Winograd for every 3×3 stride-1 convolution however narrow, with the tile `Auto`
+    /// would use for the model's feature maps (for tests and measurements), GEMM for 1×1.
     Winograd,
 }
 
@@ -83,8 +115,69 @@ enum Kernel {
     Direct { weight: Tensor, gemm_small: bool },
     /// A 1×1 kernel as an `[out, in]` matrix.
     Pointwise(Tensor),
-    /// Winograd F(2×2, 3×3) weights `[16, out, in]`, index `4·a + b` for `G·w·Gᵀ[a, b]`.
-    Winograd(Tensor),
+    /// Winograd weights `[t², out, in]` (t = 4 for F(2×2, 3×3)), index `t·a + b` for
+    /// `G·w·Gᵀ[a, b]`, computed from the kernel when the layer first runs.
+    Winograd(Deferred),
+}
+
+/// Winograd weights made on first use, so that loading a model only maps its files.
+#[derive(Debug)]
+struct Deferred {
+    tile: Tile,
+    state: Mutex<Prepared>,
+}
+
+#[derive(Debug)]
+enum Prepared {
+    /// The `[out, in, 3, 3]` kernel; `pages`, where it is a mapped weight, are its bytes,
+    /// dropped from memory once the transformed weights are made.
+    Kernel {
+        weight: Tensor,
+        pages: Option<MappedPages>,
+    },
+    Transformed(Tensor),
+}
+
+impl Deferred {
+    fn new(tile: Tile, weight: Tensor, pages: Option<MappedPages>) -> Deferred {
+        Deferred { tile, state: Mutex::new(Prepared::Kernel { weight, pages }) }
+    }
+
+    fn ready(tile: Tile, u: Tensor) -> Deferred {
+        Deferred { tile, state: Mutex::new(Prepared::Transformed(u)) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Prepared> {
+        // A panic while transforming leaves the kernel in place: the state stays valid.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The transformed weights, made now if this is the first use.
+    fn weights(&self) -> Tensor {
+        let mut state = self.state();
+        if let Prepared::Kernel { weight, pages } = &*state {
+            let u = winograd::weights(weight, self.tile);
+            if let Some(pages) = pages {
+                pages.release();
+            }
+            *state = Prepared::Transformed(u);
+        }
+        match &*state {
+            Prepared::Transformed(u) => u.shallow_clone(),
+            Prepared::Kernel { .. } => unreachable!("transformed above"),
+        }
+    }
+
+    /// The same weights, tensors shared.
+    fn share(&self) -> Deferred {
+        let state = match &*self.state() {
+            Prepared::Kernel { weight, pages } => {
+                Prepared::Kernel { weight: weight.shallow_clone(), pages: pages.clone() }
+            }
+            Prepared::Transformed(u) => Prepared::Transformed(u.shallow_clone()),
+        };
+        Deferred { tile: self.tile, state: Mutex::new(state) }
+    }
 }
 
 /// A convolution's kernel saved before an adapter patched it.
@@ -106,16 +199,36 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn load(w: &Weights, in_ch: i64, out_ch: i64, kernel: i64, stride: i64, padding: i64) -> Result<Conv2d> {
-        let shape = [out_ch, in_ch, kernel, kernel];
+    pub fn load(w: &Weights, in_ch: i64, out_ch: i64, kernel_size: i64, stride: i64, padding: i64) -> Result<Conv2d> {
+        let shape = [out_ch, in_ch, kernel_size, kernel_size];
         let bias = Some(w.get("bias", &[out_ch])?);
         let algo = w.conv_algo();
-        let build = |weight: &Tensor| Conv2d::new(weight.shallow_clone(), bias, stride, padding, algo);
-        if w.device() == Device::Cpu && w.kind() == Kind::Float && use_winograd(algo, &shape, stride, padding) {
+        let tile = winograd_tile(algo, w.feature_maps(), &shape, stride, padding);
+        if let (Some(tile), Device::Cpu, Kind::Float) = (tile, w.device(), w.kind()) {
             // The kernel is only read to make the transformed weights, which replace it.
-            return w.transform("weight", &shape, build);
+            let (weight, pages) = w.get_with_pages("weight", &shape)?;
+            let kernel = Kernel::Winograd(Deferred::new(tile, weight, pages));
+            return Ok(Conv2d {
+                kernel,
+                bias,
+                in_channels: in_ch,
+                out_channels: out_ch,
+                size: kernel_size,
+                stride,
+                padding,
+                nhwc: false,
+            });
         }
-        Ok(build(&w.get("weight", &shape)?))
+        Ok(Conv2d::new(w.get("weight", &shape)?, bias, stride, padding, algo))
+    }
+
+    /// A 3×3, stride 1, padding 1 convolution that runs as Winograd with `tile` on the CPU in
+    /// fp32 (for tests and measurements), its weights transformed now.
+    pub fn with_winograd(weight: Tensor, bias: Option<Tensor>, tile: Tile) -> Conv2d {
+        let s = weight.size();
+        assert!(s.len() == 4 && s[2] == 3 && s[3] == 3, "Winograd needs a 3x3 kernel, got {s:?}");
+        let kernel = Kernel::Winograd(Deferred::ready(tile, winograd::weights(&weight, tile)));
+        Conv2d { kernel, bias, in_channels: s[1], out_channels: s[0], size: 3, stride: 1, padding: 1, nhwc: false }
     }
 
     /// A convolution from a `[out, in, k, k]` kernel, with its algorithm chosen by `algo`,
@@ -125,8 +238,8 @@ impl Conv2d {
         let (out_channels, in_channels, size) = (s[0], s[1], s[2]);
         let cpu_fp32 = weight.device() == Device::Cpu && weight.kind() == Kind::Float;
         let fast = cpu_fp32 && algo != ConvAlgo::Direct;
-        let kernel = if cpu_fp32 && use_winograd(algo, &s, stride, padding) {
-            Kernel::Winograd(winograd_weights(&weight))
+        let kernel = if cpu_fp32 && winograd_tile(algo, FeatureMaps::Small, &s, stride, padding).is_some() {
+            Kernel::Winograd(Deferred::ready(Tile::F2, winograd_weights(&weight)))
         } else if fast && size == 1 && s[3] == 1 && padding == 0 {
             Kernel::Pointwise(weight.reshape([out_channels, in_channels]))
         } else {
@@ -158,7 +271,7 @@ impl Conv2d {
                 Kernel::Direct { weight: weight.shallow_clone(), gemm_small: *gemm_small }
             }
             Kernel::Pointwise(m) => Kernel::Pointwise(m.shallow_clone()),
-            Kernel::Winograd(u) => Kernel::Winograd(u.shallow_clone()),
+            Kernel::Winograd(d) => Kernel::Winograd(d.share()),
         })
     }
 
@@ -179,7 +292,15 @@ impl Conv2d {
                 Kernel::Direct { weight: plus(weight, &delta.reshape(weight.size())), gemm_small: *gemm_small }
             }
             Kernel::Pointwise(m) => Kernel::Pointwise(plus(m, &delta.reshape(m.size()))),
-            Kernel::Winograd(u) => Kernel::Winograd(plus(u, &winograd_weights(delta))),
+            Kernel::Winograd(d) => {
+                let state = match &*d.state() {
+                    Prepared::Kernel { weight, .. } => {
+                        Prepared::Kernel { weight: plus(weight, &delta.reshape(weight.size())), pages: None }
+                    }
+                    Prepared::Transformed(u) => Prepared::Transformed(plus(u, &winograd::weights(delta, d.tile))),
+                };
+                Kernel::Winograd(Deferred { tile: d.tile, state: Mutex::new(state) })
+            }
         };
     }
 
@@ -187,7 +308,7 @@ impl Conv2d {
     /// speed example).
     pub fn algorithm(&self, height: i64, width: i64) -> &'static str {
         match &self.kernel {
-            Kernel::Winograd(_) => "winograd",
+            Kernel::Winograd(d) => d.tile.name(),
             Kernel::Pointwise(_) => "gemm",
             Kernel::Direct { gemm_small: true, .. } if self.small(height, width) => "im2col",
             Kernel::Direct { .. } => "direct",
@@ -206,7 +327,7 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let (n, _, h, w) = x.size4().expect("conv2d expects [batch, channels, height, width]");
         match &self.kernel {
-            Kernel::Winograd(u) => winograd_conv(x, u, self.bias.as_ref()),
+            Kernel::Winograd(d) => winograd::conv(x, &d.weights(), self.bias.as_ref(), d.tile),
             Kernel::Pointwise(m) => {
                 let y = self.pointwise(m, &x.reshape([n, self.in_channels, h * w]), false);
                 y.view([n, self.out_channels, h, w])
@@ -281,19 +402,22 @@ fn g_times(v: [f64; 3]) -> [f64; 4] {
     [v[0], 0.5 * (even + v[1]), 0.5 * (even - v[1]), v[2]]
 }
 
-/// Whether a CPU fp32 convolution with this `[out, in, k, k]` kernel runs as Winograd.
-fn use_winograd(algo: ConvAlgo, shape: &[i64], stride: i64, padding: i64) -> bool {
+/// Whether a CPU fp32 convolution with this `[out, in, k, k]` kernel runs as Winograd, and
+/// with which tile.
+fn winograd_tile(algo: ConvAlgo, maps: FeatureMaps, shape: &[i64], stride: i64, padding: i64) -> Option<Tile> {
     let (fewer, more) = (shape[0].min(shape[1]), shape[0].max(shape[1]));
-    let wide = fewer >= WINOGRAD_MIN_CHANNELS / 2 && more >= WINOGRAD_MIN_CHANNELS;
-    shape[2] == 3
-        && shape[3] == 3
-        && stride == 1
-        && padding == 1
-        && match algo {
-            ConvAlgo::Auto => wide,
-            ConvAlgo::Direct => false,
-            ConvAlgo::Winograd => true,
+    if !(shape[2] == 3 && shape[3] == 3 && stride == 1 && padding == 1) {
+        return None;
+    }
+    match (algo, maps) {
+        (ConvAlgo::Direct, _) => None,
+        (ConvAlgo::Winograd, FeatureMaps::Small) => Some(Tile::F2),
+        (ConvAlgo::Winograd, FeatureMaps::Large) => Some(LARGE_MAPS_TILE),
+        (ConvAlgo::Auto, FeatureMaps::Small) => {
+            (fewer >= WINOGRAD_MIN_CHANNELS / 2 && more >= WINOGRAD_MIN_CHANNELS).then_some(Tile::F2)
         }
+        (ConvAlgo::Auto, FeatureMaps::Large) => (fewer >= LARGE_MAPS_MIN_CHANNELS).then_some(LARGE_MAPS_TILE),
+    }
 }
 
 /// `U[4a + b] = (G · w · Gᵀ)[a, b]` for every (out, in) pair: `[out, in, 3, 3]` → `[16, out, in]`
@@ -385,20 +509,20 @@ pub(crate) fn winograd_conv(x: &Tensor, u: &Tensor, bias: Option<&Tensor>) -> Te
 
 /// A pointer that threads write through at disjoint offsets.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(crate) struct SharedMut(pub(crate) *mut f32);
 // SAFETY: only used for writes to disjoint elements by scoped threads that are joined.
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
     /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
-    fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut f32 {
         self.0
     }
 }
 
 /// Runs `f` on `0..len` split into one contiguous range per intra-op thread.
-fn parallel(len: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+pub(crate) fn parallel(len: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     let threads = (tch::get_num_threads().max(1) as usize).min(len.max(1));
     let chunk = len.div_ceil(threads);
     std::thread::scope(|scope| {
@@ -588,6 +712,22 @@ mod tests {
     }
 
     #[test]
+    fn large_maps_use_f4_on_the_widest_layers_only() {
+        let tile = |algo, maps, shape: [i64; 4], stride, padding| winograd_tile(algo, maps, &shape, stride, padding);
+        let (auto, large, small) = (ConvAlgo::Auto, FeatureMaps::Large, FeatureMaps::Small);
+        assert_eq!(tile(auto, large, [512, 512, 3, 3], 1, 1), Some(Tile::F4));
+        assert_eq!(tile(auto, large, [256, 512, 3, 3], 1, 1), None, "512->256 stays direct");
+        assert_eq!(tile(auto, large, [128, 128, 3, 3], 1, 1), None);
+        assert_eq!(tile(auto, large, [512, 512, 3, 3], 2, 0), None, "the encoder's downsampling");
+        assert_eq!(tile(auto, large, [512, 512, 1, 1], 1, 0), None);
+        assert_eq!(tile(ConvAlgo::Direct, large, [512, 512, 3, 3], 1, 1), None);
+        assert_eq!(tile(ConvAlgo::Winograd, large, [8, 4, 3, 3], 1, 1), Some(Tile::F4));
+        assert_eq!(tile(ConvAlgo::Winograd, small, [8, 4, 3, 3], 1, 1), Some(Tile::F2));
+        assert_eq!(tile(auto, small, [512, 512, 3, 3], 1, 1), None, "the UNet's rule is unchanged");
+        assert_eq!(tile(auto, small, [1280, 640, 3, 3], 1, 1), Some(Tile::F2));
+    }
+
+    #[test]
     fn gemm_paths_match_direct_convolution() {
         assert_eq!(check(2, 12, 7, 5, 6, 1, 1, 0, ConvAlgo::Auto), "gemm");
         assert_eq!(check(2, 12, 7, 5, 6, 1, 1, 0, ConvAlgo::Winograd), "gemm");
@@ -614,5 +754,37 @@ mod tests {
             let want = back_conv.forward(&image);
             assert!((&back - &want).abs().max().double_value(&[]) < 1e-5);
         }
+    }
+
+    #[test]
+    fn winograd_weights_made_on_first_use_equal_those_made_at_load_bit_for_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conv.safetensors");
+        tch::manual_seed(11);
+        let weight = Tensor::randn([6, 5, 3, 3], (Kind::Float, Device::Cpu));
+        let bias = Tensor::randn([6], (Kind::Float, Device::Cpu));
+        Tensor::write_safetensors(&[("weight", &weight), ("bias", &bias)], &path).unwrap();
+        let w = Weights::open(std::slice::from_ref(&path), Device::Cpu, Kind::Float).unwrap();
+        w.set_conv_algo(ConvAlgo::Winograd);
+        let lazy = Conv2d::load(&w, 5, 6, 3, 1, 1).unwrap();
+        w.finish().unwrap();
+        let transformed = |c: &Conv2d| match &c.kernel {
+            Kernel::Winograd(d) => matches!(&*d.state(), Prepared::Transformed(_)),
+            _ => panic!("expected a Winograd layer"),
+        };
+        assert!(!transformed(&lazy), "loading must not transform");
+        let eager = Conv2d::new(weight, Some(bias), 1, 1, ConvAlgo::Winograd);
+        let x = Tensor::randn([2, 5, 7, 6], (Kind::Float, Device::Cpu));
+        let first = lazy.forward(&x);
+        assert!(transformed(&lazy));
+        assert!(first.equal(&eager.forward(&x)), "lazy and eager transforms must agree bit for bit");
+        assert!(lazy.forward(&x).equal(&first));
+        // A snapshot taken before first use, restored after, transforms again to the same.
+        let mut layer = Conv2d::load(&w, 5, 6, 3, 1, 1).unwrap();
+        let before = layer.snapshot();
+        layer.add_delta(&Tensor::ones([6, 5, 3, 3], (Kind::Float, Device::Cpu)));
+        assert!(!layer.forward(&x).equal(&first));
+        layer.restore(before);
+        assert!(layer.forward(&x).equal(&first));
     }
 }

@@ -12,6 +12,7 @@ pub mod taesd;
 pub mod unet;
 pub mod unet_blocks;
 pub mod vae;
+pub mod winograd;
 
 pub use taesd::{TinyVae, TinyVaeConfig};
 pub use unet::{UNet, UNetConfig};
