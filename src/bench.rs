@@ -117,6 +117,60 @@ pub fn run(opts: &LoadOptions, req: &Request) -> Result<BenchReport> {
     })
 }
 
+/// The figures of a decode-only run: the VAE decode of seeded random latents, twice (the
+/// first includes what a layer prepares on first use).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DecodeReport {
+    #[serde(rename = "impl")]
+    pub implementation: &'static str,
+    pub device: String,
+    pub dtype: String,
+    pub width: u32,
+    pub height: u32,
+    pub threads: i32,
+    pub load_s: f64,
+    /// The first decode.
+    pub vae_decode_s: f64,
+    /// The same latents decoded again.
+    pub vae_decode_again_s: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Loads the model and decodes `width × height` latents of seed 0 twice, timing each decode
+/// (what `tools/bench_diffusers.py --decode-only` measures).
+pub fn run_decode(opts: &LoadOptions, width: u32, height: u32) -> Result<DecodeReport> {
+    use crate::noise::NoiseSource;
+    let device = opts.device.resolve()?;
+    let t0 = Instant::now();
+    let pipe = Pipeline::load(opts)?;
+    sync(device);
+    let load_s = t0.elapsed().as_secs_f64();
+    let spec = pipe.spec();
+    let scale = i64::from(spec.vae_scale_factor());
+    let shape = [1, spec.latent_channels(), i64::from(height) / scale, i64::from(width) / scale];
+    // diffusers' latents: N(0, 1) noise scaled by the VAE's factor, as the denoiser leaves them.
+    let latents = crate::noise::SeededNoise::new(0).randn(&shape, device, pipe.kind()) * spec.vae.scaling_factor;
+    let mut times = [0.0; 2];
+    for t in &mut times {
+        let start = Instant::now();
+        let _images = pipe.decode(&latents)?;
+        sync(device);
+        *t = start.elapsed().as_secs_f64();
+    }
+    Ok(DecodeReport {
+        implementation: "sdgen",
+        device: device_name(pipe.device()),
+        dtype: kind_name(pipe.kind()).to_string(),
+        width,
+        height,
+        threads: tch::get_num_threads(),
+        load_s,
+        vae_decode_s: times[0],
+        vae_decode_again_s: times[1],
+        peak_rss_bytes: proc_status_bytes("VmHWM"),
+    })
+}
+
 /// Samples the device memory in use every 5 ms on a background thread, through the CUDA
 /// driver API (the same view as nvidia-smi and as the diffusers script's `mem_get_info`).
 struct VramSampler {

@@ -56,7 +56,7 @@ pub struct LoadOptions {
     pub offload: bool,
     /// Decode latents larger than one tile in overlapping, blended tiles.
     pub vae_tiling: Option<VaeTiling>,
-    /// How the UNet's convolutions run on the CPU in fp32: `Auto` is fastest, `Direct`
+    /// How the UNet's and the VAE's convolutions run on the CPU in fp32: `Auto` is fastest, `Direct`
     /// uses the least memory (see [`crate::models::conv`]).
     pub conv: ConvAlgo,
     /// What a request may ask for, and whether non-finite images are written.
@@ -259,7 +259,7 @@ fn load_folder(spec: &ModelSpec, device: Device, kind: Kind, aux: Place, conv: C
     w.set_conv_algo(conv);
     let unet = UNet::new(&w, &spec.unet)?;
     w.finish()?;
-    let vae = load_vae(spec, aux.device, aux.kind)?;
+    let vae = load_vae(spec, aux.device, aux.kind, conv)?;
     Ok(Parts { tokenizer, text_encoder, tokenizer_2, text_encoder_2, unet, vae })
 }
 
@@ -289,12 +289,12 @@ fn load_single_file(spec: &ModelSpec, device: Device, kind: Kind, aux: Place, co
     w.set_conv_algo(conv);
     let unet = UNet::new(&w, &spec.unet)?;
     w.finish()?;
-    let vae = load_vae(spec, aux.device, aux.kind)?;
+    let vae = load_vae(spec, aux.device, aux.kind, conv)?;
     Ok(Parts { tokenizer, text_encoder, tokenizer_2, text_encoder_2, unet, vae })
 }
 
 /// The VAE of a spec in any dtype (the fp32 fallback loads it a second time).
-fn load_vae(spec: &ModelSpec, device: Device, kind: Kind) -> Result<Vae> {
+fn load_vae(spec: &ModelSpec, device: Device, kind: Kind, conv: ConvAlgo) -> Result<Vae> {
     let w = match (&spec.prepared, spec.layout) {
         (Some(p), Layout::SingleFile) => p.file.weights(crate::loading::single_file::Component::Vae, device, kind)?,
         _ => {
@@ -306,6 +306,7 @@ fn load_vae(spec: &ModelSpec, device: Device, kind: Kind) -> Result<Vae> {
             crate::loading::Weights::open(std::slice::from_ref(&f.path), device, kind)?
         }
     };
+    w.set_conv_algo(conv);
     let vae = Vae::new(&w, &spec.vae)?;
     w.finish()?;
     Ok(vae)
@@ -1162,7 +1163,7 @@ impl Pipeline {
         if let Some(v) = self.vae_fp32.get() {
             return Ok(v);
         }
-        let vae = load_vae(&self.spec, self.aux.device, Kind::Float)?;
+        let vae = load_vae(&self.spec, self.aux.device, Kind::Float, self.conv)?;
         Ok(self.vae_fp32.get_or_init(|| vae))
     }
 }

@@ -6,6 +6,10 @@ vae_decode_s, peak_rss_bytes (the whole run), peak_vram_bytes (device memory in 
 samples it), plus torch's own max_memory_reserved for reference.
 
     python tools/bench_diffusers.py MODEL --width 512 --height 512 --steps 20 --dtype fp16 --device cuda
+
+With --decode-only: loads the pipeline and decodes seeded random latents (N(0, 1) times the VAE's
+scaling factor) of the size twice, as `sdgen bench --decode-only`, and prints load_s,
+vae_decode_s, vae_decode_again_s and peak_rss_bytes.
 """
 
 import argparse
@@ -57,6 +61,34 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def decode_only(pipe, args, device, dtype, load_s):
+    g = torch.Generator("cpu").manual_seed(0)
+    f = pipe.vae_scale_factor
+    shape = (1, pipe.vae.config.latent_channels, args.height // f, args.width // f)
+    latents = (torch.randn(shape, generator=g) * pipe.vae.config.scaling_factor).to(device, dtype)
+    times = []
+    for _ in range(2):
+        sync(device)
+        t = time.perf_counter()
+        with torch.no_grad():
+            image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+            pipe.image_processor.postprocess(image, output_type="np")
+        sync(device)
+        times.append(time.perf_counter() - t)
+    print(json.dumps({
+        "impl": "diffusers",
+        "device": str(device),
+        "dtype": args.dtype,
+        "width": args.width,
+        "height": args.height,
+        "threads": torch.get_num_threads(),
+        "load_s": load_s,
+        "vae_decode_s": times[0],
+        "vae_decode_again_s": times[1],
+        "peak_rss_bytes": rss_bytes("VmHWM"),
+    }))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -67,6 +99,7 @@ def main():
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--decode-only", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,6 +119,9 @@ def main():
         sync(device)
         load_s = time.perf_counter() - t0
         load_peak = rss_bytes("VmHWM")
+        if args.decode_only:
+            decode_only(pipe, args, device, dtype, load_s)
+            return
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         stamps = []

@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Time only the VAE decode: seeded random latents of the size, decoded twice.
+    #[arg(long)]
+    pub decode_only: bool,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -46,6 +49,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ..Request::default()
     };
     sdgen::pipeline::check_request(&req, &Default::default())?;
+    if args.decode_only {
+        let r = sdgen::bench::run_decode(&opts, width, height)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("VAE decode of {}x{} on {} ({}), {} threads", r.width, r.height, r.device, r.dtype, r.threads);
+            println!("load            {:.3} s", r.load_s);
+            println!("VAE decode      {:.3} s, again {:.3} s", r.vae_decode_s, r.vae_decode_again_s);
+            println!("peak RSS        {:.1} MiB", r.peak_rss_bytes as f64 / (1u64 << 20) as f64);
+        }
+        return Ok(());
+    }
     let r = sdgen::bench::run(&opts, &req)?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);

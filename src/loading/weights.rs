@@ -231,6 +231,7 @@ struct Store {
     device: Device,
     kind: Kind,
     conv: Cell<crate::models::conv::ConvAlgo>,
+    maps: Cell<crate::models::conv::FeatureMaps>,
 }
 
 /// A view of a set of weight files under a name prefix, like a folder path.
@@ -264,6 +265,7 @@ impl Weights {
                 device,
                 kind,
                 conv: Cell::new(Default::default()),
+                maps: Cell::new(Default::default()),
             }),
             prefix: String::new(),
         })
@@ -327,6 +329,17 @@ impl Weights {
     /// Sets [`Weights::conv_algo`] for every view of this store; call it before building models.
     pub fn set_conv_algo(&self, algo: crate::models::conv::ConvAlgo) {
         self.store.conv.set(algo);
+    }
+
+    /// The feature maps the convolutions built from these weights run on (see
+    /// [`crate::models::conv::FeatureMaps`]).
+    pub fn feature_maps(&self) -> crate::models::conv::FeatureMaps {
+        self.store.maps.get()
+    }
+
+    /// Sets [`Weights::feature_maps`] for every view of this store; call it before building models.
+    pub fn set_feature_maps(&self, maps: crate::models::conv::FeatureMaps) {
+        self.store.maps.set(maps);
     }
 
     fn full(&self, name: &str) -> String {

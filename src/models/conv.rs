@@ -50,6 +50,25 @@ pub const WINOGRAD_MIN_CHANNELS_BF16: i64 = 320;
 /// image run as im2col + GEMM on the CPU in fp32.
 pub const IM2COL_MAX_POSITIONS: i64 = 64;
 
+/// On models whose 3×3 layers run on [`FeatureMaps::Large`] maps (the VAE), layers with at
+/// least this many channels on both sides use Winograd with [`LARGE_MAPS_TILE`] on the CPU in
+/// fp32 ([`ConvAlgo::Auto`]).
+pub const LARGE_MAPS_MIN_CHANNELS: i64 = 128;
+
+/// The Winograd tile of [`LARGE_MAPS_MIN_CHANNELS`].
+pub const LARGE_MAPS_TILE: Tile = Tile::F4;
+
+/// The feature maps a model's convolutions mostly run on, which decide
+/// [`ConvAlgo::Auto`]'s choice ([`Weights::set_feature_maps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeatureMaps {
+    /// The UNet's: the latent's size and smaller, with the most channels on the smallest.
+    #[default]
+    Small,
+    /// The VAE's: up to the image's size, with 128–512 channels.
+    Large,
+}
+
 /// Which algorithm CPU fp32 and bf16 convolutions use. GPU and fp16 runs always use
 /// libtorch's convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -61,8 +80,8 @@ pub enum ConvAlgo {
     Auto,
     /// libtorch's convolution everywhere: the least memory.
     Direct,
-    /// Winograd for every 3×3 stride-1 convolution however narrow (for tests and
-    /// measurements), GEMM for 1×1.
+    /// Winograd for every 3×3 stride-1 convolution however narrow, with the tile `Auto`
+    /// would use for the model's feature maps (for tests and measurements), GEMM for 1×1.
     Winograd,
 }
 
@@ -183,10 +202,11 @@ impl Conv2d {
         let shape = [out_ch, in_ch, kernel_size, kernel_size];
         let bias = Some(w.get("bias", &[out_ch])?);
         let algo = w.conv_algo();
-        if w.device() == Device::Cpu && use_winograd(algo, &shape, stride, padding, w.kind()) {
+        let tile = winograd_tile(algo, w.feature_maps(), &shape, stride, padding, w.kind());
+        if let (Some(tile), Device::Cpu) = (tile, w.device()) {
             // The kernel is only read to make the transformed weights, which replace it.
             let (weight, pages) = w.get_with_pages("weight", &shape)?;
-            let kernel = Kernel::Winograd(Deferred::new(Tile::F2, weight, pages));
+            let kernel = Kernel::Winograd(Deferred::new(tile, weight, pages));
             return Ok(Conv2d {
                 kernel,
                 bias,
@@ -217,7 +237,7 @@ impl Conv2d {
         let (out_channels, in_channels, size) = (s[0], s[1], s[2]);
         let cpu = weight.device() == Device::Cpu;
         let fast = cpu && fast_kind(weight.kind()) && algo != ConvAlgo::Direct;
-        let kernel = if cpu && use_winograd(algo, &s, stride, padding, weight.kind()) {
+        let kernel = if cpu && winograd_tile(algo, FeatureMaps::Small, &s, stride, padding, weight.kind()).is_some() {
             let u = winograd_weights(&weight).to_kind(weight.kind());
             Kernel::Winograd(Deferred::ready(Tile::F2, u))
         } else if fast && size == 1 && s[3] == 1 && padding == 0 {
@@ -374,27 +394,41 @@ fn fast_kind(kind: Kind) -> bool {
     matches!(kind, Kind::Float | Kind::BFloat16)
 }
 
-/// Whether a CPU convolution with this `[out, in, k, k]` kernel in `kind` runs as Winograd.
+/// Whether a CPU convolution with this `[out, in, k, k]` kernel in `kind` runs as Winograd,
+/// and with which tile.
 ///
-/// In bf16, F(2×2)'s batched GEMMs beat oneDNN's bf16 convolution on every 3×3 layer of
-/// the UNet from [`WINOGRAD_MIN_CHANNELS_BF16`] channels on (measured with
-/// `examples/conv_speed.rs --dtype bf16`), so `Auto` uses it there.
-fn use_winograd(algo: ConvAlgo, shape: &[i64], stride: i64, padding: i64, kind: Kind) -> bool {
+/// bf16 takes F(2×2) only: the large tiles' transforms amplify rounding, which bf16's 8
+/// bits cannot afford. Its batched GEMMs beat oneDNN's bf16 convolution on the UNet's 3×3
+/// layers with [`WINOGRAD_MIN_CHANNELS_BF16`] channels on both sides (measured with
+/// `examples/bf16_speed.rs`); on the VAE's large maps `Auto` leaves bf16 to oneDNN.
+fn winograd_tile(
+    algo: ConvAlgo,
+    maps: FeatureMaps,
+    shape: &[i64],
+    stride: i64,
+    padding: i64,
+    kind: Kind,
+) -> Option<Tile> {
     let (fewer, more) = (shape[0].min(shape[1]), shape[0].max(shape[1]));
-    let wide = match kind {
-        Kind::BFloat16 => fewer >= WINOGRAD_MIN_CHANNELS_BF16,
-        _ => fewer >= WINOGRAD_MIN_CHANNELS / 2 && more >= WINOGRAD_MIN_CHANNELS,
-    };
-    fast_kind(kind)
-        && shape[2] == 3
-        && shape[3] == 3
-        && stride == 1
-        && padding == 1
-        && match algo {
-            ConvAlgo::Auto => wide,
-            ConvAlgo::Direct => false,
-            ConvAlgo::Winograd => true,
+    if !(fast_kind(kind) && shape[2] == 3 && shape[3] == 3 && stride == 1 && padding == 1) {
+        return None;
+    }
+    if kind == Kind::BFloat16 {
+        return match (algo, maps) {
+            (ConvAlgo::Direct, _) | (ConvAlgo::Auto, FeatureMaps::Large) => None,
+            (ConvAlgo::Winograd, _) => Some(Tile::F2),
+            (ConvAlgo::Auto, FeatureMaps::Small) => (fewer >= WINOGRAD_MIN_CHANNELS_BF16).then_some(Tile::F2),
+        };
+    }
+    match (algo, maps) {
+        (ConvAlgo::Direct, _) => None,
+        (ConvAlgo::Winograd, FeatureMaps::Small) => Some(Tile::F2),
+        (ConvAlgo::Winograd, FeatureMaps::Large) => Some(LARGE_MAPS_TILE),
+        (ConvAlgo::Auto, FeatureMaps::Small) => {
+            (fewer >= WINOGRAD_MIN_CHANNELS / 2 && more >= WINOGRAD_MIN_CHANNELS).then_some(Tile::F2)
         }
+        (ConvAlgo::Auto, FeatureMaps::Large) => (fewer >= LARGE_MAPS_MIN_CHANNELS).then_some(LARGE_MAPS_TILE),
+    }
 }
 
 /// `U[4a + b] = (G · w · Gᵀ)[a, b]` for every (out, in) pair: `[out, in, 3, 3]` → `[16, out, in]`

@@ -434,6 +434,7 @@ impl Vae {
     /// attention may use either the current or the pre-0.14 names.
     pub fn new(w: &Weights, cfg: &VaeConfig) -> Result<Vae> {
         cfg.check()?;
+        w.set_feature_maps(crate::models::conv::FeatureMaps::Large);
         let l2 = 2 * cfg.latent_channels;
         let l = cfg.latent_channels;
         Ok(Vae {
