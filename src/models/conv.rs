@@ -20,12 +20,13 @@
 //!   im2col and one GEMM.
 //! - Everything else, and every convolution on a GPU or in fp16: libtorch's `conv2d`.
 //!
-//! In bf16 on the CPU the same three algorithms run with bf16 GEMMs (oneDNN's, which use
-//! AVX512-BF16 dot products or AMX tiles where the CPU has them, accumulating in f32), and
-//! Winograd's transforms read and write bf16 but compute in f32. oneDNN's bf16 convolution
-//! is further from the machine's bf16 GEMM speed than its fp32 one, so bf16 takes Winograd
-//! on narrower layers: every 3×3 layer with [`WINOGRAD_MIN_CHANNELS_BF16`] channels on both
-//! sides.
+//! In bf16 on the CPU, 1×1 convolutions and the same Winograd layers run with bf16 GEMMs
+//! (oneDNN's, which use AVX512-BF16 dot products or AMX tiles where the CPU has them,
+//! accumulating in f32); Winograd's transforms read and write bf16 but compute in f32, and
+//! only F(2×2) is used. im2col is not: oneDNN's bf16 convolution beats it on the small
+//! stride-2 layers. Measured with `examples/bf16_speed.rs` on an AMD EPYC with
+//! AVX512-BF16, one thread, SD 1.5 at 256²: Winograd 1.3–2.5× oneDNN's bf16 convolution
+//! on every 3×3 layer it takes (0.9× on the 320→320 ones it leaves), GEMM 1.2–5×.
 //!
 //! All of these compute the same sums as the direct convolution, in a different order, so
 //! results agree with it to float rounding (the tests bound the difference); the choice is
@@ -41,10 +42,6 @@ use tch::{Device, Kind, Tensor};
 /// many on the other side, use Winograd on the CPU in fp32 ([`ConvAlgo::Auto`]). On narrower
 /// layers (the 320→320 ones of SD 1.5) the transforms cost more than the GEMM saves.
 pub const WINOGRAD_MIN_CHANNELS: i64 = 640;
-
-/// 3×3 convolutions in bf16 with at least this many channels on both sides use Winograd on
-/// the CPU ([`ConvAlgo::Auto`]).
-pub const WINOGRAD_MIN_CHANNELS_BF16: i64 = 320;
 
 /// Convolutions (that are not Winograd's) with at most this many output positions per
 /// image run as im2col + GEMM on the CPU in fp32.
@@ -243,7 +240,9 @@ impl Conv2d {
         } else if fast && size == 1 && s[3] == 1 && padding == 0 {
             Kernel::Pointwise(weight.reshape([out_channels, in_channels]))
         } else {
-            Kernel::Direct { weight, gemm_small: fast }
+            // im2col in fp32 only: in bf16 oneDNN's convolution is faster on small maps.
+            let gemm_small = fast && weight.kind() == Kind::Float;
+            Kernel::Direct { weight, gemm_small }
         };
         Conv2d { kernel, bias, in_channels, out_channels, size, stride, padding }
     }
@@ -397,10 +396,9 @@ fn fast_kind(kind: Kind) -> bool {
 /// Whether a CPU convolution with this `[out, in, k, k]` kernel in `kind` runs as Winograd,
 /// and with which tile.
 ///
-/// bf16 takes F(2×2) only: the large tiles' transforms amplify rounding, which bf16's 8
-/// bits cannot afford. Its batched GEMMs beat oneDNN's bf16 convolution on the UNet's 3×3
-/// layers with [`WINOGRAD_MIN_CHANNELS_BF16`] channels on both sides (measured with
-/// `examples/bf16_speed.rs`); on the VAE's large maps `Auto` leaves bf16 to oneDNN.
+/// bf16 takes F(2×2) only, on the same layers as fp32: the large tiles' transforms amplify
+/// rounding, which bf16's 8 bits cannot afford, so on the VAE's large maps `Auto` leaves
+/// bf16 to oneDNN.
 fn winograd_tile(
     algo: ConvAlgo,
     maps: FeatureMaps,
@@ -413,21 +411,15 @@ fn winograd_tile(
     if !(fast_kind(kind) && shape[2] == 3 && shape[3] == 3 && stride == 1 && padding == 1) {
         return None;
     }
-    if kind == Kind::BFloat16 {
-        return match (algo, maps) {
-            (ConvAlgo::Direct, _) | (ConvAlgo::Auto, FeatureMaps::Large) => None,
-            (ConvAlgo::Winograd, _) => Some(Tile::F2),
-            (ConvAlgo::Auto, FeatureMaps::Small) => (fewer >= WINOGRAD_MIN_CHANNELS_BF16).then_some(Tile::F2),
-        };
-    }
+    let bf16 = kind == Kind::BFloat16;
     match (algo, maps) {
         (ConvAlgo::Direct, _) => None,
         (ConvAlgo::Winograd, FeatureMaps::Small) => Some(Tile::F2),
-        (ConvAlgo::Winograd, FeatureMaps::Large) => Some(LARGE_MAPS_TILE),
+        (ConvAlgo::Winograd, FeatureMaps::Large) => Some(if bf16 { Tile::F2 } else { LARGE_MAPS_TILE }),
         (ConvAlgo::Auto, FeatureMaps::Small) => {
             (fewer >= WINOGRAD_MIN_CHANNELS / 2 && more >= WINOGRAD_MIN_CHANNELS).then_some(Tile::F2)
         }
-        (ConvAlgo::Auto, FeatureMaps::Large) => (fewer >= LARGE_MAPS_MIN_CHANNELS).then_some(LARGE_MAPS_TILE),
+        (ConvAlgo::Auto, FeatureMaps::Large) => (!bf16 && fewer >= LARGE_MAPS_MIN_CHANNELS).then_some(LARGE_MAPS_TILE),
     }
 }
 
@@ -845,7 +837,7 @@ mod tests {
     /// ~3e-3 of the largest output (its output rounding). Winograd rounds three times more
     /// (the transformed inputs, the transformed weights, the GEMM's output) and then sums
     /// up to 9 of those values. Measured on an AMD EPYC (avx512_bf16): Winograd ≤ 7.6e-3,
-    /// libtorch ≤ 3.9e-3, GEMM and im2col ≤ 3.9e-3 on these shapes. The bounds leave 2×
+    /// libtorch ≤ 3.9e-3, GEMM ≤ 3.9e-3 on these shapes. The bounds leave 2×
     /// room; a wrong tap or tile would be off by ~1.
     #[test]
     fn bf16_kernels_match_libtorch_to_bf16_rounding() {
@@ -858,8 +850,8 @@ mod tests {
             assert!(ours < 1.6e-2, "winograd {c}->{o} on {h}x{w}: relative error {ours:.2e} (libtorch {theirs:.2e})");
             worst = (worst.0.max(ours), worst.1.max(theirs));
         }
-        // The UNet's widths: Auto takes Winograd from 320 channels on in bf16.
-        for (c, o, size) in [(320, 320, 9), (640, 320, 4), (1280, 1280, 2)] {
+        // The UNet's widths where Auto takes Winograd in bf16.
+        for (c, o, size) in [(320, 640, 9), (640, 320, 4), (1280, 1280, 2)] {
             let (algo, ours, theirs) = check_bf16(1, c, o, size, size, 3, 1, 1, ConvAlgo::Auto);
             assert_eq!(algo, "winograd");
             assert!(
@@ -868,14 +860,13 @@ mod tests {
             );
             worst = (worst.0.max(ours), worst.1.max(theirs));
         }
-        assert_eq!(check_bf16(1, 160, 640, 9, 9, 3, 1, 1, ConvAlgo::Auto).0, "direct");
-        // 1×1 as GEMM; stride 2 and narrow layers on small maps as im2col.
+        assert_eq!(check_bf16(1, 320, 320, 9, 9, 3, 1, 1, ConvAlgo::Auto).0, "direct");
+        // 1×1 as GEMM; no im2col in bf16.
         for (n, c, o, h, w, k, stride, pad, want) in [
             (2, 12, 7, 5, 6, 1, 1, 0, "gemm"),
             (2, 320, 640, 4, 4, 1, 1, 0, "gemm"),
-            (2, 6, 9, 9, 8, 3, 2, 1, "im2col"),
-            (1, 6, 9, 10, 10, 3, 2, 0, "im2col"),
-            (1, 160, 640, 6, 6, 3, 1, 1, "im2col"),
+            (2, 6, 9, 9, 8, 3, 2, 1, "direct"),
+            (1, 160, 640, 6, 6, 3, 1, 1, "direct"),
         ] {
             let (algo, ours, theirs) = check_bf16(n, c, o, h, w, k, stride, pad, ConvAlgo::Auto);
             assert_eq!(algo, want, "{c}->{o} k{k} s{stride} on {h}x{w}");
