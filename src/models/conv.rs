@@ -26,7 +26,7 @@
 //! only F(2×2) is used. im2col is not: oneDNN's bf16 convolution beats it on the small
 //! stride-2 layers. Measured with `examples/bf16_speed.rs` on an AMD EPYC with
 //! AVX512-BF16, one thread, SD 1.5 at 256²: Winograd 1.3–2.5× oneDNN's bf16 convolution
-//! on every 3×3 layer it takes (0.9× on the 320→320 ones it leaves), GEMM 1.2–5×.
+//! on every 3×3 layer it takes (0.9× on the 320→320 ones it leaves), GEMM 1.0–5.9×.
 //!
 //! All of these compute the same sums as the direct convolution, in a different order, so
 //! results agree with it to float rounding (the tests bound the difference); the choice is
