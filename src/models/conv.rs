@@ -25,7 +25,15 @@
 //!   above: about 0.5 GB more for SD's VAE decoder).
 //! - Any other convolution whose output is at most [`IM2COL_MAX_POSITIONS`] positions:
 //!   im2col and one GEMM.
-//! - Everything else, and every convolution on a GPU or in fp16/bf16: libtorch's `conv2d`.
+//! - Everything else, and every convolution on a GPU or in fp16: libtorch's `conv2d`.
+//!
+//! In bf16 on the CPU, 1×1 convolutions and the same Winograd layers run with bf16 GEMMs
+//! (oneDNN's, which use AVX512-BF16 dot products or AMX tiles where the CPU has them,
+//! accumulating in f32); Winograd's transforms read and write bf16 but compute in f32, and
+//! only F(2×2) is used. im2col is not: oneDNN's bf16 convolution beats it on the small
+//! stride-2 layers. Measured with `examples/bf16_speed.rs` on an AMD EPYC with
+//! AVX512-BF16, one thread, SD 1.5 at 256²: Winograd 1.3–2.5× oneDNN's bf16 convolution
+//! on every 3×3 layer it takes (0.9× on the 320→320 ones it leaves), GEMM 1.0–5.9×.
 //!
 //! All of these compute the same sums as the direct convolution, in a different order, so
 //! results agree with it to float rounding (the tests bound the difference); the choice is
@@ -69,7 +77,7 @@ pub enum FeatureMaps {
     Large,
 }
 
-/// Which algorithm CPU fp32 convolutions use. GPU and half-precision runs always use
+/// Which algorithm CPU fp32 and bf16 convolutions use. GPU and fp16 runs always use
 /// libtorch's convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,7 +164,8 @@ impl Deferred {
     fn weights(&self) -> Tensor {
         let mut state = self.state();
         if let Prepared::Kernel { weight, pages } = &*state {
-            let u = winograd::weights(weight, self.tile);
+            // In the layer's dtype: bf16 weights give bf16 GEMMs.
+            let u = winograd::weights(weight, self.tile).to_kind(weight.kind());
             if let Some(pages) = pages {
                 pages.release();
             }
@@ -203,8 +212,8 @@ impl Conv2d {
         let shape = [out_ch, in_ch, kernel_size, kernel_size];
         let bias = Some(w.get("bias", &[out_ch])?);
         let algo = w.conv_algo();
-        let tile = winograd_tile(algo, w.feature_maps(), &shape, stride, padding);
-        if let (Some(tile), Device::Cpu, Kind::Float) = (tile, w.device(), w.kind()) {
+        let tile = winograd_tile(algo, w.feature_maps(), &shape, stride, padding, w.kind());
+        if let (Some(tile), Device::Cpu) = (tile, w.device()) {
             // The kernel is only read to make the transformed weights, which replace it.
             let (weight, pages) = w.get_with_pages("weight", &shape)?;
             let kernel = Kernel::Winograd(Deferred::new(tile, weight, pages));
@@ -227,7 +236,8 @@ impl Conv2d {
     pub fn with_winograd(weight: Tensor, bias: Option<Tensor>, tile: Tile) -> Conv2d {
         let s = weight.size();
         assert!(s.len() == 4 && s[2] == 3 && s[3] == 3, "Winograd needs a 3x3 kernel, got {s:?}");
-        let kernel = Kernel::Winograd(Deferred::ready(tile, winograd::weights(&weight, tile)));
+        let u = winograd::weights(&weight, tile).to_kind(weight.kind());
+        let kernel = Kernel::Winograd(Deferred::ready(tile, u));
         Conv2d { kernel, bias, in_channels: s[1], out_channels: s[0], size: 3, stride: 1, padding: 1, nhwc: false }
     }
 
@@ -236,14 +246,17 @@ impl Conv2d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, stride: i64, padding: i64, algo: ConvAlgo) -> Conv2d {
         let s = weight.size();
         let (out_channels, in_channels, size) = (s[0], s[1], s[2]);
-        let cpu_fp32 = weight.device() == Device::Cpu && weight.kind() == Kind::Float;
-        let fast = cpu_fp32 && algo != ConvAlgo::Direct;
-        let kernel = if cpu_fp32 && winograd_tile(algo, FeatureMaps::Small, &s, stride, padding).is_some() {
-            Kernel::Winograd(Deferred::ready(Tile::F2, winograd_weights(&weight)))
+        let cpu = weight.device() == Device::Cpu;
+        let fast = cpu && fast_kind(weight.kind()) && algo != ConvAlgo::Direct;
+        let kernel = if cpu && winograd_tile(algo, FeatureMaps::Small, &s, stride, padding, weight.kind()).is_some() {
+            let u = winograd_weights(&weight).to_kind(weight.kind());
+            Kernel::Winograd(Deferred::ready(Tile::F2, u))
         } else if fast && size == 1 && s[3] == 1 && padding == 0 {
             Kernel::Pointwise(weight.reshape([out_channels, in_channels]))
         } else {
-            Kernel::Direct { weight, gemm_small: fast }
+            // im2col in fp32 only: in bf16 oneDNN's convolution is faster on small maps.
+            let gemm_small = fast && weight.kind() == Kind::Float;
+            Kernel::Direct { weight, gemm_small }
         };
         Conv2d { kernel, bias, in_channels, out_channels, size, stride, padding, nhwc: false }
     }
@@ -402,21 +415,39 @@ fn g_times(v: [f64; 3]) -> [f64; 4] {
     [v[0], 0.5 * (even + v[1]), 0.5 * (even - v[1]), v[2]]
 }
 
-/// Whether a CPU fp32 convolution with this `[out, in, k, k]` kernel runs as Winograd, and
-/// with which tile.
-fn winograd_tile(algo: ConvAlgo, maps: FeatureMaps, shape: &[i64], stride: i64, padding: i64) -> Option<Tile> {
+/// Whether the fast CPU algorithms (Winograd, GEMM, im2col) run in this dtype: fp32, and
+/// bf16, whose GEMMs oneDNN runs with the CPU's bf16 dot products (AVX512-BF16, AMX).
+fn fast_kind(kind: Kind) -> bool {
+    matches!(kind, Kind::Float | Kind::BFloat16)
+}
+
+/// Whether a CPU convolution with this `[out, in, k, k]` kernel in `kind` runs as Winograd,
+/// and with which tile.
+///
+/// bf16 takes F(2×2) only, on the same layers as fp32: the large tiles' transforms amplify
+/// rounding, which bf16's 8 bits cannot afford, so on the VAE's large maps `Auto` leaves
+/// bf16 to oneDNN.
+fn winograd_tile(
+    algo: ConvAlgo,
+    maps: FeatureMaps,
+    shape: &[i64],
+    stride: i64,
+    padding: i64,
+    kind: Kind,
+) -> Option<Tile> {
     let (fewer, more) = (shape[0].min(shape[1]), shape[0].max(shape[1]));
-    if !(shape[2] == 3 && shape[3] == 3 && stride == 1 && padding == 1) {
+    if !(fast_kind(kind) && shape[2] == 3 && shape[3] == 3 && stride == 1 && padding == 1) {
         return None;
     }
+    let bf16 = kind == Kind::BFloat16;
     match (algo, maps) {
         (ConvAlgo::Direct, _) => None,
         (ConvAlgo::Winograd, FeatureMaps::Small) => Some(Tile::F2),
-        (ConvAlgo::Winograd, FeatureMaps::Large) => Some(LARGE_MAPS_TILE),
+        (ConvAlgo::Winograd, FeatureMaps::Large) => Some(if bf16 { Tile::F2 } else { LARGE_MAPS_TILE }),
         (ConvAlgo::Auto, FeatureMaps::Small) => {
             (fewer >= WINOGRAD_MIN_CHANNELS / 2 && more >= WINOGRAD_MIN_CHANNELS).then_some(Tile::F2)
         }
-        (ConvAlgo::Auto, FeatureMaps::Large) => (fewer >= LARGE_MAPS_MIN_CHANNELS).then_some(LARGE_MAPS_TILE),
+        (ConvAlgo::Auto, FeatureMaps::Large) => (!bf16 && fewer >= LARGE_MAPS_MIN_CHANNELS).then_some(LARGE_MAPS_TILE),
     }
 }
 
@@ -471,9 +502,21 @@ pub(crate) fn winograd_weights(weight: &Tensor) -> Tensor {
 /// 16 values into its 2×2 outputs (`Aᵀ·m·A`, plus the bias) straight into the image. The two
 /// transforms are plain loops over the tensors' memory, one pass each, split over libtorch's
 /// intra-op threads.
+///
+/// In bf16 (`x` and `u` both bf16) the transforms read and write bf16 and compute in f32,
+/// and the GEMMs are bf16 GEMMs with f32 accumulation (oneDNN's), so the result is the
+/// direct convolution's to bf16 rounding of the transformed values.
 pub(crate) fn winograd_conv(x: &Tensor, u: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    match x.kind() {
+        Kind::BFloat16 => winograd_conv_in::<half::bf16>(x, u, bias),
+        _ => winograd_conv_in::<f32>(x, u, bias),
+    }
+}
+
+fn winograd_conv_in<T: Element>(x: &Tensor, u: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let (n, c, h, w) = x.size4().expect("conv2d expects [batch, channels, height, width]");
-    assert!(x.kind() == Kind::Float && x.device() == Device::Cpu, "Winograd runs on fp32 CPU tensors");
+    assert!(x.kind() == T::KIND && x.device() == Device::Cpu, "Winograd in {:?} got a {:?} tensor", T::KIND, x.kind());
+    assert!(u.kind() == T::KIND, "Winograd weights in {:?} for a {:?} input", u.kind(), T::KIND);
     // The transforms below read raw memory: these checks keep every read inside its tensor.
     let us = u.size();
     assert!(us.len() == 3 && us[0] == 16 && us[2] == c, "Winograd weights {us:?} do not fit {c} input channels");
@@ -484,39 +527,77 @@ pub(crate) fn winograd_conv(x: &Tensor, u: &Tensor, bias: Option<&Tensor>) -> Te
     let (th, tw) = ((h + 1) / 2, (w + 1) / 2);
     let tiles = n * th * tw;
     let x = x.contiguous();
-    let v = Tensor::empty([16, c, tiles], (Kind::Float, Device::Cpu));
+    let v = Tensor::empty([16, c, tiles], (T::KIND, Device::Cpu));
     let geometry = Geometry { n: n as usize, h: h as usize, w: w as usize, th: th as usize, tw: tw as usize };
-    // SAFETY: `x` is a contiguous fp32 CPU tensor of n·c·h·w elements and `v` a fresh one of
-    // 16·c·tiles; each thread writes only its own channels' elements of `v`.
-    unsafe { geometry.input_transform(x.data_ptr() as *const f32, c as usize, SharedMut(v.data_ptr() as *mut f32)) };
+    // SAFETY: `x` is a contiguous CPU tensor of T with n·c·h·w elements and `v` a fresh one
+    // of 16·c·tiles; each thread writes only its own channels' elements of `v`.
+    unsafe { geometry.input_transform(x.data_ptr() as *const T, c as usize, SharedMut(v.data_ptr() as *mut T)) };
     let m = u.bmm(&v);
     drop(v);
     let bias = bias.map(|b| b.to_kind(Kind::Float).contiguous());
-    let out = Tensor::empty([n, o, h, w], (Kind::Float, Device::Cpu));
+    let out = Tensor::empty([n, o, h, w], (T::KIND, Device::Cpu));
     let bias_values = bias.as_ref().map(|b| b.data_ptr() as *const f32);
-    // SAFETY: `m` is a contiguous fp32 CPU tensor of 16·o·tiles elements (fresh from bmm),
-    // `bias` has o elements, `out` is fresh with n·o·h·w; threads write disjoint channels.
+    // SAFETY: `m` is a contiguous CPU tensor of T with 16·o·tiles elements (fresh from bmm),
+    // `bias` has o f32 elements, `out` is fresh with n·o·h·w; threads write disjoint channels.
     unsafe {
         geometry.output_transform(
-            m.data_ptr() as *const f32,
+            m.data_ptr() as *const T,
             bias_values,
             o as usize,
-            SharedMut(out.data_ptr() as *mut f32),
+            SharedMut(out.data_ptr() as *mut T),
         )
     };
     out
 }
 
-/// A pointer that threads write through at disjoint offsets.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedMut(pub(crate) *mut f32);
-// SAFETY: only used for writes to disjoint elements by scoped threads that are joined.
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
+/// An element type the Winograd transforms read and write (they compute in f32).
+pub(crate) trait Element: Copy + Send + Sync + 'static {
+    const KIND: Kind;
+    fn to_f32(self) -> f32;
+    fn from_f32(value: f32) -> Self;
+}
 
-impl SharedMut {
+impl Element for f32 {
+    const KIND: Kind = Kind::Float;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(value: f32) -> f32 {
+        value
+    }
+}
+
+impl Element for half::bf16 {
+    const KIND: Kind = Kind::BFloat16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    /// Rounded to nearest, ties to even, as libtorch rounds.
+    #[inline(always)]
+    fn from_f32(value: f32) -> half::bf16 {
+        half::bf16::from_f32(value)
+    }
+}
+
+/// A pointer that threads write through at disjoint offsets.
+pub(crate) struct SharedMut<T = f32>(pub(crate) *mut T);
+// SAFETY: only used for writes to disjoint elements by scoped threads that are joined.
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
     /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
-    pub(crate) fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut T {
         self.0
     }
 }
@@ -550,8 +631,8 @@ impl Geometry {
     /// Works a row of tiles at a time: the four input rows, zero-padded, are split into even
     /// and odd columns so that every step is a unit-stride loop over the row's tiles.
     ///
-    /// SAFETY: `x` holds n·channels·h·w floats; `v` 16·channels·tiles, written only here.
-    unsafe fn input_transform(&self, x: *const f32, channels: usize, v: SharedMut) {
+    /// SAFETY: `x` holds n·channels·h·w values; `v` 16·channels·tiles, written only here.
+    unsafe fn input_transform<T: Element>(&self, x: *const T, channels: usize, v: SharedMut<T>) {
         let Geometry { n, h, w, th, tw } = *self;
         let tiles = n * th * tw;
         let x = std::slice::from_raw_parts(x, n * channels * h * w);
@@ -576,9 +657,9 @@ impl Geometry {
                                 // Padded column p holds input column p - 1: odd[k] is input
                                 // column 2k, even[k + 1] input column 2k + 1.
                                 for (k, pair) in plane[y * w..(y + 1) * w].chunks(2).enumerate() {
-                                    o[k] = pair[0];
+                                    o[k] = pair[0].to_f32();
                                     if let Some(&second) = pair.get(1) {
-                                        e[k + 1] = second;
+                                        e[k + 1] = second.to_f32();
                                     }
                                 }
                             }
@@ -611,9 +692,15 @@ impl Geometry {
     /// values `m[4a + b][ch][tile]`, `Aᵀ` = [[1, 1, 1, 0], [0, 1, -1, -1]]; outputs past an
     /// odd edge are dropped. A row of tiles at a time, in unit-stride loops.
     ///
-    /// SAFETY: `m` holds 16·channels·tiles floats, `bias` (if any) channels, `out`
-    /// n·channels·h·w, written only here.
-    unsafe fn output_transform(&self, m: *const f32, bias: Option<*const f32>, channels: usize, out: SharedMut) {
+    /// SAFETY: `m` holds 16·channels·tiles values, `bias` (if any) channels floats, `out`
+    /// n·channels·h·w values, written only here.
+    unsafe fn output_transform<T: Element>(
+        &self,
+        m: *const T,
+        bias: Option<*const f32>,
+        channels: usize,
+        out: SharedMut<T>,
+    ) {
         let Geometry { n, h, w, th, tw } = *self;
         let tiles = n * th * tw;
         let m = std::slice::from_raw_parts(m, 16 * channels * tiles);
@@ -652,11 +739,11 @@ impl Geometry {
                             let (lo, hi) = (&y[2 * i], &y[2 * i + 1]);
                             let full = w / 2;
                             for ((pair, &l), &r) in dst_row.chunks_exact_mut(2).zip(&lo[..full]).zip(&hi[..full]) {
-                                pair[0] = l;
-                                pair[1] = r;
+                                pair[0] = T::from_f32(l);
+                                pair[1] = T::from_f32(r);
                             }
                             if w % 2 == 1 {
-                                dst_row[w - 1] = lo[full];
+                                dst_row[w - 1] = T::from_f32(lo[full]);
                             }
                         }
                     }
@@ -666,12 +753,13 @@ impl Geometry {
     }
 }
 
-/// `dst[k] = f(a[k], b[k])` over `dst`'s length (a unit-stride loop the compiler vectorizes).
+/// `dst[k] = f(a[k], b[k])` over `dst`'s length, in f32 (a unit-stride loop the compiler
+/// vectorizes).
 #[inline(always)]
-fn combine(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+fn combine<D: Element, A: Element, B: Element>(dst: &mut [D], a: &[A], b: &[B], f: impl Fn(f32, f32) -> f32) {
     let (a, b) = (&a[..dst.len()], &b[..dst.len()]);
     for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
-        *d = f(x, y);
+        *d = D::from_f32(f(x.to_f32(), y.to_f32()));
     }
 }
 
@@ -713,7 +801,9 @@ mod tests {
 
     #[test]
     fn large_maps_use_f4_on_the_widest_layers_only() {
-        let tile = |algo, maps, shape: [i64; 4], stride, padding| winograd_tile(algo, maps, &shape, stride, padding);
+        let tile = |algo, maps, shape: [i64; 4], stride, padding| {
+            winograd_tile(algo, maps, &shape, stride, padding, Kind::Float)
+        };
         let (auto, large, small) = (ConvAlgo::Auto, FeatureMaps::Large, FeatureMaps::Small);
         assert_eq!(tile(auto, large, [512, 512, 3, 3], 1, 1), Some(Tile::F4));
         assert_eq!(tile(auto, large, [256, 512, 3, 3], 1, 1), None, "512->256 stays direct");
@@ -725,6 +815,9 @@ mod tests {
         assert_eq!(tile(ConvAlgo::Winograd, small, [8, 4, 3, 3], 1, 1), Some(Tile::F2));
         assert_eq!(tile(auto, small, [512, 512, 3, 3], 1, 1), None, "the UNet's rule is unchanged");
         assert_eq!(tile(auto, small, [1280, 640, 3, 3], 1, 1), Some(Tile::F2));
+        // bf16 takes F(2×2) only: the large tiles' transforms lose too much in bf16.
+        let bf16 = winograd_tile(auto, large, &[512, 512, 3, 3], 1, 1, Kind::BFloat16);
+        assert_ne!(bf16, Some(Tile::F4));
     }
 
     #[test]
@@ -754,6 +847,124 @@ mod tests {
             let want = back_conv.forward(&image);
             assert!((&back - &want).abs().max().double_value(&[]) < 1e-5);
         }
+    }
+
+    /// A bf16 convolution through `algo` and through libtorch's bf16 convolution, each
+    /// against libtorch's fp32 convolution of the same bf16 values: the algorithm `algo`
+    /// picked and both largest errors relative to the largest output.
+    #[allow(clippy::too_many_arguments)]
+    fn check_bf16(
+        n: i64,
+        c: i64,
+        o: i64,
+        h: i64,
+        w: i64,
+        k: i64,
+        stride: i64,
+        pad: i64,
+        algo: ConvAlgo,
+    ) -> (&'static str, f64, f64) {
+        tch::manual_seed(n * 1000 + c * 7 + h * 3 + w);
+        let bf16 = (Kind::BFloat16, Device::Cpu);
+        let x = Tensor::randn([n, c, h, w], bf16);
+        let weight = (Tensor::randn([o, c, k, k], (Kind::Float, Device::Cpu)) / ((c * k * k) as f64).sqrt())
+            .to_kind(Kind::BFloat16);
+        let bias = Tensor::randn([o], bf16);
+        let f = |t: &Tensor| t.to_kind(Kind::Float);
+        let want = f(&x).conv2d(&f(&weight), Some(&f(&bias)), [stride], [pad], [1], 1);
+        let libtorch = x.conv2d(&weight, Some(&bias), [stride], [pad], [1], 1);
+        let conv = Conv2d::new(weight, Some(bias), stride, pad, algo);
+        let got = conv.forward(&x);
+        assert_eq!(got.kind(), Kind::BFloat16);
+        assert_eq!(got.size(), want.size(), "{c}->{o} k{k} s{stride} on {h}x{w}");
+        let scale = want.abs().max().double_value(&[]);
+        let err = |t: &Tensor| (f(t) - &want).abs().max().double_value(&[]) / scale;
+        (conv.algorithm(h, w), err(&got), err(&libtorch))
+    }
+
+    /// bf16 keeps 8 significant bits: libtorch's own bf16 convolution is off by up to
+    /// ~3e-3 of the largest output (its output rounding). Winograd rounds three times more
+    /// (the transformed inputs, the transformed weights, the GEMM's output) and then sums
+    /// up to 9 of those values. Measured on an AMD EPYC (avx512_bf16): Winograd ≤ 7.6e-3,
+    /// libtorch ≤ 3.9e-3, GEMM ≤ 3.9e-3 on these shapes. The bounds leave 2×
+    /// room; a wrong tap or tile would be off by ~1.
+    #[test]
+    fn bf16_kernels_match_libtorch_to_bf16_rounding() {
+        let mut worst = (0f64, 0f64);
+        for (n, c, o, h, w) in
+            [(2, 8, 12, 8, 8), (1, 5, 3, 7, 9), (3, 4, 4, 1, 1), (2, 16, 8, 2, 5), (1, 3, 6, 13, 6), (2, 64, 48, 5, 6)]
+        {
+            let (algo, ours, theirs) = check_bf16(n, c, o, h, w, 3, 1, 1, ConvAlgo::Winograd);
+            assert_eq!(algo, "winograd");
+            assert!(ours < 1.6e-2, "winograd {c}->{o} on {h}x{w}: relative error {ours:.2e} (libtorch {theirs:.2e})");
+            worst = (worst.0.max(ours), worst.1.max(theirs));
+        }
+        // The UNet's widths where Auto takes Winograd in bf16.
+        for (c, o, size) in [(320, 640, 9), (640, 320, 4), (1280, 1280, 2)] {
+            let (algo, ours, theirs) = check_bf16(1, c, o, size, size, 3, 1, 1, ConvAlgo::Auto);
+            assert_eq!(algo, "winograd");
+            assert!(
+                ours < 1.6e-2,
+                "winograd {c}->{o} on {size}x{size}: relative error {ours:.2e} (libtorch {theirs:.2e})"
+            );
+            worst = (worst.0.max(ours), worst.1.max(theirs));
+        }
+        assert_eq!(check_bf16(1, 320, 320, 9, 9, 3, 1, 1, ConvAlgo::Auto).0, "direct");
+        // 1×1 as GEMM; no im2col in bf16.
+        for (n, c, o, h, w, k, stride, pad, want) in [
+            (2, 12, 7, 5, 6, 1, 1, 0, "gemm"),
+            (2, 320, 640, 4, 4, 1, 1, 0, "gemm"),
+            (2, 6, 9, 9, 8, 3, 2, 1, "direct"),
+            (1, 160, 640, 6, 6, 3, 1, 1, "direct"),
+        ] {
+            let (algo, ours, theirs) = check_bf16(n, c, o, h, w, k, stride, pad, ConvAlgo::Auto);
+            assert_eq!(algo, want, "{c}->{o} k{k} s{stride} on {h}x{w}");
+            assert!(ours < 8e-3, "{algo} {c}->{o} on {h}x{w}: relative error {ours:.2e} (libtorch {theirs:.2e})");
+        }
+        eprintln!("bf16 Winograd worst relative error {:.2e}, libtorch's {:.2e}", worst.0, worst.1);
+    }
+
+    /// A LoRA delta added to a bf16 Winograd layer gives the layer of the summed kernel, to
+    /// one more bf16 rounding of the transformed weights.
+    #[test]
+    fn bf16_winograd_delta_equals_the_patched_kernel() {
+        tch::manual_seed(9);
+        let bf16 = (Kind::BFloat16, Device::Cpu);
+        let weight = Tensor::randn([12, 10, 3, 3], bf16) / 10.0;
+        let delta = Tensor::randn([12, 10, 3, 3], (Kind::Float, Device::Cpu)) / 30.0;
+        let bias = Tensor::randn([12], bf16);
+        let x = Tensor::randn([2, 10, 7, 8], bf16);
+        let mut patched = Conv2d::new(weight.shallow_clone(), Some(bias.shallow_clone()), 1, 1, ConvAlgo::Winograd);
+        let before = patched.forward(&x);
+        patched.add_delta(&delta);
+        let summed = (weight.to_kind(Kind::Float) + &delta).to_kind(Kind::BFloat16);
+        let fresh = Conv2d::new(summed, Some(bias), 1, 1, ConvAlgo::Winograd);
+        let (got, want) = (patched.forward(&x).to_kind(Kind::Float), fresh.forward(&x).to_kind(Kind::Float));
+        let scale = want.abs().max().double_value(&[]);
+        let err = (&got - &want).abs().max().double_value(&[]) / scale;
+        let moved = (&got - before.to_kind(Kind::Float)).abs().max().double_value(&[]) / scale;
+        // Measured on an AMD EPYC: 4.0e-3 (bf16 rounding), while the delta moves the output by
+        // 0.24 of its largest value.
+        assert!(err < 1.5e-2 && moved > 0.1, "patched vs fresh {err:.2e}, delta moved {moved:.2e}");
+    }
+
+    #[test]
+    fn bf16_token_layout_projections_match_forward() {
+        tch::manual_seed(5);
+        let bf16 = (Kind::BFloat16, Device::Cpu);
+        let x = Tensor::randn([2, 6, 3, 5], bf16);
+        let conv = Conv2d::new(Tensor::randn([4, 6, 1, 1], bf16), Some(Tensor::randn([4], bf16)), 1, 0, ConvAlgo::Auto);
+        assert_eq!(conv.algorithm(3, 5), "gemm");
+        let image = conv.forward(&x);
+        let tokens = conv.forward_to_tokens(&x);
+        assert_eq!(tokens.kind(), Kind::BFloat16);
+        let want = image.permute([0, 2, 3, 1]).reshape([2, 15, 4]);
+        // The same products and sums: equal up to the order oneDNN sums in, one bf16 rounding.
+        assert!((&tokens - &want).to_kind(Kind::Float).abs().max().double_value(&[]) < 3e-2);
+        let back = Conv2d::new(Tensor::randn([6, 4, 1, 1], bf16), None, 1, 0, ConvAlgo::Auto);
+        let got = back.forward_from_tokens(&tokens, 3, 5);
+        let want = back.forward(&image);
+        assert!((&got - &want).to_kind(Kind::Float).abs().max().double_value(&[]) < 3e-2);
     }
 
     #[test]
