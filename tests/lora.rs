@@ -36,25 +36,7 @@ fn request(case: &Value) -> Request {
             .unwrap()
         })
         .collect();
-    Request {
-        prompt: case["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: case["negative_prompt"].as_str().map(str::to_string),
-        seed: case["seed"].as_u64().unwrap(),
-        steps: case["steps"].as_u64().unwrap() as usize,
-        guidance: case["guidance"].as_f64().unwrap(),
-        width: case["width"].as_u64().unwrap() as u32,
-        height: case["height"].as_u64().unwrap() as u32,
-        scheduler: case["scheduler"].as_str().unwrap().to_string(),
-        num_images: 1,
-        clip_skip: None,
-        timestep_spacing: None,
-        size_conditioning: Default::default(),
-        init_image: None,
-        mask: None,
-        strength: None,
-        loras,
-        prompt_syntax: sdgen::request::PromptSyntax::Plain,
-    }
+    Request { loras, ..common::golden_request(case) }
 }
 
 /// Runs a case on `pipe` (LoRAs already set); returns failures and the 8-bit image.

@@ -36,29 +36,6 @@ fn bf16_on_cpu_stays_near_diffusers_fp32() {
     assert_eq!(m.cases, 32);
 }
 
-/// The request of a golden case from its `cases.json` entry.
-fn request_of(case: &Value) -> Request {
-    Request {
-        prompt: case["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: case["negative_prompt"].as_str().map(str::to_string),
-        seed: case["seed"].as_u64().unwrap(),
-        steps: case["steps"].as_u64().unwrap() as usize,
-        guidance: case["guidance"].as_f64().unwrap(),
-        width: case["width"].as_u64().unwrap() as u32,
-        height: case["height"].as_u64().unwrap() as u32,
-        scheduler: case["scheduler"].as_str().unwrap().to_string(),
-        num_images: 1,
-        clip_skip: None,
-        timestep_spacing: None,
-        size_conditioning: Default::default(),
-        init_image: None,
-        mask: None,
-        strength: None,
-        prompt_syntax: sdgen::request::PromptSyntax::Plain,
-        loras: Vec::new(),
-    }
-}
-
 /// sdgen in bf16 against diffusers' bf16 CPU pipeline (`tools/make_goldens_bf16.py`: the
 /// same noise, diffusers keeping its latents in bf16 between steps where sdgen keeps fp32),
 /// with libtorch's convolutions and with sdgen's bf16 Winograd/GEMM kernels on every layer
@@ -84,7 +61,7 @@ fn bf16_on_cpu_stays_near_diffusers_bf16() {
         let (mut worst_latents, mut worst_px, mut worst_mean) = (0f64, 0u8, 0f64);
         for case in cases {
             let g = golden(&dir.join(case["file"].as_str().unwrap()));
-            let req = request_of(case);
+            let req = common::golden_request(case);
             let want = get(&g, "latents");
             let denoised = pipe
                 .denoise(std::slice::from_ref(&req), &mut |p| {
@@ -118,7 +95,7 @@ fn golden_case(width: u64, height: u64) -> (Request, Vec<(String, Tensor)>) {
         .iter()
         .find(|c| c["width"].as_u64() == Some(width) && c["height"].as_u64() == Some(height))
         .expect("a golden case of that size");
-    let req = request_of(case);
+    let req = common::golden_request(case);
     (req, golden(&dir.join(case["file"].as_str().unwrap())))
 }
 

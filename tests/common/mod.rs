@@ -88,6 +88,24 @@ pub struct Measured {
     pub image: u8,
 }
 
+/// The request of a diffusers golden case from its `cases.json` entry (plain prompt syntax,
+/// as diffusers reads prompts).
+pub fn golden_request(case: &Value) -> Request {
+    Request {
+        prompt: case["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: case["negative_prompt"].as_str().map(str::to_string),
+        seed: case["seed"].as_u64().unwrap(),
+        steps: case["steps"].as_u64().unwrap() as usize,
+        guidance: case["guidance"].as_f64().unwrap(),
+        width: case["width"].as_u64().unwrap() as u32,
+        height: case["height"].as_u64().unwrap() as u32,
+        scheduler: case["scheduler"].as_str().unwrap().to_string(),
+        num_images: 1,
+        prompt_syntax: sdgen::request::PromptSyntax::Plain,
+        ..Request::default()
+    }
+}
+
 /// Runs the cases of a goldens folder (every `stride`-th one) through a pipeline loaded with
 /// `opts`; `folder` is the diffusers folder whose tokenizer the goldens used. Returns how many
 /// cases ran and the worst differences; fails listing every check that exceeded `bounds`.
@@ -104,25 +122,7 @@ pub fn check_cases(opts: &LoadOptions, folder: &str, goldens: &str, stride: usiz
         m.cases += 1;
         let id = case["id"].as_str().unwrap();
         let g = golden(&dir.join(case["file"].as_str().unwrap()));
-        let req = Request {
-            prompt: case["prompt"].as_str().unwrap().to_string(),
-            negative_prompt: case["negative_prompt"].as_str().map(str::to_string),
-            seed: case["seed"].as_u64().unwrap(),
-            steps: case["steps"].as_u64().unwrap() as usize,
-            guidance: case["guidance"].as_f64().unwrap(),
-            width: case["width"].as_u64().unwrap() as u32,
-            height: case["height"].as_u64().unwrap() as u32,
-            scheduler: case["scheduler"].as_str().unwrap().to_string(),
-            num_images: 1,
-            clip_skip: None,
-            timestep_spacing: None,
-            size_conditioning: Default::default(),
-            init_image: None,
-            mask: None,
-            strength: None,
-            prompt_syntax: sdgen::request::PromptSyntax::Plain,
-            loras: Vec::new(),
-        };
+        let req = golden_request(case);
 
         // Token ids: identical.
         let cond = tokenizer.encode(&req.prompt).ids;
