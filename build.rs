@@ -21,6 +21,12 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(sdgen_cuda_linked)");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=SDGEN_CUDA");
+    // MKL inside libtorch asks this function which CPU it runs on (src/mkl.rs): export
+    // sdgen's definition from every binary, test and example so that the dynamic linker
+    // gives MKL this one, and keep it even where nothing in the program calls it.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-link-arg=-Wl,-u,mkl_serv_intel_cpu_true,--export-dynamic-symbol=mkl_serv_intel_cpu_true");
+    }
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:warning=torch-sys did not report its libtorch lib folder; no rpath added");
         return;

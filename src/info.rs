@@ -22,6 +22,8 @@ pub struct Info {
     pub cuda_shim: String,
     pub devices: Vec<GpuInfo>,
     pub cpu_threads: i32,
+    /// Which MKL kernels libtorch's CPU matrix products run (`crate::mkl`).
+    pub cpu_blas: String,
     /// The folder the running libtorch was loaded from (Linux: read from `/proc/self/maps`).
     pub libtorch_path: Option<std::path::PathBuf>,
 }
@@ -49,6 +51,7 @@ impl Info {
             },
             devices,
             cpu_threads: tch::get_num_threads(),
+            cpu_blas: crate::mkl::describe(),
             libtorch_path: libtorch_folder(),
         }
     }
@@ -78,6 +81,7 @@ impl Info {
             let _ = writeln!(s, "  cuda:{}: {}{}", d.index, d.name, mem);
         }
         let _ = writeln!(s, "CPU threads: {}", self.cpu_threads);
+        let _ = writeln!(s, "CPU matrix products (MKL): {}", self.cpu_blas);
         s
     }
 }

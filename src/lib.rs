@@ -15,6 +15,7 @@ pub mod init_image;
 pub mod limits;
 pub mod loading;
 pub mod lora;
+pub mod mkl;
 pub mod models;
 pub mod noise;
 pub mod output;
