@@ -603,9 +603,22 @@ impl<T> SharedMut<T> {
 }
 
 /// Runs `f` on `0..len` split into one contiguous range per intra-op thread.
+///
+/// The ranges run on libtorch's own OpenMP threads (libgomp's `GOMP_parallel`, looked up in
+/// the running process), as libtorch's kernels do: threads of sdgen's own would compete for
+/// the cores with OpenMP's, which spin for a while after each libtorch kernel, and cost a
+/// thread start per call. Without libgomp in the process, scoped threads do the same work.
 pub(crate) fn parallel(len: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     let threads = (tch::get_num_threads().max(1) as usize).min(len.max(1));
     let chunk = len.div_ceil(threads);
+    if threads <= 1 {
+        f(0..len);
+        return;
+    }
+    if let Some(omp) = openmp::get() {
+        omp.run(threads, &|t| f(t * chunk..((t + 1) * chunk).min(len)));
+        return;
+    }
     std::thread::scope(|scope| {
         for t in 1..threads {
             let f = &f;
@@ -613,6 +626,86 @@ pub(crate) fn parallel(len: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
         }
         f(0..chunk.min(len));
     });
+}
+
+/// libgomp's entry points, from the libgomp that libtorch loaded.
+mod openmp {
+    use std::ffi::{c_int, c_uint, c_void};
+    use std::sync::OnceLock;
+
+    type Parallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
+    type Query = unsafe extern "C" fn() -> c_int;
+
+    pub(super) struct OpenMp {
+        parallel: Parallel,
+        thread_num: Query,
+        num_threads: Query,
+    }
+
+    /// One parallel region's work: part `i` of `parts` for each `i`.
+    struct Region<'a> {
+        work: &'a (dyn Fn(usize) + Sync),
+        parts: usize,
+        thread_num: Query,
+        num_threads: Query,
+        panic: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    }
+
+    extern "C" fn run_part(data: *mut c_void) {
+        // SAFETY: `data` is the `Region` that `OpenMp::run` passed, alive until the region ends.
+        let region = unsafe { &*(data as *const Region) };
+        // SAFETY: plain queries of the calling OpenMP thread.
+        let (me, team) = unsafe { ((region.thread_num)() as usize, ((region.num_threads)() as usize).max(1)) };
+        // A team smaller than asked for (OpenMP may give fewer threads) still covers every part.
+        for part in (me..region.parts).step_by(team) {
+            // A panic must not unwind into C: keep it and raise it after the region.
+            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (region.work)(part))) {
+                region.panic.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(payload);
+            }
+        }
+    }
+
+    impl OpenMp {
+        /// Runs `work(i)` for every `i` in `0..parts` on an OpenMP team of `parts` threads.
+        pub(super) fn run(&self, parts: usize, work: &(dyn Fn(usize) + Sync)) {
+            let region = Region {
+                work,
+                parts,
+                thread_num: self.thread_num,
+                num_threads: self.num_threads,
+                panic: std::sync::Mutex::new(None),
+            };
+            // SAFETY: GOMP_parallel runs `run_part(&region)` on each thread of a new team and
+            // returns when all have finished, so `region` outlives every use.
+            unsafe { (self.parallel)(run_part, &region as *const Region as *mut c_void, parts as c_uint, 0) };
+            if let Some(payload) = region.panic.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                std::panic::resume_unwind(payload);
+            }
+        }
+    }
+
+    /// libgomp's functions, when the process has them (libtorch's CPU builds load libgomp).
+    pub(super) fn get() -> Option<&'static OpenMp> {
+        static OPENMP: OnceLock<Option<OpenMp>> = OnceLock::new();
+        OPENMP
+            .get_or_init(|| {
+                let find = |name: &std::ffi::CStr| {
+                    // SAFETY: dlsym only looks up a NUL-terminated name in the loaded objects.
+                    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+                    (!p.is_null()).then_some(p)
+                };
+                let (p, t, n) = (find(c"GOMP_parallel")?, find(c"omp_get_thread_num")?, find(c"omp_get_num_threads")?);
+                // SAFETY: these are libgomp's functions with exactly these C signatures.
+                unsafe {
+                    Some(OpenMp {
+                        parallel: std::mem::transmute::<*mut c_void, Parallel>(p),
+                        thread_num: std::mem::transmute::<*mut c_void, Query>(t),
+                        num_threads: std::mem::transmute::<*mut c_void, Query>(n),
+                    })
+                }
+            })
+            .as_ref()
+    }
 }
 
 /// The tiling of one Winograd convolution: images, input size, tiles per column and row.
@@ -781,6 +874,22 @@ mod tests {
         // The same sums in another order: float rounding of sums of c·k² terms of size ~1.
         assert!(err < 2e-5 * ((c * k * k) as f64).sqrt(), "{c}->{o} k{k} s{stride} on {h}x{w}: max error {err}");
         conv.algorithm(h, w)
+    }
+
+    #[test]
+    fn parallel_runs_every_index_once_on_libtorchs_openmp_threads() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        assert!(openmp::get().is_some(), "libgomp's GOMP_parallel not found beside libtorch");
+        for len in [0, 1, 2, 3, 1000] {
+            let counts: Vec<AtomicUsize> = (0..len).map(|_| AtomicUsize::new(0)).collect();
+            parallel(len, |range| range.for_each(|i| _ = counts[i].fetch_add(1, Ordering::Relaxed)));
+            assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "len {len}");
+        }
+        // A panic inside a part reaches the caller instead of unwinding into libgomp.
+        let caught = std::panic::catch_unwind(|| {
+            parallel(64, |range| assert!(!range.contains(&63), "part with 63"));
+        });
+        assert!(caught.is_err());
     }
 
     #[test]
