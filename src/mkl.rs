@@ -52,6 +52,18 @@ pub fn intel_kernels() -> bool {
     })
 }
 
+/// Whether MKL runs its AVX-512 kernels here: its Intel kernels on a CPU with AVX-512.
+pub fn avx512_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        intel_kernels() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the CPU's vendor string is "GenuineIntel".
 pub fn genuine_intel() -> bool {
     cpu_vendor().as_deref() == Some("GenuineIntel")

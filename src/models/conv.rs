@@ -10,8 +10,8 @@
 //!
 //! - 1×1 convolutions: one batched GEMM (`baddbmm`) on the `[channels, h·w]` view, with no
 //!   layout copies.
-//! - 3×3, stride 1, at least [`WINOGRAD_MIN_CHANNELS`] channels on one side and half that on
-//!   the other: Winograd's
+//! - 3×3, stride 1, at least [`Thresholds::min_channels`] channels on one side and half that
+//!   on the other (320 where MKL runs its AVX-512 kernels, 640 elsewhere): Winograd's
 //!   F(2×2, 3×3) algorithm. Its 16 batched GEMMs do 4/9 of the multiplications of the
 //!   direct algorithm; the input and output transforms are additions only. The transformed
 //!   weights (`[16, out, in]`, 16/9 the size of the kernel) are computed in f64 and rounded
@@ -19,8 +19,9 @@
 //!   whose mapped pages are then dropped.
 //! - In models whose layers run on [`FeatureMaps::Large`] maps (the VAE: up to the image's
 //!   size at 128–512 channels), where oneDNN is near the GEMM speed and only fewer
-//!   multiplications help: 3×3, stride 1 layers with at least [`LARGE_MAPS_MIN_CHANNELS`]
-//!   channels on both sides run as Winograd F(4×4, 3×3) (`winograd.rs`: 36 products per 16
+//!   multiplications help: 3×3, stride 1 layers with at least
+//!   [`Thresholds::large_maps_min_channels`] channels on both sides (128 where MKL runs its
+//!   AVX-512 kernels, 512 elsewhere) run as Winograd F(4×4, 3×3) (`winograd.rs`: 36 products per 16
 //!   outputs, a quarter of direct's; weights 4× the kernel's size, made on first use as
 //!   above: about 0.5 GB more for SD's VAE decoder).
 //! - Any other convolution whose output is at most [`IM2COL_MAX_POSITIONS`] positions:
@@ -45,25 +46,56 @@ use crate::Result;
 use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
-/// 3×3 convolutions with at least this many input or output channels, and at least half as
-/// many on the other side, use Winograd on the CPU in fp32 ([`ConvAlgo::Auto`]). On narrower
-/// layers (the 320→320 ones of SD 1.5) the transforms cost more than the GEMM saves.
-pub const WINOGRAD_MIN_CHANNELS: i64 = 640;
+/// Which layers [`ConvAlgo::Auto`] runs as Winograd on the CPU: 3×3, stride 1 layers with
+/// at least `min_channels` input or output channels and half as many on the other side (on
+/// [`FeatureMaps::Small`] maps, F(2×2)), and those with at least `large_maps_min_channels` on
+/// both sides (on [`FeatureMaps::Large`] maps, [`LARGE_MAPS_TILE`]).
+///
+/// Winograd trades multiplications for MKL GEMMs (its batched products run on MKL) against
+/// oneDNN's direct convolution, so the break-even depends on MKL's kernels:
+/// [`Thresholds::AVX512`] where MKL runs its AVX-512 kernels (Intel CPUs, and AMD CPUs with
+/// AVX-512 through `crate::mkl`), [`Thresholds::GENERIC`] elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub min_channels: i64,
+    pub large_maps_min_channels: i64,
+}
+
+impl Thresholds {
+    /// Measured with `examples/conv_speed.rs` on a 2-core AMD EPYC with AVX-512 and MKL's
+    /// AVX-512 kernels: F(2×2) is 1.5–1.7× direct on SD 1.5's 320→320 layers (and 1.6–2.6× on
+    /// the wider ones), F(4×4) 1.4–2.3× direct on every VAE decoder layer from 128 channels up
+    /// (512² decode shapes).
+    pub const AVX512: Thresholds = Thresholds { min_channels: 320, large_maps_min_channels: 128 };
+    /// With MKL's generic AVX2 kernels (measured on the same AMD EPYC before sdgen chose MKL's
+    /// kernels, and on a Sapphire Rapids Xeon when the transforms ran on threads of their
+    /// own): narrower layers lose, the transforms costing more than the GEMMs save; on the
+    /// VAE, F(4×4) was 1.1–1.4× direct at 512 channels and no faster at 256 or 128.
+    pub const GENERIC: Thresholds = Thresholds { min_channels: 640, large_maps_min_channels: 512 };
+
+    /// bf16 GEMMs run on oneDNN, not MKL, so bf16 keeps the rule measured for it with
+    /// `examples/bf16_speed.rs` (AMD EPYC, AVX512-BF16): Winograd from 640 channels; on the
+    /// 320→320 layers it measured 0.9–1.17× oneDNN's bf16 convolution, within noise of a whole
+    /// step, for more rounding. (bf16 never takes the large tiles.)
+    pub const BF16: Thresholds = Thresholds { min_channels: 640, large_maps_min_channels: i64::MAX };
+
+    /// The thresholds for convolutions in `kind` with this process's MKL kernels.
+    pub fn for_this_cpu(kind: Kind) -> Thresholds {
+        if kind == Kind::BFloat16 {
+            Thresholds::BF16
+        } else if crate::mkl::avx512_kernels() {
+            Thresholds::AVX512
+        } else {
+            Thresholds::GENERIC
+        }
+    }
+}
 
 /// Convolutions (that are not Winograd's) with at most this many output positions per
 /// image run as im2col + GEMM on the CPU in fp32.
 pub const IM2COL_MAX_POSITIONS: i64 = 64;
 
-/// On models whose 3×3 layers run on [`FeatureMaps::Large`] maps (the VAE), layers with at
-/// least this many channels on both sides use Winograd with [`LARGE_MAPS_TILE`] on the CPU in
-/// fp32 ([`ConvAlgo::Auto`]). Measured with `examples/conv_speed.rs --only vae` on a 2-core
-/// AMD EPYC (where MKL's GEMM, which Winograd's products run on, reaches about half of
-/// oneDNN's direct convolution per multiply): F(4×4) is 1.1–1.4× direct at 512 channels
-/// (64² to 256² maps), but no faster at 256 and slower at 128, where the transforms cost
-/// more than the saved products.
-pub const LARGE_MAPS_MIN_CHANNELS: i64 = 512;
-
-/// The Winograd tile of [`LARGE_MAPS_MIN_CHANNELS`].
+/// The Winograd tile of the layers of [`FeatureMaps::Large`] models that take Winograd.
 pub const LARGE_MAPS_TILE: Tile = Tile::F4;
 
 /// The feature maps a model's convolutions mostly run on, which decide
@@ -435,6 +467,18 @@ fn winograd_tile(
     padding: i64,
     kind: Kind,
 ) -> Option<Tile> {
+    winograd_tile_with(Thresholds::for_this_cpu(kind), algo, maps, shape, stride, padding, kind)
+}
+
+fn winograd_tile_with(
+    limits: Thresholds,
+    algo: ConvAlgo,
+    maps: FeatureMaps,
+    shape: &[i64],
+    stride: i64,
+    padding: i64,
+    kind: Kind,
+) -> Option<Tile> {
     let (fewer, more) = (shape[0].min(shape[1]), shape[0].max(shape[1]));
     if !(fast_kind(kind) && shape[2] == 3 && shape[3] == 3 && stride == 1 && padding == 1) {
         return None;
@@ -445,9 +489,11 @@ fn winograd_tile(
         (ConvAlgo::Winograd, FeatureMaps::Small) => Some(Tile::F2),
         (ConvAlgo::Winograd, FeatureMaps::Large) => Some(if bf16 { Tile::F2 } else { LARGE_MAPS_TILE }),
         (ConvAlgo::Auto, FeatureMaps::Small) => {
-            (fewer >= WINOGRAD_MIN_CHANNELS / 2 && more >= WINOGRAD_MIN_CHANNELS).then_some(Tile::F2)
+            (fewer >= limits.min_channels / 2 && more >= limits.min_channels).then_some(Tile::F2)
         }
-        (ConvAlgo::Auto, FeatureMaps::Large) => (!bf16 && fewer >= LARGE_MAPS_MIN_CHANNELS).then_some(LARGE_MAPS_TILE),
+        (ConvAlgo::Auto, FeatureMaps::Large) => {
+            (!bf16 && fewer >= limits.large_maps_min_channels).then_some(LARGE_MAPS_TILE)
+        }
     }
 }
 
@@ -904,29 +950,41 @@ mod tests {
     fn auto_uses_winograd_only_for_wide_layers() {
         assert_eq!(check(2, 640, 640, 6, 5, 3, 1, 1, ConvAlgo::Auto), "winograd");
         assert_eq!(check(1, 640, 320, 6, 6, 3, 1, 1, ConvAlgo::Auto), "winograd");
-        assert_eq!(check(1, 160, 640, 6, 6, 3, 1, 1, ConvAlgo::Auto), "im2col");
-        assert_eq!(check(1, 320, 320, 12, 12, 3, 1, 1, ConvAlgo::Auto), "direct");
+        assert_eq!(check(1, 120, 640, 6, 6, 3, 1, 1, ConvAlgo::Auto), "im2col");
+        let narrow = if Thresholds::for_this_cpu(Kind::Float).min_channels <= 320 { "winograd" } else { "direct" };
+        assert_eq!(check(1, 320, 320, 12, 12, 3, 1, 1, ConvAlgo::Auto), narrow);
+        assert_eq!(check(1, 160, 160, 12, 12, 3, 1, 1, ConvAlgo::Auto), "direct");
     }
 
     #[test]
     fn large_maps_use_f4_on_the_widest_layers_only() {
-        let tile = |algo, maps, shape: [i64; 4], stride, padding| {
-            winograd_tile(algo, maps, &shape, stride, padding, Kind::Float)
-        };
         let (auto, large, small) = (ConvAlgo::Auto, FeatureMaps::Large, FeatureMaps::Small);
-        assert_eq!(tile(auto, large, [512, 512, 3, 3], 1, 1), Some(Tile::F4));
-        assert_eq!(tile(auto, large, [256, 512, 3, 3], 1, 1), None, "512->256 stays direct");
-        assert_eq!(tile(auto, large, [128, 128, 3, 3], 1, 1), None);
-        assert_eq!(tile(auto, large, [512, 512, 3, 3], 2, 0), None, "the encoder's downsampling");
-        assert_eq!(tile(auto, large, [512, 512, 1, 1], 1, 0), None);
-        assert_eq!(tile(ConvAlgo::Direct, large, [512, 512, 3, 3], 1, 1), None);
-        assert_eq!(tile(ConvAlgo::Winograd, large, [8, 4, 3, 3], 1, 1), Some(Tile::F4));
-        assert_eq!(tile(ConvAlgo::Winograd, small, [8, 4, 3, 3], 1, 1), Some(Tile::F2));
-        assert_eq!(tile(auto, small, [512, 512, 3, 3], 1, 1), None, "the UNet's rule is unchanged");
-        assert_eq!(tile(auto, small, [1280, 640, 3, 3], 1, 1), Some(Tile::F2));
-        // bf16 takes F(2×2) only: the large tiles' transforms lose too much in bf16.
-        let bf16 = winograd_tile(auto, large, &[512, 512, 3, 3], 1, 1, Kind::BFloat16);
-        assert_ne!(bf16, Some(Tile::F4));
+        for limits in [Thresholds::AVX512, Thresholds::GENERIC, Thresholds::BF16] {
+            let tile = |algo, maps, shape: [i64; 4], stride, padding| {
+                winograd_tile_with(limits, algo, maps, &shape, stride, padding, Kind::Float)
+            };
+            let wide = |c: i64| (c >= limits.large_maps_min_channels).then_some(Tile::F4);
+            assert_eq!(tile(auto, large, [512, 512, 3, 3], 1, 1), wide(512));
+            assert_eq!(tile(auto, large, [256, 512, 3, 3], 1, 1), wide(256), "512->256");
+            assert_eq!(tile(auto, large, [128, 128, 3, 3], 1, 1), wide(128));
+            assert_eq!(tile(auto, large, [64, 64, 3, 3], 1, 1), None);
+            assert_eq!(tile(auto, large, [3, 128, 3, 3], 1, 1), None, "conv_out");
+            assert_eq!(tile(auto, large, [512, 512, 3, 3], 2, 0), None, "the encoder's downsampling");
+            assert_eq!(tile(auto, large, [512, 512, 1, 1], 1, 0), None);
+            assert_eq!(tile(ConvAlgo::Direct, large, [512, 512, 3, 3], 1, 1), None);
+            assert_eq!(tile(ConvAlgo::Winograd, large, [8, 4, 3, 3], 1, 1), Some(Tile::F4));
+            assert_eq!(tile(ConvAlgo::Winograd, small, [8, 4, 3, 3], 1, 1), Some(Tile::F2));
+            assert_eq!(tile(auto, small, [1280, 640, 3, 3], 1, 1), Some(Tile::F2));
+            let narrow = (limits.min_channels <= 320).then_some(Tile::F2);
+            assert_eq!(tile(auto, small, [320, 320, 3, 3], 1, 1), narrow, "the UNet's 320->320");
+            assert_eq!(tile(auto, small, [320, 4, 3, 3], 1, 1), None, "conv_in");
+            // bf16 takes F(2×2) only: the large tiles' transforms lose too much in bf16.
+            let bf16 = winograd_tile_with(limits, auto, large, &[512, 512, 3, 3], 1, 1, Kind::BFloat16);
+            assert_ne!(bf16, Some(Tile::F4));
+        }
+        let bf16 = |shape: [i64; 4]| winograd_tile(auto, small, &shape, 1, 1, Kind::BFloat16);
+        assert_eq!(bf16([320, 320, 3, 3]), None, "bf16 keeps its own rule");
+        assert_eq!(bf16([640, 640, 3, 3]), Some(Tile::F2));
     }
 
     #[test]
