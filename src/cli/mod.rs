@@ -178,7 +178,7 @@ pub struct MemoryArgs {
     #[arg(long)]
     pub vae_tiling: bool,
     /// How the UNet's and the VAE's convolutions run on the CPU in fp32: auto (Winograd for
-    /// the UNet's wide layers and the VAE's 3x3 layers, fastest; its weights take about 1.5 GB
+    /// the UNet's wide layers and the VAE's 3x3 layers, fastest; its weights take about 2.3 GB
     /// more for SD 1.5, made when a layer first runs), direct (libtorch's convolution, least
     /// memory) or winograd (every 3x3 layer).
     #[arg(long, value_name = "ALGO", default_value = "auto")]
