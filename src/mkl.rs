@@ -4,7 +4,7 @@
 //! products through it: `bmm`, `addmm`, `linear`, the blocks of the CPU flash attention, and
 //! so sdgen's Winograd convolutions. MKL chooses its kernels by CPU *vendor* first: on a CPU
 //! that does not say "GenuineIntel" it takes generic AVX2 kernels even where the CPU has
-//! AVX-512, which on an AMD EPYC (Zen 4/5) measured 2–2.7× slower than the AVX-512 kernels
+//! AVX-512, which on a 2-core AMD EPYC with AVX-512 measured 2–2.7× slower than the AVX-512 kernels
 //! it runs on Intel CPUs (fp32 `bmm` at the UNet's Winograd shapes, 2 threads: 136–207 vs
 //! 365–494 GFLOP/s; a whole SD 1.5 UNet step at 512²: 0.153 vs 0.299 steps/s).
 //!
@@ -29,10 +29,8 @@ pub const ENV: &str = "SDGEN_MKL_INTEL_KERNELS";
 /// What MKL was last told (0: not asked yet, 1: not Intel, 2: Intel).
 static ANSWERED: AtomicU8 = AtomicU8::new(0);
 
-/// MKL's question, answered for it (see the module documentation).
-///
-/// # Safety
-/// None needed: it reads the environment once and the CPU's identification, nothing else.
+/// MKL's question, answered for it (see the module documentation). It reads the environment
+/// once and the CPU's identification, nothing else.
 #[no_mangle]
 pub extern "C" fn mkl_serv_intel_cpu_true() -> std::os::raw::c_int {
     let intel = intel_kernels();

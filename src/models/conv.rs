@@ -23,7 +23,7 @@
 //!   [`Thresholds::large_maps_min_channels`] channels on both sides (128 where MKL runs its
 //!   AVX-512 kernels, 512 elsewhere) run as Winograd F(4×4, 3×3) (`winograd.rs`: 36 products per 16
 //!   outputs, a quarter of direct's; weights 4× the kernel's size, made on first use as
-//!   above: about 0.5 GB more for SD's VAE decoder).
+//!   above: about 0.6 GB more for SD's VAE decoder).
 //! - Any other convolution whose output is at most [`IM2COL_MAX_POSITIONS`] positions:
 //!   im2col and one GEMM.
 //! - Everything else, and every convolution on a GPU or in fp16: libtorch's `conv2d`.
@@ -657,20 +657,22 @@ impl<T> SharedMut<T> {
 pub(crate) fn parallel(len: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     let threads = (tch::get_num_threads().max(1) as usize).min(len.max(1));
     let chunk = len.div_ceil(threads);
+    // Part `t`'s range, empty (never reversed) where the parts outnumber the chunks.
+    let part = |t: usize| (t * chunk).min(len)..((t + 1) * chunk).min(len);
     if threads <= 1 {
         f(0..len);
         return;
     }
     if let Some(omp) = openmp::get() {
-        omp.run(threads, &|t| f(t * chunk..((t + 1) * chunk).min(len)));
+        omp.run(threads, &|t| f(part(t)));
         return;
     }
     std::thread::scope(|scope| {
         for t in 1..threads {
-            let f = &f;
-            scope.spawn(move || f(t * chunk..((t + 1) * chunk).min(len)));
+            let (f, range) = (&f, part(t));
+            scope.spawn(move || f(range));
         }
-        f(0..chunk.min(len));
+        f(part(0));
     });
 }
 
@@ -926,11 +928,20 @@ mod tests {
     fn parallel_runs_every_index_once_on_libtorchs_openmp_threads() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         assert!(openmp::get().is_some(), "libgomp's GOMP_parallel not found beside libtorch");
-        for len in [0, 1, 2, 3, 1000] {
+        for len in [0, 1, 2, 3, 5, 1000] {
             let counts: Vec<AtomicUsize> = (0..len).map(|_| AtomicUsize::new(0)).collect();
-            parallel(len, |range| range.for_each(|i| _ = counts[i].fetch_add(1, Ordering::Relaxed)));
+            parallel(len, |range| {
+                assert!(range.start <= range.end && range.end <= len, "{range:?} of {len}");
+                range.for_each(|i| _ = counts[i].fetch_add(1, Ordering::Relaxed))
+            });
             assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "len {len}");
         }
+        // Inside a region OpenMP gives a nested region a team of one thread (nesting is off),
+        // fewer than the parts asked for: that thread runs them all.
+        let omp = openmp::get().unwrap();
+        let nested: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
+        omp.run(2, &|outer| omp.run(4, &|inner| _ = nested[4 * outer + inner].fetch_add(1, Ordering::Relaxed)));
+        assert!(nested.iter().all(|c| c.load(Ordering::Relaxed) == 1));
         // A panic inside a part reaches the caller instead of unwinding into libgomp.
         let caught = std::panic::catch_unwind(|| {
             parallel(64, |range| assert!(!range.contains(&63), "part with 63"));
