@@ -4,13 +4,17 @@
 #
 #   tools/bench.sh MODEL_DIR [--width 512 --height 512 --steps 20 --dtype fp32 --device cpu]
 #                            [--threads N] [--repeat R] [--batch N] [--runs R] [--decode-only]
-#                            [--channels-last] [--vae-tiling] [--compile[=MODE]]
+#                            [--channels-last] [--vae-tiling] [--compile[=MODE]] [--diffusers-mkl-avx512]
 #                            [-- extra sdgen bench options]
 #
 # --batch N makes N images per call on both sides, --runs R calls R times after one load
 # (speed figures are the last call's, first-image latency the first's). --channels-last and
 # --vae-tiling go to both sides; --compile[=MODE] wraps diffusers' UNet in torch.compile (see
 # tools/bench_diffusers.py) and has no sdgen counterpart.
+#
+# --diffusers-mkl-avx512 gives diffusers' MKL the same kernels as sdgen's (src/mkl.rs): on an
+# AMD CPU, MKL otherwise runs generic AVX2 kernels in Python; a one-line library defining
+# mkl_serv_intel_cpu_true is compiled into target/ and preloaded (LD_PRELOAD) for diffusers.
 #
 # Each run is a fresh process: "process start → exit" is its wall time, from the shell
 # (Python's includes importing torch and diffusers). With --decode-only both load the model
@@ -28,7 +32,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$1; shift
 width=512 height=512 steps=20 dtype=fp32 device=cpu threads=${THREADS:-$(env -u OMP_NUM_THREADS nproc)} repeat=1
-batch=1 runs=1 decode_only=0
+batch=1 runs=1 decode_only=0 mkl_preload=
 extra=() both=() theirs_only=()
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -40,6 +44,11 @@ while [[ $# -gt 0 ]]; do
         --compile) theirs_only+=(--compile); shift;;
         --compile=*) theirs_only+=(--compile "${1#--compile=}"); shift;;
         --decode-only) decode_only=1; shift;;
+        --diffusers-mkl-avx512)
+            mkdir -p target
+            printf 'int mkl_serv_intel_cpu_true(void) { return 1; }\n' >target/mkl_intel_cpu.c
+            cc -shared -fPIC -O2 -o target/libmkl_intel_cpu.so target/mkl_intel_cpu.c
+            mkl_preload=$PWD/target/libmkl_intel_cpu.so; shift;;
         --) shift; extra=("$@"); break;;
         *) echo "bench.sh: unknown option $1" >&2; exit 2;;
     esac
@@ -50,7 +59,8 @@ args=(--width "$width" --height "$height" --steps "$steps" --dtype "$dtype" --de
 if ((decode_only)); then args+=(--decode-only); else args+=(--batch "$batch" --runs "$runs"); fi
 args+=(${both[@]+"${both[@]}"})
 echo "bench: $model ${width}x${height} ${steps} steps $dtype on $device, batch $batch, $runs call(s) per load," \
-    "$threads threads, $repeat run(s) each ${both[*]+${both[*]}} ${theirs_only[*]+(diffusers: ${theirs_only[*]})}" >&2
+    "$threads threads, $repeat run(s) each ${both[*]+${both[*]}} ${theirs_only[*]+(diffusers: ${theirs_only[*]})}" \
+    "${mkl_preload:+(diffusers: MKL AVX-512 kernels preloaded)}" >&2
 ours=() theirs=()
 # Runs a command and prints its JSON line with "wall_s" (process start to exit) added.
 timed() {
@@ -61,7 +71,7 @@ timed() {
 }
 for ((i = 1; i <= repeat; i++)); do
     ours+=("$(OMP_NUM_THREADS=$threads timed "$sdgen" bench --model "$model" "${args[@]}" ${extra[@]+"${extra[@]}"} --json)")
-    theirs+=("$(OMP_NUM_THREADS=$threads timed "$python" tools/bench_diffusers.py "$model" "${args[@]}" \
+    theirs+=("$(OMP_NUM_THREADS=$threads LD_PRELOAD=$mkl_preload timed "$python" tools/bench_diffusers.py "$model" "${args[@]}" \
         ${theirs_only[@]+"${theirs_only[@]}"} --threads "$threads")")
 done
 if [[ -n ${BENCH_SAVE:-} ]]; then
