@@ -10,48 +10,15 @@
 //! MODEL_DIR is a diffusers folder, e.g. the random SD 1.5-architecture model that
 //! `tools/make_sd15_random.py` writes; without it only the per-shape table is printed.
 
-use anyhow::{bail, Context, Result};
+mod common;
+
+use anyhow::Result;
+use common::alternate;
 use sdgen::models::conv::{Conv2d, ConvAlgo};
-use sdgen::models::UNet;
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Runs each closure `reps` times, round robin, and returns each one's median seconds.
-fn alternate(reps: usize, runs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
-    let mut times = vec![Vec::new(); runs.len()];
-    for run in runs.iter_mut() {
-        run(); // warm-up
-    }
-    for _ in 0..reps {
-        for (i, run) in runs.iter_mut().enumerate() {
-            let t = Instant::now();
-            run();
-            times[i].push(t.elapsed().as_secs_f64());
-        }
-    }
-    times.into_iter().map(median).collect()
-}
-
 fn main() -> Result<()> {
-    let mut model = None;
-    let (mut latent, mut reps) = (32i64, 3usize);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--latent" => latent = args.next().context("--latent needs a value")?.parse()?,
-            "--reps" => reps = args.next().context("--reps needs a value")?.parse()?,
-            s if s.starts_with("--") => bail!("unknown option {s}"),
-            s => model = Some(std::path::PathBuf::from(s)),
-        }
-    }
-    if reps == 0 || latent < 1 {
-        bail!("--reps and --latent must be at least 1");
-    }
+    let common::Options { model, latent, reps, .. } = common::Options::parse(32, false)?;
     sdgen::device::keep_freed_memory();
     let _guard = tch::no_grad_guard();
     println!("threads: {}", tch::get_num_threads());
@@ -123,33 +90,13 @@ fn main() -> Result<()> {
         );
     }
     let Some(dir) = model else { return Ok(()) };
-    let unet_dir = dir.join("unet");
-    let cross = {
-        let cfg = sdgen::models::UNetConfig::from_file(&unet_dir.join("config.json"))?;
-        match &cfg.cross_attention_dim {
-            sdgen::models::unet::PerLevel::One(d) => *d,
-            sdgen::models::unet::PerLevel::List(l) => *l.first().context("config has no cross_attention_dim")?,
-        }
-    };
-    let kind = Kind::BFloat16;
-    let direct = UNet::load_with(&unet_dir, Device::Cpu, kind, ConvAlgo::Direct)?;
-    let auto = UNet::load_with(&unet_dir, Device::Cpu, kind, ConvAlgo::Auto)?;
-    tch::manual_seed(0);
-    let x = Tensor::randn([2, 4, latent, latent], (kind, Device::Cpu));
-    let ctx = Tensor::randn([2, 77, cross], (kind, Device::Cpu));
-    let a = direct.forward(&x, 500.0, &ctx).to_kind(Kind::Float);
-    let b = auto.forward(&x, 500.0, &ctx).to_kind(Kind::Float);
-    let diff = (&a - &b).abs().max().double_value(&[]) / a.abs().max().double_value(&[]);
-    let t = alternate(
-        reps,
-        &mut [&mut || drop(direct.forward(&x, 500.0, &ctx)), &mut || drop(auto.forward(&x, 500.0, &ctx))],
-    );
+    let (direct, auto, diff) = common::unet_direct_vs_auto(&dir, Kind::BFloat16, latent, reps)?;
     println!(
         "bf16 UNet forward, batch 2, latent {latent}x{latent}: direct {:.3} s, auto {:.3} s, speedup {:.3} \
          (median of {reps}); max |auto - direct| / max |direct| = {diff:.2e}",
-        t[0],
-        t[1],
-        t[0] / t[1]
+        direct,
+        auto,
+        direct / auto
     );
     Ok(())
 }
