@@ -4,21 +4,14 @@
 mod common;
 
 use assert_cmd::Command;
+use common::pngs;
 use predicates::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn sdgen() -> Command {
     let mut cmd = Command::cargo_bin("sdgen").expect("binary");
     cmd.env_remove("SDGEN_MODEL");
     cmd
-}
-
-fn pngs(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 fn pixels(path: &Path) -> Vec<u8> {

@@ -7,6 +7,7 @@
 mod common;
 
 use assert_cmd::Command;
+use common::only_png;
 use common::{get, golden, ids_of, max_abs_diff, root, FP32};
 use predicates::prelude::*;
 use sdgen::embeddings::Embedding;
@@ -332,17 +333,6 @@ fn sdgen() -> Command {
     let mut cmd = Command::cargo_bin("sdgen").expect("binary");
     cmd.env_remove("SDGEN_MODEL").env_remove("SDGEN_EMBEDDINGS_DIR").env("OMP_NUM_THREADS", "1");
     cmd
-}
-
-fn only_png(dir: &Path) -> PathBuf {
-    let files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    files[0].clone()
 }
 
 #[test]

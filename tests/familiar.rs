@@ -5,6 +5,7 @@
 mod common;
 
 use assert_cmd::Command;
+use common::pngs;
 use predicates::prelude::*;
 use sdgen::output::{self, OnExisting};
 use std::path::{Path, PathBuf};
@@ -18,14 +19,6 @@ fn sdgen(home: &Path) -> Command {
 
 fn tiny() -> PathBuf {
     common::root().join("weights/tiny-sd")
-}
-
-fn pngs(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 fn parameters(png: &Path) -> String {

@@ -8,12 +8,12 @@
 mod common;
 
 use assert_cmd::Command;
+use common::pngs;
 use common::{check_cases, cpu_fp32, max_abs_diff, root, Bounds, FP32};
 use sdgen::cuda::CudaOptions;
 use sdgen::models::conv::ConvAlgo;
 use sdgen::models::unet::{Conditioning, UNet};
 use sdgen::pipeline::{LoadOptions, Pipeline};
-use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 fn channels_last(opts: LoadOptions) -> LoadOptions {
@@ -139,17 +139,6 @@ fn sdgen() -> Command {
     let mut cmd = Command::cargo_bin("sdgen").expect("binary");
     cmd.env_remove("SDGEN_MODEL");
     cmd
-}
-
-fn pngs(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "png"))
-        .collect();
-    v.sort();
-    v
 }
 
 /// The GPU flags are accepted by every command that loads a model; on the CPU a run with

@@ -5,6 +5,7 @@
 mod common;
 
 use assert_cmd::Command;
+use common::pngs;
 use predicates::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,14 +18,6 @@ fn sdgen() -> Command {
 
 fn tiny() -> PathBuf {
     common::root().join("weights/tiny-sd")
-}
-
-fn pngs(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// `sdgen generate` on the tiny model, 64×64, 2 steps (unless `extra` sets them), into

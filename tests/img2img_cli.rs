@@ -5,8 +5,9 @@
 mod common;
 
 use assert_cmd::Command;
+use common::{only_png, pngs};
 use predicates::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn sdgen() -> Command {
     let mut cmd = Command::cargo_bin("sdgen").expect("binary");
@@ -16,20 +17,6 @@ fn sdgen() -> Command {
 
 fn fixture(name: &str) -> PathBuf {
     common::root().join("tests/fixtures/img2img").join(name)
-}
-
-fn pngs(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn only_png(dir: &Path) -> PathBuf {
-    let files = pngs(dir);
-    assert_eq!(files.len(), 1, "{files:?}");
-    files[0].clone()
 }
 
 #[test]

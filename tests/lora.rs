@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::only_png;
 use common::{cpu_fp32, get, golden, max_abs_diff, root, FP32};
 use sdgen::lora::LoraRequest;
 use sdgen::pipeline::Pipeline;
@@ -210,14 +211,6 @@ fn generate_kohya(out: &std::path::Path, prompt: &str, extra: &[&str]) -> assert
         .arg(out)
         .args(extra);
     cmd
-}
-
-fn only_png(dir: &std::path::Path) -> PathBuf {
-    let files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).collect())
-        .unwrap_or_default();
-    assert_eq!(files.len(), 1, "{files:?}");
-    files[0].clone()
 }
 
 fn assert_kohya_golden(png: &std::path::Path) {

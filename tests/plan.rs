@@ -4,6 +4,7 @@
 mod common;
 
 use assert_cmd::Command;
+use common::pngs;
 use sdgen::plan::{ModelOptions, ModelSpec, PredictionType};
 use sdgen::schedulers::SchedulerConfig;
 use std::path::{Path, PathBuf};
@@ -16,14 +17,6 @@ fn sdgen() -> Command {
 
 fn tiny(name: &str) -> PathBuf {
     common::root().join("weights").join(name)
-}
-
-fn pngs(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 fn batch(prompts: &Path, out: &Path, model: &Path, extra: &[&str]) -> std::process::Output {

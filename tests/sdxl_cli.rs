@@ -5,6 +5,7 @@
 mod common;
 
 use assert_cmd::Command;
+use common::{only_png, pngs};
 use predicates::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -16,20 +17,6 @@ fn sdgen() -> Command {
 
 fn model() -> PathBuf {
     common::root().join("weights/tiny-sdxl")
-}
-
-fn pngs(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn only_png(dir: &Path) -> PathBuf {
-    let files = pngs(dir);
-    assert_eq!(files.len(), 1, "{files:?}");
-    files[0].clone()
 }
 
 fn generate(out: &Path, args: &[&str]) {

@@ -13,6 +13,22 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+/// The PNG files in `dir`, sorted (none where it does not exist).
+pub fn pngs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "png")).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The one PNG file in `dir` (fails the test if there is not exactly one).
+pub fn only_png(dir: &Path) -> PathBuf {
+    let files = pngs(dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
 /// Copies a folder tree (a model folder, so that a test can damage or edit its copy).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
