@@ -20,22 +20,21 @@
 //! check back. A program that links the `sdgen` library from another package gets this only
 //! if it exports the symbol too (`-C link-arg=-Wl,--export-dynamic-symbol=mkl_serv_intel_cpu_true`).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// The environment variable that turns the override off (`0`, `false`, `off` or `no`).
 pub const ENV: &str = "SDGEN_MKL_INTEL_KERNELS";
 
-/// What MKL was last told (0: not asked yet, 1: not Intel, 2: Intel).
-static ANSWERED: AtomicU8 = AtomicU8::new(0);
+/// Whether MKL has asked.
+static ASKED: AtomicBool = AtomicBool::new(false);
 
 /// MKL's question, answered for it (see the module documentation). It reads the environment
 /// once and the CPU's identification, nothing else.
 #[no_mangle]
 pub extern "C" fn mkl_serv_intel_cpu_true() -> std::os::raw::c_int {
-    let intel = intel_kernels();
-    ANSWERED.store(if intel { 2 } else { 1 }, Ordering::Relaxed);
-    std::os::raw::c_int::from(intel)
+    ASKED.store(true, Ordering::Relaxed);
+    std::os::raw::c_int::from(intel_kernels())
 }
 
 /// Whether MKL is told to use its Intel kernels: on Intel CPUs always (as MKL itself would),
@@ -98,10 +97,12 @@ fn avx2_fma() -> bool {
 pub fn override_active() -> bool {
     #[cfg(target_os = "linux")]
     {
-        let name = c"mkl_serv_intel_cpu_true";
-        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks a symbol up.
-        let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-        found == mkl_serv_intel_cpu_true as *const () as *mut libc::c_void
+        // The program's own handle looks symbols up as the dynamic linker does for libtorch:
+        // the executable first, then the libraries it loaded.
+        let this = libloading::os::unix::Library::this();
+        // SAFETY: only the symbol's address is read; it is never called through this type.
+        let found = unsafe { this.get::<extern "C" fn() -> std::os::raw::c_int>(b"mkl_serv_intel_cpu_true\0") };
+        found.is_ok_and(|f| std::ptr::fn_addr_eq(*f, mkl_serv_intel_cpu_true as extern "C" fn() -> std::os::raw::c_int))
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -111,7 +112,7 @@ pub fn override_active() -> bool {
 
 /// Whether MKL has asked (it asks when it first runs a matrix product).
 pub fn asked() -> bool {
-    ANSWERED.load(Ordering::Relaxed) != 0
+    ASKED.load(Ordering::Relaxed)
 }
 
 /// One line for `sdgen info`.
@@ -120,10 +121,7 @@ pub fn describe() -> String {
     if !override_active() {
         return format!("MKL's own choice ({vendor}; this binary does not export sdgen's override)");
     }
-    let asked = match ANSWERED.load(Ordering::Relaxed) {
-        0 => "",
-        _ => ", asked by MKL",
-    };
+    let asked = if asked() { ", asked by MKL" } else { "" };
     if genuine_intel() {
         format!("Intel kernels ({vendor}{asked})")
     } else if intel_kernels() {

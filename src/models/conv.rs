@@ -737,18 +737,15 @@ mod openmp {
         static OPENMP: OnceLock<Option<OpenMp>> = OnceLock::new();
         OPENMP
             .get_or_init(|| {
-                let find = |name: &std::ffi::CStr| {
-                    // SAFETY: dlsym only looks up a NUL-terminated name in the loaded objects.
-                    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-                    (!p.is_null()).then_some(p)
-                };
-                let (p, t, n) = (find(c"GOMP_parallel")?, find(c"omp_get_thread_num")?, find(c"omp_get_num_threads")?);
+                // The program's handle finds symbols in every library it loaded; libgomp is
+                // never unloaded, so the function pointers outlive the handle.
+                let this = libloading::os::unix::Library::this();
                 // SAFETY: these are libgomp's functions with exactly these C signatures.
                 unsafe {
                     Some(OpenMp {
-                        parallel: std::mem::transmute::<*mut c_void, Parallel>(p),
-                        thread_num: std::mem::transmute::<*mut c_void, Query>(t),
-                        num_threads: std::mem::transmute::<*mut c_void, Query>(n),
+                        parallel: *this.get::<Parallel>(b"GOMP_parallel\0").ok()?,
+                        thread_num: *this.get::<Query>(b"omp_get_thread_num\0").ok()?,
+                        num_threads: *this.get::<Query>(b"omp_get_num_threads\0").ok()?,
                     })
                 }
             })
