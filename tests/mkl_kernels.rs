@@ -16,15 +16,20 @@ fn mkl_calls_sdgens_answer_in_this_test_binary() {
     assert!(sdgen::mkl::asked(), "MKL ran a product without asking sdgen which CPU this is");
 }
 
-fn info(env_off: bool) -> serde_json::Value {
+/// The `sdgen` binary with the override on, or turned off by its variable.
+fn sdgen(override_off: bool) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdgen"));
-    cmd.args(["info", "--json"]);
-    if env_off {
+    cmd.env_remove("SDGEN_MODEL");
+    if override_off {
         cmd.env(sdgen::mkl::ENV, "0");
     } else {
         cmd.env_remove(sdgen::mkl::ENV);
     }
-    let out = cmd.output().expect("run sdgen info");
+    cmd
+}
+
+fn info(env_off: bool) -> serde_json::Value {
+    let out = sdgen(env_off).args(["info", "--json"]).output().expect("run sdgen info");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("info JSON")
 }
@@ -52,22 +57,13 @@ fn images_agree_whichever_kernels_mkl_runs() {
     let mut pixels = Vec::new();
     for (name, off) in [("on", false), ("off", true)] {
         let out = dir.path().join(name);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdgen"));
-        cmd.env_remove("SDGEN_MODEL").args(["generate", "-m"]).arg(&model);
+        let mut cmd = sdgen(off);
+        cmd.args(["generate", "-m"]).arg(&model);
         cmd.args(["--device", "cpu", "--steps", "4", "--seed", "7", "--width", "64", "--height", "64", "-o"]);
         cmd.arg(&out).arg("a red cube on a table");
-        if off {
-            cmd.env(sdgen::mkl::ENV, "0");
-        } else {
-            cmd.env_remove(sdgen::mkl::ENV);
-        }
         let o = cmd.output().expect("run sdgen");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let png = std::fs::read_dir(&out)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "png"));
-        pixels.push(common::png_pixels(&png.expect("a PNG in the output folder")));
+        pixels.push(common::png_pixels(&common::only_png(&out)));
     }
     let ((w1, h1, a), (w2, h2, b)) = (&pixels[0], &pixels[1]);
     assert_eq!((w1, h1), (w2, h2));
