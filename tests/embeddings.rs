@@ -31,20 +31,9 @@ fn files(case: &Value) -> Vec<PathBuf> {
     case["embeddings"].as_array().unwrap().iter().map(|e| root().join(e["file"].as_str().unwrap())).collect()
 }
 
+/// diffusers' reading of the prompt (plain syntax): the truncated case cuts at 77 tokens.
 fn request(case: &Value) -> Request {
-    Request {
-        prompt: case["prompt"].as_str().unwrap().into(),
-        negative_prompt: case["negative_prompt"].as_str().map(str::to_string),
-        seed: case["seed"].as_u64().unwrap(),
-        steps: case["steps"].as_u64().unwrap() as usize,
-        guidance: case["guidance"].as_f64().unwrap(),
-        width: case["width"].as_u64().unwrap() as u32,
-        height: case["height"].as_u64().unwrap() as u32,
-        scheduler: case["scheduler"].as_str().unwrap().into(),
-        // diffusers' reading of the prompt: the truncated case cuts at 77 tokens.
-        prompt_syntax: sdgen::request::PromptSyntax::Plain,
-        ..Request::default()
-    }
+    common::golden_request(case)
 }
 
 /// A tokenizer of the model's with the case's embeddings added, as the pipeline adds them;

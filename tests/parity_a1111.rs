@@ -30,18 +30,7 @@ fn a1111_syntax_matches_the_reference() {
         let pipe = pipes.entry(model.clone()).or_insert_with(|| Pipeline::load(&common::cpu_fp32(&model)).unwrap());
         let tok = Tokenizer::from_dir(&root().join(&model).join("tokenizer")).unwrap();
         let g = golden(&dir.join(case["file"].as_str().unwrap()));
-        let req = Request {
-            prompt: case["prompt"].as_str().unwrap().into(),
-            negative_prompt: case["negative_prompt"].as_str().map(str::to_string),
-            seed: case["seed"].as_u64().unwrap(),
-            steps: case["steps"].as_u64().unwrap() as usize,
-            guidance: case["guidance"].as_f64().unwrap(),
-            width: case["width"].as_u64().unwrap() as u32,
-            height: case["height"].as_u64().unwrap() as u32,
-            scheduler: case["scheduler"].as_str().unwrap().into(),
-            prompt_syntax: PromptSyntax::A1111,
-            ..Request::default()
-        };
+        let req = Request { prompt_syntax: PromptSyntax::A1111, ..common::golden_request(case) };
         separate += usize::from(case["separate_unet_calls"].as_bool().unwrap());
 
         // The schedules: which text each step sees.

@@ -7,11 +7,14 @@
 //! float32 ulps, so the bound is relative for large latents and absolute once they are
 //! below 1. The decoded 8-bit image must agree within 1/255.
 
+mod common;
+
+use common::{get, golden, root};
 use sdgen::pipeline::{LoadOptions, Pipeline};
 use sdgen::schedulers;
 use sdgen::Request;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use tch::{Kind, Tensor};
 
@@ -46,10 +49,6 @@ const CONFIG_KEYS: &[&str] = &[
     "timestep_scaling",
 ];
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn dir() -> PathBuf {
     root().join("tests/fixtures/goldens-schedulers")
 }
@@ -81,14 +80,6 @@ fn cases() -> Vec<Value> {
     index["cases"].as_array().expect("cases list").clone()
 }
 
-fn golden(file: &Path) -> Vec<(String, Tensor)> {
-    Tensor::read_safetensors(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
-}
-
-fn get<'a>(t: &'a [(String, Tensor)], key: &str) -> &'a Tensor {
-    &t.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("golden lacks {key}")).1
-}
-
 fn max_abs(t: &Tensor) -> f64 {
     t.to_kind(Kind::Double).abs().max().double_value(&[])
 }
@@ -108,25 +99,7 @@ fn run_case(case: &Value) -> Outcome {
     let id = case["id"].as_str().unwrap().to_string();
     let g = golden(&dir().join(case["file"].as_str().unwrap()));
     let name = case["sdgen_scheduler"].as_str().unwrap();
-    let req = Request {
-        prompt: case["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: case["negative_prompt"].as_str().map(str::to_string),
-        seed: case["seed"].as_u64().unwrap(),
-        steps: case["steps"].as_u64().unwrap() as usize,
-        guidance: case["guidance"].as_f64().unwrap(),
-        width: case["width"].as_u64().unwrap() as u32,
-        height: case["height"].as_u64().unwrap() as u32,
-        scheduler: name.to_string(),
-        num_images: 1,
-        clip_skip: None,
-        timestep_spacing: None,
-        size_conditioning: Default::default(),
-        init_image: None,
-        mask: None,
-        strength: None,
-        prompt_syntax: sdgen::request::PromptSyntax::Plain,
-        loras: Vec::new(),
-    };
+    let req = Request { scheduler: name.to_string(), ..common::golden_request(case) };
     let mut failures = Vec::new();
 
     // The name resolves to the diffusers class the golden ran, with the same timesteps.

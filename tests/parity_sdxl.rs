@@ -32,17 +32,9 @@ fn crop(v: &Value) -> Option<Crop> {
 fn request(case: &Value) -> Request {
     let opts = &case["scheduler_options"];
     let karras = opts.get("use_karras_sigmas").and_then(Value::as_bool).unwrap_or(false);
-    let scheduler = case["scheduler"].as_str().unwrap().to_string();
+    let plain = common::golden_request(case);
     Request {
-        prompt: case["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: case["negative_prompt"].as_str().map(str::to_string),
-        seed: case["seed"].as_u64().unwrap(),
-        steps: case["steps"].as_u64().unwrap() as usize,
-        guidance: case["guidance"].as_f64().unwrap(),
-        width: case["width"].as_u64().unwrap() as u32,
-        height: case["height"].as_u64().unwrap() as u32,
-        scheduler: if karras { "DPM++ 2M Karras".into() } else { scheduler },
-        num_images: 1,
+        scheduler: if karras { "DPM++ 2M Karras".into() } else { plain.scheduler.clone() },
         // diffusers counts skipped layers; requests count as A1111 (1 = the last layer).
         clip_skip: case["clip_skip"].as_u64().map(|k| k as usize + 1),
         timestep_spacing: opts.get("timestep_spacing").and_then(Value::as_str).map(|s| s.parse().unwrap()),
@@ -54,11 +46,7 @@ fn request(case: &Value) -> Request {
             negative_crop_coords: crop(&case["negative_crops_coords_top_left"]),
             negative_target_size: size(&case["negative_target_size"]),
         },
-        init_image: None,
-        mask: None,
-        strength: None,
-        prompt_syntax: sdgen::request::PromptSyntax::Plain,
-        loras: Vec::new(),
+        ..plain
     }
 }
 
