@@ -125,6 +125,19 @@ fn batch_previews(previews: Option<usize>) -> (Vec<Vec<String>>, Vec<String>) {
     (seen, names(&out))
 }
 
+/// The bytes of `preview` as soon as the running `child` has written it (within 120 s).
+fn first_preview(child: &mut std::process::Child, preview: &Path, out: &Path) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(bytes) = std::fs::read(preview) {
+            return bytes;
+        }
+        assert!(Instant::now() < deadline, "no preview after 120 s: {:?}", names(out));
+        assert!(child.try_wait().expect("poll").is_none(), "sdgen ended before a preview");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -225,16 +238,8 @@ fn sigterm_while_previewing_removes_the_preview() {
     let args = ["generate", "a red square", "--steps", "500", "--preview", "1", "--name", "cat"];
     let mut child = sdgen("", &args, &out).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start sdgen");
     let preview = out.join("cat.preview.png");
-    let deadline = Instant::now() + Duration::from_secs(120);
     // The preview exists while the image forms: wait for it (500 steps leave time).
-    let bytes = loop {
-        if let Ok(bytes) = std::fs::read(&preview) {
-            break bytes;
-        }
-        assert!(Instant::now() < deadline, "no preview after 120 s: {:?}", names(&out));
-        assert!(child.try_wait().expect("poll").is_none(), "sdgen ended before a preview");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let bytes = first_preview(&mut child, &preview, &out);
     let decoded = image::load_from_memory(&bytes).expect("a whole PNG, never a partial one");
     assert_eq!((decoded.width(), decoded.height()), (8, 8));
     // SAFETY: kill on the id of a child that has not been reaped.
@@ -383,15 +388,7 @@ fn generate_with_preview_vae_writes_full_size_previews_and_removes_them() {
         ["generate", "a red square", "--steps", "500", "--preview", "1", "--name", "cat", "--preview-vae", taesd];
     let mut child = sdgen("", &args, &out).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start");
     let preview = out.join("cat.preview.png");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let bytes = loop {
-        if let Ok(bytes) = std::fs::read(&preview) {
-            break bytes;
-        }
-        assert!(Instant::now() < deadline, "no preview after 120 s: {:?}", names(&out));
-        assert!(child.try_wait().expect("poll").is_none(), "sdgen ended before a preview");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let bytes = first_preview(&mut child, &preview, &out);
     let decoded = image::load_from_memory(&bytes).expect("a whole PNG");
     assert_eq!((decoded.width(), decoded.height()), (64, 64), "the tiny autoencoder's full size");
     // SAFETY: kill on the id of a child that has not been reaped.
