@@ -35,6 +35,9 @@ fn main() -> ExitCode {
     sdgen::device::keep_freed_memory();
     // Info only for the server's access log (see `StderrLog::enabled`).
     let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Info));
+    if let Some(problem) = sdgen::mkl::env_problem() {
+        eprintln!("warning: {problem}");
+    }
     // libtorch failures inside a run panic in tch and come back from the library as errors
     // (reported once, below); only other panics are bugs worth the default report.
     let default_hook = std::panic::take_hook();

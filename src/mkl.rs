@@ -41,12 +41,26 @@ pub extern "C" fn mkl_serv_intel_cpu_true() -> std::os::raw::c_int {
 /// elsewhere when the CPU has AVX2 and FMA and [`ENV`] does not turn it off.
 pub fn intel_kernels() -> bool {
     static CHOICE: OnceLock<bool> = OnceLock::new();
-    *CHOICE.get_or_init(|| {
-        let off = std::env::var(ENV)
-            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no"))
-            .unwrap_or(false);
-        genuine_intel() || (!off && avx2_fma())
-    })
+    *CHOICE.get_or_init(|| genuine_intel() || (setting() != Some(false) && avx2_fma()))
+}
+
+/// [`ENV`] read as a switch: `Some(false)` for 0/false/off/no, `Some(true)` for 1/true/on/yes,
+/// `None` when unset, empty or anything else.
+fn setting() -> Option<bool> {
+    let value = std::env::var(ENV).ok()?;
+    match value.trim().to_ascii_lowercase().as_str() {
+        "0" | "false" | "off" | "no" => Some(false),
+        "1" | "true" | "on" | "yes" => Some(true),
+        _ => None,
+    }
+}
+
+/// A message when [`ENV`] is set to something that is not a switch (it is then ignored:
+/// the override stays on), for the program to print at start.
+pub fn env_problem() -> Option<String> {
+    let value = std::env::var(ENV).ok()?;
+    (setting().is_none() && !value.trim().is_empty())
+        .then(|| format!("{ENV}={value:?} is not understood (use 0 to turn the override off, or 1); ignored"))
 }
 
 /// Whether MKL runs its AVX-512 kernels here: its Intel kernels on a CPU with AVX-512.

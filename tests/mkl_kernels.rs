@@ -70,3 +70,13 @@ fn images_agree_whichever_kernels_mkl_runs() {
     let worst = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
     assert!(worst <= 1, "images differ by {worst} levels between MKL's kernels");
 }
+
+#[test]
+fn a_value_of_the_variable_that_is_not_a_switch_is_named_and_ignored() {
+    let out = sdgen(false).env(sdgen::mkl::ENV, "maybe").args(["info", "--json"]).output().expect("run sdgen info");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SDGEN_MKL_INTEL_KERNELS=\"maybe\" is not understood"), "{stderr}");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info JSON");
+    assert_eq!(info["cpu_blas"], self::info(false)["cpu_blas"], "ignored: as if unset");
+}
