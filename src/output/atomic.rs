@@ -71,9 +71,8 @@ pub fn write_file_tagged(path: &Path, bytes: &[u8], on_existing: OnExisting, tag
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
     // `NamedTempFile` deletes itself when dropped, which covers every early return below.
-    let mut tmp =
-        builder.tempfile_in(dir).map_err(|e| Error::io_write(path, explain_folder_error(dir, without_temp_path(e))))?;
-    let _in_flight = InFlight::register(tmp.path());
+    let (mut tmp, _in_flight) = InFlight::create(|| builder.tempfile_in(dir))
+        .map_err(|e| Error::io_write(path, explain_folder_error(dir, without_temp_path(e))))?;
     // Through the plain `File`: `NamedTempFile`'s own writes add the temporary path to errors.
     tmp.as_file_mut().write_all(bytes).map_err(write_err)?;
     tmp.as_file().sync_all().map_err(write_err)?;
@@ -274,11 +273,16 @@ pub fn track_in_flight_temps() {
 /// in that order so that a preview renamed into place meanwhile goes too. A writer that loses
 /// its file this way fails with an error; none of its bytes reach the destination. Returns
 /// how many were removed.
+///
+/// Both lists stay locked afterwards, so that no writer starts a temporary file or a preview
+/// that nothing would remove: call it only when the process ends next.
 pub fn remove_in_flight_temps() -> usize {
     let paths = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
     let temps = paths.iter().filter(|p| std::fs::remove_file(p).is_ok()).count();
     let transient = TRANSIENT.lock().unwrap_or_else(|e| e.into_inner());
-    temps + transient.iter().filter(|p| std::fs::remove_file(p).is_ok()).count()
+    let removed = temps + transient.iter().filter(|p| std::fs::remove_file(p).is_ok()).count();
+    std::mem::forget((paths, transient));
+    removed
 }
 
 /// The [`TransientFile`]s alive now, while [`TRACKING`] is on.
@@ -342,12 +346,19 @@ impl Drop for TransientFile {
 struct InFlight(Option<PathBuf>);
 
 impl InFlight {
-    fn register(path: &Path) -> InFlight {
+    /// Makes a temporary file with `make` and lists it, holding the list's lock throughout,
+    /// so that [`remove_in_flight_temps`] never misses a temporary file that exists.
+    fn create(
+        make: impl FnOnce() -> std::io::Result<tempfile::NamedTempFile>,
+    ) -> std::io::Result<(tempfile::NamedTempFile, InFlight)> {
         if !TRACKING.load(Ordering::SeqCst) {
-            return InFlight(None);
+            return make().map(|tmp| (tmp, InFlight(None)));
         }
-        IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner()).push(path.to_path_buf());
-        InFlight(Some(path.to_path_buf()))
+        let mut paths = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        let tmp = make()?;
+        paths.push(tmp.path().to_path_buf());
+        let entry = InFlight(Some(tmp.path().to_path_buf()));
+        Ok((tmp, entry))
     }
 }
 
@@ -515,9 +526,10 @@ mod tests {
     #[test]
     fn in_flight_temps_are_listed_only_while_written() {
         // Not calling remove_in_flight_temps here: it would take other tests' files too.
-        let tmp = PathBuf::from("/nonexistent/.sdgen-tmp-zzzzzz.part");
+        let dir = tempfile::tempdir().unwrap();
         track_in_flight_temps();
-        let entry = InFlight::register(&tmp);
+        let (file, entry) = InFlight::create(|| tempfile::Builder::new().tempfile_in(dir.path())).unwrap();
+        let tmp = file.path().to_path_buf();
         assert!(IN_FLIGHT.lock().unwrap().contains(&tmp));
         drop(entry);
         assert!(!IN_FLIGHT.lock().unwrap().contains(&tmp));
